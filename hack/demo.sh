@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The main job on the local environment: bring up kube-apiserver, PostgreSQL
+# and moto, install the CRD, run the operator, apply examples/, and show the
+# tenants it provisioned.
+#
+#   hack/demo.sh          # run it (the operator keeps running in the background)
+#   hack/demo.sh down     # stop the operator and the local environment
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+cache=${TENANTRY_CACHE_DIR:-$HOME/.cache/tenantry}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+run_dir=${TENANTRY_RUN_DIR:-$repo/.localenv}
+pid_file=$run_dir/operator.pid
+log_file=$run_dir/logs/operator.log
+
+stop_operator() {
+  if [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+    kill "$(cat "$pid_file")" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$(cat "$pid_file")" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -f "$pid_file"
+}
+
+if [[ ${1:-} == down ]]; then
+  stop_operator
+  hack/localenv.sh down
+  exit 0
+fi
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+
+say "starting the local environment (first run installs and builds; later runs reuse)"
+hack/localenv.sh up
+# shellcheck disable=SC1091
+source "$run_dir/env"
+
+say "building tenantry"
+cargo build --quiet --bin tenantry
+bin=$CARGO_TARGET_DIR/debug/tenantry
+
+say "installing the CRD: tenantry crd | kubectl apply -f -"
+"$bin" crd | kubectl apply -f -
+kubectl wait --for=condition=Established crd/tenants.tenantry.dev --timeout=60s
+
+say "running the operator (log: $log_file)"
+stop_operator
+# Kubernetes 1.20 accepts Events about cluster-scoped objects only in kube-system.
+TENANTRY_EVENT_NAMESPACE=kube-system \
+  TENANTRY_METRICS_ADDR=127.0.0.1:$((TENANTRY_OPERATOR_PORT_BASE)) \
+  nohup "$bin" run >"$log_file" 2>&1 &
+echo $! >"$pid_file"
+
+say "applying examples/"
+kubectl apply -f examples/namespace.yaml
+kubectl apply -f examples/
+
+say "waiting for the tenants to be Ready"
+if ! kubectl wait --for=condition=Ready tenants --all --timeout=180s; then
+  kubectl get tenants -o yaml >&2
+  tail -n 50 "$log_file" >&2
+  exit 1
+fi
+
+say "kubectl get tenants"
+kubectl get tenants
+say "what the operator made for tenant acme (kubectl get tenant acme -o jsonpath='{.status.resources}')"
+kubectl get tenant acme -o jsonpath='{.status.resources}' | python3 -m json.tool
+say "the credentials Secret apps mount (keys only)"
+kubectl get secret -n demo-apps acme-credentials -o jsonpath='{.data}' | python3 -c 'import json,sys; print(sorted(json.load(sys.stdin)))'
+
+cat >&2 <<MSG
+
+The operator keeps running (pid $(cat "$pid_file"), metrics on http://127.0.0.1:$TENANTRY_OPERATOR_PORT_BASE/metrics).
+Try:  source $run_dir/env; kubectl get tenants -w
+Stop: hack/demo.sh down
+MSG

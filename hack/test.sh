@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every check and test of tenantry against the real local environment
+# (kube-apiserver + etcd, PostgreSQL, moto), installing and starting it first.
+#
+#   hack/test.sh                 # everything
+#   hack/test.sh aws             # extra arguments go to `cargo test`
+#
+# Environment: TENANTRY_KEEP_ENV=1 leaves the local environment running when
+# this script started it (by default it stops what it started).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+cache=${TENANTRY_CACHE_DIR:-$HOME/.cache/tenantry}
+# Build outputs live outside the clone so fresh clones (CI) reuse them.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+
+started_env=0
+if ! hack/localenv.sh status >/dev/null 2>&1; then
+  started_env=1
+fi
+cleanup() {
+  if [[ $started_env == 1 && ${TENANTRY_KEEP_ENV:-0} != 1 ]]; then
+    hack/localenv.sh down >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+hack/localenv.sh up
+# shellcheck disable=SC1091
+source "${TENANTRY_RUN_DIR:-$repo/.localenv}/env"
+
+echo "test: cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "test: cargo clippy --all-targets -- -D warnings" >&2
+cargo clippy --all-targets --features failpoints -- -D warnings
+echo "test: cargo test (unit and integration, against the local environment)" >&2
+# Integration tests wait on servers, not on the CPU: run more at once.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-8}
+cargo test --features failpoints "$@"

@@ -1,0 +1,302 @@
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A customer of the platform, and the isolated infrastructure that belongs to it.
+///
+/// The object's name is the tenant id. tenantry creates, for each Tenant, a
+/// PostgreSQL role with a schema (or a database), a KMS key, an S3 bucket
+/// encrypted with that key, and the database credentials in AWS Secrets Manager
+/// and in a Kubernetes Secret: all of them, or none.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tenantry.dev",
+    version = "v1alpha1",
+    kind = "Tenant",
+    plural = "tenants",
+    shortname = "tnt",
+    category = "tenantry",
+    status = "TenantStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Where the tenant is in its lifecycle"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether every resource of the tenant exists and is configured"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// Human-readable name of the customer, used in tags and descriptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub display_name: Option<String>,
+
+    /// How the tenant's data is separated in PostgreSQL.
+    #[serde(default)]
+    pub database: DatabaseSpec,
+
+    /// The tenant's S3 bucket.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// Where the application reads the tenant's credentials.
+    pub credentials: CredentialsSpec,
+
+    /// What happens to the tenant's resources when the Tenant is deleted.
+    #[serde(default)]
+    pub deletion: DeletionSpec,
+
+    /// Revoke the tenant's access (database login disabled, Kubernetes Secret
+    /// removed) without deleting anything. Setting it back restores access.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// `Schema`: a schema of its own in the shared database. `Database`: a
+    /// dedicated database (stronger separation, more cost).
+    #[serde(default)]
+    pub isolation: IsolationMode,
+
+    /// Most concurrent connections the tenant's role may open.
+    #[serde(default = "default_connection_limit")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub connection_limit: i32,
+}
+
+impl Default for DatabaseSpec {
+    fn default() -> Self {
+        Self {
+            isolation: IsolationMode::default(),
+            connection_limit: default_connection_limit(),
+        }
+    }
+}
+
+fn default_connection_limit() -> i32 {
+    20
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum IsolationMode {
+    #[default]
+    Schema,
+    Database,
+}
+
+impl std::fmt::Display for IsolationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Schema => "Schema",
+            Self::Database => "Database",
+        })
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Keep every version of every object in the bucket.
+    #[serde(default = "default_true")]
+    pub versioning: bool,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self { versioning: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSpec {
+    /// Namespace of the Kubernetes Secret with the tenant's credentials. It must
+    /// exist: tenantry does not create namespaces.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: String,
+
+    /// Name of that Secret; `<tenant>-credentials` when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub secret_name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionSpec {
+    /// `Retain` keeps every resource (still tagged, so a Tenant of the same
+    /// name adopts them later); `Delete` destroys them after the grace period.
+    #[serde(default)]
+    pub policy: DeletionPolicy,
+
+    /// With `Delete`: how long after deletion access stays revoked before the
+    /// data is destroyed, as a duration such as `72h`, `30m` or `90s`. Setting
+    /// the annotation `tenantry.dev/deletion-policy: Retain` on the
+    /// terminating Tenant within this time cancels the destruction.
+    #[serde(default = "default_grace_period")]
+    #[schemars(pattern(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub grace_period: String,
+}
+
+impl Default for DeletionSpec {
+    fn default() -> Self {
+        Self {
+            policy: DeletionPolicy::default(),
+            grace_period: default_grace_period(),
+        }
+    }
+}
+
+fn default_grace_period() -> String {
+    "72h".to_string()
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+/// What tenantry observed and did, written only by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<TenantPhase>,
+
+    /// kstatus conditions: `Ready`, `Reconciling`, `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// What exists for this tenant, by backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<TenantResources>,
+
+    /// The provisioning journal: written before and after every step so an
+    /// operator restarted at any point resumes or rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<ProvisioningJournal>,
+
+    /// Progress of a deletion with policy `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<DeletionStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum TenantPhase {
+    Pending,
+    Provisioning,
+    Ready,
+    Suspended,
+    RollingBack,
+    Failed,
+    Deleting,
+}
+
+impl TenantPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Provisioning => "Provisioning",
+            Self::Ready => "Ready",
+            Self::Suspended => "Suspended",
+            Self::RollingBack => "RollingBack",
+            Self::Failed => "Failed",
+            Self::Deleting => "Deleting",
+        }
+    }
+}
+
+/// A kstatus-style condition.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    /// Human-readable details; empty when there is nothing to add.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// RFC 3339 time of the last change of `status`.
+    pub last_transition_time: String,
+}
+
+/// Names and ids of everything tenantry made for the tenant.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_arn: Option<String>,
+    /// `<namespace>/<name>` of the Kubernetes Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_secret: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum JournalOperation {
+    /// Ensuring every step, in order.
+    Provision,
+    /// Removing the steps a failed provisioning completed, in reverse.
+    RollBack,
+    /// Removing every step, in reverse, for a deletion with policy `Delete`.
+    Teardown,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisioningJournal {
+    pub operation: JournalOperation,
+    /// Steps whose `ensure` finished (Provision) or whose `remove` is still to
+    /// run (RollBack, Teardown), in provisioning order.
+    #[serde(default)]
+    pub steps_done: Vec<String>,
+    /// The step that was started and not yet recorded as finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<String>,
+    /// Why the last provisioning failed (kept during and after rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// Provisioning attempts that failed in a row, for backoff.
+    #[serde(default)]
+    pub failed_attempts: u32,
+    /// RFC 3339 time of the last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<String>,
+    /// The generation whose spec the last failure was about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_generation: Option<i64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionStatus {
+    /// RFC 3339 time at which the tenant's access was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_revoked_at: Option<String>,
+    /// RFC 3339 time after which the tenant's data is destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_after: Option<String>,
+}

@@ -1,0 +1,503 @@
+//! AWS KMS: one symmetric encryption key per tenant, found by its alias
+//! `alias/tenantry/<tenant>`, with automatic rotation.
+//!
+//! CreateKey has no idempotency token, so the key is tagged with the Tenant's
+//! uid *at creation*: a process that dies between CreateKey and CreateAlias
+//! leaves a key that the next (interrupted) attempt finds by that tag instead
+//! of making a second one.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_kms::Client;
+use aws_sdk_kms::types::{KeyMetadata, KeySpec, KeyState, KeyUsageType, Tag};
+
+use super::aws::{
+    AwsError, build_error, classify, conflict, desired_tags, error_code, tag_changes, tag_pairs,
+};
+use super::{Backend, BackendError, KeyInfo, KeyManager, Ownership, TenantRef, tags};
+
+const BACKEND: Backend = Backend::Kms;
+
+/// The shortest waiting period KMS allows before a key is destroyed.
+const PENDING_WINDOW_DAYS: i32 = 7;
+
+pub struct KmsBackend {
+    client: Client,
+    /// Uids of tenants whose key this process may have made (CreateKey sent,
+    /// even if its answer was lost) but not yet aliased. The engine retries
+    /// a failed step without `interrupted`, yet that key exists: the retry
+    /// must look for it by tag as if a process had died.
+    uncertain: Mutex<HashSet<String>>,
+}
+
+impl KmsBackend {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            client: Client::new(config),
+            uncertain: Mutex::default(),
+        }
+    }
+
+    fn uncertain(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.uncertain
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The key an alias (or key id) names, if any.
+    async fn describe(&self, key: &str) -> Result<Option<KeyMetadata>, BackendError> {
+        match self.client.describe_key().key_id(key).send().await {
+            Ok(out) => Ok(out.key_metadata),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(classify(BACKEND, &format!("DescribeKey {key}"), e)),
+        }
+    }
+
+    async fn tags_of(&self, key_id: &str) -> Result<BTreeMap<String, String>, BackendError> {
+        let mut tags = BTreeMap::new();
+        let mut marker = None;
+        loop {
+            let out = self
+                .client
+                .list_resource_tags()
+                .key_id(key_id)
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("ListResourceTags {key_id}"), e))?;
+            for t in out.tags() {
+                tags.insert(t.tag_key().to_string(), t.tag_value().to_string());
+            }
+            match out.next_marker() {
+                Some(m) if out.truncated() => marker = Some(m.to_string()),
+                _ => return Ok(tags),
+            }
+        }
+    }
+
+    /// Every key tagged with the tenant's uid. Lists every key of the
+    /// account, so only the rare paths that follow an interrupted creation
+    /// call it.
+    async fn keys_tagged_with(&self, uid: &str) -> Result<Vec<KeyMetadata>, BackendError> {
+        let mut found = Vec::new();
+        let mut marker = None;
+        loop {
+            let out = self
+                .client
+                .list_keys()
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, "ListKeys", e))?;
+            for entry in out.keys() {
+                let Some(key_id) = entry.key_id() else {
+                    continue;
+                };
+                let tags = match self.tags_of(key_id).await {
+                    Ok(tags) => tags,
+                    // Keys we may not read (another principal's, AWS managed)
+                    // cannot be ours anyway.
+                    Err(e) if !e.is_transient() => continue,
+                    Err(e) => return Err(e),
+                };
+                if tags.get(tags::TENANT_UID).map(String::as_str) == Some(uid)
+                    && let Some(meta) = self.describe(key_id).await?
+                {
+                    found.push(meta);
+                }
+            }
+            match out.next_marker() {
+                Some(m) if out.truncated() => marker = Some(m.to_string()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    async fn create(&self, tenant: &TenantRef) -> Result<KeyMetadata, BackendError> {
+        let out = self
+            .client
+            .create_key()
+            .key_spec(KeySpec::SymmetricDefault)
+            .key_usage(KeyUsageType::EncryptDecrypt)
+            .description(format!(
+                "tenantry: encryption key of tenant {}",
+                tenant.name
+            ))
+            .set_tags(Some(kms_tags(&desired_tags(tenant))?))
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("CreateKey for tenant {}", tenant.name), e))?;
+        let meta = out.key_metadata.ok_or_else(|| BackendError::Rejected {
+            backend: BACKEND,
+            message: "CreateKey returned no key metadata".to_string(),
+        })?;
+        tracing::info!(tenant = %tenant.name, key_id = meta.key_id(), "created KMS key");
+        Ok(meta)
+    }
+
+    /// Points the alias at `key_id`. The alias normally does not exist here;
+    /// when it does (a concurrent attempt, or an alias left on a deleted key)
+    /// it is moved only if its key is ours or gone.
+    async fn point_alias(
+        &self,
+        tenant: &TenantRef,
+        alias: &str,
+        key_id: &str,
+    ) -> Result<(), BackendError> {
+        let created = self
+            .client
+            .create_alias()
+            .alias_name(alias)
+            .target_key_id(key_id)
+            .send()
+            .await;
+        match created {
+            Ok(_) => return Ok(()),
+            Err(e) if error_code(&e) == Some("AlreadyExistsException") => {}
+            Err(e) => return Err(classify(BACKEND, &format!("CreateAlias {alias}"), e)),
+        }
+        let target = self.alias_target(alias).await?;
+        if target.as_deref() == Some(key_id) {
+            return Ok(());
+        }
+        if let Some(target) = &target
+            && self.describe(target).await?.is_some()
+        {
+            let owner = tenant.ownership_of(tag_pairs(&self.tags_of(target).await?));
+            if owner != Ownership::Ours {
+                return Err(conflict(
+                    BACKEND,
+                    format!("alias {alias}"),
+                    format!("it points at key {target}, which is not this tenant's"),
+                ));
+            }
+        }
+        self.client
+            .update_alias()
+            .alias_name(alias)
+            .target_key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("UpdateAlias {alias}"), e))?;
+        Ok(())
+    }
+
+    async fn alias_target(&self, alias: &str) -> Result<Option<String>, BackendError> {
+        let mut marker = None;
+        loop {
+            let out = self
+                .client
+                .list_aliases()
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, "ListAliases", e))?;
+            if let Some(entry) = out.aliases().iter().find(|a| a.alias_name() == Some(alias)) {
+                return Ok(entry.target_key_id().map(str::to_string));
+            }
+            match out.next_marker() {
+                Some(m) if out.truncated() => marker = Some(m.to_string()),
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    async fn set_tags(
+        &self,
+        key_id: &str,
+        set: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError> {
+        self.client
+            .tag_resource()
+            .key_id(key_id)
+            .set_tags(Some(kms_tags(set)?))
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("TagResource {key_id}"), e))?;
+        Ok(())
+    }
+
+    /// Makes the key usable: not pending deletion, enabled, tagged, rotating.
+    async fn converge(
+        &self,
+        meta: &KeyMetadata,
+        current_tags: &BTreeMap<String, String>,
+        tenant: &TenantRef,
+        new_key: bool,
+    ) -> Result<(), BackendError> {
+        let key_id = meta.key_id();
+        let mut state = meta.key_state().cloned();
+        if state == Some(KeyState::PendingDeletion) {
+            self.client
+                .cancel_key_deletion()
+                .key_id(key_id)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("CancelKeyDeletion {key_id}"), e))?;
+            tracing::info!(tenant = %tenant.name, key_id, "cancelled the deletion of the tenant's KMS key");
+            // A cancelled deletion leaves the key disabled.
+            state = Some(KeyState::Disabled);
+        }
+
+        // Tags only after the deletion is cancelled: KMS refuses to tag a key
+        // that is pending deletion.
+        let (set, drop_released) = tag_changes(current_tags, &desired_tags(tenant));
+        if !set.is_empty() {
+            self.set_tags(key_id, &set).await?;
+        }
+        if drop_released {
+            self.client
+                .untag_resource()
+                .key_id(key_id)
+                .tag_keys(tags::RELEASED)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("UntagResource {key_id}"), e))?;
+        }
+
+        match state {
+            Some(KeyState::Enabled) => {}
+            Some(KeyState::Disabled) => {
+                self.client
+                    .enable_key()
+                    .key_id(key_id)
+                    .send()
+                    .await
+                    .map_err(|e| classify(BACKEND, &format!("EnableKey {key_id}"), e))?;
+            }
+            Some(KeyState::Creating | KeyState::Updating) => {
+                return Err(BackendError::Unavailable {
+                    backend: BACKEND,
+                    message: format!("KMS key {key_id} is still being created or updated"),
+                });
+            }
+            other => {
+                return Err(BackendError::Rejected {
+                    backend: BACKEND,
+                    message: format!("KMS key {key_id} is in state {other:?} and cannot be used"),
+                });
+            }
+        }
+
+        // A new key never rotates: skip the read.
+        let rotating = !new_key
+            && self
+                .client
+                .get_key_rotation_status()
+                .key_id(key_id)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("GetKeyRotationStatus {key_id}"), e))?
+                .key_rotation_enabled();
+        if !rotating {
+            self.client
+                .enable_key_rotation()
+                .key_id(key_id)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("EnableKeyRotation {key_id}"), e))?;
+        }
+        Ok(())
+    }
+
+    async fn schedule_deletion(
+        &self,
+        tenant: &TenantRef,
+        meta: &KeyMetadata,
+    ) -> Result<(), BackendError> {
+        if meta.key_state() == Some(&KeyState::PendingDeletion) {
+            return Ok(());
+        }
+        let key_id = meta.key_id();
+        // The key id, not the ARN: moto fails with HTTP 500 on an ARN here.
+        let scheduled = self
+            .client
+            .schedule_key_deletion()
+            .key_id(key_id)
+            .pending_window_in_days(PENDING_WINDOW_DAYS)
+            .send()
+            .await;
+        match scheduled {
+            Ok(_) => {}
+            // Scheduled by someone else in the meantime: what we wanted.
+            Err(e)
+                if error_code(&e) == Some("KMSInvalidStateException")
+                    && self.is_pending_deletion(key_id).await? => {}
+            Err(e) => {
+                return Err(classify(
+                    BACKEND,
+                    &format!("ScheduleKeyDeletion {key_id}"),
+                    e,
+                ));
+            }
+        }
+        tracing::info!(tenant = %tenant.name, key_id, days = PENDING_WINDOW_DAYS, "scheduled the deletion of the tenant's KMS key");
+        Ok(())
+    }
+
+    async fn is_pending_deletion(&self, key_id: &str) -> Result<bool, BackendError> {
+        Ok(self
+            .describe(key_id)
+            .await?
+            .is_none_or(|m| m.key_state() == Some(&KeyState::PendingDeletion)))
+    }
+}
+
+#[async_trait]
+impl KeyManager for KmsBackend {
+    async fn ensure_key(
+        &self,
+        tenant: &TenantRef,
+        alias: &str,
+        interrupted: bool,
+    ) -> Result<KeyInfo, BackendError> {
+        let interrupted = interrupted || self.uncertain().contains(&tenant.uid);
+        let (meta, current_tags, new_key) = match self.describe(alias).await? {
+            Some(meta) => {
+                let tags = self.tags_of(meta.key_id()).await?;
+                match tenant.ownership_of(tag_pairs(&tags)) {
+                    Ownership::Ours | Ownership::Released => {}
+                    Ownership::Untagged if interrupted => {}
+                    Ownership::Untagged => {
+                        return Err(conflict(
+                            BACKEND,
+                            format!("alias {alias}"),
+                            format!("it points at key {}, which carries no tags", meta.key_id()),
+                        ));
+                    }
+                    Ownership::Foreign(detail) => {
+                        return Err(conflict(
+                            BACKEND,
+                            format!("alias {alias}"),
+                            format!("its key {}: {detail}", meta.key_id()),
+                        ));
+                    }
+                }
+                (meta, tags, false)
+            }
+            None => {
+                let mut earlier = if interrupted {
+                    self.keys_tagged_with(&tenant.uid).await?
+                } else {
+                    Vec::new()
+                };
+                // Prefer a live key over one an earlier rollback scheduled
+                // for deletion.
+                earlier.sort_by_key(|m| m.key_state() == Some(&KeyState::PendingDeletion));
+                let (meta, tags, new_key) = match earlier.into_iter().next() {
+                    Some(meta) => {
+                        tracing::info!(tenant = %tenant.name, key_id = meta.key_id(), "found the key of an interrupted creation");
+                        let tags = self.tags_of(meta.key_id()).await?;
+                        (meta, tags, false)
+                    }
+                    None => {
+                        self.uncertain().insert(tenant.uid.clone());
+                        (self.create(tenant).await?, desired_tags(tenant), true)
+                    }
+                };
+                self.point_alias(tenant, alias, meta.key_id()).await?;
+                (meta, tags, new_key)
+            }
+        };
+        // Found or made, and aliased: a retry now finds it by its alias.
+        self.uncertain().remove(&tenant.uid);
+        check_spec(alias, &meta)?;
+        self.converge(&meta, &current_tags, tenant, new_key).await?;
+        let arn = meta
+            .arn()
+            .map(str::to_string)
+            .ok_or_else(|| BackendError::Rejected {
+                backend: BACKEND,
+                message: format!("KMS key {} has no ARN", meta.key_id()),
+            })?;
+        Ok(KeyInfo {
+            key_id: meta.key_id().to_string(),
+            arn,
+        })
+    }
+
+    async fn remove_key(&self, tenant: &TenantRef, alias: &str) -> Result<(), BackendError> {
+        let Some(meta) = self.describe(alias).await? else {
+            // An interrupted creation may have left a key without its alias.
+            for meta in self.keys_tagged_with(&tenant.uid).await? {
+                self.schedule_deletion(tenant, &meta).await?;
+            }
+            return Ok(());
+        };
+        let owner = tenant.ownership_of(tag_pairs(&self.tags_of(meta.key_id()).await?));
+        if owner != Ownership::Ours {
+            tracing::warn!(tenant = %tenant.name, alias, key_id = meta.key_id(), ?owner, "not removing a KMS key that is not this tenant's");
+            return Ok(());
+        }
+        match self.client.delete_alias().alias_name(alias).send().await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(classify(BACKEND, &format!("DeleteAlias {alias}"), e)),
+        }
+        self.schedule_deletion(tenant, &meta).await
+    }
+
+    async fn release_key(&self, tenant: &TenantRef, alias: &str) -> Result<(), BackendError> {
+        let Some(meta) = self.describe(alias).await? else {
+            return Ok(());
+        };
+        let tags = self.tags_of(meta.key_id()).await?;
+        let owner = tenant.ownership_of(tag_pairs(&tags));
+        if owner != Ownership::Ours {
+            tracing::warn!(tenant = %tenant.name, alias, ?owner, "not releasing a KMS key that is not this tenant's");
+            return Ok(());
+        }
+        if tags.get(tags::RELEASED).map(String::as_str) == Some("true") {
+            return Ok(());
+        }
+        self.set_tags(
+            meta.key_id(),
+            &BTreeMap::from([(tags::RELEASED.to_string(), "true".to_string())]),
+        )
+        .await
+    }
+}
+
+/// Only a symmetric encryption key can encrypt a bucket and a secret: an
+/// adopted key of another kind is refused rather than silently used.
+fn check_spec(alias: &str, meta: &KeyMetadata) -> Result<(), BackendError> {
+    let spec_ok = meta
+        .key_spec()
+        .is_none_or(|s| *s == KeySpec::SymmetricDefault);
+    let usage_ok = meta
+        .key_usage()
+        .is_none_or(|u| *u == KeyUsageType::EncryptDecrypt);
+    if spec_ok && usage_ok {
+        return Ok(());
+    }
+    Err(BackendError::Rejected {
+        backend: BACKEND,
+        message: format!(
+            "the key of {alias} ({}) is not a symmetric encryption key (spec {:?}, usage {:?})",
+            meta.key_id(),
+            meta.key_spec(),
+            meta.key_usage()
+        ),
+    })
+}
+
+fn is_not_found<E: aws_smithy_types::error::metadata::ProvideErrorMetadata>(
+    e: &AwsError<E>,
+) -> bool {
+    error_code(e) == Some("NotFoundException")
+}
+
+fn kms_tags(tags: &BTreeMap<String, String>) -> Result<Vec<Tag>, BackendError> {
+    tags.iter()
+        .map(|(k, v)| {
+            Tag::builder()
+                .tag_key(k)
+                .tag_value(v)
+                .build()
+                .map_err(|e| build_error(BACKEND, e))
+        })
+        .collect()
+}

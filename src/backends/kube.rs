@@ -1,0 +1,202 @@
+//! Kubernetes: the Secret in the tenant's namespace that applications mount.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Backend, BackendError, CredentialSecrets, TenantRef, tags};
+
+/// Field manager of every write tenantry makes with server-side apply.
+pub const FIELD_MANAGER: &str = "tenantry";
+
+pub struct KubeSecrets {
+    client: Client,
+}
+
+impl KubeSecrets {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+/// Maps a kube client error: API server trouble is transient, a refusal is not.
+pub fn classify(error: kube::Error, what: &str) -> BackendError {
+    let message = format!("{what}: {error}");
+    match &error {
+        kube::Error::Api(status) if status.code == 429 || status.code >= 500 => {
+            BackendError::Unavailable { backend: Backend::Kubernetes, message }
+        }
+        kube::Error::Api(status) if status.code == 409 => {
+            // A concurrent write: reading again and retrying settles it.
+            BackendError::Unavailable { backend: Backend::Kubernetes, message }
+        }
+        kube::Error::Api(_) => BackendError::Rejected { backend: Backend::Kubernetes, message },
+        _ => BackendError::Unavailable { backend: Backend::Kubernetes, message },
+    }
+}
+
+fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(s) if s.code == 404)
+}
+
+#[async_trait]
+impl CredentialSecrets for KubeSecrets {
+    async fn namespace_exists(&self, namespace: &str) -> Result<bool, BackendError> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        match namespaces.get_metadata_opt(namespace).await {
+            Ok(found) => Ok(found.is_some()),
+            Err(e) => Err(classify(e, &format!("reading namespace {namespace}"))),
+        }
+    }
+
+    async fn ensure_secret(
+        &self,
+        tenant: &TenantRef,
+        namespace: &str,
+        name: &str,
+        data: BTreeMap<String, SecretString>,
+    ) -> Result<(), BackendError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("Secret {namespace}/{name}");
+        let existing = match secrets.get_opt(name).await {
+            Ok(existing) => existing,
+            Err(e) if is_not_found(&e) => None,
+            Err(e) => return Err(classify(e, &format!("reading {what}"))),
+        };
+        let desired: BTreeMap<String, ByteString> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteString(v.expose_secret().as_bytes().to_vec())))
+            .collect();
+        let desired_labels = secret_labels(tenant);
+        if let Some(existing) = &existing {
+            let owner_tags = existing
+                .labels()
+                .iter()
+                .chain(existing.annotations().iter())
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .filter(|(k, _)| k.starts_with("tenantry.dev/"));
+            match tenant.ownership_of(owner_tags) {
+                super::Ownership::Ours => {}
+                super::Ownership::Released => {}
+                super::Ownership::Foreign(detail) => {
+                    return Err(BackendError::Conflict { backend: Backend::Kubernetes, resource: what, detail });
+                }
+                super::Ownership::Untagged => {
+                    return Err(BackendError::Conflict {
+                        backend: Backend::Kubernetes,
+                        resource: what,
+                        detail: "it was not made by tenantry".to_string(),
+                    });
+                }
+            }
+            let labels_match = desired_labels
+                .iter()
+                .all(|(k, v)| existing.labels().get(k) == Some(v));
+            let uid_matches = existing.annotations().get(tags::TENANT_UID) == Some(&tenant.uid);
+            let released = existing.annotations().contains_key(tags::RELEASED);
+            if existing.data.as_ref() == Some(&desired) && labels_match && uid_matches && !released {
+                return Ok(());
+            }
+        }
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(namespace.to_string()),
+                labels: Some(desired_labels),
+                annotations: Some(BTreeMap::from([(tags::TENANT_UID.to_string(), tenant.uid.clone())])),
+                ..Default::default()
+            },
+            type_: Some("Opaque".to_string()),
+            data: Some(desired),
+            ..Default::default()
+        };
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        secrets
+            .patch(name, &params, &Patch::Apply(&secret))
+            .await
+            .map_err(|e| {
+                if matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                    BackendError::Missing {
+                        backend: Backend::Kubernetes,
+                        message: format!("namespace {namespace} does not exist; tenantry does not create namespaces"),
+                    }
+                } else {
+                    classify(e, &format!("writing {what}"))
+                }
+            })?;
+        let was_released = existing
+            .as_ref()
+            .is_some_and(|e| e.annotations().contains_key(tags::RELEASED));
+        if was_released {
+            // Adopted: a later Tenant of the same name must not adopt it again.
+            let patch = serde_json::json!({"metadata": {"annotations": {tags::RELEASED: null}}});
+            secrets
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| classify(e, &format!("adopting {what}")))?;
+        }
+        Ok(())
+    }
+
+    async fn delete_secret(&self, tenant: &TenantRef, namespace: &str, name: &str) -> Result<(), BackendError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("Secret {namespace}/{name}");
+        let existing = match secrets.get_metadata_opt(name).await {
+            Ok(Some(existing)) => existing,
+            Ok(None) => return Ok(()),
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(classify(e, &format!("reading {what}"))),
+        };
+        if existing.annotations().get(tags::TENANT_UID) != Some(&tenant.uid) {
+            // Not ours (or a later Tenant's): leave it.
+            tracing::warn!(secret = %what, "not deleting a Secret this tenant does not own");
+            return Ok(());
+        }
+        let params = DeleteParams {
+            preconditions: existing.uid().map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match secrets.delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(classify(e, &format!("deleting {what}"))),
+        }
+    }
+
+    async fn release_secret(&self, tenant: &TenantRef, namespace: &str, name: &str) -> Result<(), BackendError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("Secret {namespace}/{name}");
+        let existing = match secrets.get_metadata_opt(name).await {
+            Ok(Some(existing)) => existing,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(classify(e, &format!("reading {what}"))),
+        };
+        if existing.annotations().get(tags::TENANT_UID) != Some(&tenant.uid)
+            || existing.annotations().get(tags::RELEASED).map(String::as_str) == Some("true")
+        {
+            return Ok(());
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {tags::RELEASED: "true"}}});
+        secrets
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| classify(e, &format!("releasing {what}")))?;
+        Ok(())
+    }
+}
+
+fn secret_labels(tenant: &TenantRef) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (tags::TENANT.to_string(), tenant.name.clone()),
+        (tags::MANAGED_BY.to_string(), tags::MANAGED_BY_VALUE.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), tags::MANAGED_BY_VALUE.to_string()),
+    ])
+}

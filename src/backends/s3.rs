@@ -1,0 +1,855 @@
+//! Amazon S3: one bucket per tenant, locked down (Block Public Access, owner
+//! enforced, SSE-KMS with the tenant's key, TLS only) and tagged with the
+//! Tenant's uid.
+//!
+//! The bucket is tagged with PutBucketTagging right after CreateBucket (tags
+//! on CreateBucket itself are recent, need another permission and are not
+//! served by every S3-compatible endpoint). A process that dies in between
+//! leaves an untagged bucket, which only an `interrupted` attempt adopts.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, Delete,
+    ObjectIdentifier, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
+    PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
+    VersioningConfiguration,
+};
+use serde_json::{Value, json};
+
+use super::aws::{
+    AwsError, build_error, classify, conflict, desired_tags, error_code, http_status, is_transient,
+    tag_changes, tag_pairs,
+};
+use super::{Backend, BackendError, ObjectStorage, Ownership, TenantRef, tags};
+
+const BACKEND: Backend = Backend::S3;
+
+/// DeleteObjects takes at most this many keys.
+const DELETE_BATCH: usize = 1000;
+
+pub struct S3Backend {
+    client: Client,
+    region: Option<String>,
+    /// The endpoint is plain HTTP (a local S3 such as moto): the tenant's own
+    /// deny-non-TLS policy then refuses tenantry's object deletions too.
+    plain_http: bool,
+    /// Buckets this process made, or may have made (CreateBucket failed in
+    /// a way that can hide a success), and has not tagged yet. The engine
+    /// retries a failed step without `interrupted`, and rolls it back, yet
+    /// such an untagged bucket is ours: the retry or the removal may take it.
+    uncertain: Mutex<HashSet<String>>,
+}
+
+/// What HeadBucket tells about a bucket name.
+enum Presence {
+    Absent,
+    /// In this account: its tags say whose it is.
+    InAccount,
+    /// Another account's (403): never ours, whatever its name.
+    OtherAccount,
+}
+
+impl S3Backend {
+    /// `force_path_style` is for endpoints without virtual-host addressing
+    /// (moto, MinIO).
+    pub fn new(config: &SdkConfig, force_path_style: bool) -> Self {
+        let s3_config = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(force_path_style)
+            .build();
+        Self {
+            client: Client::from_conf(s3_config),
+            region: config.region().map(|r| r.to_string()),
+            plain_http: config
+                .endpoint_url()
+                .is_some_and(|u| u.starts_with("http://")),
+            uncertain: Mutex::default(),
+        }
+    }
+
+    fn uncertain(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.uncertain
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn remember_if_uncertain(&self, bucket: &str, e: &BackendError) {
+        if e.is_transient() {
+            self.uncertain().insert(bucket.to_string());
+        }
+    }
+
+    async fn head(&self, bucket: &str) -> Result<Presence, BackendError> {
+        let err = match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => return Ok(Presence::InAccount),
+            Err(e) => e,
+        };
+        match http_status(&err) {
+            Some(404) => Ok(Presence::Absent),
+            Some(403) => Ok(Presence::OtherAccount),
+            Some(301) => Err(BackendError::Rejected {
+                backend: BACKEND,
+                message: format!(
+                    "bucket {bucket} exists in another region than {:?}",
+                    self.region
+                ),
+            }),
+            _ => Err(classify(BACKEND, &format!("HeadBucket {bucket}"), err)),
+        }
+    }
+
+    /// The bucket's tags; empty when it has none.
+    async fn tags_of(&self, bucket: &str) -> Result<BTreeMap<String, String>, BackendError> {
+        match self.client.get_bucket_tagging().bucket(bucket).send().await {
+            Ok(out) => Ok(out
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect()),
+            Err(e) if error_code(&e) == Some("NoSuchTagSet") => Ok(BTreeMap::new()),
+            Err(e) => Err(classify(BACKEND, &format!("GetBucketTagging {bucket}"), e)),
+        }
+    }
+
+    async fn put_tags(
+        &self,
+        bucket: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError> {
+        let tag_set = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| build_error(BACKEND, e))?;
+        let tagging = Tagging::builder()
+            .set_tag_set(Some(tag_set))
+            .build()
+            .map_err(|e| build_error(BACKEND, e))?;
+        self.client
+            .put_bucket_tagging()
+            .bucket(bucket)
+            .tagging(tagging)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("PutBucketTagging {bucket}"), e))?;
+        Ok(())
+    }
+
+    /// Creates the bucket. `Ok(false)` when it turned out to exist already in
+    /// this account.
+    async fn create(&self, bucket: &str) -> Result<bool, BackendError> {
+        // us-east-1 is the one region that refuses its own name as a location.
+        let location = self
+            .region
+            .as_deref()
+            .filter(|r| *r != "us-east-1")
+            .map(|r| {
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(r))
+                    .build()
+            });
+        let created = self
+            .client
+            .create_bucket()
+            .bucket(bucket)
+            .set_create_bucket_configuration(location)
+            .send()
+            .await;
+        match created {
+            Ok(_) => {
+                tracing::info!(bucket, "created S3 bucket");
+                Ok(true)
+            }
+            Err(e) if error_code(&e) == Some("BucketAlreadyOwnedByYou") => Ok(false),
+            Err(e) if error_code(&e) == Some("BucketAlreadyExists") => Err(conflict(
+                BACKEND,
+                format!("bucket {bucket}"),
+                "the name is taken by another AWS account",
+            )),
+            Err(e) => {
+                let e = classify(BACKEND, &format!("CreateBucket {bucket}"), e);
+                self.remember_if_uncertain(bucket, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Decides from its tags whether the bucket may be converged, and makes
+    /// its tags the tenant's (keeping tags someone else added).
+    async fn claim(
+        &self,
+        tenant: &TenantRef,
+        bucket: &str,
+        current: BTreeMap<String, String>,
+        interrupted: bool,
+    ) -> Result<(), BackendError> {
+        match tenant.ownership_of(tag_pairs(&current)) {
+            Ownership::Ours | Ownership::Released => {}
+            Ownership::Untagged if interrupted => {
+                tracing::info!(tenant = %tenant.name, bucket, "adopting the untagged bucket of an interrupted creation");
+            }
+            Ownership::Untagged => {
+                return Err(conflict(
+                    BACKEND,
+                    format!("bucket {bucket}"),
+                    "it exists in this account without tenantry's ownership tags",
+                ));
+            }
+            Ownership::Foreign(detail) => {
+                return Err(conflict(BACKEND, format!("bucket {bucket}"), detail));
+            }
+        }
+        let (set, drop_released) = tag_changes(&current, &desired_tags(tenant));
+        if set.is_empty() && !drop_released {
+            return Ok(());
+        }
+        let mut wanted = current;
+        wanted.remove(tags::RELEASED);
+        wanted.extend(set);
+        self.put_tags(bucket, &wanted).await
+    }
+
+    async fn converge_public_access_block(&self, bucket: &str) -> Result<(), BackendError> {
+        let current = match self
+            .client
+            .get_public_access_block()
+            .bucket(bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out.public_access_block_configuration,
+            Err(e) if error_code(&e) == Some("NoSuchPublicAccessBlockConfiguration") => None,
+            Err(e) => {
+                return Err(classify(
+                    BACKEND,
+                    &format!("GetPublicAccessBlock {bucket}"),
+                    e,
+                ));
+            }
+        };
+        let all_on = current.is_some_and(|c| {
+            c.block_public_acls() == Some(true)
+                && c.ignore_public_acls() == Some(true)
+                && c.block_public_policy() == Some(true)
+                && c.restrict_public_buckets() == Some(true)
+        });
+        if all_on {
+            return Ok(());
+        }
+        let config = PublicAccessBlockConfiguration::builder()
+            .block_public_acls(true)
+            .ignore_public_acls(true)
+            .block_public_policy(true)
+            .restrict_public_buckets(true)
+            .build();
+        self.client
+            .put_public_access_block()
+            .bucket(bucket)
+            .public_access_block_configuration(config)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("PutPublicAccessBlock {bucket}"), e))?;
+        Ok(())
+    }
+
+    async fn converge_ownership_controls(&self, bucket: &str) -> Result<(), BackendError> {
+        let enforced = match self.client.get_bucket_ownership_controls().bucket(bucket).send().await {
+            Ok(out) => out.ownership_controls.is_some_and(|c| {
+                matches!(c.rules(), [rule] if *rule.object_ownership() == ObjectOwnership::BucketOwnerEnforced)
+            }),
+            Err(e) if error_code(&e) == Some("OwnershipControlsNotFoundError") => false,
+            Err(e) => return Err(classify(BACKEND, &format!("GetBucketOwnershipControls {bucket}"), e)),
+        };
+        if enforced {
+            return Ok(());
+        }
+        let rule = OwnershipControlsRule::builder()
+            .object_ownership(ObjectOwnership::BucketOwnerEnforced)
+            .build()
+            .map_err(|e| build_error(BACKEND, e))?;
+        let controls = OwnershipControls::builder()
+            .rules(rule)
+            .build()
+            .map_err(|e| build_error(BACKEND, e))?;
+        self.client
+            .put_bucket_ownership_controls()
+            .bucket(bucket)
+            .ownership_controls(controls)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("PutBucketOwnershipControls {bucket}"), e))?;
+        Ok(())
+    }
+
+    async fn converge_encryption(&self, bucket: &str, key_arn: &str) -> Result<(), BackendError> {
+        let done = match self.client.get_bucket_encryption().bucket(bucket).send().await {
+            Ok(out) => out.server_side_encryption_configuration.is_some_and(|c| {
+                matches!(c.rules(), [rule] if rule.bucket_key_enabled() == Some(true)
+                    && rule.apply_server_side_encryption_by_default().is_some_and(|d| {
+                        *d.sse_algorithm() == ServerSideEncryption::AwsKms && d.kms_master_key_id() == Some(key_arn)
+                    }))
+            }),
+            Err(e) if error_code(&e) == Some("ServerSideEncryptionConfigurationNotFoundError") => false,
+            Err(e) => return Err(classify(BACKEND, &format!("GetBucketEncryption {bucket}"), e)),
+        };
+        if done {
+            return Ok(());
+        }
+        let default = ServerSideEncryptionByDefault::builder()
+            .sse_algorithm(ServerSideEncryption::AwsKms)
+            .kms_master_key_id(key_arn)
+            .build()
+            .map_err(|e| build_error(BACKEND, e))?;
+        let config = ServerSideEncryptionConfiguration::builder()
+            .rules(
+                ServerSideEncryptionRule::builder()
+                    .apply_server_side_encryption_by_default(default)
+                    .bucket_key_enabled(true)
+                    .build(),
+            )
+            .build()
+            .map_err(|e| build_error(BACKEND, e))?;
+        self.client
+            .put_bucket_encryption()
+            .bucket(bucket)
+            .server_side_encryption_configuration(config)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("PutBucketEncryption {bucket}"), e))?;
+        Ok(())
+    }
+
+    async fn converge_versioning(
+        &self,
+        bucket: &str,
+        versioning: bool,
+    ) -> Result<(), BackendError> {
+        let status = match self
+            .client
+            .get_bucket_versioning()
+            .bucket(bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out.status,
+            Err(e) => match moto_versioning_status(&e) {
+                Some(status) => status,
+                None => {
+                    return Err(classify(
+                        BACKEND,
+                        &format!("GetBucketVersioning {bucket}"),
+                        e,
+                    ));
+                }
+            },
+        };
+        let wanted = match (versioning, status) {
+            (true, Some(BucketVersioningStatus::Enabled)) => return Ok(()),
+            (true, _) => BucketVersioningStatus::Enabled,
+            // Versioning can only be suspended, never undone: a bucket that
+            // never had it is already what "off" can mean.
+            (false, Some(BucketVersioningStatus::Enabled)) => BucketVersioningStatus::Suspended,
+            (false, _) => return Ok(()),
+        };
+        self.client
+            .put_bucket_versioning()
+            .bucket(bucket)
+            .versioning_configuration(VersioningConfiguration::builder().status(wanted).build())
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("PutBucketVersioning {bucket}"), e))?;
+        Ok(())
+    }
+
+    async fn converge_policy(&self, bucket: &str, key_arn: &str) -> Result<(), BackendError> {
+        let desired = bucket_policy(bucket, partition_of(key_arn));
+        let current = match self.client.get_bucket_policy().bucket(bucket).send().await {
+            Ok(out) => out.policy,
+            Err(e) if error_code(&e) == Some("NoSuchBucketPolicy") => None,
+            Err(e) => return Err(classify(BACKEND, &format!("GetBucketPolicy {bucket}"), e)),
+        };
+        if current.as_deref().is_some_and(|p| same_policy(p, &desired)) {
+            return Ok(());
+        }
+        self.client
+            .put_bucket_policy()
+            .bucket(bucket)
+            .policy(desired.to_string())
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("PutBucketPolicy {bucket}"), e))?;
+        Ok(())
+    }
+
+    /// Deletes every object version and delete marker, a page at a time.
+    /// Each page is deleted before the next is listed, so the next listing
+    /// starts again from the top instead of from a marker: a marker naming a
+    /// version that is gone is positional in S3, but moto looks it up and
+    /// then lists nothing, which would leave the bucket half full.
+    async fn empty(&self, bucket: &str) -> Result<(), BackendError> {
+        let mut previous_first = None;
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(bucket)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("ListObjectVersions {bucket}"), e))?;
+            let mut ids = Vec::new();
+            let versions = page.versions().iter().map(|v| (v.key(), v.version_id()));
+            let markers = page
+                .delete_markers()
+                .iter()
+                .map(|m| (m.key(), m.version_id()));
+            for (key, version) in versions.chain(markers) {
+                let Some(key) = key else { continue };
+                let id = ObjectIdentifier::builder()
+                    .key(key)
+                    // An unversioned object lists as version "null".
+                    .set_version_id(version.map(str::to_string))
+                    .build()
+                    .map_err(|e| build_error(BACKEND, e))?;
+                ids.push(id);
+            }
+            let Some(first) = ids
+                .first()
+                .map(|id| (id.key().to_string(), id.version_id().map(str::to_string)))
+            else {
+                return Ok(());
+            };
+            if previous_first.as_ref() == Some(&first) {
+                // Deleted without error yet listed again: never loop on it.
+                return Err(BackendError::Unavailable {
+                    backend: BACKEND,
+                    message: format!(
+                        "emptying bucket {bucket}: object {:?} is still listed after its deletion",
+                        first.0
+                    ),
+                });
+            }
+            for batch in ids.chunks(DELETE_BATCH) {
+                self.delete_batch(bucket, batch.to_vec()).await?;
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(());
+            }
+            previous_first = Some(first);
+        }
+    }
+
+    async fn delete_batch(
+        &self,
+        bucket: &str,
+        ids: Vec<ObjectIdentifier>,
+    ) -> Result<(), BackendError> {
+        let count = ids.len();
+        let delete = Delete::builder()
+            .set_objects(Some(ids))
+            .quiet(true)
+            .build()
+            .map_err(|e| build_error(BACKEND, e))?;
+        let out = self
+            .client
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("DeleteObjects {bucket}"), e))?;
+        let errors = out.errors();
+        let Some(first) = errors.first() else {
+            return Ok(());
+        };
+        let message = format!(
+            "DeleteObjects {bucket}: {} of {count} objects not deleted, e.g. {:?} version {:?}: {} {}",
+            errors.len(),
+            first.key().unwrap_or_default(),
+            first.version_id().unwrap_or_default(),
+            first.code().unwrap_or("UnknownError"),
+            first.message().unwrap_or_default(),
+        );
+        if errors.iter().all(|e| is_transient(None, e.code())) {
+            Err(BackendError::Unavailable {
+                backend: BACKEND,
+                message,
+            })
+        } else {
+            Err(BackendError::Rejected {
+                backend: BACKEND,
+                message,
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStorage for S3Backend {
+    async fn ensure_bucket(
+        &self,
+        tenant: &TenantRef,
+        bucket: &str,
+        key_arn: &str,
+        versioning: bool,
+        interrupted: bool,
+    ) -> Result<(), BackendError> {
+        let interrupted = interrupted || self.uncertain().contains(bucket);
+        let made = match self.head(bucket).await? {
+            Presence::Absent => self.create(bucket).await?,
+            Presence::InAccount => false,
+            Presence::OtherAccount => return Err(other_account(bucket)),
+        };
+        // Read the tags even after a successful create: in us-east-1 CreateBucket
+        // also answers 200 for a bucket this account already had.
+        let current = self.tags_of(bucket).await?;
+        let fresh = made && current.is_empty();
+        if fresh {
+            // Until it carries our tags, only this memory tells that the
+            // bucket is ours, should tagging fail and the step roll back.
+            self.uncertain().insert(bucket.to_string());
+        }
+        self.claim(tenant, bucket, current, interrupted || fresh)
+            .await?;
+        // Tagged: from now on a retry recognises the bucket by its tags.
+        self.uncertain().remove(bucket);
+
+        self.converge_public_access_block(bucket).await?;
+        self.converge_ownership_controls(bucket).await?;
+        self.converge_encryption(bucket, key_arn).await?;
+        self.converge_versioning(bucket, versioning).await?;
+        self.converge_policy(bucket, key_arn).await?;
+        Ok(())
+    }
+
+    async fn remove_bucket(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError> {
+        match self.head(bucket).await? {
+            Presence::Absent => return Ok(()),
+            Presence::InAccount => {}
+            Presence::OtherAccount => {
+                tracing::warn!(tenant = %tenant.name, bucket, "not removing a bucket of another account");
+                return Ok(());
+            }
+        }
+        let owner = tenant.ownership_of(tag_pairs(&self.tags_of(bucket).await?));
+        let ours = owner == Ownership::Ours
+            || (owner == Ownership::Untagged && self.uncertain().contains(bucket));
+        if !ours {
+            tracing::warn!(tenant = %tenant.name, bucket, ?owner, "not removing a bucket that is not this tenant's");
+            return Ok(());
+        }
+        if self.plain_http {
+            // The bucket is going away; over plain HTTP its deny-non-TLS
+            // policy would refuse the deletions that empty it. Over HTTPS
+            // (any real S3) the policy stays to the end.
+            self.client
+                .delete_bucket_policy()
+                .bucket(bucket)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("DeleteBucketPolicy {bucket}"), e))?;
+        }
+        self.empty(bucket).await?;
+        match self.client.delete_bucket().bucket(bucket).send().await {
+            Ok(_) => {}
+            Err(e) if error_code(&e) == Some("NoSuchBucket") => {}
+            // Something wrote while we emptied it: another pass will do.
+            Err(e) if error_code(&e) == Some("BucketNotEmpty") => {
+                return Err(BackendError::Unavailable {
+                    backend: BACKEND,
+                    message: format!(
+                        "DeleteBucket {bucket}: objects were written while it was emptied"
+                    ),
+                });
+            }
+            Err(e) => return Err(classify(BACKEND, &format!("DeleteBucket {bucket}"), e)),
+        }
+        self.uncertain().remove(bucket);
+        tracing::info!(tenant = %tenant.name, bucket, "deleted S3 bucket");
+        Ok(())
+    }
+
+    async fn release_bucket(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError> {
+        if !matches!(self.head(bucket).await?, Presence::InAccount) {
+            return Ok(());
+        }
+        let mut current = self.tags_of(bucket).await?;
+        let owner = tenant.ownership_of(tag_pairs(&current));
+        if owner != Ownership::Ours {
+            tracing::warn!(tenant = %tenant.name, bucket, ?owner, "not releasing a bucket that is not this tenant's");
+            return Ok(());
+        }
+        if current.get(tags::RELEASED).map(String::as_str) == Some("true") {
+            return Ok(());
+        }
+        current.insert(tags::RELEASED.to_string(), "true".to_string());
+        self.put_tags(bucket, &current).await
+    }
+}
+
+fn other_account(bucket: &str) -> BackendError {
+    conflict(
+        BACKEND,
+        format!("bucket {bucket}"),
+        "it exists and this account may not access it (another account's bucket)",
+    )
+}
+
+/// moto (5.2) answers GetBucketVersioning with a `<GetBucketVersioningResponse>`
+/// root where S3 sends `<VersioningConfiguration>`, and the SDK refuses to
+/// parse it. Reads the status from such an answer; `None` for any other error.
+fn moto_versioning_status<E>(e: &AwsError<E>) -> Option<Option<BucketVersioningStatus>> {
+    let raw = e.raw_response()?;
+    parse_moto_versioning(
+        raw.status().as_u16(),
+        &String::from_utf8_lossy(raw.body().bytes()?),
+    )
+}
+
+fn parse_moto_versioning(status: u16, body: &str) -> Option<Option<BucketVersioningStatus>> {
+    if status != 200 || !body.contains("<GetBucketVersioningResponse") {
+        return None;
+    }
+    let versioning = body
+        .split_once("<Status>")
+        .and_then(|(_, rest)| rest.split_once("</Status>"))
+        .map(|(s, _)| BucketVersioningStatus::from(s.trim()));
+    Some(versioning)
+}
+
+/// The ARN partition (`aws`, `aws-cn`, `aws-us-gov`) of the tenant's key,
+/// which is the bucket's partition too.
+fn partition_of(arn: &str) -> &str {
+    match arn.split(':').nth(1) {
+        Some(p) if arn.starts_with("arn:") && !p.is_empty() => p,
+        _ => "aws",
+    }
+}
+
+/// The bucket policy tenantry wants: refuse any request not made over TLS.
+fn bucket_policy(bucket: &str, partition: &str) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [
+                format!("arn:{partition}:s3:::{bucket}"),
+                format!("arn:{partition}:s3:::{bucket}/*"),
+            ],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }],
+    })
+}
+
+/// Whether a stored policy means the same as `desired`: S3 may give it back
+/// reformatted, with one-element lists as scalars, or with another order.
+fn same_policy(stored: &str, desired: &Value) -> bool {
+    serde_json::from_str::<Value>(stored)
+        .is_ok_and(|s| normalize_policy(&s) == normalize_policy(desired))
+}
+
+fn normalize_policy(policy: &Value) -> Value {
+    let mut statements: Vec<Value> = as_list(policy.get("Statement"))
+        .iter()
+        .map(normalize_statement)
+        .collect();
+    statements.sort_by_key(|s| s.to_string());
+    json!({
+        "Version": policy.get("Version").cloned().unwrap_or(Value::Null),
+        "Statement": statements,
+    })
+}
+
+fn normalize_statement(statement: &Value) -> Value {
+    let Some(fields) = statement.as_object() else {
+        return statement.clone();
+    };
+    let mut out = serde_json::Map::new();
+    for (name, value) in fields {
+        let value = match name.as_str() {
+            // Action names are case-insensitive.
+            "Action" | "NotAction" => Value::from(
+                sorted_strings(value)
+                    .into_iter()
+                    .map(|a| a.to_ascii_lowercase())
+                    .collect::<Vec<_>>(),
+            ),
+            "Resource" | "NotResource" => Value::from(sorted_strings(value)),
+            "Principal" | "NotPrincipal" => normalize_principal(value),
+            "Condition" => normalize_condition(value),
+            _ => value.clone(),
+        };
+        out.insert(name.clone(), value);
+    }
+    Value::Object(out)
+}
+
+fn normalize_principal(principal: &Value) -> Value {
+    // `"*"` and `{"AWS": "*"}` both mean everyone.
+    if principal == "*"
+        || principal
+            .get("AWS")
+            .is_some_and(|a| a == "*" || *a == json!(["*"]))
+    {
+        return Value::from("*");
+    }
+    match principal.as_object() {
+        Some(kinds) => Value::Object(
+            kinds
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(sorted_strings(v))))
+                .collect(),
+        ),
+        None => principal.clone(),
+    }
+}
+
+fn normalize_condition(condition: &Value) -> Value {
+    let Some(operators) = condition.as_object() else {
+        return condition.clone();
+    };
+    let operators = operators
+        .iter()
+        .map(|(op, keys)| {
+            let keys = keys
+                .as_object()
+                .map(|keys| {
+                    keys.iter()
+                        // Condition keys are case-insensitive; values are compared
+                        // as text, so `false` and `"false"` agree.
+                        .map(|(k, v)| (k.to_ascii_lowercase(), Value::from(sorted_strings(v))))
+                        .collect::<serde_json::Map<_, _>>()
+                })
+                .map(Value::Object)
+                .unwrap_or_else(|| keys.clone());
+            (op.clone(), keys)
+        })
+        .collect();
+    Value::Object(operators)
+}
+
+fn as_list(value: Option<&Value>) -> Vec<Value> {
+    match value {
+        Some(Value::Array(items)) => items.clone(),
+        Some(other) => vec![other.clone()],
+        None => Vec::new(),
+    }
+}
+
+fn sorted_strings(value: &Value) -> Vec<String> {
+    let mut items: Vec<String> = as_list(Some(value))
+        .into_iter()
+        .map(|v| match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .collect();
+    items.sort();
+    items.dedup();
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_denies_every_request_without_tls_on_bucket_and_objects() {
+        let p = bucket_policy("tenantry-acme", "aws");
+        let s = &p["Statement"][0];
+        assert_eq!(s["Effect"], "Deny");
+        assert_eq!(s["Principal"], "*");
+        assert_eq!(s["Action"], "s3:*");
+        assert_eq!(
+            s["Resource"],
+            json!(["arn:aws:s3:::tenantry-acme", "arn:aws:s3:::tenantry-acme/*"])
+        );
+        assert_eq!(s["Condition"]["Bool"]["aws:SecureTransport"], "false");
+    }
+
+    #[test]
+    fn a_policy_given_back_in_another_shape_is_the_same_policy() {
+        let desired = bucket_policy("b", "aws");
+        let reshaped = r#"{
+            "Statement": {
+                "Condition": {"Bool": {"aws:securetransport": false}},
+                "Resource": ["arn:aws:s3:::b/*", "arn:aws:s3:::b"],
+                "Action": ["S3:*"],
+                "Principal": {"AWS": "*"},
+                "Effect": "Deny",
+                "Sid": "DenyInsecureTransport"
+            },
+            "Version": "2012-10-17"
+        }"#;
+        assert!(same_policy(reshaped, &desired));
+        assert!(same_policy(&desired.to_string(), &desired));
+    }
+
+    #[test]
+    fn a_weaker_or_different_policy_is_not_the_same() {
+        let desired = bucket_policy("b", "aws");
+        let mut allow = desired.clone();
+        allow["Statement"][0]["Effect"] = json!("Allow");
+        assert!(!same_policy(&allow.to_string(), &desired));
+
+        let mut objects_only = desired.clone();
+        objects_only["Statement"][0]["Resource"] = json!("arn:aws:s3:::b/*");
+        assert!(!same_policy(&objects_only.to_string(), &desired));
+
+        let mut extra = desired.clone();
+        extra["Statement"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}));
+        assert!(!same_policy(&extra.to_string(), &desired));
+
+        assert!(!same_policy("not json", &desired));
+        assert!(!same_policy(
+            &bucket_policy("other", "aws").to_string(),
+            &desired
+        ));
+    }
+
+    #[test]
+    fn motos_versioning_answer_is_understood_and_nothing_else_is_taken_for_it() {
+        let root = r#"<?xml version="1.0" encoding="utf-8"?>"#;
+        let never = format!(
+            r#"{root}<GetBucketVersioningResponse xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>"#
+        );
+        assert_eq!(parse_moto_versioning(200, &never), Some(None));
+        let on = format!(
+            r#"{root}<GetBucketVersioningResponse xmlns="x"><Status>Enabled</Status></GetBucketVersioningResponse>"#
+        );
+        assert_eq!(
+            parse_moto_versioning(200, &on),
+            Some(Some(BucketVersioningStatus::Enabled))
+        );
+        let off = on.replace("Enabled", "Suspended");
+        assert_eq!(
+            parse_moto_versioning(200, &off),
+            Some(Some(BucketVersioningStatus::Suspended))
+        );
+        assert_eq!(parse_moto_versioning(500, &on), None);
+        assert_eq!(
+            parse_moto_versioning(200, "<Error><Code>AccessDenied</Code></Error>"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_partition_comes_from_the_key_arn() {
+        assert_eq!(partition_of("arn:aws:kms:eu-west-1:123:key/abc"), "aws");
+        assert_eq!(
+            partition_of("arn:aws-cn:kms:cn-north-1:123:key/abc"),
+            "aws-cn"
+        );
+        assert_eq!(partition_of("abc"), "aws");
+    }
+}

@@ -1,0 +1,431 @@
+//! AWS Secrets Manager: the tenant's database credentials, as JSON, encrypted
+//! with the tenant's KMS key.
+//!
+//! The stored password always wins over the one a caller proposes: a password
+//! already handed to applications must not change because a step was retried.
+//! No secret value is ever logged or put into an error.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
+use aws_sdk_secretsmanager::types::Tag;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use super::aws::{classify, conflict, desired_tags, error_code, tag_changes, tag_pairs};
+use super::{Backend, BackendError, DatabaseCredentials, Ownership, SecretStore, TenantRef, tags};
+
+const BACKEND: Backend = Backend::SecretsManager;
+
+pub struct SecretsManagerBackend {
+    client: Client,
+}
+
+impl SecretsManagerBackend {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            client: Client::new(config),
+        }
+    }
+
+    async fn describe(&self, name: &str) -> Result<Option<DescribeSecretOutput>, BackendError> {
+        match self.client.describe_secret().secret_id(name).send().await {
+            Ok(out) => Ok(Some(out)),
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(None),
+            Err(e) => Err(classify(BACKEND, &format!("DescribeSecret {name}"), e)),
+        }
+    }
+
+    /// Creates the secret; `Ok(None)` when it already exists (made
+    /// concurrently, or by an attempt whose answer was lost).
+    async fn create(
+        &self,
+        tenant: &TenantRef,
+        name: &str,
+        key_arn: &str,
+        initial: &DatabaseCredentials,
+    ) -> Result<Option<String>, BackendError> {
+        let value = serialize(initial)?;
+        let created = self
+            .client
+            .create_secret()
+            .name(name)
+            .description(format!(
+                "tenantry: database credentials of tenant {}",
+                tenant.name
+            ))
+            .kms_key_id(key_arn)
+            .secret_string(value.expose_secret())
+            .set_tags(Some(secret_tags(&desired_tags(tenant))))
+            // Deterministic, so an identical retry of a create whose answer
+            // was lost succeeds instead of failing or making a new version.
+            .client_request_token(request_token(&tenant.uid))
+            .send()
+            .await;
+        match created {
+            Ok(out) => {
+                tracing::info!(tenant = %tenant.name, secret = name, "created Secrets Manager secret");
+                Ok(Some(out.arn.unwrap_or_default()))
+            }
+            Err(e) if error_code(&e) == Some("ResourceExistsException") => Ok(None),
+            Err(e) => Err(classify(BACKEND, &format!("CreateSecret {name}"), e)),
+        }
+    }
+
+    async fn restore(&self, name: &str) -> Result<(), BackendError> {
+        self.client
+            .restore_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("RestoreSecret {name}"), e))?;
+        Ok(())
+    }
+
+    async fn set_tags(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError> {
+        self.client
+            .tag_resource()
+            .secret_id(name)
+            .set_tags(Some(secret_tags(set)))
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("TagResource {name}"), e))?;
+        Ok(())
+    }
+
+    /// The current value, or `None` when the secret has none (or only a
+    /// binary one).
+    async fn current_value(&self, name: &str) -> Result<Option<SecretString>, BackendError> {
+        match self.client.get_secret_value().secret_id(name).send().await {
+            Ok(out) => Ok(out.secret_string.map(SecretString::from)),
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(None),
+            Err(e) => Err(classify(BACKEND, &format!("GetSecretValue {name}"), e)),
+        }
+    }
+
+    async fn converge(
+        &self,
+        tenant: &TenantRef,
+        name: &str,
+        key_arn: &str,
+        initial: &DatabaseCredentials,
+        described: DescribeSecretOutput,
+    ) -> Result<(String, DatabaseCredentials), BackendError> {
+        let current_tags = tag_map(&described);
+        match tenant.ownership_of(tag_pairs(&current_tags)) {
+            Ownership::Ours | Ownership::Released => {}
+            // CreateSecret tags at creation, so an untagged secret was never
+            // made by tenantry, interrupted or not.
+            Ownership::Untagged => {
+                return Err(conflict(
+                    BACKEND,
+                    format!("secret {name}"),
+                    "it exists without tenantry's ownership tags",
+                ));
+            }
+            Ownership::Foreign(detail) => {
+                return Err(conflict(BACKEND, format!("secret {name}"), detail));
+            }
+        }
+        let arn = described.arn().unwrap_or_default().to_string();
+
+        // Before anything else: a secret scheduled for deletion refuses tags
+        // and new values.
+        if described.deleted_date().is_some() {
+            self.restore(name).await?;
+            tracing::info!(tenant = %tenant.name, secret = name, "restored the tenant's secret from scheduled deletion");
+        }
+
+        let (set, drop_released) = tag_changes(&current_tags, &desired_tags(tenant));
+        if !set.is_empty() {
+            self.set_tags(name, &set).await?;
+        }
+        if drop_released {
+            self.client
+                .untag_resource()
+                .secret_id(name)
+                .tag_keys(tags::RELEASED)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("UntagResource {name}"), e))?;
+        }
+
+        let stored = self.current_value(name).await?;
+        let (credentials, rewrite) = merge_stored(stored.as_ref(), initial);
+        let new_value = if rewrite {
+            tracing::info!(tenant = %tenant.name, secret = name, "updating the connection details in the tenant's secret, keeping its password");
+            Some(serialize(&credentials)?)
+        } else {
+            None
+        };
+
+        if described.kms_key_id() != Some(key_arn) {
+            // UpdateSecret with a value writes a new current version, which
+            // is what moves the value under the tenant's key; a bare KmsKeyId
+            // change would only apply to later versions.
+            let value = match (new_value, stored) {
+                (Some(v), _) => v,
+                (None, Some(v)) => v,
+                (None, None) => serialize(&credentials)?,
+            };
+            self.client
+                .update_secret()
+                .secret_id(name)
+                .kms_key_id(key_arn)
+                .secret_string(value.expose_secret())
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
+            tracing::info!(tenant = %tenant.name, secret = name, "re-encrypted the tenant's secret with the tenant's key");
+        } else if let Some(value) = new_value {
+            self.client
+                .put_secret_value()
+                .secret_id(name)
+                .secret_string(value.expose_secret())
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("PutSecretValue {name}"), e))?;
+        }
+        Ok((arn, credentials))
+    }
+}
+
+#[async_trait]
+impl SecretStore for SecretsManagerBackend {
+    async fn ensure_secret(
+        &self,
+        tenant: &TenantRef,
+        name: &str,
+        key_arn: &str,
+        initial: &DatabaseCredentials,
+    ) -> Result<(String, DatabaseCredentials), BackendError> {
+        let described = match self.describe(name).await? {
+            Some(d) => d,
+            None => match self.create(tenant, name, key_arn, initial).await? {
+                Some(arn) => return Ok((arn, initial.clone())),
+                None => self
+                    .describe(name)
+                    .await?
+                    .ok_or_else(|| BackendError::Unavailable {
+                        backend: BACKEND,
+                        message: format!("secret {name} exists and vanished while being read"),
+                    })?,
+            },
+        };
+        self.converge(tenant, name, key_arn, initial, described)
+            .await
+    }
+
+    async fn remove_secret(&self, tenant: &TenantRef, name: &str) -> Result<(), BackendError> {
+        let Some(described) = self.describe(name).await? else {
+            return Ok(());
+        };
+        let owner = tenant.ownership_of(tag_pairs(&tag_map(&described)));
+        if owner != Ownership::Ours {
+            tracing::warn!(tenant = %tenant.name, secret = name, ?owner, "not removing a secret that is not this tenant's");
+            return Ok(());
+        }
+        if described.deleted_date().is_some() {
+            // Someone scheduled it for deletion with a recovery window; that
+            // keeps the name taken for days, and Secrets Manager refuses a
+            // forced deletion of a scheduled secret.
+            self.restore(name).await?;
+        }
+        match self
+            .client
+            .delete_secret()
+            .secret_id(name)
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => {}
+            Err(e) => return Err(classify(BACKEND, &format!("DeleteSecret {name}"), e)),
+        }
+        tracing::info!(tenant = %tenant.name, secret = name, "deleted Secrets Manager secret");
+        Ok(())
+    }
+
+    async fn release_secret(&self, tenant: &TenantRef, name: &str) -> Result<(), BackendError> {
+        let Some(described) = self.describe(name).await? else {
+            return Ok(());
+        };
+        let current = tag_map(&described);
+        let owner = tenant.ownership_of(tag_pairs(&current));
+        if owner != Ownership::Ours {
+            tracing::warn!(tenant = %tenant.name, secret = name, ?owner, "not releasing a secret that is not this tenant's");
+            return Ok(());
+        }
+        if current.get(tags::RELEASED).map(String::as_str) == Some("true") {
+            return Ok(());
+        }
+        self.set_tags(
+            name,
+            &BTreeMap::from([(tags::RELEASED.to_string(), "true".to_string())]),
+        )
+        .await
+    }
+}
+
+fn tag_map(described: &DescribeSecretOutput) -> BTreeMap<String, String> {
+    described
+        .tags()
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn secret_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn serialize(credentials: &DatabaseCredentials) -> Result<SecretString, BackendError> {
+    serde_json::to_string(credentials)
+        .map(SecretString::from)
+        // The serde message could quote the value: keep it out.
+        .map_err(|_| BackendError::Rejected {
+            backend: BACKEND,
+            message: "the database credentials could not be serialized".to_string(),
+        })
+}
+
+/// A ClientRequestToken (32 to 64 characters) that depends on the tenant
+/// alone. A Kubernetes uid (36 characters) is used as is, for people reading
+/// CloudTrail; anything else is hashed to fit.
+fn request_token(uid: &str) -> String {
+    let readable = format!("tenantry-{uid}");
+    if (32..=64).contains(&readable.len())
+        && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return readable;
+    }
+    let digest = Sha256::digest(uid.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("tenantry-{}", &hex[..55])
+}
+
+/// The credentials to keep, from what is stored and what the caller proposes,
+/// and whether the stored value must be rewritten. The stored password wins;
+/// where to connect and as whom come from `initial`, which reflects the
+/// current configuration.
+fn merge_stored(
+    stored: Option<&SecretString>,
+    initial: &DatabaseCredentials,
+) -> (DatabaseCredentials, bool) {
+    let Some(stored) = stored else {
+        return (initial.clone(), true);
+    };
+    if let Ok(current) = serde_json::from_str::<DatabaseCredentials>(stored.expose_secret()) {
+        let same_place = current.username == initial.username
+            && current.host == initial.host
+            && current.port == initial.port
+            && current.database == initial.database
+            && current.schema == initial.schema;
+        if same_place {
+            return (current, false);
+        }
+        let merged = DatabaseCredentials {
+            password: current.password,
+            ..initial.clone()
+        };
+        return (merged, true);
+    }
+    // Not our shape (edited by hand?): keep a password if there is one.
+    let password = serde_json::from_str::<serde_json::Value>(stored.expose_secret())
+        .ok()
+        .and_then(|v| {
+            v.get("password")?
+                .as_str()
+                .filter(|p| !p.is_empty())
+                .map(SecretString::from)
+        });
+    tracing::warn!("the stored credentials are not in tenantry's format; rewriting them");
+    let merged = DatabaseCredentials {
+        password: password.unwrap_or_else(|| initial.password.clone()),
+        ..initial.clone()
+    };
+    (merged, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(password: &str, host: &str) -> DatabaseCredentials {
+        DatabaseCredentials {
+            username: "t_acme".into(),
+            password: SecretString::from(password),
+            host: host.into(),
+            port: 5432,
+            database: "app".into(),
+            schema: "t_acme".into(),
+            engine: "postgres".into(),
+        }
+    }
+
+    fn stored(c: &DatabaseCredentials) -> SecretString {
+        SecretString::from(serde_json::to_string(c).unwrap())
+    }
+
+    #[test]
+    fn the_stored_password_wins_and_nothing_is_rewritten_when_the_rest_matches() {
+        let (merged, rewrite) =
+            merge_stored(Some(&stored(&creds("old", "db"))), &creds("new", "db"));
+        assert!(!rewrite);
+        assert_eq!(merged.password.expose_secret(), "old");
+    }
+
+    #[test]
+    fn a_moved_database_is_rewritten_with_the_stored_password() {
+        let (merged, rewrite) =
+            merge_stored(Some(&stored(&creds("old", "db1"))), &creds("new", "db2"));
+        assert!(rewrite);
+        assert_eq!(merged.password.expose_secret(), "old");
+        assert_eq!(merged.host, "db2");
+    }
+
+    #[test]
+    fn a_missing_or_foreign_shaped_value_is_replaced_keeping_any_password() {
+        let (merged, rewrite) = merge_stored(None, &creds("new", "db"));
+        assert!(rewrite);
+        assert_eq!(merged.password.expose_secret(), "new");
+
+        let odd = SecretString::from(r#"{"password":"kept","user":"x"}"#);
+        let (merged, rewrite) = merge_stored(Some(&odd), &creds("new", "db"));
+        assert!(rewrite);
+        assert_eq!(merged.password.expose_secret(), "kept");
+        assert_eq!(merged.username, "t_acme");
+
+        let garbage = SecretString::from("not json");
+        let (merged, _) = merge_stored(Some(&garbage), &creds("new", "db"));
+        assert_eq!(merged.password.expose_secret(), "new");
+    }
+
+    #[test]
+    fn request_tokens_are_deterministic_and_within_the_allowed_length() {
+        let uid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        assert_eq!(request_token(uid), format!("tenantry-{uid}"));
+        assert_eq!(request_token(uid), request_token(uid));
+        for uid in ["a", "uid-1", &"x".repeat(100), "weird/uid with spaces"] {
+            let t = request_token(uid);
+            assert!((32..=64).contains(&t.len()), "{t}");
+            assert_eq!(t, request_token(uid));
+        }
+        assert_ne!(request_token("a"), request_token("b"));
+    }
+}

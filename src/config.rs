@@ -1,0 +1,183 @@
+//! Operator configuration (flags with environment fallbacks) and the clients
+//! built from it. Tests build their clients through this same code.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::backends::kms::KmsBackend;
+use crate::backends::kube::KubeSecrets;
+use crate::backends::postgres::PostgresBackend;
+use crate::backends::s3::S3Backend;
+use crate::backends::secrets::SecretsManagerBackend;
+use crate::backends::{CredentialSecrets, KeyManager, ObjectStorage, SecretStore, TenantDatabase, aws};
+use crate::provision::RetryPolicy;
+
+/// Where tenant resources are made.
+#[derive(Args, Clone, Debug)]
+pub struct BackendArgs {
+    /// PostgreSQL admin connection URL, e.g. postgres://tenantry_admin:PASSWORD@db:5432/app.
+    /// The role needs LOGIN CREATEROLE CREATEDB and must own (or have CREATE on) the
+    /// database in the URL, where Schema-mode tenants get their schemas. It need not
+    /// be a superuser, and should not be.
+    #[arg(long, env = "TENANTRY_DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
+    pub database_url: SecretString,
+
+    /// Most connections tenantry opens to PostgreSQL at once.
+    #[arg(long, env = "TENANTRY_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Host that applications use to reach PostgreSQL, written into tenants'
+    /// credentials. Defaults to the host of --database-url.
+    #[arg(long, env = "TENANTRY_TENANT_DATABASE_HOST")]
+    pub tenant_database_host: Option<String>,
+
+    /// Port that applications use to reach PostgreSQL. Defaults to the port of --database-url.
+    #[arg(long, env = "TENANTRY_TENANT_DATABASE_PORT")]
+    pub tenant_database_port: Option<u16>,
+
+    /// Prefix of tenant bucket names: the bucket of tenant `acme` is `<prefix>-acme`.
+    /// Bucket names are global in S3, so pick one unique to your organisation.
+    #[arg(long, env = "TENANTRY_BUCKET_PREFIX", default_value = "tenantry")]
+    pub bucket_prefix: String,
+
+    /// Address S3 buckets in the path (`endpoint/bucket`) instead of by virtual host.
+    /// On by default when AWS_ENDPOINT_URL points at an S3-compatible server.
+    #[arg(long, env = "TENANTRY_S3_FORCE_PATH_STYLE")]
+    pub s3_force_path_style: Option<bool>,
+}
+
+/// How the engine retries and paces itself.
+#[derive(Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// Tries of a backend call that fails transiently (throttling, 5xx, timeouts,
+    /// refused connections) before a provisioning attempt gives up and rolls back.
+    #[arg(long, env = "TENANTRY_RETRY_ATTEMPTS", default_value_t = 6)]
+    pub retry_attempts: u32,
+
+    /// First delay between those tries; it doubles each time, with jitter.
+    #[arg(long, env = "TENANTRY_RETRY_BASE_DELAY", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub retry_base_delay: Duration,
+
+    /// Longest delay between those tries.
+    #[arg(long, env = "TENANTRY_RETRY_MAX_DELAY", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub retry_max_delay: Duration,
+
+    /// Shortest wait before a failed (rolled back) tenant is tried again without a
+    /// spec change; it doubles with each failure in a row, up to --failure-backoff-max.
+    #[arg(long, env = "TENANTRY_FAILURE_BACKOFF", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub failure_backoff: Duration,
+
+    /// Longest wait before a failed tenant is tried again.
+    #[arg(long, env = "TENANTRY_FAILURE_BACKOFF_MAX", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub failure_backoff_max: Duration,
+
+    /// How often a Ready tenant is looked at again when nothing changed.
+    #[arg(long, env = "TENANTRY_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+}
+
+impl EngineArgs {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.retry_attempts.max(1),
+            base_delay: self.retry_base_delay,
+            max_delay: self.retry_max_delay,
+        }
+    }
+}
+
+/// The controller process.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub backends: BackendArgs,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "TENANTRY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Tenants reconciled at once.
+    #[arg(long, env = "TENANTRY_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Manage only the Tenants whose labels match this selector (e.g.
+    /// `tenantry.dev/shard=a`), so several operators can split the tenants.
+    /// Empty: every Tenant.
+    #[arg(long, env = "TENANTRY_TENANT_SELECTOR", default_value = "")]
+    pub tenant_selector: String,
+
+    /// Namespace of the Events tenantry publishes about Tenants (which are
+    /// cluster-scoped). Kubernetes 1.30+ accepts `default`.
+    #[arg(long, env = "TENANTRY_EVENT_NAMESPACE", default_value = "default")]
+    pub event_namespace: String,
+}
+
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    Ok(SecretString::from(value.to_string()))
+}
+
+/// Every backend client, ready to use.
+#[derive(Clone)]
+pub struct Backends {
+    pub database: Arc<dyn TenantDatabase>,
+    pub keys: Arc<dyn KeyManager>,
+    pub storage: Arc<dyn ObjectStorage>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub kube_secrets: Arc<dyn CredentialSecrets>,
+    pub bucket_prefix: String,
+    pub region: String,
+    /// The PostgreSQL backend itself, for work beyond the trait (probes, audit).
+    pub postgres: Arc<PostgresBackend>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("cannot reach PostgreSQL: {0}")]
+    Postgres(#[source] crate::backends::BackendError),
+    #[error("no AWS region: set AWS_REGION (or a profile with a region)")]
+    NoRegion,
+}
+
+impl Backends {
+    /// Connects to PostgreSQL and loads the AWS configuration from the
+    /// standard chain (AWS_REGION, AWS_ENDPOINT_URL, credentials, IRSA, ...).
+    pub async fn connect(args: &BackendArgs, kube: kube::Client) -> Result<Self, ConfigError> {
+        crate::naming::validate_bucket_prefix(&args.bucket_prefix).map_err(ConfigError::Invalid)?;
+        let postgres = PostgresBackend::connect(
+            &args.database_url,
+            args.database_max_connections,
+            args.tenant_database_host.clone(),
+            args.tenant_database_port,
+        )
+        .await
+        .map_err(ConfigError::Postgres)?;
+        let postgres = Arc::new(postgres);
+        let sdk = aws::load_sdk_config().await;
+        let region = sdk.region().map(|r| r.to_string()).ok_or(ConfigError::NoRegion)?;
+        let path_style = args
+            .s3_force_path_style
+            .unwrap_or_else(|| sdk.endpoint_url().is_some());
+        Ok(Self {
+            database: postgres.clone(),
+            keys: Arc::new(KmsBackend::new(&sdk)),
+            storage: Arc::new(S3Backend::new(&sdk, path_style)),
+            secrets: Arc::new(SecretsManagerBackend::new(&sdk)),
+            kube_secrets: Arc::new(KubeSecrets::new(kube)),
+            bucket_prefix: args.bucket_prefix.clone(),
+            region,
+            postgres,
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! Kubernetes Events about Tenants, for people running `kubectl describe`.
+//!
+//! Tenants are cluster-scoped, so their Events live in a configurable
+//! namespace (`default` on current clusters). Publishing is best effort: a
+//! failed event is logged and never fails a reconcile.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::api::Tenant;
+
+pub const REPORTING_CONTROLLER: &str = "tenantry.dev/operator";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+#[derive(Clone)]
+pub struct EventPublisher {
+    client: Client,
+    namespace: String,
+    instance: String,
+}
+
+impl EventPublisher {
+    pub fn new(client: Client, namespace: String) -> Self {
+        let instance = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "tenantry".to_string());
+        Self {
+            client,
+            namespace,
+            instance,
+        }
+    }
+
+    /// Publishes an event about `tenant`. `note` must never hold a secret.
+    pub async fn publish(&self, tenant: &Tenant, type_: EventType, reason: &str, action: &str, note: &str) {
+        let regarding = ObjectReference {
+            api_version: Some(Tenant::api_version(&()).to_string()),
+            kind: Some(Tenant::kind(&()).to_string()),
+            name: Some(tenant.name_any()),
+            uid: tenant.uid(),
+            resource_version: tenant.resource_version(),
+            ..Default::default()
+        };
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", tenant.name_any())),
+                namespace: Some(self.namespace.clone()),
+                ..Default::default()
+            },
+            action: Some(action.to_string()),
+            reason: Some(reason.to_string()),
+            note: Some(note.chars().take(1024).collect()),
+            type_: Some(
+                match type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .to_string(),
+            ),
+            event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            reporting_controller: Some(REPORTING_CONTROLLER.to_string()),
+            reporting_instance: Some(self.instance.clone()),
+            regarding: Some(regarding),
+            ..Default::default()
+        };
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        if let Err(error) = events.create(&PostParams::default(), &event).await {
+            tracing::debug!(%error, reason, "could not publish event (best effort)");
+        }
+    }
+}

@@ -1,0 +1,692 @@
+//! The Tenant controller: thin glue from Kubernetes to the provisioning engine.
+//!
+//! A reconcile is a pipeline: validate the spec (pure), check what it refers to
+//! (the credentials namespace), run the tenant's steps through the engine with
+//! the journal kept in the status, then derive the status from the outcome.
+//! Deletion is handled here too, behind the `tenantry.dev/cleanup` finalizer.
+
+pub mod events;
+pub mod status;
+pub mod steps;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use rand::Rng;
+
+use crate::api::{
+    DeletionPolicy, DeletionStatus, IsolationMode, JournalOperation, ProvisioningJournal, Tenant, TenantPhase,
+    TenantStatus,
+};
+use crate::backends::TenantRef;
+use crate::config::{Backends, EngineArgs};
+use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels};
+use crate::naming::TenantNames;
+use crate::provision::{Engine, JournalStore, Outcome, StepError, new_journal};
+use events::{EventPublisher, EventType};
+use status::{Verdict, apply_verdict, failure_backoff};
+use steps::{TenantContext, tenant_steps};
+
+/// Finalizer that guards every Tenant until its resources are released or removed.
+pub const FINALIZER: &str = "tenantry.dev/cleanup";
+/// Set to `Retain` on a terminating Tenant to cancel a `Delete` within its grace period.
+pub const DELETION_POLICY_ANNOTATION: &str = "tenantry.dev/deletion-policy";
+/// Field manager of tenantry's status writes.
+pub const FIELD_MANAGER: &str = "tenantry";
+
+/// How long to wait before looking again at a tenant whose namespace is missing.
+const NAMESPACE_RETRY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Step(#[from] StepError),
+    #[error("Tenant has no {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// Fixed label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kubernetes",
+            Self::Step(e) => e.category,
+            Self::MissingField(_) => "invalid_object",
+        }
+    }
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    pub client: Client,
+    pub backends: Backends,
+    pub engine: EngineArgs,
+    pub events: EventPublisher,
+    pub metrics: Metrics,
+    /// Consecutive reconcile errors per tenant, for a capped, jittered backoff
+    /// (kube-runtime keeps none per object).
+    error_counts: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, backends: Backends, engine: EngineArgs, events: EventPublisher, metrics: Metrics) -> Self {
+        Self {
+            client,
+            backends,
+            engine,
+            events,
+            metrics,
+            error_counts: Mutex::default(),
+        }
+    }
+}
+
+/// Fails fast when the CRD is missing, with what to run.
+pub async fn check_crd_installed(client: &Client) -> anyhow::Result<()> {
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    match tenants.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => anyhow::bail!(
+            "the Tenant CRD (tenants.tenantry.dev) is not installed in this cluster: \
+             run `tenantry crd | kubectl apply -f -` (or install the Helm chart)"
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot list Tenants")),
+    }
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(ctx: Arc<Context>, concurrency: u16, selector: &str) {
+    let tenants: Api<Tenant> = Api::all(ctx.client.clone());
+    let mut watch = watcher::Config::default();
+    if !selector.is_empty() {
+        watch = watch.labels(selector);
+    }
+    Controller::new(tenants, watch)
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::trace!(tenant = %object.name, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+            }
+        })
+        .await;
+}
+
+async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_timer();
+    let name = tenant.name_any();
+    let result = if tenant.metadata.deletion_timestamp.is_some() {
+        if tenant.finalizers().iter().any(|f| f == FINALIZER) {
+            cleanup(&tenant, &ctx).await
+        } else {
+            Ok(Action::await_change())
+        }
+    } else if !tenant.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(&tenant, &ctx.client).await.map(|()| Action::await_change())
+    } else {
+        apply(&tenant, &ctx).await
+    };
+    if result.is_ok() {
+        ctx.error_counts.lock().expect("lock").remove(&name);
+    }
+    result
+}
+
+fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            category: error.category().to_string(),
+        })
+        .inc();
+    let failures = {
+        let mut counts = ctx.error_counts.lock().expect("lock");
+        let n = counts.entry(tenant.name_any()).or_default();
+        *n += 1;
+        *n
+    };
+    let cap = failure_backoff(failures, Duration::from_secs(2), Duration::from_secs(300));
+    let delay = jitter(cap / 2, cap);
+    tracing::warn!(tenant = %tenant.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn jitter(min: Duration, max: Duration) -> Duration {
+    if max <= min {
+        return min;
+    }
+    rand::rng().random_range(min..=max)
+}
+
+/// The resync delay for a settled tenant, spread so tenants do not move in step.
+fn resync(ctx: &Context) -> Action {
+    let base = ctx.engine.resync_interval;
+    Action::requeue(jitter(base.mul_f64(0.9), base.mul_f64(1.1)))
+}
+
+async fn add_finalizer(tenant: &Tenant, client: &Client) -> Result<(), Error> {
+    let api: Api<Tenant> = Api::all(client.clone());
+    let mut finalizers = tenant.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": tenant.resource_version()},
+        {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
+    ]))
+    .expect("static JSON patch is valid");
+    api.patch(&tenant.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await?;
+    Ok(())
+}
+
+async fn remove_finalizer(tenant: &Tenant, client: &Client) -> Result<(), Error> {
+    let api: Api<Tenant> = Api::all(client.clone());
+    let finalizers: Vec<_> = tenant
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": tenant.resource_version()},
+        {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
+    ]))
+    .expect("static JSON patch is valid");
+    match api
+        .patch(&tenant.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the whole status with one server-side apply under tenantry's field manager.
+pub async fn write_status(client: &Client, name: &str, status: &TenantStatus) -> Result<(), kube::Error> {
+    let api: Api<Tenant> = Api::all(client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "Tenant",
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Persists the engine's journal into the Tenant's status as it goes.
+struct StatusJournal<'a> {
+    client: &'a Client,
+    name: String,
+    generation: Option<i64>,
+    status: TenantStatus,
+    /// Phase shown while steps are being ensured (Provisioning, or Deleting
+    /// for a teardown).
+    working_phase: TenantPhase,
+}
+
+#[async_trait]
+impl JournalStore for StatusJournal<'_> {
+    async fn save(&mut self, journal: &ProvisioningJournal) -> Result<(), StepError> {
+        self.status.provisioning = Some(journal.clone());
+        let phase = match journal.operation {
+            JournalOperation::Provision => self.working_phase,
+            JournalOperation::RollBack => TenantPhase::RollingBack,
+            JournalOperation::Teardown => TenantPhase::Deleting,
+        };
+        // Keep the visible phase while a Ready tenant is only being re-checked.
+        if self.status.phase != Some(phase) || phase != TenantPhase::Ready {
+            let (reason, message) = match phase {
+                TenantPhase::RollingBack => (
+                    "RollingBack",
+                    format!(
+                        "provisioning failed ({}); removing what was made",
+                        journal.failure.as_deref().unwrap_or("unknown cause")
+                    ),
+                ),
+                TenantPhase::Deleting => ("Deleting", "removing the tenant's resources".to_string()),
+                _ => (
+                    "Provisioning",
+                    match &journal.in_progress {
+                        Some(step) => format!("ensuring {step}"),
+                        None => format!("{} steps done", journal.steps_done.len()),
+                    },
+                ),
+            };
+            apply_verdict(&mut self.status, &Verdict::new(phase, reason, message), self.generation, Utc::now());
+        }
+        write_status(self.client, &self.name, &self.status)
+            .await
+            .map_err(|e| StepError::transient("kubernetes", format!("saving the provisioning journal: {e}")))
+    }
+}
+
+/// Pure validation of what the API server's schema cannot check.
+fn validate(tenant: &Tenant, bucket_prefix: &str) -> Result<(TenantNames, Duration), String> {
+    let names = TenantNames::new(&tenant.name_any(), bucket_prefix)?;
+    let grace = parse_grace_period(&tenant.spec.deletion.grace_period)?;
+    // The isolation mode decides where the data lives; moving it is a
+    // migration, not a reconcile.
+    if let Some(recorded) = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.database.as_ref())
+    {
+        let dedicated = *recorded == names.database;
+        let wants_dedicated = tenant.spec.database.isolation == IsolationMode::Database;
+        if dedicated != wants_dedicated {
+            let was = if dedicated { IsolationMode::Database } else { IsolationMode::Schema };
+            return Err(format!(
+                "spec.database.isolation cannot change from {was} to {} once the tenant's data exists; \
+                 set it back to {was}",
+                tenant.spec.database.isolation
+            ));
+        }
+    }
+    Ok((names, grace))
+}
+
+fn parse_grace_period(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value)
+        .map_err(|e| format!("spec.deletion.gracePeriod {value:?} is not a duration such as 72h or 30m: {e}"))
+}
+
+fn tenant_ref(tenant: &Tenant) -> Result<TenantRef, Error> {
+    Ok(TenantRef {
+        name: tenant.name_any(),
+        uid: tenant.uid().ok_or(Error::MissingField("metadata.uid"))?,
+        display_name: tenant.spec.display_name.clone(),
+    })
+}
+
+async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let name = tenant.name_any();
+    let generation = tenant.metadata.generation;
+    let current = tenant.status.clone().unwrap_or_default();
+    let now = Utc::now();
+
+    let (names, _grace) = match validate(tenant, &ctx.backends.bucket_prefix) {
+        Ok(valid) => valid,
+        Err(message) => {
+            let verdict = Verdict::new(TenantPhase::Failed, "InvalidSpec", message);
+            return finish(tenant, ctx, current, &verdict, None).await;
+        }
+    };
+
+    if let Some(wait) = backoff_remaining(&current, generation, &ctx.engine, now) {
+        tracing::debug!(tenant = %name, ?wait, "failed tenant still in backoff");
+        return Ok(Action::requeue(wait));
+    }
+
+    let namespace = &tenant.spec.credentials.namespace;
+    if !ctx.backends.kube_secrets.namespace_exists(namespace).await.map_err(StepError::from)? {
+        let verdict = Verdict::new(
+            TenantPhase::Pending,
+            "NamespaceMissing",
+            format!(
+                "namespace {namespace} (spec.credentials.namespace) does not exist; tenantry does not create \
+                 namespaces and will retry"
+            ),
+        );
+        finish(tenant, ctx, current, &verdict, None).await?;
+        return Ok(Action::requeue(NAMESPACE_RETRY));
+    }
+
+    let mut steps_ctx = TenantContext::new(tenant_ref(tenant)?, names, tenant.spec.clone(), ctx.backends.clone());
+    steps_ctx.previous_kube_secret = current.resources.as_ref().and_then(|r| r.kubernetes_secret.clone());
+    let steps = tenant_steps();
+    let engine = Engine::new(&steps, ctx.engine.retry_policy());
+    let mut journal = current.provisioning.clone().unwrap_or_else(new_journal);
+    let mut store = StatusJournal {
+        client: &ctx.client,
+        name: name.clone(),
+        generation,
+        status: current.clone(),
+        working_phase: match current.phase {
+            Some(TenantPhase::Ready) if current.observed_generation == generation => TenantPhase::Ready,
+            _ => TenantPhase::Provisioning,
+        },
+    };
+    let outcome = engine.provision(&mut steps_ctx, &mut journal, &mut store).await?;
+    let mut status = store.status;
+    status.provisioning = Some(journal);
+    match outcome {
+        Outcome::Provisioned => {
+            status.resources = Some(steps_ctx.resources());
+            let verdict = if tenant.spec.suspended {
+                Verdict::new(
+                    TenantPhase::Suspended,
+                    "Suspended",
+                    "access revoked: database login disabled and the Kubernetes Secret removed",
+                )
+            } else {
+                Verdict::new(
+                    TenantPhase::Ready,
+                    "Provisioned",
+                    "every resource of the tenant exists and is configured",
+                )
+            };
+            let was = current.phase;
+            let action = finish(tenant, ctx, status, &verdict, Some("provisioned")).await?;
+            if was != Some(verdict.phase) {
+                ctx.events
+                    .publish(tenant, EventType::Normal, &verdict.reason, "Provision", &verdict.message)
+                    .await;
+            }
+            Ok(action)
+        }
+        Outcome::RolledBack { error, reason, .. } => {
+            if let Some(j) = status.provisioning.as_mut() {
+                j.failed_generation = generation;
+            }
+            // What exists now is nothing.
+            status.resources = None;
+            let message = format!("provisioning failed and was rolled back, nothing was left behind: {error}");
+            let verdict = Verdict::new(TenantPhase::Failed, reason, message);
+            ctx.events
+                .publish(tenant, EventType::Warning, reason, "RollBack", &verdict.message)
+                .await;
+            let failed = status.provisioning.as_ref().map_or(1, |j| j.failed_attempts);
+            finish(tenant, ctx, status, &verdict, Some("rolled_back")).await?;
+            Ok(Action::requeue(failure_backoff(
+                failed,
+                ctx.engine.failure_backoff,
+                ctx.engine.failure_backoff_max,
+            )))
+        }
+        Outcome::RemovalStuck { step, error } => {
+            let verdict = Verdict::new(
+                TenantPhase::RollingBack,
+                "RollbackStuck",
+                format!("could not remove {step}, will retry: {error}"),
+            );
+            finish(tenant, ctx, status, &verdict, Some("removal_stuck")).await?;
+            Ok(Action::requeue(Duration::from_secs(30)))
+        }
+        Outcome::Removed => Ok(resync(ctx)),
+    }
+}
+
+/// Time left before a failed tenant may be tried again, if any. A spec
+/// change (a new generation) ends the wait at once.
+fn backoff_remaining(
+    status: &TenantStatus,
+    generation: Option<i64>,
+    engine: &EngineArgs,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    if status.phase != Some(TenantPhase::Failed) {
+        return None;
+    }
+    let journal = status.provisioning.as_ref()?;
+    if journal.operation != JournalOperation::Provision || journal.failed_generation != generation {
+        return None;
+    }
+    let failed_at = DateTime::parse_from_rfc3339(journal.last_failure_time.as_deref()?).ok()?;
+    let wait = failure_backoff(journal.failed_attempts, engine.failure_backoff, engine.failure_backoff_max);
+    let retry_at = failed_at.with_timezone(&Utc) + chrono::Duration::from_std(wait).ok()?;
+    (retry_at > now).then(|| (retry_at - now).to_std().unwrap_or_default())
+}
+
+/// Applies the verdict and writes the status only if it changed, so a
+/// reconcile with nothing to do makes no write.
+async fn finish(
+    tenant: &Tenant,
+    ctx: &Context,
+    mut status: TenantStatus,
+    verdict: &Verdict,
+    outcome: Option<&str>,
+) -> Result<Action, Error> {
+    apply_verdict(&mut status, verdict, tenant.metadata.generation, Utc::now());
+    if Some(&status) != tenant.status.as_ref() {
+        write_status(&ctx.client, &tenant.name_any(), &status).await?;
+    }
+    if let Some(outcome) = outcome {
+        ctx.metrics
+            .provisioning_outcomes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+    Ok(resync(ctx))
+}
+
+/// The deletion policy in force: the cancel annotation wins over the spec.
+fn effective_deletion_policy(tenant: &Tenant) -> DeletionPolicy {
+    match tenant.annotations().get(DELETION_POLICY_ANNOTATION).map(String::as_str) {
+        Some("Retain") => DeletionPolicy::Retain,
+        Some("Delete") => DeletionPolicy::Delete,
+        _ => tenant.spec.deletion.policy,
+    }
+}
+
+async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let name = tenant.name_any();
+    let tref = tenant_ref(tenant)?;
+    let names = match TenantNames::new(&name, &ctx.backends.bucket_prefix) {
+        Ok(names) => names,
+        // Nothing can have been made for a name that maps to no resource.
+        Err(_) => {
+            remove_finalizer(tenant, &ctx.client).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let b = &ctx.backends;
+    let ns = &tenant.spec.credentials.namespace;
+    let secret_name = tenant
+        .spec
+        .credentials
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{name}-credentials"));
+    let mode = tenant.spec.database.isolation;
+    let mut status = tenant.status.clone().unwrap_or_default();
+
+    if effective_deletion_policy(tenant) == DeletionPolicy::Retain {
+        // Let go of everything, still tagged, so a Tenant of this name can adopt it.
+        b.database.release_tenant(&tref, &names, mode).await.map_err(StepError::from)?;
+        b.kube_secrets.release_secret(&tref, ns, &secret_name).await.map_err(StepError::from)?;
+        b.storage.release_bucket(&tref, &names.bucket).await.map_err(StepError::from)?;
+        b.secrets.release_secret(&tref, &names.secret_name).await.map_err(StepError::from)?;
+        b.keys.release_key(&tref, &names.key_alias).await.map_err(StepError::from)?;
+        ctx.events
+            .publish(
+                tenant,
+                EventType::Normal,
+                "Retained",
+                "Delete",
+                "Tenant deleted with policy Retain: resources kept and released for adoption; login disabled",
+            )
+            .await;
+        remove_finalizer(tenant, &ctx.client).await?;
+        return Ok(Action::await_change());
+    }
+
+    let grace = parse_grace_period(&tenant.spec.deletion.grace_period).unwrap_or(Duration::from_secs(72 * 3600));
+    let deletion = status.deletion.clone().unwrap_or_default();
+    if deletion.access_revoked_at.is_none() {
+        b.database.set_login(&tref, &names, false).await.map_err(StepError::from)?;
+        b.kube_secrets.delete_secret(&tref, ns, &secret_name).await.map_err(StepError::from)?;
+        let deleted_at = tenant
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
+            .unwrap_or_else(Utc::now);
+        let destroy_after = deleted_at + chrono::Duration::from_std(grace).unwrap_or_default();
+        status.deletion = Some(DeletionStatus {
+            access_revoked_at: Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            destroy_after: Some(destroy_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        });
+        if let Some(r) = status.resources.as_mut() {
+            r.kubernetes_secret = None;
+        }
+        let message = format!(
+            "access revoked; data is destroyed after {} unless annotation {DELETION_POLICY_ANNOTATION}=Retain is set",
+            destroy_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        apply_verdict(
+            &mut status,
+            &Verdict::new(TenantPhase::Deleting, "AccessRevoked", message.clone()),
+            tenant.metadata.generation,
+            Utc::now(),
+        );
+        write_status(&ctx.client, &name, &status).await?;
+        ctx.events
+            .publish(tenant, EventType::Normal, "AccessRevoked", "Delete", &message)
+            .await;
+    }
+
+    let destroy_after = status
+        .deletion
+        .as_ref()
+        .and_then(|d| d.destroy_after.as_deref())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now);
+    let now = Utc::now();
+    if now < destroy_after {
+        let wait = (destroy_after - now).to_std().unwrap_or_default();
+        return Ok(Action::requeue(wait.min(ctx.engine.resync_interval) + Duration::from_millis(100)));
+    }
+
+    let mut steps_ctx = TenantContext::new(tref, names, tenant.spec.clone(), ctx.backends.clone());
+    let steps = tenant_steps();
+    let engine = Engine::new(&steps, ctx.engine.retry_policy());
+    let mut journal = status.provisioning.clone().unwrap_or_else(new_journal);
+    let mut store = StatusJournal {
+        client: &ctx.client,
+        name: name.clone(),
+        generation: tenant.metadata.generation,
+        status,
+        working_phase: TenantPhase::Deleting,
+    };
+    match engine.teardown(&mut steps_ctx, &mut journal, &mut store).await? {
+        Outcome::RemovalStuck { step, error } => {
+            let mut status = store.status;
+            let verdict = Verdict::new(
+                TenantPhase::Deleting,
+                "DeletionStuck",
+                format!("could not remove {step}, will retry: {error}"),
+            );
+            apply_verdict(&mut status, &verdict, tenant.metadata.generation, Utc::now());
+            write_status(&ctx.client, &name, &status).await?;
+            ctx.events
+                .publish(tenant, EventType::Warning, "DeletionStuck", "Delete", &verdict.message)
+                .await;
+            Ok(Action::requeue(Duration::from_secs(30)))
+        }
+        _ => {
+            ctx.events
+                .publish(
+                    tenant,
+                    EventType::Normal,
+                    "Deleted",
+                    "Delete",
+                    "every resource of the tenant was removed (the KMS key is scheduled for deletion)",
+                )
+                .await;
+            remove_finalizer(tenant, &ctx.client).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CredentialsSpec, TenantResources, TenantSpec};
+
+    fn tenant(name: &str, mode: IsolationMode) -> Tenant {
+        let mut spec = TenantSpec {
+            display_name: None,
+            database: Default::default(),
+            storage: Default::default(),
+            credentials: CredentialsSpec {
+                namespace: "apps".into(),
+                secret_name: None,
+            },
+            deletion: Default::default(),
+            suspended: false,
+        };
+        spec.database.isolation = mode;
+        Tenant::new(name, spec)
+    }
+
+    #[test]
+    fn a_valid_tenant_passes_validation() {
+        let (names, grace) = validate(&tenant("acme", IsolationMode::Schema), "tenantry").unwrap();
+        assert_eq!(names.role, "t_acme");
+        assert_eq!(grace, Duration::from_secs(72 * 3600));
+    }
+
+    #[test]
+    fn changing_the_isolation_mode_of_a_provisioned_tenant_is_refused() {
+        let mut t = tenant("acme", IsolationMode::Database);
+        t.status = Some(TenantStatus {
+            resources: Some(TenantResources {
+                database: Some("tenantry".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = validate(&t, "tenantry").unwrap_err();
+        assert!(err.contains("cannot change from Schema to Database"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_grace_period_is_named() {
+        let mut t = tenant("acme", IsolationMode::Schema);
+        t.spec.deletion.grace_period = "soon".into();
+        assert!(validate(&t, "tenantry").unwrap_err().contains("gracePeriod"));
+    }
+
+    #[test]
+    fn the_cancel_annotation_overrides_the_spec_policy() {
+        let mut t = tenant("acme", IsolationMode::Schema);
+        t.spec.deletion.policy = DeletionPolicy::Delete;
+        assert_eq!(effective_deletion_policy(&t), DeletionPolicy::Delete);
+        t.metadata.annotations = Some([(DELETION_POLICY_ANNOTATION.to_string(), "Retain".to_string())].into());
+        assert_eq!(effective_deletion_policy(&t), DeletionPolicy::Retain);
+    }
+
+    #[test]
+    fn a_failed_tenant_waits_out_its_backoff_unless_the_spec_changes() {
+        let engine = EngineArgs {
+            retry_attempts: 1,
+            retry_base_delay: Duration::ZERO,
+            retry_max_delay: Duration::ZERO,
+            failure_backoff: Duration::from_secs(60),
+            failure_backoff_max: Duration::from_secs(3600),
+            resync_interval: Duration::from_secs(300),
+        };
+        let now = Utc::now();
+        let status = TenantStatus {
+            phase: Some(TenantPhase::Failed),
+            provisioning: Some(ProvisioningJournal {
+                failed_attempts: 1,
+                failed_generation: Some(2),
+                last_failure_time: Some((now - chrono::Duration::seconds(10)).to_rfc3339()),
+                ..new_journal()
+            }),
+            ..Default::default()
+        };
+        let wait = backoff_remaining(&status, Some(2), &engine, now).unwrap();
+        assert!(wait <= Duration::from_secs(50) && wait >= Duration::from_secs(49), "{wait:?}");
+        assert_eq!(backoff_remaining(&status, Some(3), &engine, now), None);
+    }
+}

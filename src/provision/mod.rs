@@ -1,0 +1,319 @@
+//! The provisioning engine: an ordered list of steps, run all or nothing.
+//!
+//! Each [`Step`] has an idempotent `ensure` (create, or adopt what an earlier
+//! attempt made) and an idempotent `remove`. The engine records its progress in
+//! a [`ProvisioningJournal`] before and after every step, through a
+//! [`JournalStore`], so that a process killed at any instant resumes (or keeps
+//! rolling back) from the journal when it restarts. Transient errors are
+//! retried inside the step with capped, jittered backoff; a permanent error or
+//! exhausted retries removes what was made, in reverse.
+//!
+//! The engine knows no backend: steps and the journal store are supplied by
+//! the caller.
+
+mod retry;
+
+pub use retry::RetryPolicy;
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::api::{JournalOperation, ProvisioningJournal};
+
+/// Why a step failed, and whether trying again may help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    /// Worth retrying (throttling, 5xx, timeouts, refused connections).
+    pub transient: bool,
+    /// A short PascalCase cause for conditions and events, e.g. `Conflict`.
+    pub reason: &'static str,
+    /// A fixed label for metrics (never built from object names).
+    pub category: &'static str,
+    /// What happened, for people. Never holds a secret.
+    pub message: String,
+}
+
+impl StepError {
+    pub fn transient(category: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            transient: true,
+            reason: "BackendUnavailable",
+            category,
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(reason: &'static str, category: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            transient: false,
+            reason,
+            category,
+            message: message.into(),
+        }
+    }
+
+    /// A resource with the tenant's name exists and is not the tenant's.
+    pub fn conflict(category: &'static str, message: impl Into<String>) -> Self {
+        Self::permanent("Conflict", category, message)
+    }
+}
+
+/// Facts about the current attempt that a step needs to decide safely.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attempt {
+    /// The journal shows this step was started and never recorded as finished:
+    /// a previous process may have created the resource and died before it
+    /// could tag or record it.
+    pub interrupted: bool,
+}
+
+/// One unit of provisioning against one backend.
+#[async_trait]
+pub trait Step<C: Send>: Send + Sync {
+    /// Stable name, recorded in the journal.
+    fn name(&self) -> &'static str;
+    /// Make the resource exist as desired, or adopt it. Idempotent.
+    async fn ensure(&self, ctx: &mut C, attempt: Attempt) -> Result<(), StepError>;
+    /// Make the resource not exist, if it is the tenant's. Idempotent; never
+    /// touches a resource the tenant does not own.
+    async fn remove(&self, ctx: &mut C) -> Result<(), StepError>;
+}
+
+/// Where the journal is persisted (the Tenant's status, in the operator).
+#[async_trait]
+pub trait JournalStore: Send {
+    async fn save(&mut self, journal: &ProvisioningJournal) -> Result<(), StepError>;
+}
+
+/// How a run of the engine ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every step ensured.
+    Provisioned,
+    /// A step failed for good; everything made was removed.
+    RolledBack { failed_step: String, error: String, reason: &'static str },
+    /// Every step removed (teardown).
+    Removed,
+    /// A removal failed for good; the journal still lists what remains.
+    RemovalStuck { step: String, error: String },
+}
+
+/// Runs steps with the journal, retries and rollback.
+pub struct Engine<'a, C: Send> {
+    steps: &'a [Box<dyn Step<C>>],
+    retry: RetryPolicy,
+}
+
+impl<C: Send> fmt::Debug for Engine<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self.steps.iter().map(|s| s.name()).collect();
+        f.debug_struct("Engine").field("steps", &names).finish()
+    }
+}
+
+impl<'a, C: Send> Engine<'a, C> {
+    pub fn new(steps: &'a [Box<dyn Step<C>>], retry: RetryPolicy) -> Self {
+        Self { steps, retry }
+    }
+
+    /// Ensures every step in order. Resumes an interrupted rollback first, so
+    /// a failed attempt always ends with nothing left behind before a new one
+    /// starts. An `Err` means the journal could not be saved: nothing is lost,
+    /// the caller retries later and the engine resumes from the journal.
+    pub async fn provision(
+        &self,
+        ctx: &mut C,
+        journal: &mut ProvisioningJournal,
+        store: &mut dyn JournalStore,
+    ) -> Result<Outcome, StepError> {
+        if journal.operation == JournalOperation::RollBack {
+            if let Some(stuck) = self.remove_remaining(ctx, journal, store).await? {
+                return Ok(stuck);
+            }
+            return self.finish_rollback(journal, store).await;
+        }
+        if journal.operation == JournalOperation::Teardown {
+            // A teardown never turns back into provisioning by itself.
+            return self.teardown(ctx, journal, store).await;
+        }
+
+        // The step a previous process started and never recorded as finished.
+        let interrupted_step = journal.in_progress.clone();
+        for step in self.steps {
+            let name = step.name();
+            let done_before = journal.steps_done.iter().any(|s| s == name);
+            let attempt = Attempt {
+                interrupted: interrupted_step.as_deref() == Some(name),
+            };
+            if !done_before && journal.in_progress.as_deref() != Some(name) {
+                journal.in_progress = Some(name.to_string());
+                store.save(journal).await?;
+            }
+            crash_point(&format!("ensure-before-{name}"));
+            let result = self.ensure_with_retry(step.as_ref(), ctx, attempt).await;
+            crash_point(&format!("ensure-after-{name}"));
+            match result {
+                Ok(()) => {
+                    if !done_before || journal.in_progress.as_deref() == Some(name) {
+                        if !done_before {
+                            journal.steps_done.push(name.to_string());
+                        }
+                        journal.in_progress = None;
+                        store.save(journal).await?;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(step = name, reason = error.reason, %error, "step failed; rolling back");
+                    // The failed step may have made part of its resource.
+                    if !done_before {
+                        journal.steps_done.push(name.to_string());
+                    }
+                    journal.operation = JournalOperation::RollBack;
+                    journal.in_progress = None;
+                    journal.failure = Some(format!("{name}: {error}"));
+                    store.save(journal).await?;
+                    if let Some(stuck) = self.remove_remaining(ctx, journal, store).await? {
+                        return Ok(stuck);
+                    }
+                    self.finish_rollback(journal, store).await?;
+                    return Ok(Outcome::RolledBack {
+                        failed_step: name.to_string(),
+                        error: error.message,
+                        reason: error.reason,
+                    });
+                }
+            }
+        }
+        if journal.failed_attempts > 0 || journal.failure.is_some() {
+            journal.failed_attempts = 0;
+            journal.failure = None;
+            journal.last_failure_time = None;
+            journal.failed_generation = None;
+            store.save(journal).await?;
+        }
+        Ok(Outcome::Provisioned)
+    }
+
+    /// Removes every step in reverse, whatever the journal says was made:
+    /// removals are idempotent and check ownership.
+    pub async fn teardown(
+        &self,
+        ctx: &mut C,
+        journal: &mut ProvisioningJournal,
+        store: &mut dyn JournalStore,
+    ) -> Result<Outcome, StepError> {
+        if journal.operation != JournalOperation::Teardown {
+            journal.operation = JournalOperation::Teardown;
+            journal.steps_done = self.steps.iter().map(|s| s.name().to_string()).collect();
+            journal.in_progress = None;
+            store.save(journal).await?;
+        }
+        if let Some(stuck) = self.remove_remaining(ctx, journal, store).await? {
+            return Ok(stuck);
+        }
+        Ok(Outcome::Removed)
+    }
+
+    /// Removes the steps listed in the journal, last first, recording each.
+    async fn remove_remaining(
+        &self,
+        ctx: &mut C,
+        journal: &mut ProvisioningJournal,
+        store: &mut dyn JournalStore,
+    ) -> Result<Option<Outcome>, StepError> {
+        while let Some(name) = journal.steps_done.last().cloned() {
+            let Some(step) = self.steps.iter().find(|s| s.name() == name) else {
+                // A step this version no longer has: nothing to remove it with.
+                tracing::warn!(step = %name, "journal names an unknown step; skipping its removal");
+                journal.steps_done.pop();
+                store.save(journal).await?;
+                continue;
+            };
+            crash_point(&format!("remove-before-{name}"));
+            let result = self.remove_with_retry(step.as_ref(), ctx).await;
+            crash_point(&format!("remove-after-{name}"));
+            if let Err(error) = result {
+                tracing::error!(step = %name, %error, "removal failed; will retry later");
+                return Ok(Some(Outcome::RemovalStuck {
+                    step: name,
+                    error: error.message,
+                }));
+            }
+            journal.steps_done.pop();
+            store.save(journal).await?;
+        }
+        Ok(None)
+    }
+
+    async fn ensure_with_retry(&self, step: &dyn Step<C>, ctx: &mut C, attempt: Attempt) -> Result<(), StepError> {
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            match step.ensure(ctx, attempt).await {
+                Ok(()) => return Ok(()),
+                Err(e) => self.retry.after_failure(tried, e).await?,
+            }
+        }
+    }
+
+    async fn remove_with_retry(&self, step: &dyn Step<C>, ctx: &mut C) -> Result<(), StepError> {
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            match step.remove(ctx).await {
+                Ok(()) => return Ok(()),
+                Err(e) => self.retry.after_failure(tried, e).await?,
+            }
+        }
+    }
+
+    async fn finish_rollback(
+        &self,
+        journal: &mut ProvisioningJournal,
+        store: &mut dyn JournalStore,
+    ) -> Result<Outcome, StepError> {
+        journal.operation = JournalOperation::Provision;
+        journal.failed_attempts += 1;
+        journal.last_failure_time = Some(chrono::Utc::now().to_rfc3339());
+        store.save(journal).await?;
+        let failure = journal.failure.clone().unwrap_or_default();
+        let failed_step = failure.split(':').next().unwrap_or_default().to_string();
+        Ok(Outcome::RolledBack {
+            failed_step,
+            error: failure,
+            reason: "RolledBack",
+        })
+    }
+}
+
+/// A fresh journal for a tenant that has none yet.
+pub fn new_journal() -> ProvisioningJournal {
+    ProvisioningJournal {
+        operation: JournalOperation::Provision,
+        steps_done: Vec::new(),
+        in_progress: None,
+        failure: None,
+        failed_attempts: 0,
+        last_failure_time: None,
+        failed_generation: None,
+    }
+}
+
+/// Lets crash tests stop the process at an exact point (`FAILPOINTS=
+/// ensure-after-bucket=return`). Compiled to nothing without the
+/// `failpoints` feature.
+#[inline]
+fn crash_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if fail::eval(name, |_| ()).is_some() {
+        eprintln!("tenantry: failpoint {name} hit; exiting as if killed");
+        std::process::exit(86);
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+#[cfg(test)]
+mod tests;

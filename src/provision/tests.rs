@@ -1,0 +1,252 @@
+//! The engine's own contract, with small in-memory steps: ordering, journaling,
+//! retries and reverse rollback. These are logic tests; the steps against real
+//! backends are tested in `tests/`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+
+#[derive(Default)]
+struct World {
+    existing: BTreeSet<&'static str>,
+    log: Vec<String>,
+    /// Step name -> errors to return from its next ensure calls.
+    ensure_failures: Vec<(&'static str, StepError)>,
+    remove_failures: Vec<(&'static str, StepError)>,
+}
+
+struct Thing(&'static str);
+
+#[async_trait]
+impl Step<World> for Thing {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    async fn ensure(&self, w: &mut World, attempt: Attempt) -> Result<(), StepError> {
+        w.log.push(format!("ensure {}{}", self.0, if attempt.interrupted { " (interrupted)" } else { "" }));
+        if let Some(i) = w.ensure_failures.iter().position(|(n, _)| *n == self.0) {
+            let (_, e) = w.ensure_failures.remove(i);
+            if !e.transient {
+                // A permanent failure after a partial creation.
+                w.existing.insert(self.0);
+            }
+            return Err(e);
+        }
+        w.existing.insert(self.0);
+        Ok(())
+    }
+    async fn remove(&self, w: &mut World) -> Result<(), StepError> {
+        w.log.push(format!("remove {}", self.0));
+        if let Some(i) = w.remove_failures.iter().position(|(n, _)| *n == self.0) {
+            let (_, e) = w.remove_failures.remove(i);
+            return Err(e);
+        }
+        w.existing.remove(self.0);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Default)]
+struct SavedJournals(Arc<Mutex<Vec<ProvisioningJournal>>>);
+
+#[async_trait]
+impl JournalStore for SavedJournals {
+    async fn save(&mut self, journal: &ProvisioningJournal) -> Result<(), StepError> {
+        self.0.lock().unwrap().push(journal.clone());
+        Ok(())
+    }
+}
+
+fn steps() -> Vec<Box<dyn Step<World>>> {
+    vec![Box::new(Thing("key")), Box::new(Thing("bucket")), Box::new(Thing("database"))]
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    }
+}
+
+#[tokio::test]
+async fn steps_are_ensured_in_order_and_journaled_before_and_after_each() {
+    let steps = steps();
+    let mut world = World::default();
+    let mut journal = new_journal();
+    let mut store = SavedJournals::default();
+    let outcome = Engine::new(&steps, fast_retry())
+        .provision(&mut world, &mut journal, &mut store)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Provisioned);
+    assert_eq!(world.log, ["ensure key", "ensure bucket", "ensure database"]);
+    let saved = store.0.lock().unwrap();
+    let trail: Vec<_> = saved
+        .iter()
+        .map(|j| (j.in_progress.clone(), j.steps_done.len()))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            (Some("key".into()), 0),
+            (None, 1),
+            (Some("bucket".into()), 1),
+            (None, 2),
+            (Some("database".into()), 2),
+            (None, 3),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_second_run_writes_no_journal_when_nothing_changed() {
+    let steps = steps();
+    let mut world = World::default();
+    let mut journal = new_journal();
+    let mut store = SavedJournals::default();
+    let engine = Engine::new(&steps, fast_retry());
+    engine.provision(&mut world, &mut journal, &mut store).await.unwrap();
+    store.0.lock().unwrap().clear();
+    engine.provision(&mut world, &mut journal, &mut store).await.unwrap();
+    assert!(store.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_are_retried_inside_the_step() {
+    let steps = steps();
+    let mut world = World {
+        ensure_failures: vec![
+            ("bucket", StepError::transient("s3", "503 SlowDown")),
+            ("bucket", StepError::transient("s3", "503 SlowDown")),
+        ],
+        ..Default::default()
+    };
+    let mut journal = new_journal();
+    let outcome = Engine::new(&steps, fast_retry())
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Provisioned);
+    assert_eq!(world.log.iter().filter(|l| *l == "ensure bucket").count(), 3);
+}
+
+#[tokio::test]
+async fn a_permanent_error_removes_completed_steps_in_reverse_and_leaves_nothing() {
+    let steps = steps();
+    let mut world = World {
+        ensure_failures: vec![("database", StepError::conflict("postgres", "schema taken"))],
+        ..Default::default()
+    };
+    let mut journal = new_journal();
+    let outcome = Engine::new(&steps, fast_retry())
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { ref failed_step, reason: "Conflict", .. } if failed_step == "database"));
+    assert!(world.existing.is_empty(), "left behind: {:?}", world.existing);
+    assert_eq!(
+        &world.log[3..],
+        ["remove database", "remove bucket", "remove key"]
+    );
+    assert_eq!(journal.failed_attempts, 1);
+    assert!(journal.failure.as_deref().unwrap().contains("schema taken"));
+    assert!(journal.steps_done.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_roll_back_too() {
+    let steps = steps();
+    let mut world = World {
+        ensure_failures: vec![("bucket", StepError::transient("s3", "500")); 3],
+        ..Default::default()
+    };
+    let mut journal = new_journal();
+    let outcome = Engine::new(&steps, fast_retry())
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }));
+    assert!(journal.failure.unwrap().contains("gave up after 3 tries"));
+    assert!(world.existing.is_empty());
+}
+
+#[tokio::test]
+async fn an_interrupted_rollback_resumes_before_anything_new_is_made() {
+    let steps = steps();
+    let mut world = World::default();
+    world.existing.extend(["key", "bucket"]);
+    // As saved by a process that died in the middle of rolling back.
+    let mut journal = ProvisioningJournal {
+        operation: JournalOperation::RollBack,
+        steps_done: vec!["key".into(), "bucket".into()],
+        failure: Some("database: conflict".into()),
+        ..new_journal()
+    };
+    let outcome = Engine::new(&steps, fast_retry())
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }));
+    assert_eq!(world.log, ["remove bucket", "remove key"]);
+    assert!(world.existing.is_empty());
+    assert_eq!(journal.operation, JournalOperation::Provision);
+}
+
+#[tokio::test]
+async fn a_step_interrupted_mid_ensure_is_told_so_on_resume() {
+    let steps = steps();
+    let mut world = World::default();
+    let mut journal = ProvisioningJournal {
+        steps_done: vec!["key".into()],
+        in_progress: Some("bucket".into()),
+        ..new_journal()
+    };
+    Engine::new(&steps, fast_retry())
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        world.log,
+        ["ensure key", "ensure bucket (interrupted)", "ensure database"]
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_removal_keeps_the_rest_in_the_journal() {
+    let steps = steps();
+    let mut world = World {
+        remove_failures: vec![("bucket", StepError::permanent("AccessDenied", "s3", "denied"))],
+        ..Default::default()
+    };
+    let mut journal = new_journal();
+    let engine = Engine::new(&steps, fast_retry());
+    engine.provision(&mut world, &mut journal, &mut SavedJournals::default()).await.unwrap();
+    let outcome = engine
+        .teardown(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RemovalStuck { ref step, .. } if step == "bucket"));
+    assert_eq!(journal.steps_done, ["key", "bucket"]);
+    // The next teardown finishes the job.
+    let outcome = engine
+        .teardown(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Removed);
+    assert!(world.existing.is_empty());
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    let p = RetryPolicy {
+        attempts: 10,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(1),
+    };
+    assert_eq!(p.delay_cap(1), Duration::from_millis(100));
+    assert_eq!(p.delay_cap(3), Duration::from_millis(400));
+    assert_eq!(p.delay_cap(9), Duration::from_secs(1));
+}

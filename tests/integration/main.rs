@@ -1,0 +1,12 @@
+//! Integration tests against the real local environment: kube-apiserver with
+//! RBAC and etcd, PostgreSQL, and moto's AWS API server, as started by
+//! `hack/localenv.sh up` (the test command `hack/test.sh` does that first).
+//!
+//! One test binary, one module per area, so the suite links once.
+
+mod support;
+
+mod atomicity;
+mod aws;
+mod lifecycle;
+mod postgres;
