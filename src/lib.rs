@@ -7,6 +7,7 @@ pub mod naming;
 pub mod provision;
 pub mod config;
 pub mod controller;
+pub mod isolation;
 pub mod metrics;
 
 /// Selects the TLS crypto provider for the whole process. The Kubernetes,

@@ -288,6 +288,11 @@ pub struct ProvisioningJournal {
     /// The generation whose spec the last failure was about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_generation: Option<i64>,
+    /// Every step has been ensured at least once. From then on a failing step
+    /// is reported and retried, never rolled back: rollback exists for
+    /// onboarding, and must not destroy a live tenant's data.
+    #[serde(default)]
+    pub provisioned: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -299,4 +304,97 @@ pub struct DeletionStatus {
     /// RFC 3339 time after which the tenant's data is destroyed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destroy_after: Option<String>,
+}
+
+/// How well one isolation layer holds, as measured by probes.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum IsolationState {
+    /// Every check passed.
+    Enforced,
+    /// Configured, but bypassable (e.g. RLS present while not forced).
+    Inert,
+    /// A probe reached another tenant's data, or a control is off.
+    Broken,
+    /// The probe could not run; the finding says why.
+    Unknown,
+}
+
+impl IsolationState {
+    /// Severity for combining findings: Broken > Inert > Unknown > Enforced.
+    pub fn severity(self) -> u8 {
+        match self {
+            Self::Enforced => 0,
+            Self::Unknown => 1,
+            Self::Inert => 2,
+            Self::Broken => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforced => "Enforced",
+            Self::Inert => "Inert",
+            Self::Broken => "Broken",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+/// One check of a probe.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// Stable id of the check, e.g. `role.bypassrls` or `bucket.encryption`.
+    pub check: String,
+    /// `Enforced` when the check passed; otherwise what its failure means.
+    pub state: IsolationState,
+    /// What was observed (never a secret).
+    pub detail: String,
+}
+
+/// The measured state of one layer.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerReport {
+    /// The worst state among the findings.
+    pub state: IsolationState,
+    #[serde(default)]
+    pub findings: Vec<Finding>,
+}
+
+impl LayerReport {
+    pub fn from_findings(findings: Vec<Finding>) -> Self {
+        let state = findings
+            .iter()
+            .map(|f| f.state)
+            .max_by_key(|s| s.severity())
+            .unwrap_or(IsolationState::Unknown);
+        Self { state, findings }
+    }
+
+    /// The findings that did not pass, for condition messages.
+    pub fn failures(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.state != IsolationState::Enforced)
+    }
+}
+
+/// The attestation: each layer as measured, and when.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IsolationStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<LayerReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<LayerReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<LayerReport>,
+    /// `Enforced` when all three layers are; else the worst of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<IsolationState>,
+    /// RFC 3339 time of the last complete probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<String>,
+    /// Drift found and repaired since the tenant was created.
+    #[serde(default)]
+    pub drift_repairs: u32,
 }

@@ -15,6 +15,7 @@ pub mod kube;
 pub mod postgres;
 pub mod s3;
 pub mod secrets;
+pub mod shared_tables;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -957,9 +957,10 @@ impl TenantDatabase for PostgresBackend {
     ) -> Result<(), BackendError> {
         validate_tenant(tenant, names)?;
         let role = &names.role;
-        // Foreign objects are skipped, never dropped, and reported at the
-        // end as a conflict; what is ours is still removed.
-        let mut conflicts: Vec<(String, String)> = Vec::new();
+        // What is not the tenant's is left alone and only logged, like the
+        // other backends do: a rollback after a conflicting ensure must be
+        // able to finish, and there is nothing of the tenant's to remove.
+        let mut skipped: Vec<(String, String)> = Vec::new();
         let role_row = self.read_role(role).await?;
         let role_is_ours = match &role_row {
             None => false,
@@ -968,7 +969,7 @@ impl TenantDatabase for PostgresBackend {
                 // Retained for a Tenant of this name: not ours to drop.
                 Ownership::Released => false,
                 other => {
-                    conflicts.push((format!("role {role:?}"), not_ours_detail(other)));
+                    skipped.push((format!("role {role:?}"), not_ours_detail(other)));
                     false
                 }
             },
@@ -985,7 +986,7 @@ impl TenantDatabase for PostgresBackend {
                 Ownership::Ours => drop_container = true,
                 Ownership::Released => release_role_instead = role_is_ours && row.owner == *role,
                 _ if role_is_ours && row.owner == *role => drop_container = true,
-                other => conflicts.push((resource.clone(), not_ours_detail(other))),
+                other => skipped.push((resource.clone(), not_ours_detail(other))),
             }
         }
 
@@ -1046,7 +1047,10 @@ impl TenantDatabase for PostgresBackend {
                 tracing::info!(tenant = %tenant.name, role, "dropped PostgreSQL role");
             }
         }
-        conflicts_to_error(conflicts)
+        for (resource, detail) in skipped {
+            tracing::warn!(tenant = %tenant.name, %detail, "not removing {resource}: it is not this tenant's");
+        }
+        Ok(())
     }
 
     async fn release_tenant(
@@ -1059,30 +1063,37 @@ impl TenantDatabase for PostgresBackend {
         let role = &names.role;
         let released = ownership_comment(tenant, true);
 
-        // All checks first: a release is all of the tenant's objects or none.
-        let role_row = self.read_role(role).await?;
+        // Only the tenant's objects are released; anything else with its
+        // names is left alone and logged (as remove_tenant does).
+        let not_ours = |resource: &str, ownership: Ownership| {
+            tracing::warn!(tenant = %tenant.name, detail = %not_ours_detail(ownership), "not releasing {resource}: it is not this tenant's");
+        };
+        let mut role_row = self.read_role(role).await?;
         if let Some(row) = &role_row {
             let ownership = ownership(tenant, row.comment.as_deref());
             if ownership != Ownership::Ours {
-                return Err(conflict(
-                    format!("role {role:?}"),
-                    not_ours_detail(ownership),
-                ));
+                not_ours(&format!("role {role:?}"), ownership);
+                role_row = None;
             }
         }
         let role_is_ours = role_row.is_some();
         let (resource, row) = self.read_container(names, mode).await?;
-        let container_needs_comment = match &row {
+        let container_is_ours = match &row {
             None => false,
             Some(row) => match ownership(tenant, row.comment.as_deref()) {
-                Ownership::Ours => row.comment.as_deref() != Some(released.as_str()),
+                Ownership::Ours => true,
                 _ if role_is_ours && row.owner == *role => true,
-                other => return Err(conflict(resource, not_ours_detail(other))),
+                other => {
+                    not_ours(&resource, other);
+                    false
+                }
             },
         };
+        let container_needs_comment = container_is_ours
+            && row.as_ref().and_then(|r| r.comment.as_deref()) != Some(released.as_str());
         // In mode Database the schema inside the database carries a comment too.
         let mut inner = None;
-        if mode == IsolationMode::Database && row.is_some() {
+        if mode == IsolationMode::Database && container_is_ours {
             let mut conn = self.connect_to(&names.database).await?;
             let inner_resource =
                 format!("schema {:?} in database {:?}", names.schema, names.database);
@@ -1097,7 +1108,10 @@ impl TenantDatabase for PostgresBackend {
                 Ok(Some(schema)) => match ownership(tenant, schema.comment.as_deref()) {
                     Ownership::Ours => Ok(schema.comment.as_deref() != Some(released.as_str())),
                     _ if role_is_ours && schema.owner == *role => Ok(true),
-                    other => Err(conflict(inner_resource, not_ours_detail(other))),
+                    other => {
+                        not_ours(&inner_resource, other);
+                        Ok(false)
+                    }
                 },
             };
             match decision {
@@ -1251,18 +1265,6 @@ fn not_ours_detail(ownership: Ownership) -> String {
         }
         Ownership::Ours => "it is this tenant's".to_string(),
     }
-}
-
-fn conflicts_to_error(conflicts: Vec<(String, String)>) -> Result<(), BackendError> {
-    if conflicts.is_empty() {
-        return Ok(());
-    }
-    let (resources, details): (Vec<_>, Vec<_>) = conflicts.into_iter().unzip();
-    Err(BackendError::Conflict {
-        backend: Backend::Postgres,
-        resource: resources.join(" and "),
-        detail: format!("{}; left untouched", details.join("; ")),
-    })
 }
 
 /// The attributes only a superuser can take away, as PostgreSQL spells them.

@@ -407,6 +407,27 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 ctx.engine.failure_backoff_max,
             )))
         }
+        Outcome::Degraded { error, reason, failed_step } => {
+            if let Some(j) = status.provisioning.as_mut() {
+                j.failed_generation = generation;
+            }
+            let message = format!(
+                "{failed_step} cannot be brought to the desired state; every resource is kept and it is retried: {error}"
+            );
+            let verdict = Verdict::new(TenantPhase::Failed, reason, message);
+            if current.phase != Some(TenantPhase::Failed) {
+                ctx.events
+                    .publish(tenant, EventType::Warning, reason, "Reconcile", &verdict.message)
+                    .await;
+            }
+            let failed = status.provisioning.as_ref().map_or(1, |j| j.failed_attempts);
+            finish(tenant, ctx, status, &verdict, Some("degraded")).await?;
+            Ok(Action::requeue(failure_backoff(
+                failed,
+                ctx.engine.failure_backoff,
+                ctx.engine.failure_backoff_max,
+            )))
+        }
         Outcome::RemovalStuck { step, error } => {
             let verdict = Verdict::new(
                 TenantPhase::RollingBack,

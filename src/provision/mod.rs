@@ -94,6 +94,9 @@ pub enum Outcome {
     Provisioned,
     /// A step failed for good; everything made was removed.
     RolledBack { failed_step: String, error: String, reason: &'static str },
+    /// A step of an already provisioned tenant failed for good. Nothing was
+    /// removed; the failure is in the journal and the step is tried again later.
+    Degraded { failed_step: String, error: String, reason: &'static str },
     /// Every step removed (teardown).
     Removed,
     /// A removal failed for good; the journal still lists what remains.
@@ -164,6 +167,19 @@ impl<'a, C: Send> Engine<'a, C> {
                         store.save(journal).await?;
                     }
                 }
+                Err(error) if journal.provisioned => {
+                    tracing::warn!(step = name, reason = error.reason, %error, "step of a provisioned tenant failed; keeping everything");
+                    journal.in_progress = None;
+                    journal.failure = Some(format!("{name}: {error}"));
+                    journal.failed_attempts += 1;
+                    journal.last_failure_time = Some(chrono::Utc::now().to_rfc3339());
+                    store.save(journal).await?;
+                    return Ok(Outcome::Degraded {
+                        failed_step: name.to_string(),
+                        error: error.message,
+                        reason: error.reason,
+                    });
+                }
                 Err(error) => {
                     tracing::warn!(step = name, reason = error.reason, %error, "step failed; rolling back");
                     // The failed step may have made part of its resource.
@@ -186,7 +202,8 @@ impl<'a, C: Send> Engine<'a, C> {
                 }
             }
         }
-        if journal.failed_attempts > 0 || journal.failure.is_some() {
+        if journal.failed_attempts > 0 || journal.failure.is_some() || !journal.provisioned {
+            journal.provisioned = true;
             journal.failed_attempts = 0;
             journal.failure = None;
             journal.last_failure_time = None;
@@ -298,6 +315,7 @@ pub fn new_journal() -> ProvisioningJournal {
         failed_attempts: 0,
         last_failure_time: None,
         failed_generation: None,
+        provisioned: false,
     }
 }
 

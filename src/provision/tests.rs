@@ -97,6 +97,8 @@ async fn steps_are_ensured_in_order_and_journaled_before_and_after_each() {
             (None, 2),
             (Some("database".into()), 2),
             (None, 3),
+            // Marked provisioned once every step is done.
+            (None, 3),
         ]
     );
 }
@@ -249,4 +251,29 @@ fn backoff_grows_and_is_capped() {
     assert_eq!(p.delay_cap(1), Duration::from_millis(100));
     assert_eq!(p.delay_cap(3), Duration::from_millis(400));
     assert_eq!(p.delay_cap(9), Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_provisioned_tenant_is_never_rolled_back_by_a_later_failure() {
+    let steps = steps();
+    let mut world = World::default();
+    let mut journal = new_journal();
+    let engine = Engine::new(&steps, fast_retry());
+    engine.provision(&mut world, &mut journal, &mut SavedJournals::default()).await.unwrap();
+    assert!(journal.provisioned);
+
+    world.ensure_failures.push(("bucket", StepError::permanent("BackendRejected", "s3", "drifted")));
+    let outcome = engine
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Degraded { ref failed_step, .. } if failed_step == "bucket"));
+    assert_eq!(world.existing.len(), 3, "nothing was removed");
+    assert!(!world.log.iter().any(|l| l.starts_with("remove")));
+    assert_eq!(journal.failed_attempts, 1);
+
+    // The next successful run clears the failure.
+    engine.provision(&mut world, &mut journal, &mut SavedJournals::default()).await.unwrap();
+    assert_eq!(journal.failed_attempts, 0);
+    assert!(journal.failure.is_none());
 }

@@ -93,6 +93,51 @@ async fn a_schema_tenant_becomes_ready_with_every_resource_and_working_credentia
     let default = rule.apply_server_side_encryption_by_default().unwrap();
     assert_eq!(default.sse_algorithm().as_str(), "aws:kms");
     assert_eq!(default.kms_master_key_id(), resources.key_arn.as_deref());
+
+    // People watching see what happened; nobody sees the password.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "kube-system");
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "Provisioned"), "events: {reasons:?}");
+    let tenant_yaml = serde_json::to_string(&t).unwrap();
+    for (place, text) in [("operator log", op.log()), ("Tenant object", tenant_yaml)] {
+        assert!(!text.contains(&data["password"]), "the password appears in the {place}");
+    }
+}
+
+#[tokio::test]
+async fn two_tenants_never_share_an_object_and_cannot_reach_each_other() {
+    let (client, op, ns) = setup().await;
+    let (a, b) = (unique_name("two-a"), unique_name("two-b"));
+    for name in [&a, &b] {
+        create_tenant(&client, &tenant_manifest(&op, name, spec(&ns, json!({})))).await;
+    }
+    let ta = wait_for_tenant(&client, &op, &a, READY_TIMEOUT, "Ready", is_ready).await;
+    let tb = wait_for_tenant(&client, &op, &b, READY_TIMEOUT, "Ready", is_ready).await;
+    let (ra, rb) = (ta.status.unwrap().resources.unwrap(), tb.status.unwrap().resources.unwrap());
+    assert_ne!(ra.role, rb.role);
+    assert_ne!(ra.schema, rb.schema);
+    assert_ne!(ra.bucket, rb.bucket);
+    assert_ne!(ra.key_arn, rb.key_arn);
+    assert_ne!(ra.secret_arn, rb.secret_arn);
+    assert_ne!(ra.kubernetes_secret, rb.kubernetes_secret);
+
+    let data_a = readback::kube_secret_data(&client, &ns, &format!("{a}-credentials")).await;
+    let data_b = readback::kube_secret_data(&client, &ns, &format!("{b}-credentials")).await;
+    assert_ne!(data_a["password"], data_b["password"]);
+    let mut conn_b = sqlx::PgConnection::connect(&data_b["url"]).await.unwrap();
+    sqlx::query("CREATE TABLE secrets_of_b (v text)").execute(&mut conn_b).await.unwrap();
+    let mut conn_a = sqlx::PgConnection::connect(&data_a["url"]).await.unwrap();
+    let sql = format!("SELECT * FROM {}.secrets_of_b", tenantry::naming::quote_ident(rb.schema.as_deref().unwrap()));
+    let err = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn_a).await.unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
 }
 
 #[tokio::test]

@@ -8,5 +8,7 @@ mod support;
 
 mod atomicity;
 mod aws;
+mod isolation_aws;
+mod isolation_db;
 mod lifecycle;
 mod postgres;
