@@ -46,6 +46,21 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML (pipe into `kubectl apply -f -`).
     Crd,
+    /// Print the isolation attestation of tenants as JSON (one document per line),
+    /// as the operator last measured it; exit 1 when any layer of any of them is
+    /// not Enforced (or was never measured).
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// Tenants to attest; all Tenants when none is named.
+    tenants: Vec<String>,
+
+    /// Fail when an attestation is older than this (e.g. `15m`), so a stopped
+    /// operator cannot pass for a healthy one.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_age: Option<std::time::Duration>,
 }
 
 fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -74,6 +89,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Run(args) => run(*args).await,
+        Command::Verify(args) => verify(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,5 +123,61 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controller::run(ctx, args.concurrency, &args.tenant_selector).await;
     server.abort();
     tracing::info!("tenantry controller stopped");
+    Ok(())
+}
+
+async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    use kube::ResourceExt;
+    use tenantry::api::{IsolationState, Tenant};
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    let api: kube::Api<Tenant> = kube::Api::all(client);
+    let tenants = if args.tenants.is_empty() {
+        api.list(&Default::default()).await.context("cannot list Tenants")?.items
+    } else {
+        let mut found = Vec::new();
+        for name in &args.tenants {
+            match api.get_opt(name).await.with_context(|| format!("cannot read Tenant {name}"))? {
+                Some(t) => found.push(t),
+                None => anyhow::bail!("Tenant {name:?} does not exist"),
+            }
+        }
+        found
+    };
+    let mut not_enforced = Vec::new();
+    let now = chrono::Utc::now();
+    for tenant in &tenants {
+        let status = tenant.status.clone().unwrap_or_default();
+        let isolation = status.isolation.clone().unwrap_or_default();
+        let stale = match (args.max_age, isolation.verified_at.as_deref()) {
+            (Some(max), Some(at)) => chrono::DateTime::parse_from_rfc3339(at)
+                .map(|t| now.signed_duration_since(t).to_std().unwrap_or_default() > max)
+                .unwrap_or(true),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let enforced = isolation.summary == Some(IsolationState::Enforced) && !stale;
+        if !enforced {
+            not_enforced.push(tenant.name_any());
+        }
+        let document = serde_json::json!({
+            "tenant": tenant.name_any(),
+            "uid": tenant.uid(),
+            "enforced": enforced,
+            "stale": stale,
+            "isolation": isolation,
+            "resources": status.resources,
+            "phase": status.phase,
+            "observedGeneration": status.observed_generation,
+            "generation": tenant.metadata.generation,
+            "attestedAt": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "verifierVersion": env!("CARGO_PKG_VERSION"),
+        });
+        println!("{document}");
+    }
+    if !not_enforced.is_empty() {
+        anyhow::bail!("isolation is not enforced (or not measured) for: {}", not_enforced.join(", "));
+    }
     Ok(())
 }

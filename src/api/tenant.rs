@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
     status = "TenantStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Where the tenant is in its lifecycle"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether every resource of the tenant exists and is configured"}"#,
+    printcolumn = r#"{"name":"Isolation","type":"string","jsonPath":".status.isolation.summary","description":"The weakest isolation layer as measured: Enforced, Inert, Broken or Unknown"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -188,6 +189,10 @@ pub struct TenantStatus {
     /// Progress of a deletion with policy `Delete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion: Option<DeletionStatus>,
+
+    /// The isolation attestation: every layer as measured by probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<IsolationStatus>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

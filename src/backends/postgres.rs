@@ -16,9 +16,10 @@
 //!   tenant) and given to the admin, which on PostgreSQL 15 takes a detour
 //!   through the database's ownership (see `deny_create_in_public`).
 //!
-//! `remove_tenant` drops what is the tenant's and leaves anything else with
-//! the tenant's name alone, then reports that as a conflict: a caller rolling
-//! back after a conflicting `ensure_tenant` may treat that as done.
+//! `remove_tenant` and `release_tenant` act on what is the tenant's and leave
+//! anything else with the tenant's names alone (logged, not an error), as the
+//! other backends do: a rollback after a conflicting `ensure_tenant` has
+//! nothing of the tenant's to remove and must be able to finish.
 //!
 //! Security by construction: identifiers go through [`quote_ident`], values
 //! are bound parameters wherever PostgreSQL accepts one; the utility
@@ -33,9 +34,12 @@
 //! (`tenantry.dev/managed-by=tenantry;tenantry.dev/tenant=<name>;tenantry.dev/tenant-uid=<uid>`,
 //! plus `;tenantry.dev/released=true` once released). The role and the schema
 //! are created together with their comment in one transaction, so an untagged
-//! role or schema was never made by tenantry and is always a conflict. `CREATE
+//! role or schema was never made by tenantry and is a conflict. `CREATE
 //! DATABASE` cannot run in a transaction: only an untagged database can be the
-//! leftover of an interrupted attempt.
+//! leftover of an interrupted attempt. The tenant cannot change its role's
+//! comment but can change those of the schema and database it owns, so a
+//! schema or database owned by the tenant's (tagged) role is its own whatever
+//! its comment says, and the comment is put back.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -686,6 +690,19 @@ impl PostgresBackend {
             )
             .await?;
             commit(tx, &doing).await?;
+            // A GRANT by a role without the right only warns: read back.
+            let granted: bool = sqlx::query_scalar(HAS_CONNECT_GRANT_SQL)
+                .bind(role_oid)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| classify(e, &doing))?;
+            if !granted {
+                return Err(rejected(format!(
+                    "the admin cannot grant CONNECT on database {shared:?}; its owner must run: GRANT CONNECT ON DATABASE {} TO {}",
+                    quote_ident(shared),
+                    quote_ident(&names.role)
+                )));
+            }
         }
         self.deny_create_in_public(&mut conn, role_oid, &names.role, shared, false)
             .await?;

@@ -51,7 +51,9 @@ impl EventPublisher {
         };
         let event = Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{}.", tenant.name_any())),
+                // generateName must itself be a valid name, so a trailing '.'
+                // is refused: the suffix is made here instead.
+                name: Some(format!("{}.{:016x}", tenant.name_any(), rand::random::<u64>())),
                 namespace: Some(self.namespace.clone()),
                 ..Default::default()
             },

@@ -379,14 +379,13 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                     "every resource of the tenant exists and is configured",
                 )
             };
-            let was = current.phase;
-            let action = finish(tenant, ctx, status, &verdict, Some("provisioned")).await?;
-            if was != Some(verdict.phase) {
+            // The event goes first, so whoever sees the new phase finds it.
+            if current.phase != Some(verdict.phase) {
                 ctx.events
                     .publish(tenant, EventType::Normal, &verdict.reason, "Provision", &verdict.message)
                     .await;
             }
-            Ok(action)
+            finish(tenant, ctx, status, &verdict, Some("provisioned")).await
         }
         Outcome::RolledBack { error, reason, .. } => {
             if let Some(j) = status.provisioning.as_mut() {

@@ -8,6 +8,7 @@ mod support;
 
 mod atomicity;
 mod aws;
+mod isolation;
 mod isolation_aws;
 mod isolation_db;
 mod lifecycle;

@@ -488,20 +488,18 @@ async fn a_role_someone_else_made_is_a_conflict_and_stays_untouched() {
         "a schema was made for a foreign role"
     );
 
-    // Someone else's role is never dropped or disabled either.
-    expect_conflict(
-        backend
-            .remove_tenant(&tenant, &names, IsolationMode::Schema)
-            .await,
-        &names.role,
-    );
+    // Someone else's role is never dropped, released or disabled either;
+    // removing and releasing leave it alone without failing (a rollback
+    // after the conflict must finish), disabling it is a conflict.
+    backend
+        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .await
+        .unwrap();
+    backend
+        .release_tenant(&tenant, &names, IsolationMode::Schema)
+        .await
+        .unwrap();
     expect_conflict(backend.set_login(&tenant, &names, false).await, &names.role);
-    expect_conflict(
-        backend
-            .release_tenant(&tenant, &names, IsolationMode::Schema)
-            .await,
-        &names.role,
-    );
     assert_eq!(role_facts(&su, &names.role).await.unwrap(), before);
     run(&su, &format!("DROP ROLE {q}")).await;
 }
@@ -536,12 +534,11 @@ async fn a_role_of_another_tenant_uid_is_a_conflict() {
         .await,
         &names.role,
     );
-    expect_conflict(
-        backend
-            .remove_tenant(&impostor, &names, IsolationMode::Schema)
-            .await,
-        &names.role,
-    );
+    // A rollback of the failed ensure: nothing of the tenant's, nothing done.
+    backend
+        .remove_tenant(&impostor, &names, IsolationMode::Schema)
+        .await
+        .unwrap();
     assert_eq!(role_facts(&su, &names.role).await.unwrap(), before);
     assert!(schema_facts(&su, &names.schema).await.is_some());
     backend
@@ -580,12 +577,11 @@ async fn a_schema_someone_else_owns_is_a_conflict_and_no_role_is_made() {
         "a role was left behind"
     );
 
-    expect_conflict(
-        backend
-            .remove_tenant(&tenant, &names, IsolationMode::Schema)
-            .await,
-        &names.schema,
-    );
+    // A rollback of the failed ensure: nothing of the tenant's, nothing done.
+    backend
+        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .await
+        .unwrap();
     assert_eq!(schema_facts(&su, &names.schema).await.unwrap(), before);
     run(&su, &format!("DROP SCHEMA {q}")).await;
 }
@@ -616,12 +612,11 @@ async fn a_database_someone_else_owns_is_a_conflict() {
             &names.database,
         );
     }
-    expect_conflict(
-        backend
-            .remove_tenant(&tenant, &names, IsolationMode::Database)
-            .await,
-        &names.database,
-    );
+    // A rollback of the failed ensure: nothing of the tenant's, nothing done.
+    backend
+        .remove_tenant(&tenant, &names, IsolationMode::Database)
+        .await
+        .unwrap();
     assert_eq!(database_facts(&su, &names.database).await.unwrap(), before);
     assert!(role_facts(&su, &names.role).await.is_none());
     run(&su, &format!("DROP DATABASE {q}")).await;
@@ -823,7 +818,17 @@ async fn a_released_tenant_is_adopted_by_a_new_uid_with_the_new_password() {
         );
 
         // The old tenant has no say any more.
-        expect_conflict(backend.remove_tenant(&old, &names, mode).await, &names.role);
+        backend.remove_tenant(&old, &names, mode).await.unwrap();
+        backend.release_tenant(&old, &names, mode).await.unwrap();
+        expect_conflict(backend.set_login(&old, &names, false).await, &names.role);
+        let comment = role_facts(&su, &names.role).await.unwrap().comment.unwrap();
+        assert!(
+            comment.contains(&new.uid) && !comment.contains("released"),
+            "{comment}"
+        );
+        login(&names.role, &new_pw, &location.database)
+            .await
+            .expect("the old tenant's remove left the adopted tenant alone");
         su_db.close().await;
         backend.remove_tenant(&new, &names, mode).await.unwrap();
     }

@@ -41,6 +41,15 @@ pub async fn superuser_db() -> PgConnection {
         .expect("connect to PostgreSQL as the superuser")
 }
 
+/// The superuser, connected to `database` of the first cluster.
+pub async fn superuser_db_in(database: &str) -> PgConnection {
+    let mut url = url::Url::parse(&env("TENANTRY_TEST_SUPERUSER_URL")).expect("superuser URL");
+    url.set_path(database);
+    PgConnection::connect(url.as_str())
+        .await
+        .expect("connect to PostgreSQL as the superuser")
+}
+
 /// What exists for one tenant, in every backend.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Footprint {
