@@ -13,7 +13,13 @@ use crate::backends::kube::KubeSecrets;
 use crate::backends::postgres::PostgresBackend;
 use crate::backends::s3::S3Backend;
 use crate::backends::secrets::SecretsManagerBackend;
-use crate::backends::{CredentialSecrets, KeyManager, ObjectStorage, SecretStore, TenantDatabase, aws};
+use crate::backends::{
+    CredentialSecrets, KeyManager, ObjectStorage, SecretStore, TenantDatabase, aws,
+};
+use crate::isolation::SharedTable;
+use crate::isolation::database::DatabaseProbe;
+use crate::isolation::encryption::EncryptionProbe;
+use crate::isolation::storage::StorageProbe;
 use crate::provision::RetryPolicy;
 
 /// Where tenant resources are made.
@@ -43,6 +49,16 @@ pub struct BackendArgs {
     /// Bucket names are global in S3, so pick one unique to your organisation.
     #[arg(long, env = "TENANTRY_BUCKET_PREFIX", default_value = "tenantry")]
     pub bucket_prefix: String,
+
+    /// Tables shared by all tenants that row-level security must split, as
+    /// `schema.table:tenant_column` (the column holds the tenant name). Repeat the
+    /// flag or separate with commas. The admin role must own these tables.
+    #[arg(
+        long = "shared-table",
+        env = "TENANTRY_SHARED_TABLES",
+        value_delimiter = ','
+    )]
+    pub shared_tables: Vec<SharedTable>,
 
     /// Address S3 buckets in the path (`endpoint/bucket`) instead of by virtual host.
     /// On by default when AWS_ENDPOINT_URL points at an S3-compatible server.
@@ -75,9 +91,23 @@ pub struct EngineArgs {
     #[arg(long, env = "TENANTRY_FAILURE_BACKOFF_MAX", default_value = "1h", value_parser = humantime::parse_duration)]
     pub failure_backoff_max: Duration,
 
-    /// How often a Ready tenant is looked at again when nothing changed.
-    #[arg(long, env = "TENANTRY_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub resync_interval: Duration,
+    /// How often the isolation of a settled tenant is measured again (jittered
+    /// by ±10% so tenants do not move in step). Drift found is repaired.
+    #[arg(long, env = "TENANTRY_PROBE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub probe_interval: Duration,
+
+    /// What to do when a probe finds drift tenantry has no right to repair (a
+    /// tenant role made SUPERUSER or BYPASSRLS, which a non-superuser admin cannot
+    /// undo): `fail-closed` disables the role's login until the flag is gone;
+    /// `report-only` only reports it.
+    #[arg(long, env = "TENANTRY_UNREPAIRABLE_DRIFT", value_enum, default_value_t = UnrepairableDrift::FailClosed)]
+    pub unrepairable_drift: UnrepairableDrift,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnrepairableDrift {
+    FailClosed,
+    ReportOnly,
 }
 
 impl EngineArgs {
@@ -138,6 +168,15 @@ pub struct Backends {
     pub region: String,
     /// The PostgreSQL backend itself, for work beyond the trait (probes, audit).
     pub postgres: Arc<PostgresBackend>,
+    pub shared_tables: Arc<Vec<SharedTable>>,
+    pub probes: Arc<Probes>,
+}
+
+/// The isolation probes, one per layer.
+pub struct Probes {
+    pub database: DatabaseProbe,
+    pub storage: StorageProbe,
+    pub encryption: EncryptionProbe,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +185,8 @@ pub enum ConfigError {
     Invalid(String),
     #[error("cannot reach PostgreSQL: {0}")]
     Postgres(#[source] crate::backends::BackendError),
+    #[error("cannot set up row-level security on the shared tables: {0}")]
+    SharedTables(#[source] crate::backends::BackendError),
     #[error("no AWS region: set AWS_REGION (or a profile with a region)")]
     NoRegion,
 }
@@ -165,11 +206,27 @@ impl Backends {
         .map_err(ConfigError::Postgres)?;
         let postgres = Arc::new(postgres);
         let sdk = aws::load_sdk_config().await;
-        let region = sdk.region().map(|r| r.to_string()).ok_or(ConfigError::NoRegion)?;
+        let region = sdk
+            .region()
+            .map(|r| r.to_string())
+            .ok_or(ConfigError::NoRegion)?;
         let path_style = args
             .s3_force_path_style
             .unwrap_or_else(|| sdk.endpoint_url().is_some());
+        crate::backends::shared_tables::ensure_shared_security(
+            postgres.pool(),
+            &args.shared_tables,
+        )
+        .await
+        .map_err(ConfigError::SharedTables)?;
+        let probes = Probes {
+            database: DatabaseProbe::new(postgres.pool().clone(), args.shared_tables.clone()),
+            storage: StorageProbe::new(&sdk, path_style),
+            encryption: EncryptionProbe::new(&sdk),
+        };
         Ok(Self {
+            shared_tables: Arc::new(args.shared_tables.clone()),
+            probes: Arc::new(probes),
             database: postgres.clone(),
             keys: Arc::new(KmsBackend::new(&sdk)),
             storage: Arc::new(S3Backend::new(&sdk, path_style)),

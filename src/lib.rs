@@ -3,12 +3,12 @@
 
 pub mod api;
 pub mod backends;
-pub mod naming;
-pub mod provision;
 pub mod config;
 pub mod controller;
 pub mod isolation;
 pub mod metrics;
+pub mod naming;
+pub mod provision;
 
 /// Selects the TLS crypto provider for the whole process. The Kubernetes,
 /// PostgreSQL and AWS clients each bring rustls, with different default

@@ -64,8 +64,11 @@ struct VerifyArgs {
 }
 
 fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid --log filter {filter:?}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid --log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -117,8 +120,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(tenantry::metrics::serve(listener, registry, ready.clone()));
 
     let events = EventPublisher::new(client.clone(), args.event_namespace.clone());
-    let ctx = Arc::new(controller::Context::new(client, backends, args.engine.clone(), events, metrics));
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "tenantry controller starting");
+    let ctx = Arc::new(controller::Context::new(
+        client,
+        backends,
+        args.engine.clone(),
+        events,
+        metrics,
+    ));
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "tenantry controller starting"
+    );
     ready.store(true, Ordering::Relaxed);
     controller::run(ctx, args.concurrency, &args.tenant_selector).await;
     server.abort();
@@ -134,11 +146,18 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         .context("cannot build a Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster)")?;
     let api: kube::Api<Tenant> = kube::Api::all(client);
     let tenants = if args.tenants.is_empty() {
-        api.list(&Default::default()).await.context("cannot list Tenants")?.items
+        api.list(&Default::default())
+            .await
+            .context("cannot list Tenants")?
+            .items
     } else {
         let mut found = Vec::new();
         for name in &args.tenants {
-            match api.get_opt(name).await.with_context(|| format!("cannot read Tenant {name}"))? {
+            match api
+                .get_opt(name)
+                .await
+                .with_context(|| format!("cannot read Tenant {name}"))?
+            {
                 Some(t) => found.push(t),
                 None => anyhow::bail!("Tenant {name:?} does not exist"),
             }
@@ -177,7 +196,10 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         println!("{document}");
     }
     if !not_enforced.is_empty() {
-        anyhow::bail!("isolation is not enforced (or not measured) for: {}", not_enforced.join(", "));
+        anyhow::bail!(
+            "isolation is not enforced (or not measured) for: {}",
+            not_enforced.join(", ")
+        );
     }
     Ok(())
 }

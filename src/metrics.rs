@@ -43,7 +43,11 @@ impl Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             provisioning_outcomes: Family::default(),
         };
-        registry.register("tenantry_reconciles", "Reconciles of Tenants", m.reconciles.clone());
+        registry.register(
+            "tenantry_reconciles",
+            "Reconciles of Tenants",
+            m.reconciles.clone(),
+        );
         registry.register(
             "tenantry_reconcile_errors",
             "Reconciles that ended in an error, by category",
@@ -91,7 +95,11 @@ struct HttpState {
 
 /// Serves /metrics, /healthz (the process runs) and /readyz (the controller
 /// has started) until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, registry: Registry, ready: Arc<AtomicBool>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<()> {
     let state = HttpState {
         registry: Arc::new(registry),
         ready,
@@ -109,7 +117,10 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         )
             .into_response(),

@@ -50,8 +50,11 @@ impl TenantNames {
 /// start instead of on the first tenant.
 pub fn validate_bucket_prefix(prefix: &str) -> Result<(), String> {
     // The longest tenant name must still fit.
-    validate_bucket_name(&format!("{prefix}-{}", "a".repeat(crate::api::TENANT_NAME_MAX)))
-        .map_err(|e| format!("bucket prefix {prefix:?} is not usable: {e}"))
+    validate_bucket_name(&format!(
+        "{prefix}-{}",
+        "a".repeat(crate::api::TENANT_NAME_MAX)
+    ))
+    .map_err(|e| format!("bucket prefix {prefix:?} is not usable: {e}"))
 }
 
 /// S3 general purpose bucket naming rules that a prefix could break.
@@ -68,9 +71,10 @@ fn validate_bucket_name(bucket: &str) -> Result<(), String> {
             "bucket name {bucket:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, '-' or '.', starting with a letter or digit)"
         ));
     }
-    if bucket.starts_with("xn--") || bucket.starts_with("sthree-") || bucket.ends_with("-s3alias")
-    {
-        return Err(format!("bucket name {bucket:?} uses a prefix or suffix S3 reserves"));
+    if bucket.starts_with("xn--") || bucket.starts_with("sthree-") || bucket.ends_with("-s3alias") {
+        return Err(format!(
+            "bucket name {bucket:?} uses a prefix or suffix S3 reserves"
+        ));
     }
     Ok(())
 }

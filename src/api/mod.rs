@@ -7,10 +7,10 @@ mod tenant;
 
 pub use tenant::*;
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
+use kube::CustomResourceExt;
 
 /// The API group of every tenantry resource.
 pub const GROUP: &str = "tenantry.dev";
@@ -86,7 +86,12 @@ fn strip_null_enum_values(schema: &mut JSONSchemaProps) {
 pub fn crds_yaml() -> String {
     let crds = [tenant_crd()];
     crds.iter()
-        .map(|crd| format!("---\n{}", serde_yaml::to_string(crd).expect("CRD serializes to YAML")))
+        .map(|crd| {
+            format!(
+                "---\n{}",
+                serde_yaml::to_string(crd).expect("CRD serializes to YAML")
+            )
+        })
         .collect()
 }
 

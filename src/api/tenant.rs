@@ -121,7 +121,10 @@ pub struct CredentialsSpec {
 
     /// Name of that Secret; `<tenant>-credentials` when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub secret_name: Option<String>,
 }
 
@@ -379,7 +382,9 @@ impl LayerReport {
 
     /// The findings that did not pass, for condition messages.
     pub fn failures(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.state != IsolationState::Enforced)
+        self.findings
+            .iter()
+            .filter(|f| f.state != IsolationState::Enforced)
     }
 }
 

@@ -29,14 +29,26 @@ pub fn classify(error: kube::Error, what: &str) -> BackendError {
     let message = format!("{what}: {error}");
     match &error {
         kube::Error::Api(status) if status.code == 429 || status.code >= 500 => {
-            BackendError::Unavailable { backend: Backend::Kubernetes, message }
+            BackendError::Unavailable {
+                backend: Backend::Kubernetes,
+                message,
+            }
         }
         kube::Error::Api(status) if status.code == 409 => {
             // A concurrent write: reading again and retrying settles it.
-            BackendError::Unavailable { backend: Backend::Kubernetes, message }
+            BackendError::Unavailable {
+                backend: Backend::Kubernetes,
+                message,
+            }
         }
-        kube::Error::Api(_) => BackendError::Rejected { backend: Backend::Kubernetes, message },
-        _ => BackendError::Unavailable { backend: Backend::Kubernetes, message },
+        kube::Error::Api(_) => BackendError::Rejected {
+            backend: Backend::Kubernetes,
+            message,
+        },
+        _ => BackendError::Unavailable {
+            backend: Backend::Kubernetes,
+            message,
+        },
     }
 }
 
@@ -84,7 +96,11 @@ impl CredentialSecrets for KubeSecrets {
                 super::Ownership::Ours => {}
                 super::Ownership::Released => {}
                 super::Ownership::Foreign(detail) => {
-                    return Err(BackendError::Conflict { backend: Backend::Kubernetes, resource: what, detail });
+                    return Err(BackendError::Conflict {
+                        backend: Backend::Kubernetes,
+                        resource: what,
+                        detail,
+                    });
                 }
                 super::Ownership::Untagged => {
                     return Err(BackendError::Conflict {
@@ -99,7 +115,8 @@ impl CredentialSecrets for KubeSecrets {
                 .all(|(k, v)| existing.labels().get(k) == Some(v));
             let uid_matches = existing.annotations().get(tags::TENANT_UID) == Some(&tenant.uid);
             let released = existing.annotations().contains_key(tags::RELEASED);
-            if existing.data.as_ref() == Some(&desired) && labels_match && uid_matches && !released {
+            if existing.data.as_ref() == Some(&desired) && labels_match && uid_matches && !released
+            {
                 return Ok(());
             }
         }
@@ -108,7 +125,10 @@ impl CredentialSecrets for KubeSecrets {
                 name: Some(name.to_string()),
                 namespace: Some(namespace.to_string()),
                 labels: Some(desired_labels),
-                annotations: Some(BTreeMap::from([(tags::TENANT_UID.to_string(), tenant.uid.clone())])),
+                annotations: Some(BTreeMap::from([(
+                    tags::TENANT_UID.to_string(),
+                    tenant.uid.clone(),
+                )])),
                 ..Default::default()
             },
             type_: Some("Opaque".to_string()),
@@ -143,7 +163,12 @@ impl CredentialSecrets for KubeSecrets {
         Ok(())
     }
 
-    async fn delete_secret(&self, tenant: &TenantRef, namespace: &str, name: &str) -> Result<(), BackendError> {
+    async fn delete_secret(
+        &self,
+        tenant: &TenantRef,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), BackendError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name}");
         let existing = match secrets.get_metadata_opt(name).await {
@@ -171,7 +196,12 @@ impl CredentialSecrets for KubeSecrets {
         }
     }
 
-    async fn release_secret(&self, tenant: &TenantRef, namespace: &str, name: &str) -> Result<(), BackendError> {
+    async fn release_secret(
+        &self,
+        tenant: &TenantRef,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), BackendError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name}");
         let existing = match secrets.get_metadata_opt(name).await {
@@ -180,7 +210,11 @@ impl CredentialSecrets for KubeSecrets {
             Err(e) => return Err(classify(e, &format!("reading {what}"))),
         };
         if existing.annotations().get(tags::TENANT_UID) != Some(&tenant.uid)
-            || existing.annotations().get(tags::RELEASED).map(String::as_str) == Some("true")
+            || existing
+                .annotations()
+                .get(tags::RELEASED)
+                .map(String::as_str)
+                == Some("true")
         {
             return Ok(());
         }
@@ -196,7 +230,13 @@ impl CredentialSecrets for KubeSecrets {
 fn secret_labels(tenant: &TenantRef) -> BTreeMap<String, String> {
     BTreeMap::from([
         (tags::TENANT.to_string(), tenant.name.clone()),
-        (tags::MANAGED_BY.to_string(), tags::MANAGED_BY_VALUE.to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), tags::MANAGED_BY_VALUE.to_string()),
+        (
+            tags::MANAGED_BY.to_string(),
+            tags::MANAGED_BY_VALUE.to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            tags::MANAGED_BY_VALUE.to_string(),
+        ),
     ])
 }

@@ -55,12 +55,18 @@ impl TenantRef {
         BTreeMap::from([
             (tags::TENANT.to_string(), self.name.clone()),
             (tags::TENANT_UID.to_string(), self.uid.clone()),
-            (tags::MANAGED_BY.to_string(), tags::MANAGED_BY_VALUE.to_string()),
+            (
+                tags::MANAGED_BY.to_string(),
+                tags::MANAGED_BY_VALUE.to_string(),
+            ),
         ])
     }
 
     /// Whose a resource is, judged by its tags.
-    pub fn ownership_of<'a>(&self, tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> Ownership {
+    pub fn ownership_of<'a>(
+        &self,
+        tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Ownership {
         let tags: BTreeMap<&str, &str> = tags.into_iter().collect();
         if tags.is_empty() {
             return Ownership::Untagged;
@@ -332,10 +338,25 @@ pub trait TenantDatabase: Send + Sync {
         interrupted: bool,
     ) -> Result<DatabaseLocation, BackendError>;
     /// Allows or forbids the role to log in; forbidding also ends its sessions.
-    async fn set_login(&self, tenant: &TenantRef, names: &TenantNames, enabled: bool) -> Result<(), BackendError>;
+    async fn set_login(
+        &self,
+        tenant: &TenantRef,
+        names: &TenantNames,
+        enabled: bool,
+    ) -> Result<(), BackendError>;
     /// Drops the schema or database and the role.
-    async fn remove_tenant(&self, tenant: &TenantRef, names: &TenantNames, mode: IsolationMode) -> Result<(), BackendError>;
-    async fn release_tenant(&self, tenant: &TenantRef, names: &TenantNames, mode: IsolationMode) -> Result<(), BackendError>;
+    async fn remove_tenant(
+        &self,
+        tenant: &TenantRef,
+        names: &TenantNames,
+        mode: IsolationMode,
+    ) -> Result<(), BackendError>;
+    async fn release_tenant(
+        &self,
+        tenant: &TenantRef,
+        names: &TenantNames,
+        mode: IsolationMode,
+    ) -> Result<(), BackendError>;
 }
 
 /// Kubernetes: the Secret that applications mount.
@@ -352,9 +373,19 @@ pub trait CredentialSecrets: Send + Sync {
         name: &str,
         data: BTreeMap<String, SecretString>,
     ) -> Result<(), BackendError>;
-    async fn delete_secret(&self, tenant: &TenantRef, namespace: &str, name: &str) -> Result<(), BackendError>;
+    async fn delete_secret(
+        &self,
+        tenant: &TenantRef,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), BackendError>;
     /// Marks the Secret released so a later Tenant of the same name can adopt it.
-    async fn release_secret(&self, tenant: &TenantRef, namespace: &str, name: &str) -> Result<(), BackendError>;
+    async fn release_secret(
+        &self,
+        tenant: &TenantRef,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), BackendError>;
 }
 
 #[cfg(test)]
@@ -372,21 +403,35 @@ mod tests {
     #[test]
     fn ownership_is_decided_by_the_uid_tag() {
         let t = acme();
-        assert_eq!(t.ownership_of([(tags::TENANT_UID, "uid-1")]), Ownership::Ours);
+        assert_eq!(
+            t.ownership_of([(tags::TENANT_UID, "uid-1")]),
+            Ownership::Ours
+        );
         assert_eq!(t.ownership_of([]), Ownership::Untagged);
         assert!(matches!(
             t.ownership_of([(tags::TENANT, "acme"), (tags::TENANT_UID, "uid-0")]),
             Ownership::Foreign(_)
         ));
-        assert!(matches!(t.ownership_of([("team", "x")]), Ownership::Foreign(_)));
+        assert!(matches!(
+            t.ownership_of([("team", "x")]),
+            Ownership::Foreign(_)
+        ));
     }
 
     #[test]
     fn a_released_resource_of_the_same_name_is_adoptable_and_no_other() {
         let t = acme();
-        let released = [(tags::TENANT, "acme"), (tags::TENANT_UID, "old"), (tags::RELEASED, "true")];
+        let released = [
+            (tags::TENANT, "acme"),
+            (tags::TENANT_UID, "old"),
+            (tags::RELEASED, "true"),
+        ];
         assert_eq!(t.ownership_of(released), Ownership::Released);
-        let other = [(tags::TENANT, "globex"), (tags::TENANT_UID, "old"), (tags::RELEASED, "true")];
+        let other = [
+            (tags::TENANT, "globex"),
+            (tags::TENANT_UID, "old"),
+            (tags::RELEASED, "true"),
+        ];
         assert!(matches!(t.ownership_of(other), Ownership::Foreign(_)));
     }
 
@@ -405,7 +450,10 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("hunter2-very-secret"));
         let url = c.url();
-        assert!(url.expose_secret().starts_with("postgres://t_acme:hunter2-very-secret@db:5432/app"));
+        assert!(
+            url.expose_secret()
+                .starts_with("postgres://t_acme:hunter2-very-secret@db:5432/app")
+        );
     }
 
     #[test]

@@ -1461,6 +1461,9 @@ fn is_transient_sqlstate(code: &str, message: &str) -> bool {
                 | "42710" | "42P06" | "42P04" | "23505" // concurrent create of one name
         )
         || (code == "XX000" && message.contains("tuple concurrently"))
+        // DROP DATABASE ... WITH (FORCE) meets a backend that has not
+        // authenticated yet (no role to be a member of); it is gone a moment later.
+        || (code == "42501" && message.contains("whose process is being terminated"))
 }
 
 /// Turns a sqlx error into a backend error that names what was being done.

@@ -103,7 +103,11 @@ pub fn tenant_expression(column: &str) -> String {
 
 /// The table, schema-qualified and quoted.
 pub fn qualified(table: &SharedTable) -> String {
-    format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.table))
+    format!(
+        "{}.{}",
+        quote_ident(&table.schema),
+        quote_ident(&table.table)
+    )
 }
 
 /// `CREATE POLICY` of the tenant policy.
@@ -186,8 +190,14 @@ pub fn is_tenant_policy(policy: &PolicyRow, column: &str) -> bool {
     policy.permissive == "PERMISSIVE"
         && policy.roles == ["public"]
         && policy.cmd == "ALL"
-        && policy.qual.as_deref().is_some_and(|q| expression_matches(q, column))
-        && policy.with_check.as_deref().is_some_and(|q| expression_matches(q, column))
+        && policy
+            .qual
+            .as_deref()
+            .is_some_and(|q| expression_matches(q, column))
+        && policy
+            .with_check
+            .as_deref()
+            .is_some_and(|q| expression_matches(q, column))
 }
 
 fn is_operator_policy(policy: &PolicyRow, admin: &str) -> bool {
@@ -339,7 +349,13 @@ impl SecurityPlan {
 fn revoke_others(on: &str, others: &[String]) -> String {
     let grantees: Vec<String> = others
         .iter()
-        .map(|g| if g.is_empty() { "PUBLIC".to_string() } else { quote_ident(g) })
+        .map(|g| {
+            if g.is_empty() {
+                "PUBLIC".to_string()
+            } else {
+                quote_ident(g)
+            }
+        })
         .collect();
     format!("REVOKE ALL ON {on} FROM {}", grantees.join(", "))
 }
@@ -397,7 +413,10 @@ async fn plan_security(
             ));
         }
         Some(acl) if !acl.others.is_empty() => plan.add(
-            format!("table {SCHEMA}.{MAPPING_TABLE} has grants to {:?}", acl.others),
+            format!(
+                "table {SCHEMA}.{MAPPING_TABLE} has grants to {:?}",
+                acl.others
+            ),
             [revoke_others(&format!("TABLE {mapping}"), &acl.others)],
         ),
         Some(_) => {}
@@ -414,7 +433,11 @@ async fn plan_security(
             [function_sql(), revoke_execute],
         ),
         Some(f) if f.owner != admin => {
-            return Err(not_ours(&format!("function {FUNCTION_SIGNATURE}"), &f.owner, &admin));
+            return Err(not_ours(
+                &format!("function {FUNCTION_SIGNATURE}"),
+                &f.owner,
+                &admin,
+            ));
         }
         Some(f) => {
             let as_desired = f.language == "sql"
@@ -446,7 +469,11 @@ async fn plan_security(
             [format!("CREATE SCHEMA {qc}")],
         ),
         Some(acl) if acl.owner != admin => {
-            return Err(not_ours(&format!("schema {CANARY_SCHEMA:?}"), &acl.owner, &admin));
+            return Err(not_ours(
+                &format!("schema {CANARY_SCHEMA:?}"),
+                &acl.owner,
+                &admin,
+            ));
         }
         Some(acl) if !acl.others.is_empty() => plan.add(
             format!("schema {CANARY_SCHEMA} has grants to {:?}", acl.others),
@@ -461,7 +488,10 @@ async fn plan_security(
     match read_relation_acl(conn, CANARY_SCHEMA, CANARY_TABLE, doing).await? {
         None => plan.add(
             format!("table {CANARY_SCHEMA}.{CANARY_TABLE} is missing"),
-            [format!("CREATE TABLE {canary} (id int, secret text)"), insert_canary],
+            [
+                format!("CREATE TABLE {canary} (id int, secret text)"),
+                insert_canary,
+            ],
         ),
         Some(acl) if acl.owner != admin => {
             return Err(not_ours(
@@ -473,16 +503,18 @@ async fn plan_security(
         Some(acl) => {
             if !acl.others.is_empty() {
                 plan.add(
-                    format!("table {CANARY_SCHEMA}.{CANARY_TABLE} has grants to {:?}", acl.others),
+                    format!(
+                        "table {CANARY_SCHEMA}.{CANARY_TABLE} has grants to {:?}",
+                        acl.others
+                    ),
                     [revoke_others(&format!("TABLE {canary}"), &acl.others)],
                 );
             }
-            let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT count(*) FROM {canary}"
-            )))
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| classify(e, doing))?;
+            let rows: i64 =
+                sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {canary}")))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| classify(e, doing))?;
             if rows == 0 {
                 plan.add(
                     format!("table {CANARY_SCHEMA}.{CANARY_TABLE} is empty"),
@@ -510,7 +542,10 @@ async fn plan_table(
         // Most likely the application's migrations have not run yet.
         return Err(BackendError::Missing {
             backend: Backend::Postgres,
-            message: format!("shared table {}.{} does not exist", table.schema, table.table),
+            message: format!(
+                "shared table {}.{} does not exist",
+                table.schema, table.table
+            ),
         });
     };
     check_table(table, &found, admin)?;
@@ -534,7 +569,10 @@ async fn plan_table(
         plan.add(
             format!("{table}: policy {TENANT_POLICY} missing or different"),
             [
-                format!("DROP POLICY IF EXISTS {} ON {q}", quote_ident(TENANT_POLICY)),
+                format!(
+                    "DROP POLICY IF EXISTS {} ON {q}",
+                    quote_ident(TENANT_POLICY)
+                ),
                 tenant_policy_sql(table),
             ],
         );
@@ -546,7 +584,10 @@ async fn plan_table(
         plan.add(
             format!("{table}: policy {OPERATOR_POLICY} missing or different"),
             [
-                format!("DROP POLICY IF EXISTS {} ON {q}", quote_ident(OPERATOR_POLICY)),
+                format!(
+                    "DROP POLICY IF EXISTS {} ON {q}",
+                    quote_ident(OPERATOR_POLICY)
+                ),
                 operator_policy_sql(table, admin),
             ],
         );
@@ -555,7 +596,11 @@ async fn plan_table(
 }
 
 /// Refuses a shared table tenantry cannot secure.
-fn check_table(table: &SharedTable, found: &TableSecurity, admin: &str) -> Result<(), BackendError> {
+fn check_table(
+    table: &SharedTable,
+    found: &TableSecurity,
+    admin: &str,
+) -> Result<(), BackendError> {
     let name = format!("{}.{}", table.schema, table.table);
     if !matches!(found.kind.as_str(), "r" | "p") {
         return Err(rejected(format!(
@@ -753,12 +798,13 @@ const TABLE_ACCESS_SQL: &str = "SELECT c.oid, n.nspowner = $3 AS owns_schema, \
 /// need none (the server calls their sequence without a privilege check).
 #[derive(sqlx::FromRow)]
 struct SequenceAccess {
+    schema: String,
     name: String,
     usage: bool,
     granted: bool,
 }
 
-const SEQUENCES_SQL: &str = "SELECT DISTINCT quote_ident(sn.nspname) || '.' || quote_ident(s.relname) AS name, \
+const SEQUENCES_SQL: &str = "SELECT DISTINCT sn.nspname::text AS schema, s.relname::text AS name, \
        has_sequence_privilege($2, s.oid, 'USAGE') AS usage, \
        EXISTS (SELECT 1 FROM aclexplode(s.relacl) a WHERE a.grantee = $2) AS granted \
   FROM pg_attrdef ad \
@@ -767,7 +813,11 @@ const SEQUENCES_SQL: &str = "SELECT DISTINCT quote_ident(sn.nspname) || '.' || q
   JOIN pg_namespace sn ON sn.oid = s.relnamespace \
  WHERE ad.adrelid = $1";
 
-async fn role_oid(conn: &mut PgConnection, role: &str, doing: &str) -> Result<Option<Oid>, BackendError> {
+async fn role_oid(
+    conn: &mut PgConnection,
+    role: &str,
+    doing: &str,
+) -> Result<Option<Oid>, BackendError> {
     sqlx::query_scalar("SELECT oid FROM pg_roles WHERE rolname = $1")
         .bind(role)
         .fetch_optional(conn)
@@ -832,8 +882,9 @@ async fn plan_access(
     .await
     .map_err(|e| classify(e, doing))?;
     if !execute {
-        plan.statements
-            .push(format!("GRANT EXECUTE ON FUNCTION {FUNCTION_SIGNATURE} TO {qr}"));
+        plan.statements.push(format!(
+            "GRANT EXECUTE ON FUNCTION {FUNCTION_SIGNATURE} TO {qr}"
+        ));
     }
     if !tables.is_empty() {
         // A tenant of mode Database lives in another database: without
@@ -857,7 +908,12 @@ async fn plan_access(
         }
         let missing: Vec<&str> = TENANT_TABLE_PRIVILEGES
             .into_iter()
-            .zip([access.can_select, access.can_insert, access.can_update, access.can_delete])
+            .zip([
+                access.can_select,
+                access.can_insert,
+                access.can_update,
+                access.can_delete,
+            ])
             .filter(|(_, has)| !has)
             .map(|(p, _)| p)
             .collect();
@@ -872,8 +928,10 @@ async fn plan_access(
         }
         for sequence in read_sequences(conn, access.oid, oid, doing).await? {
             if !sequence.usage {
-                plan.statements
-                    .push(format!("GRANT USAGE ON SEQUENCE {} TO {qr}", sequence.name));
+                plan.statements.push(format!(
+                    "GRANT USAGE ON SEQUENCE {} TO {qr}",
+                    sequence.qualified()
+                ));
             }
         }
     }
@@ -903,7 +961,10 @@ async fn read_access(
         .map_err(|e| classify(e, doing))?
         .ok_or_else(|| BackendError::Missing {
             backend: Backend::Postgres,
-            message: format!("shared table {}.{} does not exist", table.schema, table.table),
+            message: format!(
+                "shared table {}.{} does not exist",
+                table.schema, table.table
+            ),
         })
 }
 
@@ -921,9 +982,18 @@ async fn read_sequences(
         .map_err(|e| classify(e, doing))
 }
 
+impl SequenceAccess {
+    fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
 impl AccessPlan {
     fn is_empty(&self) -> bool {
-        !self.write_mapping && !self.delete_mapping && !self.grant_connect && self.statements.is_empty()
+        !self.write_mapping
+            && !self.delete_mapping
+            && !self.grant_connect
+            && self.statements.is_empty()
     }
 }
 
@@ -991,7 +1061,9 @@ pub async fn ensure_tenant_access(
     tenant: &str,
 ) -> Result<(), BackendError> {
     if tenant == CANARY_TENANT || tenant.is_empty() {
-        return Err(rejected(format!("{tenant:?} cannot be a tenant of the shared tables")));
+        return Err(rejected(format!(
+            "{tenant:?} cannot be a tenant of the shared tables"
+        )));
     }
     let doing = format!("granting role {role:?} access to the shared tables");
     let mut conn = pool.acquire().await.map_err(|e| classify(e, &doing))?;
@@ -1033,8 +1105,9 @@ async fn plan_removal(
     .await
     .map_err(|e| classify(e, doing))?;
     if execute_granted {
-        plan.statements
-            .push(format!("REVOKE EXECUTE ON FUNCTION {FUNCTION_SIGNATURE} FROM {qr}"));
+        plan.statements.push(format!(
+            "REVOKE EXECUTE ON FUNCTION {FUNCTION_SIGNATURE} FROM {qr}"
+        ));
     }
     let mut schemas = Vec::new();
     for table in tables {
@@ -1057,8 +1130,10 @@ async fn plan_removal(
         }
         for sequence in read_sequences(conn, access.oid, oid, doing).await? {
             if sequence.granted {
-                plan.statements
-                    .push(format!("REVOKE ALL ON SEQUENCE {} FROM {qr}", sequence.name));
+                plan.statements.push(format!(
+                    "REVOKE ALL ON SEQUENCE {} FROM {qr}",
+                    sequence.qualified()
+                ));
             }
         }
     }
@@ -1192,7 +1267,8 @@ mod tests {
     fn the_expression_is_recognised_as_the_server_deparses_it() {
         // pg_policies.qual on PostgreSQL 15.18, search_path pg_catalog.
         let text = "(tenant_id = ( SELECT tenantry.tenant_of(CURRENT_USER) AS tenant_of))";
-        let varchar = "((tenant_id)::text = ( SELECT tenantry.tenant_of(CURRENT_USER) AS tenant_of))";
+        let varchar =
+            "((tenant_id)::text = ( SELECT tenantry.tenant_of(CURRENT_USER) AS tenant_of))";
         let unwrapped = "(tenant_id = tenantry.tenant_of(CURRENT_USER))";
         for rendered in [text, varchar, unwrapped] {
             assert!(expression_matches(rendered, "tenant_id"), "{rendered}");
@@ -1243,9 +1319,18 @@ mod tests {
             ..good.clone()
         };
         assert!(!is_tenant_policy(&restrictive, "tenant_id"));
-        assert!(!is_tenant_policy(&policy(TENANT_POLICY, &["app"], qual), "tenant_id"));
-        assert!(is_operator_policy(&policy(OPERATOR_POLICY, &["admin"], "true"), "admin"));
-        assert!(!is_operator_policy(&policy(OPERATOR_POLICY, &["public"], "true"), "admin"));
+        assert!(!is_tenant_policy(
+            &policy(TENANT_POLICY, &["app"], qual),
+            "tenant_id"
+        ));
+        assert!(is_operator_policy(
+            &policy(OPERATOR_POLICY, &["admin"], "true"),
+            "admin"
+        ));
+        assert!(!is_operator_policy(
+            &policy(OPERATOR_POLICY, &["public"], "true"),
+            "admin"
+        ));
     }
 
     #[test]
@@ -1270,7 +1355,11 @@ mod tests {
                 },
             ],
         };
-        let names: Vec<&str> = found.widening_policies("t_a").iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<&str> = found
+            .widening_policies("t_a")
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(names, ["open", "mine"]);
     }
 
@@ -1286,7 +1375,9 @@ mod tests {
             canary_possible: true,
             policies: vec![],
         };
-        let err = check_table(&orders(), &found, "tenantry_admin").unwrap_err().to_string();
+        let err = check_table(&orders(), &found, "tenantry_admin")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("owned by \"app\""), "{err}");
         assert!(
             err.contains("ALTER TABLE \"public\".\"orders\" OWNER TO \"tenantry_admin\""),
@@ -1318,7 +1409,9 @@ mod tests {
 
     #[test]
     fn races_and_outages_are_transient_and_the_rest_is_not() {
-        for code in ["08006", "53300", "40P01", "55P03", "42P06", "42P07", "23505"] {
+        for code in [
+            "08006", "53300", "40P01", "55P03", "42P06", "42P07", "23505",
+        ] {
             assert!(is_transient_sqlstate(code, ""), "{code}");
         }
         assert!(is_transient_sqlstate("XX000", "tuple concurrently updated"));
@@ -1333,8 +1426,12 @@ mod tests {
     #[test]
     fn the_function_is_made_as_the_policy_needs_it() {
         let sql = function_sql();
-        assert!(sql.starts_with("CREATE OR REPLACE FUNCTION tenantry.tenant_of(r name) RETURNS text"));
-        assert!(sql.contains("LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp"));
+        assert!(
+            sql.starts_with("CREATE OR REPLACE FUNCTION tenantry.tenant_of(r name) RETURNS text")
+        );
+        assert!(sql.contains(
+            "LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+        ));
         assert!(sql.ends_with(&format!("AS '{FUNCTION_BODY}'")));
     }
 }

@@ -40,7 +40,14 @@ impl EventPublisher {
     }
 
     /// Publishes an event about `tenant`. `note` must never hold a secret.
-    pub async fn publish(&self, tenant: &Tenant, type_: EventType, reason: &str, action: &str, note: &str) {
+    pub async fn publish(
+        &self,
+        tenant: &Tenant,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
         let regarding = ObjectReference {
             api_version: Some(Tenant::api_version(&()).to_string()),
             kind: Some(Tenant::kind(&()).to_string()),
@@ -53,7 +60,11 @@ impl EventPublisher {
             metadata: ObjectMeta {
                 // generateName must itself be a valid name, so a trailing '.'
                 // is refused: the suffix is made here instead.
-                name: Some(format!("{}.{:016x}", tenant.name_any(), rand::random::<u64>())),
+                name: Some(format!(
+                    "{}.{:016x}",
+                    tenant.name_any(),
+                    rand::random::<u64>()
+                )),
                 namespace: Some(self.namespace.clone()),
                 ..Default::default()
             },

@@ -6,6 +6,7 @@
 //! Deletion is handled here too, behind the `tenantry.dev/cleanup` finalizer.
 
 pub mod events;
+pub mod isolation;
 pub mod status;
 pub mod steps;
 
@@ -23,15 +24,16 @@ use kube::{Client, ResourceExt};
 use rand::Rng;
 
 use crate::api::{
-    DeletionPolicy, DeletionStatus, IsolationMode, JournalOperation, ProvisioningJournal, Tenant, TenantPhase,
-    TenantStatus,
+    DeletionPolicy, DeletionStatus, IsolationMode, JournalOperation, ProvisioningJournal, Tenant,
+    TenantPhase, TenantStatus,
 };
 use crate::backends::TenantRef;
-use crate::config::{Backends, EngineArgs};
+use crate::config::{Backends, EngineArgs, UnrepairableDrift};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels};
 use crate::naming::TenantNames;
 use crate::provision::{Engine, JournalStore, Outcome, StepError, new_journal};
 use events::{EventPublisher, EventType};
+use isolation::{Measurement, measure};
 use status::{Verdict, apply_verdict, failure_backoff};
 use steps::{TenantContext, tenant_steps};
 
@@ -79,7 +81,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, backends: Backends, engine: EngineArgs, events: EventPublisher, metrics: Metrics) -> Self {
+    pub fn new(
+        client: Client,
+        backends: Backends,
+        engine: EngineArgs,
+        events: EventPublisher,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             client,
             backends,
@@ -134,7 +142,9 @@ async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Err
             Ok(Action::await_change())
         }
     } else if !tenant.finalizers().iter().any(|f| f == FINALIZER) {
-        add_finalizer(&tenant, &ctx.client).await.map(|()| Action::await_change())
+        add_finalizer(&tenant, &ctx.client)
+            .await
+            .map(|()| Action::await_change())
     } else {
         apply(&tenant, &ctx).await
     };
@@ -172,7 +182,7 @@ fn jitter(min: Duration, max: Duration) -> Duration {
 
 /// The resync delay for a settled tenant, spread so tenants do not move in step.
 fn resync(ctx: &Context) -> Action {
-    let base = ctx.engine.resync_interval;
+    let base = ctx.engine.probe_interval;
     Action::requeue(jitter(base.mul_f64(0.9), base.mul_f64(1.1)))
 }
 
@@ -185,8 +195,12 @@ async fn add_finalizer(tenant: &Tenant, client: &Client) -> Result<(), Error> {
         {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
     ]))
     .expect("static JSON patch is valid");
-    api.patch(&tenant.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
-        .await?;
+    api.patch(
+        &tenant.name_any(),
+        &PatchParams::default(),
+        &Patch::Json::<()>(patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -204,7 +218,11 @@ async fn remove_finalizer(tenant: &Tenant, client: &Client) -> Result<(), Error>
     ]))
     .expect("static JSON patch is valid");
     match api
-        .patch(&tenant.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+        .patch(
+            &tenant.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
         .await
     {
         Ok(_) => Ok(()),
@@ -214,15 +232,23 @@ async fn remove_finalizer(tenant: &Tenant, client: &Client) -> Result<(), Error>
 }
 
 /// Writes the whole status with one server-side apply under tenantry's field manager.
-pub async fn write_status(client: &Client, name: &str, status: &TenantStatus) -> Result<(), kube::Error> {
+pub async fn write_status(
+    client: &Client,
+    name: &str,
+    status: &TenantStatus,
+) -> Result<(), kube::Error> {
     let api: Api<Tenant> = Api::all(client.clone());
     let patch = serde_json::json!({
         "apiVersion": "tenantry.dev/v1alpha1",
         "kind": "Tenant",
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -256,7 +282,9 @@ impl JournalStore for StatusJournal<'_> {
                         journal.failure.as_deref().unwrap_or("unknown cause")
                     ),
                 ),
-                TenantPhase::Deleting => ("Deleting", "removing the tenant's resources".to_string()),
+                TenantPhase::Deleting => {
+                    ("Deleting", "removing the tenant's resources".to_string())
+                }
                 _ => (
                     "Provisioning",
                     match &journal.in_progress {
@@ -265,11 +293,21 @@ impl JournalStore for StatusJournal<'_> {
                     },
                 ),
             };
-            apply_verdict(&mut self.status, &Verdict::new(phase, reason, message), self.generation, Utc::now());
+            apply_verdict(
+                &mut self.status,
+                &Verdict::new(phase, reason, message),
+                self.generation,
+                Utc::now(),
+            );
         }
         write_status(self.client, &self.name, &self.status)
             .await
-            .map_err(|e| StepError::transient("kubernetes", format!("saving the provisioning journal: {e}")))
+            .map_err(|e| {
+                StepError::transient(
+                    "kubernetes",
+                    format!("saving the provisioning journal: {e}"),
+                )
+            })
     }
 }
 
@@ -288,7 +326,11 @@ fn validate(tenant: &Tenant, bucket_prefix: &str) -> Result<(TenantNames, Durati
         let dedicated = *recorded == names.database;
         let wants_dedicated = tenant.spec.database.isolation == IsolationMode::Database;
         if dedicated != wants_dedicated {
-            let was = if dedicated { IsolationMode::Database } else { IsolationMode::Schema };
+            let was = if dedicated {
+                IsolationMode::Database
+            } else {
+                IsolationMode::Schema
+            };
             return Err(format!(
                 "spec.database.isolation cannot change from {was} to {} once the tenant's data exists; \
                  set it back to {was}",
@@ -300,8 +342,9 @@ fn validate(tenant: &Tenant, bucket_prefix: &str) -> Result<(TenantNames, Durati
 }
 
 fn parse_grace_period(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value)
-        .map_err(|e| format!("spec.deletion.gracePeriod {value:?} is not a duration such as 72h or 30m: {e}"))
+    humantime::parse_duration(value).map_err(|e| {
+        format!("spec.deletion.gracePeriod {value:?} is not a duration such as 72h or 30m: {e}")
+    })
 }
 
 fn tenant_ref(tenant: &Tenant) -> Result<TenantRef, Error> {
@@ -332,7 +375,13 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     }
 
     let namespace = &tenant.spec.credentials.namespace;
-    if !ctx.backends.kube_secrets.namespace_exists(namespace).await.map_err(StepError::from)? {
+    if !ctx
+        .backends
+        .kube_secrets
+        .namespace_exists(namespace)
+        .await
+        .map_err(StepError::from)?
+    {
         let verdict = Verdict::new(
             TenantPhase::Pending,
             "NamespaceMissing",
@@ -345,8 +394,49 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(NAMESPACE_RETRY));
     }
 
-    let mut steps_ctx = TenantContext::new(tenant_ref(tenant)?, names, tenant.spec.clone(), ctx.backends.clone());
-    steps_ctx.previous_kube_secret = current.resources.as_ref().and_then(|r| r.kubernetes_secret.clone());
+    let mut steps_ctx = TenantContext::new(
+        tenant_ref(tenant)?,
+        names,
+        tenant.spec.clone(),
+        ctx.backends.clone(),
+    );
+    steps_ctx.previous_kube_secret = current
+        .resources
+        .as_ref()
+        .and_then(|r| r.kubernetes_secret.clone());
+
+    // A settled tenant is measured first; only drift leads to writes.
+    let settled = current.phase == Some(TenantPhase::Ready)
+        && current.observed_generation == generation
+        && current.provisioning.as_ref().is_some_and(|j| j.provisioned)
+        && !tenant.spec.suspended;
+    let mut drift: Option<Measurement> = None;
+    if settled && read_probe_inputs(&mut steps_ctx, &current).await {
+        let measured = measure(&steps_ctx).await;
+        if measured.all_enforced() {
+            let mut status = current.clone();
+            let repairs = status.isolation.as_ref().map_or(0, |i| i.drift_repairs);
+            status.isolation = Some(measured.into_status(Utc::now(), repairs));
+            let verdict = Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE);
+            return finish(tenant, ctx, status, &verdict, None).await;
+        }
+        let found = measured.failures();
+        tracing::warn!(tenant = %name, drift = %found, "isolation drift detected; repairing");
+        // Shared-table security belongs to no single tenant; repair it too.
+        if let Err(error) = crate::backends::shared_tables::ensure_shared_security(
+            ctx.backends.postgres.pool(),
+            &ctx.backends.shared_tables,
+        )
+        .await
+        {
+            tracing::warn!(%error, "could not repair shared-table security");
+        }
+        ctx.events
+            .publish(tenant, EventType::Warning, "DriftDetected", "Probe", &found)
+            .await;
+        drift = Some(measured);
+    }
+
     let steps = tenant_steps();
     let engine = Engine::new(&steps, ctx.engine.retry_policy());
     let mut journal = current.provisioning.clone().unwrap_or_else(new_journal);
@@ -356,11 +446,15 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         generation,
         status: current.clone(),
         working_phase: match current.phase {
-            Some(TenantPhase::Ready) if current.observed_generation == generation => TenantPhase::Ready,
+            Some(TenantPhase::Ready) if current.observed_generation == generation => {
+                TenantPhase::Ready
+            }
             _ => TenantPhase::Provisioning,
         },
     };
-    let outcome = engine.provision(&mut steps_ctx, &mut journal, &mut store).await?;
+    let outcome = engine
+        .provision(&mut steps_ctx, &mut journal, &mut store)
+        .await?;
     let mut status = store.status;
     status.provisioning = Some(journal);
     match outcome {
@@ -373,16 +467,40 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                     "access revoked: database login disabled and the Kubernetes Secret removed",
                 )
             } else {
-                Verdict::new(
-                    TenantPhase::Ready,
-                    "Provisioned",
-                    "every resource of the tenant exists and is configured",
-                )
+                let measured = measure(&steps_ctx).await;
+                let mut repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
+                let verdict = if measured.all_enforced() {
+                    if let Some(before) = &drift {
+                        repairs += 1;
+                        let message = format!("repaired and verified: {}", before.failures());
+                        tracing::info!(tenant = %name, %message, "isolation drift repaired");
+                        ctx.events
+                            .publish(
+                                tenant,
+                                EventType::Normal,
+                                "DriftRepaired",
+                                "Repair",
+                                &message,
+                            )
+                            .await;
+                    }
+                    Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE)
+                } else {
+                    isolation_failure(tenant, ctx, &steps_ctx, &measured).await
+                };
+                status.isolation = Some(measured.into_status(Utc::now(), repairs));
+                verdict
             };
             // The event goes first, so whoever sees the new phase finds it.
             if current.phase != Some(verdict.phase) {
                 ctx.events
-                    .publish(tenant, EventType::Normal, &verdict.reason, "Provision", &verdict.message)
+                    .publish(
+                        tenant,
+                        EventType::Normal,
+                        &verdict.reason,
+                        "Provision",
+                        &verdict.message,
+                    )
                     .await;
             }
             finish(tenant, ctx, status, &verdict, Some("provisioned")).await
@@ -393,12 +511,23 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             }
             // What exists now is nothing.
             status.resources = None;
-            let message = format!("provisioning failed and was rolled back, nothing was left behind: {error}");
+            let message = format!(
+                "provisioning failed and was rolled back, nothing was left behind: {error}"
+            );
             let verdict = Verdict::new(TenantPhase::Failed, reason, message);
             ctx.events
-                .publish(tenant, EventType::Warning, reason, "RollBack", &verdict.message)
+                .publish(
+                    tenant,
+                    EventType::Warning,
+                    reason,
+                    "RollBack",
+                    &verdict.message,
+                )
                 .await;
-            let failed = status.provisioning.as_ref().map_or(1, |j| j.failed_attempts);
+            let failed = status
+                .provisioning
+                .as_ref()
+                .map_or(1, |j| j.failed_attempts);
             finish(tenant, ctx, status, &verdict, Some("rolled_back")).await?;
             Ok(Action::requeue(failure_backoff(
                 failed,
@@ -406,26 +535,39 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 ctx.engine.failure_backoff_max,
             )))
         }
-        Outcome::Degraded { error, reason, failed_step } => {
-            if let Some(j) = status.provisioning.as_mut() {
-                j.failed_generation = generation;
-            }
-            let message = format!(
+        Outcome::Degraded {
+            error,
+            reason,
+            failed_step,
+        } => {
+            let mut message = format!(
                 "{failed_step} cannot be brought to the desired state; every resource is kept and it is retried: {error}"
             );
+            if steps_ctx.key.is_some() && steps_ctx.credentials.is_some() && !tenant.spec.suspended
+            {
+                let measured = measure(&steps_ctx).await;
+                if !measured.all_enforced() {
+                    let fenced = isolation_failure(tenant, ctx, &steps_ctx, &measured).await;
+                    message = format!("{message}; {}", fenced.message);
+                }
+                let repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
+                status.isolation = Some(measured.into_status(Utc::now(), repairs));
+            }
             let verdict = Verdict::new(TenantPhase::Failed, reason, message);
             if current.phase != Some(TenantPhase::Failed) {
                 ctx.events
-                    .publish(tenant, EventType::Warning, reason, "Reconcile", &verdict.message)
+                    .publish(
+                        tenant,
+                        EventType::Warning,
+                        reason,
+                        "Reconcile",
+                        &verdict.message,
+                    )
                     .await;
             }
-            let failed = status.provisioning.as_ref().map_or(1, |j| j.failed_attempts);
-            finish(tenant, ctx, status, &verdict, Some("degraded")).await?;
-            Ok(Action::requeue(failure_backoff(
-                failed,
-                ctx.engine.failure_backoff,
-                ctx.engine.failure_backoff_max,
-            )))
+            // A live tenant is looked at again within one probe interval, so
+            // access comes back soon after a person fixes what tenantry cannot.
+            finish(tenant, ctx, status, &verdict, Some("degraded")).await
         }
         Outcome::RemovalStuck { step, error } => {
             let verdict = Verdict::new(
@@ -438,6 +580,95 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         }
         Outcome::Removed => Ok(resync(ctx)),
     }
+}
+
+const READY_MESSAGE: &str =
+    "every resource of the tenant exists and every isolation layer is enforced, as measured";
+
+/// Fills the context with what the probes need (the key and the stored
+/// credentials), by reading: the KMS and Secrets Manager steps write nothing
+/// when nothing drifted. False when they could not be read.
+async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus) -> bool {
+    use crate::provision::{Attempt, Step};
+    let key = steps::KmsKeyStep
+        .ensure(steps_ctx, Attempt::default())
+        .await;
+    let secret = match key {
+        Ok(()) => {
+            steps::SecretsManagerStep
+                .ensure(steps_ctx, Attempt::default())
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(error) = secret {
+        tracing::warn!(tenant = %steps_ctx.tenant.name, %error, "cannot read the tenant's key or credentials; re-ensuring");
+        return false;
+    }
+    let resources = current.resources.clone().unwrap_or_default();
+    if let (Some(database), Some(schema), Some(role)) =
+        (resources.database, resources.schema, resources.role)
+    {
+        steps_ctx.location = Some(crate::backends::DatabaseLocation {
+            database,
+            schema,
+            role,
+        });
+    }
+    steps_ctx.secret_arn = resources.secret_arn;
+    steps_ctx.kube_secret_written = resources.kubernetes_secret.is_some();
+    true
+}
+
+/// The verdict for a provisioned tenant whose isolation is not enforced.
+/// Drift a non-superuser admin cannot undo fails closed unless configured
+/// otherwise: the role's login is disabled until a superuser fixes it.
+async fn isolation_failure(
+    tenant: &Tenant,
+    ctx: &Context,
+    steps_ctx: &TenantContext,
+    measured: &Measurement,
+) -> Verdict {
+    let unrepairable = measured.unrepairable();
+    let state = measured.summary();
+    let reason = format!("Isolation{}", state.as_str());
+    if unrepairable.is_empty() {
+        return Verdict::new(
+            TenantPhase::Failed,
+            reason,
+            format!("not enforced after repair: {}", measured.failures()),
+        );
+    }
+    let remedy = unrepairable.join("; ");
+    if ctx.engine.unrepairable_drift == UnrepairableDrift::ReportOnly {
+        return Verdict::new(
+            TenantPhase::Failed,
+            reason,
+            format!("tenantry cannot repair this (report-only): {remedy}"),
+        );
+    }
+    let fenced = ctx
+        .backends
+        .database
+        .set_login(&steps_ctx.tenant, &steps_ctx.names, false)
+        .await;
+    let message = match fenced {
+        Ok(()) => format!(
+            "failed closed: login of {} disabled until the flag is removed (access returns by itself): {remedy}",
+            steps_ctx.names.role
+        ),
+        Err(e) => format!("could not disable the login either ({e}): {remedy}"),
+    };
+    ctx.events
+        .publish(
+            tenant,
+            EventType::Warning,
+            "FailedClosed",
+            "Probe",
+            &message,
+        )
+        .await;
+    Verdict::new(TenantPhase::Failed, reason, message)
 }
 
 /// Time left before a failed tenant may be tried again, if any. A spec
@@ -456,7 +687,11 @@ fn backoff_remaining(
         return None;
     }
     let failed_at = DateTime::parse_from_rfc3339(journal.last_failure_time.as_deref()?).ok()?;
-    let wait = failure_backoff(journal.failed_attempts, engine.failure_backoff, engine.failure_backoff_max);
+    let wait = failure_backoff(
+        journal.failed_attempts,
+        engine.failure_backoff,
+        engine.failure_backoff_max,
+    );
     let retry_at = failed_at.with_timezone(&Utc) + chrono::Duration::from_std(wait).ok()?;
     (retry_at > now).then(|| (retry_at - now).to_std().unwrap_or_default())
 }
@@ -470,7 +705,9 @@ async fn finish(
     verdict: &Verdict,
     outcome: Option<&str>,
 ) -> Result<Action, Error> {
-    apply_verdict(&mut status, verdict, tenant.metadata.generation, Utc::now());
+    let now = Utc::now();
+    apply_verdict(&mut status, verdict, tenant.metadata.generation, now);
+    isolation::apply_isolation_conditions(&mut status, tenant.metadata.generation, now);
     if Some(&status) != tenant.status.as_ref() {
         write_status(&ctx.client, &tenant.name_any(), &status).await?;
     }
@@ -487,7 +724,11 @@ async fn finish(
 
 /// The deletion policy in force: the cancel annotation wins over the spec.
 fn effective_deletion_policy(tenant: &Tenant) -> DeletionPolicy {
-    match tenant.annotations().get(DELETION_POLICY_ANNOTATION).map(String::as_str) {
+    match tenant
+        .annotations()
+        .get(DELETION_POLICY_ANNOTATION)
+        .map(String::as_str)
+    {
         Some("Retain") => DeletionPolicy::Retain,
         Some("Delete") => DeletionPolicy::Delete,
         _ => tenant.spec.deletion.policy,
@@ -518,11 +759,26 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
 
     if effective_deletion_policy(tenant) == DeletionPolicy::Retain {
         // Let go of everything, still tagged, so a Tenant of this name can adopt it.
-        b.database.release_tenant(&tref, &names, mode).await.map_err(StepError::from)?;
-        b.kube_secrets.release_secret(&tref, ns, &secret_name).await.map_err(StepError::from)?;
-        b.storage.release_bucket(&tref, &names.bucket).await.map_err(StepError::from)?;
-        b.secrets.release_secret(&tref, &names.secret_name).await.map_err(StepError::from)?;
-        b.keys.release_key(&tref, &names.key_alias).await.map_err(StepError::from)?;
+        b.database
+            .release_tenant(&tref, &names, mode)
+            .await
+            .map_err(StepError::from)?;
+        b.kube_secrets
+            .release_secret(&tref, ns, &secret_name)
+            .await
+            .map_err(StepError::from)?;
+        b.storage
+            .release_bucket(&tref, &names.bucket)
+            .await
+            .map_err(StepError::from)?;
+        b.secrets
+            .release_secret(&tref, &names.secret_name)
+            .await
+            .map_err(StepError::from)?;
+        b.keys
+            .release_key(&tref, &names.key_alias)
+            .await
+            .map_err(StepError::from)?;
         ctx.events
             .publish(
                 tenant,
@@ -536,11 +792,18 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
-    let grace = parse_grace_period(&tenant.spec.deletion.grace_period).unwrap_or(Duration::from_secs(72 * 3600));
+    let grace = parse_grace_period(&tenant.spec.deletion.grace_period)
+        .unwrap_or(Duration::from_secs(72 * 3600));
     let deletion = status.deletion.clone().unwrap_or_default();
     if deletion.access_revoked_at.is_none() {
-        b.database.set_login(&tref, &names, false).await.map_err(StepError::from)?;
-        b.kube_secrets.delete_secret(&tref, ns, &secret_name).await.map_err(StepError::from)?;
+        b.database
+            .set_login(&tref, &names, false)
+            .await
+            .map_err(StepError::from)?;
+        b.kube_secrets
+            .delete_secret(&tref, ns, &secret_name)
+            .await
+            .map_err(StepError::from)?;
         let deleted_at = tenant
             .metadata
             .deletion_timestamp
@@ -567,7 +830,13 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         );
         write_status(&ctx.client, &name, &status).await?;
         ctx.events
-            .publish(tenant, EventType::Normal, "AccessRevoked", "Delete", &message)
+            .publish(
+                tenant,
+                EventType::Normal,
+                "AccessRevoked",
+                "Delete",
+                &message,
+            )
             .await;
     }
 
@@ -581,7 +850,9 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let now = Utc::now();
     if now < destroy_after {
         let wait = (destroy_after - now).to_std().unwrap_or_default();
-        return Ok(Action::requeue(wait.min(ctx.engine.resync_interval) + Duration::from_millis(100)));
+        return Ok(Action::requeue(
+            wait.min(ctx.engine.probe_interval) + Duration::from_millis(100),
+        ));
     }
 
     let mut steps_ctx = TenantContext::new(tref, names, tenant.spec.clone(), ctx.backends.clone());
@@ -595,7 +866,10 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         status,
         working_phase: TenantPhase::Deleting,
     };
-    match engine.teardown(&mut steps_ctx, &mut journal, &mut store).await? {
+    match engine
+        .teardown(&mut steps_ctx, &mut journal, &mut store)
+        .await?
+    {
         Outcome::RemovalStuck { step, error } => {
             let mut status = store.status;
             let verdict = Verdict::new(
@@ -603,10 +877,21 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 "DeletionStuck",
                 format!("could not remove {step}, will retry: {error}"),
             );
-            apply_verdict(&mut status, &verdict, tenant.metadata.generation, Utc::now());
+            apply_verdict(
+                &mut status,
+                &verdict,
+                tenant.metadata.generation,
+                Utc::now(),
+            );
             write_status(&ctx.client, &name, &status).await?;
             ctx.events
-                .publish(tenant, EventType::Warning, "DeletionStuck", "Delete", &verdict.message)
+                .publish(
+                    tenant,
+                    EventType::Warning,
+                    "DeletionStuck",
+                    "Delete",
+                    &verdict.message,
+                )
                 .await;
             Ok(Action::requeue(Duration::from_secs(30)))
         }
@@ -665,14 +950,21 @@ mod tests {
             ..Default::default()
         });
         let err = validate(&t, "tenantry").unwrap_err();
-        assert!(err.contains("cannot change from Schema to Database"), "{err}");
+        assert!(
+            err.contains("cannot change from Schema to Database"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_bad_grace_period_is_named() {
         let mut t = tenant("acme", IsolationMode::Schema);
         t.spec.deletion.grace_period = "soon".into();
-        assert!(validate(&t, "tenantry").unwrap_err().contains("gracePeriod"));
+        assert!(
+            validate(&t, "tenantry")
+                .unwrap_err()
+                .contains("gracePeriod")
+        );
     }
 
     #[test]
@@ -680,7 +972,8 @@ mod tests {
         let mut t = tenant("acme", IsolationMode::Schema);
         t.spec.deletion.policy = DeletionPolicy::Delete;
         assert_eq!(effective_deletion_policy(&t), DeletionPolicy::Delete);
-        t.metadata.annotations = Some([(DELETION_POLICY_ANNOTATION.to_string(), "Retain".to_string())].into());
+        t.metadata.annotations =
+            Some([(DELETION_POLICY_ANNOTATION.to_string(), "Retain".to_string())].into());
         assert_eq!(effective_deletion_policy(&t), DeletionPolicy::Retain);
     }
 
@@ -692,7 +985,8 @@ mod tests {
             retry_max_delay: Duration::ZERO,
             failure_backoff: Duration::from_secs(60),
             failure_backoff_max: Duration::from_secs(3600),
-            resync_interval: Duration::from_secs(300),
+            probe_interval: Duration::from_secs(300),
+            unrepairable_drift: crate::config::UnrepairableDrift::FailClosed,
         };
         let now = Utc::now();
         let status = TenantStatus {
@@ -706,7 +1000,10 @@ mod tests {
             ..Default::default()
         };
         let wait = backoff_remaining(&status, Some(2), &engine, now).unwrap();
-        assert!(wait <= Duration::from_secs(50) && wait >= Duration::from_secs(49), "{wait:?}");
+        assert!(
+            wait <= Duration::from_secs(50) && wait >= Duration::from_secs(49),
+            "{wait:?}"
+        );
         assert_eq!(backoff_remaining(&status, Some(3), &engine, now), None);
     }
 }

@@ -68,29 +68,52 @@ pub fn set_condition(
 /// conditions. `Ready` is True only in phase Ready; `Stalled` is True when
 /// nothing will change without a person (a failure, a conflict, a missing
 /// namespace); `Reconciling` is True while work is in flight.
-pub fn apply_verdict(status: &mut TenantStatus, verdict: &Verdict, generation: Option<i64>, now: DateTime<Utc>) {
+pub fn apply_verdict(
+    status: &mut TenantStatus,
+    verdict: &Verdict,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
     status.phase = Some(verdict.phase);
     status.observed_generation = generation;
     let (ready, reconciling, stalled) = match verdict.phase {
         TenantPhase::Ready => (true, false, false),
-        TenantPhase::Pending | TenantPhase::Provisioning | TenantPhase::RollingBack | TenantPhase::Deleting => {
-            (false, true, false)
-        }
+        TenantPhase::Pending
+        | TenantPhase::Provisioning
+        | TenantPhase::RollingBack
+        | TenantPhase::Deleting => (false, true, false),
         TenantPhase::Failed => (false, false, true),
         TenantPhase::Suspended => (false, false, false),
     };
     // A tenant waiting for something a person must provide is stalled even
     // though tenantry keeps retrying.
-    let stalled = stalled || verdict.reason == "NamespaceMissing" || verdict.reason == "InvalidSpec";
+    let stalled =
+        stalled || verdict.reason == "NamespaceMissing" || verdict.reason == "InvalidSpec";
     let reconciling = reconciling && !stalled;
     let c = &mut status.conditions;
-    set_condition(c, READY, ready, &verdict.reason, &verdict.message, generation, now);
+    set_condition(
+        c,
+        READY,
+        ready,
+        &verdict.reason,
+        &verdict.message,
+        generation,
+        now,
+    );
     let (r_reason, r_message) = if reconciling {
         (verdict.reason.as_str(), verdict.message.as_str())
     } else {
         ("Idle", "nothing in progress")
     };
-    set_condition(c, RECONCILING, reconciling, r_reason, r_message, generation, now);
+    set_condition(
+        c,
+        RECONCILING,
+        reconciling,
+        r_reason,
+        r_message,
+        generation,
+        now,
+    );
     let (s_reason, s_message) = if stalled {
         (verdict.reason.as_str(), verdict.message.as_str())
     } else {
@@ -126,7 +149,12 @@ mod tests {
     #[test]
     fn ready_tenant_is_ready_and_neither_reconciling_nor_stalled() {
         let mut s = TenantStatus::default();
-        apply_verdict(&mut s, &Verdict::new(TenantPhase::Ready, "Provisioned", "all there"), Some(3), at(0));
+        apply_verdict(
+            &mut s,
+            &Verdict::new(TenantPhase::Ready, "Provisioned", "all there"),
+            Some(3),
+            at(0),
+        );
         assert_eq!(s.phase, Some(TenantPhase::Ready));
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(condition(&s, READY).status, "True");
@@ -138,7 +166,11 @@ mod tests {
     #[test]
     fn failed_tenant_is_stalled_with_the_cause() {
         let mut s = TenantStatus::default();
-        let v = Verdict::new(TenantPhase::Failed, "Conflict", "bucket x is someone else's");
+        let v = Verdict::new(
+            TenantPhase::Failed,
+            "Conflict",
+            "bucket x is someone else's",
+        );
         apply_verdict(&mut s, &v, Some(1), at(0));
         assert_eq!(condition(&s, READY).status, "False");
         assert_eq!(condition(&s, STALLED).status, "True");
@@ -150,7 +182,11 @@ mod tests {
     #[test]
     fn a_missing_namespace_stalls_the_tenant() {
         let mut s = TenantStatus::default();
-        let v = Verdict::new(TenantPhase::Pending, "NamespaceMissing", "namespace acme does not exist");
+        let v = Verdict::new(
+            TenantPhase::Pending,
+            "NamespaceMissing",
+            "namespace acme does not exist",
+        );
         apply_verdict(&mut s, &v, Some(1), at(0));
         assert_eq!(condition(&s, STALLED).status, "True");
         assert_eq!(condition(&s, RECONCILING).status, "False");
@@ -162,9 +198,20 @@ mod tests {
         let prov = Verdict::new(TenantPhase::Provisioning, "Provisioning", "");
         apply_verdict(&mut s, &prov, Some(1), at(0));
         apply_verdict(&mut s, &prov, Some(1), at(10));
-        assert_eq!(condition(&s, READY).last_transition_time, at(0).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        apply_verdict(&mut s, &Verdict::new(TenantPhase::Ready, "Provisioned", ""), Some(1), at(20));
-        assert_eq!(condition(&s, READY).last_transition_time, at(20).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        assert_eq!(
+            condition(&s, READY).last_transition_time,
+            at(0).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        apply_verdict(
+            &mut s,
+            &Verdict::new(TenantPhase::Ready, "Provisioned", ""),
+            Some(1),
+            at(20),
+        );
+        assert_eq!(
+            condition(&s, READY).last_transition_time,
+            at(20).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
     }
 
     #[test]

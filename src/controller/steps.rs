@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::api::{IsolationMode, TenantResources, TenantSpec};
-use crate::backends::{DatabaseCredentials, DatabaseLocation, KeyInfo, TenantRef, generate_password};
+use crate::backends::{
+    DatabaseCredentials, DatabaseLocation, KeyInfo, TenantRef, generate_password, shared_tables,
+};
 use crate::config::Backends;
 use crate::naming::TenantNames;
 use crate::provision::{Attempt, Step, StepError};
@@ -30,7 +32,12 @@ pub struct TenantContext {
 }
 
 impl TenantContext {
-    pub fn new(tenant: TenantRef, names: TenantNames, spec: TenantSpec, backends: Backends) -> Self {
+    pub fn new(
+        tenant: TenantRef,
+        names: TenantNames,
+        spec: TenantSpec,
+        backends: Backends,
+    ) -> Self {
         Self {
             tenant,
             names,
@@ -54,7 +61,11 @@ impl TenantContext {
     }
 
     pub fn kube_secret_ref(&self) -> String {
-        format!("{}/{}", self.spec.credentials.namespace, self.kube_secret_name())
+        format!(
+            "{}/{}",
+            self.spec.credentials.namespace,
+            self.kube_secret_name()
+        )
     }
 
     /// The database the tenant's data lives in for the spec's isolation mode.
@@ -80,10 +91,9 @@ impl TenantContext {
     }
 
     fn key_arn(&self) -> Result<String, StepError> {
-        self.key
-            .as_ref()
-            .map(|k| k.arn.clone())
-            .ok_or_else(|| StepError::permanent("Internal", "engine", "the KMS key step has not run"))
+        self.key.as_ref().map(|k| k.arn.clone()).ok_or_else(|| {
+            StepError::permanent("Internal", "engine", "the KMS key step has not run")
+        })
     }
 }
 
@@ -117,7 +127,11 @@ impl Step<TenantContext> for KmsKeyStep {
         Ok(())
     }
     async fn remove(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
-        Ok(ctx.backends.keys.remove_key(&ctx.tenant, &ctx.names.key_alias).await?)
+        Ok(ctx
+            .backends
+            .keys
+            .remove_key(&ctx.tenant, &ctx.names.key_alias)
+            .await?)
     }
 }
 
@@ -151,7 +165,11 @@ impl Step<TenantContext> for SecretsManagerStep {
         Ok(())
     }
     async fn remove(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
-        Ok(ctx.backends.secrets.remove_secret(&ctx.tenant, &ctx.names.secret_name).await?)
+        Ok(ctx
+            .backends
+            .secrets
+            .remove_secret(&ctx.tenant, &ctx.names.secret_name)
+            .await?)
     }
 }
 
@@ -167,7 +185,9 @@ impl Step<TenantContext> for PostgresStep {
             .credentials
             .as_ref()
             .map(|c| c.password.clone())
-            .ok_or_else(|| StepError::permanent("Internal", "engine", "the credentials step has not run"))?;
+            .ok_or_else(|| {
+                StepError::permanent("Internal", "engine", "the credentials step has not run")
+            })?;
         let location = ctx
             .backends
             .database
@@ -182,9 +202,22 @@ impl Step<TenantContext> for PostgresStep {
             )
             .await?;
         ctx.location = Some(location);
+        shared_tables::ensure_tenant_access(
+            ctx.backends.postgres.pool(),
+            &ctx.backends.shared_tables,
+            &ctx.names.role,
+            &ctx.tenant.name,
+        )
+        .await?;
         Ok(())
     }
     async fn remove(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
+        shared_tables::remove_tenant_access(
+            ctx.backends.postgres.pool(),
+            &ctx.backends.shared_tables,
+            &ctx.names.role,
+        )
+        .await?;
         Ok(ctx
             .backends
             .database
@@ -215,7 +248,11 @@ impl Step<TenantContext> for BucketStep {
         Ok(())
     }
     async fn remove(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
-        Ok(ctx.backends.storage.remove_bucket(&ctx.tenant, &ctx.names.bucket).await?)
+        Ok(ctx
+            .backends
+            .storage
+            .remove_bucket(&ctx.tenant, &ctx.names.bucket)
+            .await?)
     }
 }
 
@@ -231,7 +268,10 @@ impl Step<TenantContext> for KubernetesSecretStep {
         let name = ctx.kube_secret_name();
         if ctx.spec.suspended {
             // Suspension revokes access: the Secret goes, the rest stays.
-            ctx.backends.kube_secrets.delete_secret(&ctx.tenant, &namespace, &name).await?;
+            ctx.backends
+                .kube_secrets
+                .delete_secret(&ctx.tenant, &namespace, &name)
+                .await?;
             ctx.kube_secret_written = false;
         } else {
             let data = kube_secret_data(ctx)?;
@@ -245,7 +285,10 @@ impl Step<TenantContext> for KubernetesSecretStep {
             && previous != ctx.kube_secret_ref()
             && let Some((old_ns, old_name)) = previous.split_once('/')
         {
-            ctx.backends.kube_secrets.delete_secret(&ctx.tenant, old_ns, old_name).await?;
+            ctx.backends
+                .kube_secrets
+                .delete_secret(&ctx.tenant, old_ns, old_name)
+                .await?;
         }
         Ok(())
     }
@@ -262,13 +305,23 @@ impl Step<TenantContext> for KubernetesSecretStep {
 
 /// The keys applications read, as documented in the README.
 fn kube_secret_data(ctx: &TenantContext) -> Result<BTreeMap<String, SecretString>, StepError> {
-    let missing = |what: &str| StepError::permanent("Internal", "engine", format!("{what} is not known yet"));
-    let creds = ctx.credentials.as_ref().ok_or_else(|| missing("the credentials"))?;
-    let location = ctx.location.as_ref().ok_or_else(|| missing("the database"))?;
+    let missing =
+        |what: &str| StepError::permanent("Internal", "engine", format!("{what} is not known yet"));
+    let creds = ctx
+        .credentials
+        .as_ref()
+        .ok_or_else(|| missing("the credentials"))?;
+    let location = ctx
+        .location
+        .as_ref()
+        .ok_or_else(|| missing("the database"))?;
     let plain = |v: &str| SecretString::from(v.to_string());
     Ok(BTreeMap::from([
         ("username".to_string(), plain(&creds.username)),
-        ("password".to_string(), plain(creds.password.expose_secret())),
+        (
+            "password".to_string(),
+            plain(creds.password.expose_secret()),
+        ),
         ("host".to_string(), plain(&creds.host)),
         ("port".to_string(), plain(&creds.port.to_string())),
         ("database".to_string(), plain(&location.database)),
@@ -279,7 +332,11 @@ fn kube_secret_data(ctx: &TenantContext) -> Result<BTreeMap<String, SecretString
         ("kmsKeyArn".to_string(), plain(&ctx.key_arn()?)),
         (
             "secretArn".to_string(),
-            plain(ctx.secret_arn.as_deref().ok_or_else(|| missing("the secret ARN"))?),
+            plain(
+                ctx.secret_arn
+                    .as_deref()
+                    .ok_or_else(|| missing("the secret ARN"))?,
+            ),
         ),
     ]))
 }

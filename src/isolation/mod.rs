@@ -29,7 +29,10 @@ impl FromStr for SharedTable {
         let err = || format!("shared table {s:?} must look like schema.table:tenant_column");
         let (qualified, column) = s.split_once(':').ok_or_else(err)?;
         let (schema, table) = qualified.split_once('.').ok_or_else(err)?;
-        if [schema, table, column].iter().any(|p| p.is_empty() || p.len() > 63) {
+        if [schema, table, column]
+            .iter()
+            .any(|p| p.is_empty() || p.len() > 63)
+        {
             return Err(err());
         }
         Ok(Self {
@@ -71,7 +74,14 @@ mod tests {
     #[test]
     fn shared_tables_parse_from_configuration() {
         let t: SharedTable = "public.orders:tenant_id".parse().unwrap();
-        assert_eq!((t.schema.as_str(), t.table.as_str(), t.tenant_column.as_str()), ("public", "orders", "tenant_id"));
+        assert_eq!(
+            (
+                t.schema.as_str(),
+                t.table.as_str(),
+                t.tenant_column.as_str()
+            ),
+            ("public", "orders", "tenant_id")
+        );
         assert_eq!(t.to_string(), "public.orders:tenant_id");
         for bad in ["orders:tenant_id", "public.orders", ":x", "a.:b", "a.b:"] {
             assert!(bad.parse::<SharedTable>().is_err(), "{bad}");
@@ -86,9 +96,18 @@ mod tests {
             fail("c", IsolationState::Unknown, "timeout"),
         ]);
         assert_eq!(r.state, IsolationState::Inert);
-        let r = LayerReport::from_findings(vec![pass("a", "ok"), fail("b", IsolationState::Broken, "read 3 rows")]);
+        let r = LayerReport::from_findings(vec![
+            pass("a", "ok"),
+            fail("b", IsolationState::Broken, "read 3 rows"),
+        ]);
         assert_eq!(r.state, IsolationState::Broken);
-        assert_eq!(LayerReport::from_findings(vec![pass("a", "ok")]).state, IsolationState::Enforced);
-        assert_eq!(LayerReport::from_findings(vec![]).state, IsolationState::Unknown);
+        assert_eq!(
+            LayerReport::from_findings(vec![pass("a", "ok")]).state,
+            IsolationState::Enforced
+        );
+        assert_eq!(
+            LayerReport::from_findings(vec![]).state,
+            IsolationState::Unknown
+        );
     }
 }

@@ -45,7 +45,11 @@ impl StepError {
         }
     }
 
-    pub fn permanent(reason: &'static str, category: &'static str, message: impl Into<String>) -> Self {
+    pub fn permanent(
+        reason: &'static str,
+        category: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             transient: false,
             reason,
@@ -93,10 +97,18 @@ pub enum Outcome {
     /// Every step ensured.
     Provisioned,
     /// A step failed for good; everything made was removed.
-    RolledBack { failed_step: String, error: String, reason: &'static str },
+    RolledBack {
+        failed_step: String,
+        error: String,
+        reason: &'static str,
+    },
     /// A step of an already provisioned tenant failed for good. Nothing was
     /// removed; the failure is in the journal and the step is tried again later.
-    Degraded { failed_step: String, error: String, reason: &'static str },
+    Degraded {
+        failed_step: String,
+        error: String,
+        reason: &'static str,
+    },
     /// Every step removed (teardown).
     Removed,
     /// A removal failed for good; the journal still lists what remains.
@@ -264,7 +276,12 @@ impl<'a, C: Send> Engine<'a, C> {
         Ok(None)
     }
 
-    async fn ensure_with_retry(&self, step: &dyn Step<C>, ctx: &mut C, attempt: Attempt) -> Result<(), StepError> {
+    async fn ensure_with_retry(
+        &self,
+        step: &dyn Step<C>,
+        ctx: &mut C,
+        attempt: Attempt,
+    ) -> Result<(), StepError> {
         let mut tried = 0;
         loop {
             tried += 1;

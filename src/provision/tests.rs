@@ -25,7 +25,15 @@ impl Step<World> for Thing {
         self.0
     }
     async fn ensure(&self, w: &mut World, attempt: Attempt) -> Result<(), StepError> {
-        w.log.push(format!("ensure {}{}", self.0, if attempt.interrupted { " (interrupted)" } else { "" }));
+        w.log.push(format!(
+            "ensure {}{}",
+            self.0,
+            if attempt.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
+        ));
         if let Some(i) = w.ensure_failures.iter().position(|(n, _)| *n == self.0) {
             let (_, e) = w.ensure_failures.remove(i);
             if !e.transient {
@@ -60,7 +68,11 @@ impl JournalStore for SavedJournals {
 }
 
 fn steps() -> Vec<Box<dyn Step<World>>> {
-    vec![Box::new(Thing("key")), Box::new(Thing("bucket")), Box::new(Thing("database"))]
+    vec![
+        Box::new(Thing("key")),
+        Box::new(Thing("bucket")),
+        Box::new(Thing("database")),
+    ]
 }
 
 fn fast_retry() -> RetryPolicy {
@@ -82,7 +94,10 @@ async fn steps_are_ensured_in_order_and_journaled_before_and_after_each() {
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Provisioned);
-    assert_eq!(world.log, ["ensure key", "ensure bucket", "ensure database"]);
+    assert_eq!(
+        world.log,
+        ["ensure key", "ensure bucket", "ensure database"]
+    );
     let saved = store.0.lock().unwrap();
     let trail: Vec<_> = saved
         .iter()
@@ -110,9 +125,15 @@ async fn a_second_run_writes_no_journal_when_nothing_changed() {
     let mut journal = new_journal();
     let mut store = SavedJournals::default();
     let engine = Engine::new(&steps, fast_retry());
-    engine.provision(&mut world, &mut journal, &mut store).await.unwrap();
+    engine
+        .provision(&mut world, &mut journal, &mut store)
+        .await
+        .unwrap();
     store.0.lock().unwrap().clear();
-    engine.provision(&mut world, &mut journal, &mut store).await.unwrap();
+    engine
+        .provision(&mut world, &mut journal, &mut store)
+        .await
+        .unwrap();
     assert!(store.0.lock().unwrap().is_empty());
 }
 
@@ -132,7 +153,10 @@ async fn transient_errors_are_retried_inside_the_step() {
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Provisioned);
-    assert_eq!(world.log.iter().filter(|l| *l == "ensure bucket").count(), 3);
+    assert_eq!(
+        world.log.iter().filter(|l| *l == "ensure bucket").count(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -147,8 +171,14 @@ async fn a_permanent_error_removes_completed_steps_in_reverse_and_leaves_nothing
         .provision(&mut world, &mut journal, &mut SavedJournals::default())
         .await
         .unwrap();
-    assert!(matches!(outcome, Outcome::RolledBack { ref failed_step, reason: "Conflict", .. } if failed_step == "database"));
-    assert!(world.existing.is_empty(), "left behind: {:?}", world.existing);
+    assert!(
+        matches!(outcome, Outcome::RolledBack { ref failed_step, reason: "Conflict", .. } if failed_step == "database")
+    );
+    assert!(
+        world.existing.is_empty(),
+        "left behind: {:?}",
+        world.existing
+    );
     assert_eq!(
         &world.log[3..],
         ["remove database", "remove bucket", "remove key"]
@@ -212,7 +242,11 @@ async fn a_step_interrupted_mid_ensure_is_told_so_on_resume() {
         .unwrap();
     assert_eq!(
         world.log,
-        ["ensure key", "ensure bucket (interrupted)", "ensure database"]
+        [
+            "ensure key",
+            "ensure bucket (interrupted)",
+            "ensure database"
+        ]
     );
 }
 
@@ -220,12 +254,18 @@ async fn a_step_interrupted_mid_ensure_is_told_so_on_resume() {
 async fn a_stuck_removal_keeps_the_rest_in_the_journal() {
     let steps = steps();
     let mut world = World {
-        remove_failures: vec![("bucket", StepError::permanent("AccessDenied", "s3", "denied"))],
+        remove_failures: vec![(
+            "bucket",
+            StepError::permanent("AccessDenied", "s3", "denied"),
+        )],
         ..Default::default()
     };
     let mut journal = new_journal();
     let engine = Engine::new(&steps, fast_retry());
-    engine.provision(&mut world, &mut journal, &mut SavedJournals::default()).await.unwrap();
+    engine
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
     let outcome = engine
         .teardown(&mut world, &mut journal, &mut SavedJournals::default())
         .await
@@ -259,21 +299,32 @@ async fn a_provisioned_tenant_is_never_rolled_back_by_a_later_failure() {
     let mut world = World::default();
     let mut journal = new_journal();
     let engine = Engine::new(&steps, fast_retry());
-    engine.provision(&mut world, &mut journal, &mut SavedJournals::default()).await.unwrap();
+    engine
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
     assert!(journal.provisioned);
 
-    world.ensure_failures.push(("bucket", StepError::permanent("BackendRejected", "s3", "drifted")));
+    world.ensure_failures.push((
+        "bucket",
+        StepError::permanent("BackendRejected", "s3", "drifted"),
+    ));
     let outcome = engine
         .provision(&mut world, &mut journal, &mut SavedJournals::default())
         .await
         .unwrap();
-    assert!(matches!(outcome, Outcome::Degraded { ref failed_step, .. } if failed_step == "bucket"));
+    assert!(
+        matches!(outcome, Outcome::Degraded { ref failed_step, .. } if failed_step == "bucket")
+    );
     assert_eq!(world.existing.len(), 3, "nothing was removed");
     assert!(!world.log.iter().any(|l| l.starts_with("remove")));
     assert_eq!(journal.failed_attempts, 1);
 
     // The next successful run clears the failure.
-    engine.provision(&mut world, &mut journal, &mut SavedJournals::default()).await.unwrap();
+    engine
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
     assert_eq!(journal.failed_attempts, 0);
     assert!(journal.failure.is_none());
 }

@@ -37,7 +37,10 @@ async fn squat(which: Squatter, client: &Client, name: &str, ns: &str) -> Footpr
     match which {
         Squatter::PostgresRole => {
             let mut su = readback::superuser_db().await;
-            let sql = format!("CREATE ROLE {} NOLOGIN", tenantry::naming::quote_ident(&ident));
+            let sql = format!(
+                "CREATE ROLE {} NOLOGIN",
+                tenantry::naming::quote_ident(&ident)
+            );
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&mut su)
                 .await
@@ -57,7 +60,13 @@ async fn squat(which: Squatter, client: &Client, name: &str, ns: &str) -> Footpr
             let key = aws
                 .kms
                 .create_key()
-                .tags(aws_sdk_kms::types::Tag::builder().tag_key("tenantry.dev/tenant-uid").tag_value(unique_uid()).build().unwrap())
+                .tags(
+                    aws_sdk_kms::types::Tag::builder()
+                        .tag_key("tenantry.dev/tenant-uid")
+                        .tag_value(unique_uid())
+                        .build()
+                        .unwrap(),
+                )
                 .send()
                 .await
                 .unwrap();
@@ -87,7 +96,10 @@ async fn squat(which: Squatter, client: &Client, name: &str, ns: &str) -> Footpr
                 "stringData": {"owner": "someone else"}
             }))
             .unwrap();
-            secrets.create(&PostParams::default(), &secret).await.unwrap();
+            secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .unwrap();
             expected.kube_secrets = 1;
         }
     }
@@ -103,16 +115,33 @@ async fn conflict_rolls_back_to_nothing(which: Squatter, mode: &str) {
     let expected = squat(which, &client, &name, &ns).await;
 
     let created = create_tenant(&client, &tenant_manifest(&op, &name, spec(&ns, mode))).await;
-    let t = wait_for_tenant(&client, &op, &name, TIMEOUT, "Failed", |t| phase(t) == Some(TenantPhase::Failed)).await;
+    let t = wait_for_tenant(&client, &op, &name, TIMEOUT, "Failed", |t| {
+        phase(t) == Some(TenantPhase::Failed)
+    })
+    .await;
     let stalled = condition(&t, "Stalled").unwrap();
     assert_eq!(stalled.status, "True");
     assert_eq!(stalled.reason, "Conflict", "{stalled:?}");
-    assert!(stalled.message.contains("not this tenant's"), "{}", stalled.message);
+    assert!(
+        stalled.message.contains("not this tenant's"),
+        "{}",
+        stalled.message
+    );
     assert_eq!(condition(&t, "Ready").unwrap().status, "False");
 
     // Only the squatter's object remains, untouched.
-    let fp = footprint(&client, &name, &created.uid().unwrap(), &ns, &format!("{name}-credentials")).await;
-    assert_eq!(fp, expected, "{which:?}: the rollback left something behind, or removed what was not ours");
+    let fp = footprint(
+        &client,
+        &name,
+        &created.uid().unwrap(),
+        &ns,
+        &format!("{name}-credentials"),
+    )
+    .await;
+    assert_eq!(
+        fp, expected,
+        "{which:?}: the rollback left something behind, or removed what was not ours"
+    );
 }
 
 #[tokio::test]
@@ -153,8 +182,23 @@ async fn crash_then_converge(failpoint: &str, mode: &str) {
     assert_eq!(code, Some(86), "the operator stopped at {failpoint}");
 
     op.restart_with(&[]).await;
-    wait_for_tenant(&client, &op, &name, TIMEOUT, "Ready after the crash", is_ready).await;
-    let fp = footprint(&client, &name, &created.uid().unwrap(), &ns, &format!("{name}-credentials")).await;
+    wait_for_tenant(
+        &client,
+        &op,
+        &name,
+        TIMEOUT,
+        "Ready after the crash",
+        is_ready,
+    )
+    .await;
+    let fp = footprint(
+        &client,
+        &name,
+        &created.uid().unwrap(),
+        &ns,
+        &format!("{name}-credentials"),
+    )
+    .await;
     let one = Footprint {
         roles: 1,
         schemas: i64::from(mode == "Schema"),
@@ -165,7 +209,10 @@ async fn crash_then_converge(failpoint: &str, mode: &str) {
         secrets: 1,
         kube_secrets: 1,
     };
-    assert_eq!(fp, one, "after a crash at {failpoint}: duplicates or orphans");
+    assert_eq!(
+        fp, one,
+        "after a crash at {failpoint}: duplicates or orphans"
+    );
 }
 
 macro_rules! crash_tests {
@@ -206,11 +253,25 @@ async fn crash_during_rollback(failpoint: &str) {
     assert_eq!(op.wait_exit(TIMEOUT).await, Some(86));
     let api: Api<tenantry::api::Tenant> = Api::all(client.clone());
     let mid = api.get(&name).await.unwrap();
-    assert_eq!(phase(&mid), Some(TenantPhase::RollingBack), "the journal shows the rollback in progress");
+    assert_eq!(
+        phase(&mid),
+        Some(TenantPhase::RollingBack),
+        "the journal shows the rollback in progress"
+    );
 
     op.restart_with(&[]).await;
-    wait_for_tenant(&client, &op, &name, TIMEOUT, "Failed", |t| phase(t) == Some(TenantPhase::Failed)).await;
-    let fp = footprint(&client, &name, &created.uid().unwrap(), &ns, &format!("{name}-credentials")).await;
+    wait_for_tenant(&client, &op, &name, TIMEOUT, "Failed", |t| {
+        phase(t) == Some(TenantPhase::Failed)
+    })
+    .await;
+    let fp = footprint(
+        &client,
+        &name,
+        &created.uid().unwrap(),
+        &ns,
+        &format!("{name}-credentials"),
+    )
+    .await;
     assert_eq!(fp, expected, "after a crash at {failpoint} during rollback");
     let _ = created.name_any();
 }

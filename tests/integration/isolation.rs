@@ -25,7 +25,10 @@ async fn create_shared_table() -> String {
         "CREATE TABLE public.{} (id serial primary key, tenant_id text not null, body text)",
         tenantry::naming::quote_ident(&table)
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     table
 }
 
@@ -33,18 +36,29 @@ async fn setup(shared_table: Option<&str>) -> (Client, Operator, String) {
     let client = kube_client().await;
     install_crd(&client).await;
     let ns = create_namespace(&client, "iso").await;
-    let tables = shared_table.map(|t| format!("public.{t}:tenant_id")).unwrap_or_default();
-    let op = Operator::start(&[("TENANTRY_PROBE_INTERVAL", PROBE_INTERVAL), ("TENANTRY_SHARED_TABLES", &tables)]).await;
+    let tables = shared_table.map(|t| format!("public.{t}:tenant_id"));
+    let mut env = vec![("TENANTRY_PROBE_INTERVAL", PROBE_INTERVAL)];
+    if let Some(tables) = &tables {
+        env.push(("TENANTRY_SHARED_TABLES", tables));
+    }
+    let op = Operator::start(&env).await;
     (client, op, ns)
 }
 
 fn enforced(t: &Tenant) -> bool {
     is_ready(t)
-        && t.status.as_ref().and_then(|s| s.isolation.as_ref()).and_then(|i| i.summary) == Some(IsolationState::Enforced)
+        && t.status
+            .as_ref()
+            .and_then(|s| s.isolation.as_ref())
+            .and_then(|i| i.summary)
+            == Some(IsolationState::Enforced)
 }
 
 fn repairs(t: &Tenant) -> u32 {
-    t.status.as_ref().and_then(|s| s.isolation.as_ref()).map_or(0, |i| i.drift_repairs)
+    t.status
+        .as_ref()
+        .and_then(|s| s.isolation.as_ref())
+        .map_or(0, |i| i.drift_repairs)
 }
 
 async fn ready_tenant(client: &Client, op: &Operator, ns: &str, mode: &str) -> (String, Tenant) {
@@ -63,23 +77,37 @@ async fn a_ready_tenant_carries_an_attestation_of_every_layer_and_verify_agrees(
     let status = t.status.unwrap();
     for c in ["DatabaseIsolated", "StorageIsolated", "EncryptionAtRest"] {
         let c = status.conditions.iter().find(|x| x.type_ == c).unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Enforced"), "{c:?}");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "Enforced"),
+            "{c:?}"
+        );
     }
     let isolation = status.isolation.unwrap();
     assert!(isolation.verified_at.is_some());
     let db = isolation.database.unwrap();
     let checks: Vec<_> = db.findings.iter().map(|f| f.check.as_str()).collect();
     for expected in ["role.superuser", "role.bypassrls", "canary.read"] {
-        assert!(checks.contains(&expected), "missing {expected} in {checks:?}");
+        assert!(
+            checks.contains(&expected),
+            "missing {expected} in {checks:?}"
+        );
     }
-    assert!(checks.iter().any(|c| c.contains(&table)), "no shared-table check in {checks:?}");
+    assert!(
+        checks.iter().any(|c| c.contains(&table)),
+        "no shared-table check in {checks:?}"
+    );
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
         .args(["verify", &name])
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["tenant"], name);
     assert_eq!(doc["enforced"], true);
@@ -93,7 +121,8 @@ async fn verify_fails_for_a_tenant_that_is_not_measured() {
     // No operator manages this tenant, so nothing ever measures it.
     let op = Operator::start(&[]).await;
     let name = unique_name("unmeasured");
-    let mut manifest = tenant_manifest(&op, &name, json!({"credentials": {"namespace": "nowhere"}}));
+    let mut manifest =
+        tenant_manifest(&op, &name, json!({"credentials": {"namespace": "nowhere"}}));
     manifest.metadata.labels = None;
     create_tenant(&client, &manifest).await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
@@ -111,9 +140,23 @@ async fn disabled_key_rotation_is_detected_and_repaired_within_a_probe_interval(
     let (name, t) = ready_tenant(&client, &op, &ns, "Schema").await;
     let key_arn = t.status.unwrap().resources.unwrap().key_arn.unwrap();
     let aws = readback::aws().await;
-    aws.kms.disable_key_rotation().key_id(&key_arn).send().await.unwrap();
-    wait_for_tenant(&client, &op, &name, TIMEOUT, "repaired", |t| repairs(t) >= 1 && enforced(t)).await;
-    let rotation = aws.kms.get_key_rotation_status().key_id(&key_arn).send().await.unwrap();
+    aws.kms
+        .disable_key_rotation()
+        .key_id(&key_arn)
+        .send()
+        .await
+        .unwrap();
+    wait_for_tenant(&client, &op, &name, TIMEOUT, "repaired", |t| {
+        repairs(t) >= 1 && enforced(t)
+    })
+    .await;
+    let rotation = aws
+        .kms
+        .get_key_rotation_status()
+        .key_id(&key_arn)
+        .send()
+        .await
+        .unwrap();
     assert!(rotation.key_rotation_enabled());
 }
 
@@ -123,9 +166,23 @@ async fn public_access_turned_off_by_hand_is_detected_and_repaired() {
     let (name, t) = ready_tenant(&client, &op, &ns, "Schema").await;
     let bucket = t.status.unwrap().resources.unwrap().bucket.unwrap();
     let aws = readback::aws().await;
-    aws.s3.delete_public_access_block().bucket(&bucket).send().await.unwrap();
-    wait_for_tenant(&client, &op, &name, TIMEOUT, "repaired", |t| repairs(t) >= 1 && enforced(t)).await;
-    let bpa = aws.s3.get_public_access_block().bucket(&bucket).send().await.unwrap();
+    aws.s3
+        .delete_public_access_block()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    wait_for_tenant(&client, &op, &name, TIMEOUT, "repaired", |t| {
+        repairs(t) >= 1 && enforced(t)
+    })
+    .await;
+    let bpa = aws
+        .s3
+        .get_public_access_block()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
     let c = bpa.public_access_block_configuration().unwrap();
     assert_eq!(c.block_public_acls(), Some(true));
     assert_eq!(c.restrict_public_buckets(), Some(true));
@@ -137,14 +194,24 @@ async fn rls_no_longer_forced_on_a_shared_table_is_detected_and_repaired() {
     let (client, op, ns) = setup(Some(&table)).await;
     let (name, _) = ready_tenant(&client, &op, &ns, "Schema").await;
     let mut su = readback::superuser_db_in("tenantry").await;
-    let sql = format!("ALTER TABLE public.{} NO FORCE ROW LEVEL SECURITY", tenantry::naming::quote_ident(&table));
-    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut su).await.unwrap();
-    wait_for_tenant(&client, &op, &name, TIMEOUT, "repaired", |t| repairs(t) >= 1 && enforced(t)).await;
-    let forced: bool = sqlx::query_scalar("SELECT relforcerowsecurity FROM pg_class WHERE relname = $1")
-        .bind(&table)
-        .fetch_one(&mut su)
+    let sql = format!(
+        "ALTER TABLE public.{} NO FORCE ROW LEVEL SECURITY",
+        tenantry::naming::quote_ident(&table)
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut su)
         .await
         .unwrap();
+    wait_for_tenant(&client, &op, &name, TIMEOUT, "repaired", |t| {
+        repairs(t) >= 1 && enforced(t)
+    })
+    .await;
+    let forced: bool =
+        sqlx::query_scalar("SELECT relforcerowsecurity FROM pg_class WHERE relname = $1")
+            .bind(&table)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
     assert!(forced);
 }
 
@@ -153,7 +220,8 @@ async fn bypassrls_granted_by_hand_fails_closed_and_access_returns_once_it_is_go
     let (client, op, ns) = setup(None).await;
     let (name, _) = ready_tenant(&client, &op, &ns, "Schema").await;
     let role = format!("t_{}", name.replace('-', "_"));
-    let url = readback::kube_secret_data(&client, &ns, &format!("{name}-credentials")).await["url"].clone();
+    let url = readback::kube_secret_data(&client, &ns, &format!("{name}-credentials")).await["url"]
+        .clone();
     let mut su = readback::superuser_db().await;
     let q = tenantry::naming::quote_ident(&role);
     sqlx::query(sqlx::AssertSqlSafe(format!("ALTER ROLE {q} BYPASSRLS")))
@@ -162,13 +230,22 @@ async fn bypassrls_granted_by_hand_fails_closed_and_access_returns_once_it_is_go
         .unwrap();
 
     let t = wait_for_tenant(&client, &op, &name, TIMEOUT, "failed closed", |t| {
-        condition(t, "DatabaseIsolated").is_some_and(|c| c.status == "False" && c.reason == "Broken")
+        condition(t, "DatabaseIsolated")
+            .is_some_and(|c| c.status == "False" && c.reason == "Broken")
             && condition(t, "Ready").is_some_and(|c| c.message.contains("failed closed"))
     })
     .await;
     assert_eq!(phase(&t), Some(TenantPhase::Failed));
-    assert!(condition(&t, "Ready").unwrap().message.contains("NOBYPASSRLS"), "the message says what a superuser must run");
-    let err = readback::can_log_in(&url).await.expect_err("login disabled while BYPASSRLS");
+    assert!(
+        condition(&t, "Ready")
+            .unwrap()
+            .message
+            .contains("NOBYPASSRLS"),
+        "the message says what a superuser must run"
+    );
+    let err = readback::can_log_in(&url)
+        .await
+        .expect_err("login disabled while BYPASSRLS");
     assert!(err.contains("not permitted to log in"), "{err}");
 
     sqlx::query(sqlx::AssertSqlSafe(format!("ALTER ROLE {q} NOBYPASSRLS")))
@@ -176,6 +253,11 @@ async fn bypassrls_granted_by_hand_fails_closed_and_access_returns_once_it_is_go
         .await
         .unwrap();
     wait_for_tenant(&client, &op, &name, TIMEOUT, "Ready again", enforced).await;
-    let mut conn = sqlx::PgConnection::connect(&url).await.expect("access came back by itself");
-    let _: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("access came back by itself");
+    let _: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
 }

@@ -55,7 +55,10 @@ async fn a_schema_tenant_becomes_ready_with_every_resource_and_working_credentia
     assert_eq!(resources.schema.as_deref(), Some(ident.as_str()));
     assert_eq!(resources.database.as_deref(), Some("tenantry"));
     let secret_ref = format!("{ns}/{name}-credentials");
-    assert_eq!(resources.kubernetes_secret.as_deref(), Some(secret_ref.as_str()));
+    assert_eq!(
+        resources.kubernetes_secret.as_deref(),
+        Some(secret_ref.as_str())
+    );
 
     // The Secret apps mount has every documented key, and they are true.
     let data = readback::kube_secret_data(&client, &ns, &format!("{name}-credentials")).await;
@@ -63,39 +66,73 @@ async fn a_schema_tenant_becomes_ready_with_every_resource_and_working_credentia
     assert_eq!(
         keys,
         [
-            "bucket", "database", "host", "kmsKeyArn", "password", "port", "region", "schema", "secretArn", "url",
+            "bucket",
+            "database",
+            "host",
+            "kmsKeyArn",
+            "password",
+            "port",
+            "region",
+            "schema",
+            "secretArn",
+            "url",
             "username"
         ]
     );
     assert_eq!(data["username"], ident);
     assert_eq!(data["kmsKeyArn"], resources.key_arn.clone().unwrap());
     assert_eq!(data["secretArn"], resources.secret_arn.clone().unwrap());
-    let mut conn = sqlx::PgConnection::connect(&data["url"]).await.expect("tenant logs in with its url");
-    let (user, search_path): (String, String) = sqlx::query_as("SELECT current_user::text, current_setting('search_path')")
-        .fetch_one(&mut conn)
+    let mut conn = sqlx::PgConnection::connect(&data["url"])
         .await
-        .unwrap();
+        .expect("tenant logs in with its url");
+    let (user, search_path): (String, String) =
+        sqlx::query_as("SELECT current_user::text, current_setting('search_path')")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(user, ident);
     assert!(search_path.contains(&ident), "{search_path}");
-    sqlx::query("CREATE TABLE orders (id int)").execute(&mut conn).await.expect("tenant creates tables in its schema");
+    sqlx::query("CREATE TABLE orders (id int)")
+        .execute(&mut conn)
+        .await
+        .expect("tenant creates tables in its schema");
 
     // Secrets Manager holds the same password, encrypted with the tenant's key.
     let aws = readback::aws().await;
-    let sm = aws.sm.get_secret_value().secret_id(resources.secret_arn.clone().unwrap()).send().await.unwrap();
+    let sm = aws
+        .sm
+        .get_secret_value()
+        .secret_id(resources.secret_arn.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
     let stored: serde_json::Value = serde_json::from_str(sm.secret_string().unwrap()).unwrap();
     assert_eq!(stored["password"], data["password"]);
-    let described = aws.sm.describe_secret().secret_id(resources.secret_arn.unwrap()).send().await.unwrap();
+    let described = aws
+        .sm
+        .describe_secret()
+        .secret_id(resources.secret_arn.unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(described.kms_key_id(), resources.key_arn.as_deref());
 
     // The bucket is encrypted with that same key.
-    let enc = aws.s3.get_bucket_encryption().bucket(&data["bucket"]).send().await.unwrap();
+    let enc = aws
+        .s3
+        .get_bucket_encryption()
+        .bucket(&data["bucket"])
+        .send()
+        .await
+        .unwrap();
     let rule = &enc.server_side_encryption_configuration().unwrap().rules()[0];
     let default = rule.apply_server_side_encryption_by_default().unwrap();
     assert_eq!(default.sse_algorithm().as_str(), "aws:kms");
     assert_eq!(default.kms_master_key_id(), resources.key_arn.as_deref());
 
     // People watching see what happened; nobody sees the password.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "kube-system");
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "kube-system");
     let reasons: Vec<String> = events
         .list(&Default::default())
         .await
@@ -105,10 +142,16 @@ async fn a_schema_tenant_becomes_ready_with_every_resource_and_working_credentia
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
         .filter_map(|e| e.reason)
         .collect();
-    assert!(reasons.iter().any(|r| r == "Provisioned"), "events: {reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == "Provisioned"),
+        "events: {reasons:?}"
+    );
     let tenant_yaml = serde_json::to_string(&t).unwrap();
     for (place, text) in [("operator log", op.log()), ("Tenant object", tenant_yaml)] {
-        assert!(!text.contains(&data["password"]), "the password appears in the {place}");
+        assert!(
+            !text.contains(&data["password"]),
+            "the password appears in the {place}"
+        );
     }
 }
 
@@ -121,7 +164,10 @@ async fn two_tenants_never_share_an_object_and_cannot_reach_each_other() {
     }
     let ta = wait_for_tenant(&client, &op, &a, READY_TIMEOUT, "Ready", is_ready).await;
     let tb = wait_for_tenant(&client, &op, &b, READY_TIMEOUT, "Ready", is_ready).await;
-    let (ra, rb) = (ta.status.unwrap().resources.unwrap(), tb.status.unwrap().resources.unwrap());
+    let (ra, rb) = (
+        ta.status.unwrap().resources.unwrap(),
+        tb.status.unwrap().resources.unwrap(),
+    );
     assert_ne!(ra.role, rb.role);
     assert_ne!(ra.schema, rb.schema);
     assert_ne!(ra.bucket, rb.bucket);
@@ -133,10 +179,19 @@ async fn two_tenants_never_share_an_object_and_cannot_reach_each_other() {
     let data_b = readback::kube_secret_data(&client, &ns, &format!("{b}-credentials")).await;
     assert_ne!(data_a["password"], data_b["password"]);
     let mut conn_b = sqlx::PgConnection::connect(&data_b["url"]).await.unwrap();
-    sqlx::query("CREATE TABLE secrets_of_b (v text)").execute(&mut conn_b).await.unwrap();
+    sqlx::query("CREATE TABLE secrets_of_b (v text)")
+        .execute(&mut conn_b)
+        .await
+        .unwrap();
     let mut conn_a = sqlx::PgConnection::connect(&data_a["url"]).await.unwrap();
-    let sql = format!("SELECT * FROM {}.secrets_of_b", tenantry::naming::quote_ident(rb.schema.as_deref().unwrap()));
-    let err = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn_a).await.unwrap_err();
+    let sql = format!(
+        "SELECT * FROM {}.secrets_of_b",
+        tenantry::naming::quote_ident(rb.schema.as_deref().unwrap())
+    );
+    let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut conn_a)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
 }
 
@@ -144,7 +199,10 @@ async fn two_tenants_never_share_an_object_and_cannot_reach_each_other() {
 async fn a_database_tenant_becomes_ready_in_its_own_database() {
     let (client, op, ns) = setup().await;
     let name = unique_name("ded");
-    let s = spec(&ns, json!({"database": {"isolation": "Database", "connectionLimit": 7}}));
+    let s = spec(
+        &ns,
+        json!({"database": {"isolation": "Database", "connectionLimit": 7}}),
+    );
     create_tenant(&client, &tenant_manifest(&op, &name, s)).await;
     let t = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
     let ident = format!("t_{}", name.replace('-', "_"));
@@ -153,8 +211,13 @@ async fn a_database_tenant_becomes_ready_in_its_own_database() {
 
     let data = readback::kube_secret_data(&client, &ns, &format!("{name}-credentials")).await;
     assert_eq!(data["database"], ident);
-    let mut conn = sqlx::PgConnection::connect(&data["url"]).await.expect("tenant logs in to its database");
-    let db: String = sqlx::query_scalar("SELECT current_database()::text").fetch_one(&mut conn).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&data["url"])
+        .await
+        .expect("tenant logs in to its database");
+    let db: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(db, ident);
     let mut admin = readback::admin_db().await;
     let limit: i32 = sqlx::query_scalar("SELECT rolconnlimit FROM pg_roles WHERE rolname = $1")
@@ -173,20 +236,39 @@ async fn a_missing_namespace_is_reported_and_the_tenant_proceeds_once_it_exists(
     let name = unique_name("nons");
     let ns = unique_name("later");
     create_tenant(&client, &tenant_manifest(&op, &name, spec(&ns, json!({})))).await;
-    let t = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "stalled on its namespace", |t| {
-        condition(t, "Stalled").is_some_and(|c| c.status == "True" && c.reason == "NamespaceMissing")
-    })
+    let t = wait_for_tenant(
+        &client,
+        &op,
+        &name,
+        READY_TIMEOUT,
+        "stalled on its namespace",
+        |t| {
+            condition(t, "Stalled")
+                .is_some_and(|c| c.status == "True" && c.reason == "NamespaceMissing")
+        },
+    )
     .await;
     assert!(condition(&t, "Stalled").unwrap().message.contains(&ns));
     assert_eq!(condition(&t, "Ready").unwrap().status, "False");
 
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     namespaces
-        .create(&Default::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
         .await
         .unwrap();
     // The operator retries missing namespaces every 30 s.
-    wait_for_tenant(&client, &op, &name, Duration::from_secs(120), "Ready", is_ready).await;
+    wait_for_tenant(
+        &client,
+        &op,
+        &name,
+        Duration::from_secs(120),
+        "Ready",
+        is_ready,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -194,14 +276,29 @@ async fn an_invalid_grace_period_is_a_clear_condition_and_nothing_is_made() {
     let (client, op, ns) = setup().await;
     let name = unique_name("bad");
     // The schema accepts the digits-and-unit shape; the reconciler catches the rest.
-    let s = spec(&ns, json!({"deletion": {"policy": "Delete", "gracePeriod": "99999999999999999999h"}}));
+    let s = spec(
+        &ns,
+        json!({"deletion": {"policy": "Delete", "gracePeriod": "99999999999999999999h"}}),
+    );
     let created = create_tenant(&client, &tenant_manifest(&op, &name, s)).await;
     let t = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "rejected", |t| {
         condition(t, "Stalled").is_some_and(|c| c.reason == "InvalidSpec")
     })
     .await;
-    assert!(condition(&t, "Stalled").unwrap().message.contains("gracePeriod"));
-    let fp = footprint(&client, &name, &created.uid().unwrap(), &ns, &format!("{name}-credentials")).await;
+    assert!(
+        condition(&t, "Stalled")
+            .unwrap()
+            .message
+            .contains("gracePeriod")
+    );
+    let fp = footprint(
+        &client,
+        &name,
+        &created.uid().unwrap(),
+        &ns,
+        &format!("{name}-credentials"),
+    )
+    .await;
     assert!(fp.is_empty(), "{fp:?}");
 }
 
@@ -213,7 +310,10 @@ async fn the_api_server_refuses_names_the_schema_forbids() {
     for bad in ["ab", "Upper", "has_underscore", "ends-", &"x".repeat(41)] {
         let api: Api<Tenant> = Api::all(client.clone());
         let err = api
-            .create(&Default::default(), &tenant_manifest(&op, bad, spec("apps", json!({}))))
+            .create(
+                &Default::default(),
+                &tenant_manifest(&op, bad, spec("apps", json!({}))),
+            )
             .await;
         assert!(err.is_err(), "{bad} was accepted");
     }
@@ -227,26 +327,40 @@ async fn suspending_revokes_access_and_resuming_restores_it() {
     wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
     let secret_name = format!("{name}-credentials");
     let url = readback::kube_secret_data(&client, &ns, &secret_name).await["url"].clone();
-    readback::can_log_in(&url).await.expect("logs in while active");
+    readback::can_log_in(&url)
+        .await
+        .expect("logs in while active");
 
     let api: Api<Tenant> = Api::all(client.clone());
     let patch = json!({"spec": {"suspended": true}});
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Suspended", |t| {
-        phase(t) == Some(TenantPhase::Suspended) && t.status.as_ref().unwrap().observed_generation == t.metadata.generation
+        phase(t) == Some(TenantPhase::Suspended)
+            && t.status.as_ref().unwrap().observed_generation == t.metadata.generation
     })
     .await;
-    let err = readback::can_log_in(&url).await.expect_err("login refused while suspended");
+    let err = readback::can_log_in(&url)
+        .await
+        .expect_err("login refused while suspended");
     assert!(err.contains("not permitted to log in"), "{err}");
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-    assert!(secrets.get_opt(&secret_name).await.unwrap().is_none(), "Secret removed while suspended");
+    assert!(
+        secrets.get_opt(&secret_name).await.unwrap().is_none(),
+        "Secret removed while suspended"
+    );
 
     let patch = json!({"spec": {"suspended": false}});
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready again", is_ready).await;
     let url_after = readback::kube_secret_data(&client, &ns, &secret_name).await["url"].clone();
     assert_eq!(url_after, url, "the same credentials come back");
-    readback::can_log_in(&url).await.expect("logs in again after resuming");
+    readback::can_log_in(&url)
+        .await
+        .expect("logs in again after resuming");
 }
 
 #[tokio::test]
@@ -263,25 +377,49 @@ async fn deleting_with_retain_keeps_everything_for_a_tenant_of_the_same_name_to_
     api.delete(&name, &DeleteParams::default()).await.unwrap();
     wait_for_tenant_gone(&client, &op, &name, READY_TIMEOUT).await;
     let fp = footprint(&client, &name, &created.uid().unwrap(), &ns, &secret_name).await;
-    assert_eq!((fp.roles, fp.schemas, fp.buckets, fp.live_keys, fp.secrets), (1, 1, 1, 1, 1), "{fp:?}");
+    assert_eq!(
+        (fp.roles, fp.schemas, fp.buckets, fp.live_keys, fp.secrets),
+        (1, 1, 1, 1, 1),
+        "{fp:?}"
+    );
 
     // A new Tenant with the same name adopts the retained resources.
     let again = create_tenant(&client, &tenant_manifest(&op, &name, spec(&ns, json!({})))).await;
     assert_ne!(again.uid(), created.uid());
-    let second = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready after adoption", is_ready).await;
+    let second = wait_for_tenant(
+        &client,
+        &op,
+        &name,
+        READY_TIMEOUT,
+        "Ready after adoption",
+        is_ready,
+    )
+    .await;
     let second_resources = second.status.unwrap().resources.unwrap();
-    assert_eq!(second_resources.key_arn, first_resources.key_arn, "the same key was adopted");
+    assert_eq!(
+        second_resources.key_arn, first_resources.key_arn,
+        "the same key was adopted"
+    );
     assert_eq!(second_resources.secret_arn, first_resources.secret_arn);
     let data = readback::kube_secret_data(&client, &ns, &secret_name).await;
-    assert_eq!(data["password"], password, "the retained credentials are kept");
-    readback::can_log_in(&data["url"]).await.expect("login enabled again after adoption");
+    assert_eq!(
+        data["password"], password,
+        "the retained credentials are kept"
+    );
+    readback::can_log_in(&data["url"])
+        .await
+        .expect("login enabled again after adoption");
 }
 
 #[tokio::test]
-async fn deleting_with_delete_revokes_access_at_once_and_removes_everything_after_the_grace_period() {
+async fn deleting_with_delete_revokes_access_at_once_and_removes_everything_after_the_grace_period()
+{
     let (client, op, ns) = setup().await;
     let name = unique_name("del");
-    let s = spec(&ns, json!({"deletion": {"policy": "Delete", "gracePeriod": "8s"}, "database": {"isolation": "Database"}}));
+    let s = spec(
+        &ns,
+        json!({"deletion": {"policy": "Delete", "gracePeriod": "8s"}, "database": {"isolation": "Database"}}),
+    );
     let created = create_tenant(&client, &tenant_manifest(&op, &name, s)).await;
     wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
     let secret_name = format!("{name}-credentials");
@@ -294,10 +432,17 @@ async fn deleting_with_delete_revokes_access_at_once_and_removes_everything_afte
     })
     .await;
     assert_eq!(phase(&t), Some(TenantPhase::Deleting));
-    assert!(readback::can_log_in(&url).await.is_err(), "login refused during the grace period");
+    assert!(
+        readback::can_log_in(&url).await.is_err(),
+        "login refused during the grace period"
+    );
     let fp = footprint(&client, &name, &created.uid().unwrap(), &ns, &secret_name).await;
     assert_eq!(fp.kube_secrets, 0, "Secret removed at once");
-    assert_eq!((fp.databases, fp.buckets, fp.live_keys), (1, 1, 1), "data kept during the grace period: {fp:?}");
+    assert_eq!(
+        (fp.databases, fp.buckets, fp.live_keys),
+        (1, 1, 1),
+        "data kept during the grace period: {fp:?}"
+    );
 
     wait_for_tenant_gone(&client, &op, &name, Duration::from_secs(120)).await;
     let fp = footprint(&client, &name, &created.uid().unwrap(), &ns, &secret_name).await;
@@ -308,7 +453,10 @@ async fn deleting_with_delete_revokes_access_at_once_and_removes_everything_afte
 async fn the_retain_annotation_cancels_a_pending_deletion() {
     let (client, op, ns) = setup().await;
     let name = unique_name("cxl");
-    let s = spec(&ns, json!({"deletion": {"policy": "Delete", "gracePeriod": "1h"}}));
+    let s = spec(
+        &ns,
+        json!({"deletion": {"policy": "Delete", "gracePeriod": "1h"}}),
+    );
     let created = create_tenant(&client, &tenant_manifest(&op, &name, s)).await;
     wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
     let api: Api<Tenant> = Api::all(client.clone());
@@ -318,8 +466,21 @@ async fn the_retain_annotation_cancels_a_pending_deletion() {
     })
     .await;
     let patch = json!({"metadata": {"annotations": {"tenantry.dev/deletion-policy": "Retain"}}});
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     wait_for_tenant_gone(&client, &op, &name, READY_TIMEOUT).await;
-    let fp = footprint(&client, &name, &created.uid().unwrap(), &ns, &format!("{name}-credentials")).await;
-    assert_eq!((fp.roles, fp.schemas, fp.buckets, fp.live_keys, fp.secrets), (1, 1, 1, 1, 1), "{fp:?}");
+    let fp = footprint(
+        &client,
+        &name,
+        &created.uid().unwrap(),
+        &ns,
+        &format!("{name}-credentials"),
+    )
+    .await;
+    assert_eq!(
+        (fp.roles, fp.schemas, fp.buckets, fp.live_keys, fp.secrets),
+        (1, 1, 1, 1, 1),
+        "{fp:?}"
+    );
 }

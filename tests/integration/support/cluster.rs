@@ -19,7 +19,9 @@ pub const TEST_LABEL: &str = "tenantry.dev/test-run";
 
 pub async fn kube_client() -> Client {
     let _ = env("KUBECONFIG");
-    Client::try_default().await.expect("kube client from KUBECONFIG")
+    Client::try_default()
+        .await
+        .expect("kube client from KUBECONFIG")
 }
 
 /// Installs (or updates) the CRD from the Rust types and waits until the API
@@ -36,7 +38,9 @@ pub async fn install_crd(client: &Client) {
             Some(existing) if existing.spec == crd.spec => Ok(()),
             Some(existing) => {
                 crd.metadata.resource_version = existing.resource_version();
-                crds.replace(&crd.name_any(), &PostParams::default(), &crd).await.map(|_| ())
+                crds.replace(&crd.name_any(), &PostParams::default(), &crd)
+                    .await
+                    .map(|_| ())
             }
         };
         match result {
@@ -92,13 +96,18 @@ impl Operator {
 
     /// Starts an operator for an existing run id (e.g. after a crash).
     pub async fn start_for(run_id: &str, extra_env: &[(&str, &str)]) -> Self {
-        let log_dir = PathBuf::from(env("TENANTRY_LOCALENV_RUN_DIR")).join("logs").join("tests");
+        let log_dir = PathBuf::from(env("TENANTRY_LOCALENV_RUN_DIR"))
+            .join("logs")
+            .join("tests");
         std::fs::create_dir_all(&log_dir).expect("log dir");
         let mut op = Self {
             child: None,
             run_id: run_id.to_string(),
             log_path: log_dir.join(format!("{run_id}.log")),
-            extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_env: extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         op.spawn();
         op
@@ -112,7 +121,10 @@ impl Operator {
             .expect("open operator log");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"));
         cmd.arg("run")
-            .env("TENANTRY_TENANT_SELECTOR", format!("{TEST_LABEL}={}", self.run_id))
+            .env(
+                "TENANTRY_TENANT_SELECTOR",
+                format!("{TEST_LABEL}={}", self.run_id),
+            )
             .env("TENANTRY_METRICS_ADDR", "127.0.0.1:0")
             .env("TENANTRY_EVENT_NAMESPACE", "kube-system")
             .env("TENANTRY_LOG", "tenantry=debug,info")
@@ -137,7 +149,12 @@ impl Operator {
         let child = self.child.as_mut().expect("operator running");
         let status = tokio::time::timeout(timeout, child.wait())
             .await
-            .unwrap_or_else(|_| panic!("operator did not exit within {timeout:?}; log: {}", self.log()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "operator did not exit within {timeout:?}; log: {}",
+                    self.log()
+                )
+            })
             .expect("wait for operator");
         self.child = None;
         status.code()
@@ -146,7 +163,10 @@ impl Operator {
     /// Starts it again with other settings (the same run id and log).
     pub async fn restart_with(&mut self, extra_env: &[(&str, &str)]) {
         self.kill().await;
-        self.extra_env = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.extra_env = extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.spawn();
     }
 
@@ -179,7 +199,9 @@ pub fn tenant_manifest(op: &Operator, name: &str, spec: serde_json::Value) -> Te
 
 pub async fn create_tenant(client: &Client, tenant: &Tenant) -> Tenant {
     let api: Api<Tenant> = Api::all(client.clone());
-    api.create(&PostParams::default(), tenant).await.expect("create Tenant")
+    api.create(&PostParams::default(), tenant)
+        .await
+        .expect("create Tenant")
 }
 
 /// Waits until the Tenant satisfies `check`, failing with its status and the
@@ -227,7 +249,11 @@ pub fn phase(t: &Tenant) -> Option<TenantPhase> {
 }
 
 pub fn condition<'a>(t: &'a Tenant, type_: &str) -> Option<&'a tenantry::api::Condition> {
-    t.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+    t.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 pub fn is_ready(t: &Tenant) -> bool {

@@ -20,7 +20,9 @@ pub async fn aws() -> Aws {
     let _ = env("AWS_ENDPOINT_URL");
     let sdk = tenantry::backends::aws::load_sdk_config().await;
     let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build(),
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
     );
     Aws {
         s3,
@@ -71,7 +73,13 @@ impl Footprint {
 }
 
 /// Counts the tenant's resources. `uid` selects the KMS keys by tag.
-pub async fn footprint(kube: &kube::Client, tenant: &str, uid: &str, namespace: &str, secret_name: &str) -> Footprint {
+pub async fn footprint(
+    kube: &kube::Client,
+    tenant: &str,
+    uid: &str,
+    namespace: &str,
+    secret_name: &str,
+) -> Footprint {
     let ident = format!("t_{}", tenant.replace('-', "_"));
     let mut db = admin_db().await;
     let roles: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1")
@@ -142,7 +150,10 @@ pub async fn keys_tagged(kms: &aws_sdk_kms::Client, uid: &str) -> Vec<(String, S
                     .send()
                     .await
                     .ok()
-                    .and_then(|d| d.key_metadata().and_then(|m| m.key_state().map(|s| s.as_str().to_string())))
+                    .and_then(|d| {
+                        d.key_metadata()
+                            .and_then(|m| m.key_state().map(|s| s.as_str().to_string()))
+                    })
                     .unwrap_or_default();
                 found.push((id, state));
             }
@@ -152,7 +163,11 @@ pub async fn keys_tagged(kms: &aws_sdk_kms::Client, uid: &str) -> Vec<(String, S
 }
 
 /// The decoded data of a Kubernetes Secret.
-pub async fn kube_secret_data(kube: &kube::Client, namespace: &str, name: &str) -> BTreeMap<String, String> {
+pub async fn kube_secret_data(
+    kube: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> BTreeMap<String, String> {
     let secrets: Api<Secret> = Api::namespaced(kube.clone(), namespace);
     secrets
         .get(name)
@@ -167,5 +182,8 @@ pub async fn kube_secret_data(kube: &kube::Client, namespace: &str, name: &str) 
 
 /// Whether the tenant can log in with the given URL.
 pub async fn can_log_in(url: &str) -> Result<(), String> {
-    PgConnection::connect(url).await.map(|_| ()).map_err(|e| e.to_string())
+    PgConnection::connect(url)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

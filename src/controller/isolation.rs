@@ -1,0 +1,236 @@
+//! Measuring a tenant's isolation and turning the reports into status: the
+//! attestation in `status.isolation` and one condition per layer.
+
+use chrono::{DateTime, Utc};
+
+use crate::api::{IsolationState, IsolationStatus, LayerReport, TenantStatus};
+use crate::controller::status::set_condition;
+use crate::controller::steps::TenantContext;
+use crate::isolation::fail;
+
+pub const DATABASE_ISOLATED: &str = "DatabaseIsolated";
+pub const STORAGE_ISOLATED: &str = "StorageIsolated";
+pub const ENCRYPTION_AT_REST: &str = "EncryptionAtRest";
+
+/// Checks whose failure a non-superuser admin cannot repair.
+const UNREPAIRABLE_CHECKS: [&str; 2] = ["role.superuser", "role.bypassrls"];
+
+/// The three layers as measured now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    pub database: LayerReport,
+    pub storage: LayerReport,
+    pub encryption: LayerReport,
+}
+
+impl Measurement {
+    pub fn all_enforced(&self) -> bool {
+        self.layers()
+            .iter()
+            .all(|(_, r)| r.state == IsolationState::Enforced)
+    }
+
+    /// The worst state of the three layers.
+    pub fn summary(&self) -> IsolationState {
+        self.layers()
+            .iter()
+            .map(|(_, r)| r.state)
+            .max_by_key(|s| s.severity())
+            .unwrap_or(IsolationState::Unknown)
+    }
+
+    pub fn layers(&self) -> [(&'static str, &LayerReport); 3] {
+        [
+            ("database", &self.database),
+            ("storage", &self.storage),
+            ("encryption", &self.encryption),
+        ]
+    }
+
+    /// A short account of what failed, for messages and events.
+    pub fn failures(&self) -> String {
+        let failed: Vec<String> = self
+            .layers()
+            .iter()
+            .flat_map(|(layer, r)| {
+                r.failures().map(move |f| {
+                    format!("{layer} {} is {}: {}", f.check, f.state.as_str(), f.detail)
+                })
+            })
+            .collect();
+        failed.join("; ")
+    }
+
+    /// Whether the database layer is broken in a way only a superuser can fix.
+    pub fn unrepairable(&self) -> Vec<String> {
+        self.database
+            .failures()
+            .filter(|f| UNREPAIRABLE_CHECKS.contains(&f.check.as_str()))
+            .map(|f| f.detail.clone())
+            .collect()
+    }
+
+    pub fn into_status(self, verified_at: DateTime<Utc>, drift_repairs: u32) -> IsolationStatus {
+        let summary = self.summary();
+        IsolationStatus {
+            database: Some(self.database),
+            storage: Some(self.storage),
+            encryption: Some(self.encryption),
+            summary: Some(summary),
+            verified_at: Some(verified_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            drift_repairs,
+        }
+    }
+}
+
+/// Runs the three probes. The context must hold the tenant's key and
+/// credentials (the KMS and Secrets Manager steps fill them in).
+pub async fn measure(ctx: &TenantContext) -> Measurement {
+    let probes = &ctx.backends.probes;
+    let (Some(key), Some(credentials)) = (ctx.key.as_ref(), ctx.credentials.as_ref()) else {
+        let unknown = |check: &str| {
+            LayerReport::from_findings(vec![fail(
+                check,
+                IsolationState::Unknown,
+                "the tenant's key or credentials could not be read, so the probe could not run",
+            )])
+        };
+        return Measurement {
+            database: unknown("connect"),
+            storage: unknown("bucket.exists"),
+            encryption: unknown("key.state"),
+        };
+    };
+    let (database, storage, encryption) = tokio::join!(
+        probes.database.probe(
+            &ctx.names.role,
+            &ctx.tenant.name,
+            credentials,
+            ctx.spec.database.isolation,
+            None,
+        ),
+        probes
+            .storage
+            .probe(&ctx.names.bucket, &key.arn, ctx.spec.storage.versioning),
+        probes
+            .encryption
+            .probe(&ctx.names.key_alias, &key.arn, &ctx.names.secret_name),
+    );
+    Measurement {
+        database,
+        storage,
+        encryption,
+    }
+}
+
+/// Sets `DatabaseIsolated`, `StorageIsolated` and `EncryptionAtRest` from
+/// the attestation in the status.
+pub fn apply_isolation_conditions(
+    status: &mut TenantStatus,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
+    let Some(isolation) = status.isolation.clone() else {
+        return;
+    };
+    for (type_, report) in [
+        (DATABASE_ISOLATED, &isolation.database),
+        (STORAGE_ISOLATED, &isolation.storage),
+        (ENCRYPTION_AT_REST, &isolation.encryption),
+    ] {
+        let Some(report) = report else { continue };
+        let enforced = report.state == IsolationState::Enforced;
+        let message = if enforced {
+            format!("all {} checks passed", report.findings.len())
+        } else {
+            report
+                .failures()
+                .map(|f| format!("{} is {}: {}", f.check, f.state.as_str(), f.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        set_condition(
+            &mut status.conditions,
+            type_,
+            enforced,
+            report.state.as_str(),
+            &message,
+            generation,
+            now,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isolation::pass;
+
+    fn report(state: IsolationState) -> LayerReport {
+        if state == IsolationState::Enforced {
+            LayerReport::from_findings(vec![pass("x", "fine")])
+        } else {
+            LayerReport::from_findings(vec![pass("x", "fine"), fail("y", state, "bad")])
+        }
+    }
+
+    #[test]
+    fn the_summary_is_the_worst_layer() {
+        let m = Measurement {
+            database: report(IsolationState::Enforced),
+            storage: report(IsolationState::Inert),
+            encryption: report(IsolationState::Enforced),
+        };
+        assert!(!m.all_enforced());
+        assert_eq!(m.summary(), IsolationState::Inert);
+        assert_eq!(m.failures(), "storage y is Inert: bad");
+    }
+
+    #[test]
+    fn each_layer_has_its_condition() {
+        let m = Measurement {
+            database: report(IsolationState::Broken),
+            storage: report(IsolationState::Enforced),
+            encryption: report(IsolationState::Enforced),
+        };
+        let mut status = TenantStatus {
+            isolation: Some(m.into_status(Utc::now(), 0)),
+            ..Default::default()
+        };
+        apply_isolation_conditions(&mut status, Some(1), Utc::now());
+        let get = |t: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(get(DATABASE_ISOLATED).status, "False");
+        assert_eq!(get(DATABASE_ISOLATED).reason, "Broken");
+        assert!(get(DATABASE_ISOLATED).message.contains("y is Broken: bad"));
+        assert_eq!(get(STORAGE_ISOLATED).status, "True");
+        assert_eq!(get(ENCRYPTION_AT_REST).message, "all 1 checks passed");
+    }
+
+    #[test]
+    fn only_superuser_and_bypassrls_are_unrepairable() {
+        let m = Measurement {
+            database: LayerReport::from_findings(vec![
+                fail(
+                    "role.bypassrls",
+                    IsolationState::Broken,
+                    "ALTER ROLE \"t_a\" NOBYPASSRLS",
+                ),
+                fail(
+                    "rls.public.orders.forced",
+                    IsolationState::Inert,
+                    "not forced",
+                ),
+            ]),
+            storage: report(IsolationState::Enforced),
+            encryption: report(IsolationState::Enforced),
+        };
+        assert_eq!(m.unrepairable(), ["ALTER ROLE \"t_a\" NOBYPASSRLS"]);
+    }
+}
