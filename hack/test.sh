@@ -37,4 +37,13 @@ cargo clippy --all-targets --features failpoints -- -D warnings
 echo "test: cargo test (unit and integration, against the local environment)" >&2
 # Integration tests wait on servers, not on the CPU: run more at once.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-8}
-cargo test --features failpoints "$@"
+results=$(mktemp)
+set +e
+cargo test --features failpoints "$@" 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$results"
+rm -f "$results"
+exit "$status"
