@@ -287,6 +287,9 @@ pub struct ProvisioningJournal {
     /// Why the last provisioning failed (kept during and after rollback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// The cause of that failure as a PascalCase reason, e.g. `Conflict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
     /// Provisioning attempts that failed in a row, for backoff.
     #[serde(default)]
     pub failed_attempts: u32,

@@ -312,6 +312,13 @@ pub trait SecretStore: Send + Sync {
         key_arn: &str,
         initial: &DatabaseCredentials,
     ) -> Result<(String, DatabaseCredentials), BackendError>;
+    /// Reads the stored credentials and the secret's ARN, writing nothing;
+    /// `None` when the secret or its value is missing or unreadable as
+    /// credentials. Probes use it, so measuring never repairs in passing.
+    async fn read_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, DatabaseCredentials)>, BackendError>;
     /// Deletes the secret without a recovery window.
     async fn remove_secret(&self, tenant: &TenantRef, name: &str) -> Result<(), BackendError>;
     async fn release_secret(&self, tenant: &TenantRef, name: &str) -> Result<(), BackendError>;

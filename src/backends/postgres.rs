@@ -126,6 +126,9 @@ struct ObjectRow {
     comment: Option<String>,
     /// PUBLIC holds any privilege on it (explicit or by the default ACL).
     public_has_rights: bool,
+    /// Roles other than the owner and PUBLIC that hold a privilege on it: a
+    /// grant to another tenant made by hand is drift, revoked on ensure.
+    other_grantees: Vec<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -156,13 +159,17 @@ const ROLE_SQL_16: &str = "SELECT r.oid, r.rolsuper, r.rolinherit, r.rolcreatero
 const SCHEMA_SQL: &str = "SELECT pg_get_userbyid(n.nspowner)::text AS owner, \
        obj_description(n.oid, 'pg_namespace') AS comment, \
        EXISTS (SELECT 1 FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a \
-                WHERE a.grantee = 0) AS public_has_rights \
+                WHERE a.grantee = 0) AS public_has_rights, \
+       ARRAY(SELECT DISTINCT pg_get_userbyid(a.grantee)::text FROM aclexplode(n.nspacl) a \
+              WHERE a.grantee <> 0 AND a.grantee <> n.nspowner) AS other_grantees \
   FROM pg_namespace n WHERE n.nspname = $1";
 
 const DATABASE_SQL: &str = "SELECT pg_get_userbyid(d.datdba)::text AS owner, \
        shobj_description(d.oid, 'pg_database') AS comment, \
        EXISTS (SELECT 1 FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a \
-                WHERE a.grantee = 0) AS public_has_rights \
+                WHERE a.grantee = 0) AS public_has_rights, \
+       ARRAY(SELECT DISTINCT pg_get_userbyid(a.grantee)::text FROM aclexplode(d.datacl) a \
+              WHERE a.grantee <> 0 AND a.grantee <> d.datdba) AS other_grantees \
   FROM pg_database d WHERE d.datname = $1";
 
 const PUBLIC_SCHEMA_SQL: &str = "SELECT pg_get_userbyid(n.nspowner)::text AS owner, \
@@ -521,6 +528,12 @@ impl PostgresBackend {
                 if row.public_has_rights {
                     statements.push(revoke);
                 }
+                for grantee in &row.other_grantees {
+                    statements.push(format!(
+                        "REVOKE ALL ON SCHEMA {qs} FROM {}",
+                        quote_ident(grantee)
+                    ));
+                }
                 (
                     statements,
                     format!("updating schema {schema:?} in database {database:?}"),
@@ -746,6 +759,12 @@ impl PostgresBackend {
                 }
                 if row.public_has_rights {
                     statements.push(revoke);
+                }
+                for grantee in &row.other_grantees {
+                    statements.push(format!(
+                        "REVOKE ALL ON DATABASE {qd} FROM {}",
+                        quote_ident(grantee)
+                    ));
                 }
                 statements
             }

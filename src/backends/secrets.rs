@@ -223,6 +223,25 @@ impl SecretStore for SecretsManagerBackend {
             .await
     }
 
+    async fn read_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, DatabaseCredentials)>, BackendError> {
+        let out = match self.client.get_secret_value().secret_id(name).send().await {
+            Ok(out) => out,
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(None),
+            Err(e) => return Err(classify(BACKEND, &format!("GetSecretValue {name}"), e)),
+        };
+        let (Some(arn), Some(value)) = (out.arn, out.secret_string) else {
+            return Ok(None);
+        };
+        // A value that does not parse is reported as missing: the error
+        // text could quote the value.
+        Ok(serde_json::from_str::<DatabaseCredentials>(&value)
+            .ok()
+            .map(|c| (arn, c)))
+    }
+
     async fn remove_secret(&self, tenant: &TenantRef, name: &str) -> Result<(), BackendError> {
         let Some(described) = self.describe(name).await? else {
             return Ok(());

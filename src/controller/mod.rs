@@ -266,8 +266,22 @@ struct StatusJournal<'a> {
 #[async_trait]
 impl JournalStore for StatusJournal<'_> {
     async fn save(&mut self, journal: &ProvisioningJournal) -> Result<(), StepError> {
+        let mut journal = journal.clone();
+        // A rollback that just finished is a failure of this generation. It
+        // is recorded in the same write, so no reconcile that reads this
+        // status back (the cache may lag the final write) starts a new
+        // attempt before the backoff.
+        let rolled_back = journal.operation == JournalOperation::Provision
+            && journal.failure.is_some()
+            && journal.in_progress.is_none()
+            && journal.steps_done.is_empty()
+            && !journal.provisioned;
+        if rolled_back {
+            journal.failed_generation = self.generation;
+        }
         self.status.provisioning = Some(journal.clone());
         let phase = match journal.operation {
+            JournalOperation::Provision if rolled_back => TenantPhase::Failed,
             JournalOperation::Provision => self.working_phase,
             JournalOperation::RollBack => TenantPhase::RollingBack,
             JournalOperation::Teardown => TenantPhase::Deleting,
@@ -285,6 +299,13 @@ impl JournalStore for StatusJournal<'_> {
                 TenantPhase::Deleting => {
                     ("Deleting", "removing the tenant's resources".to_string())
                 }
+                TenantPhase::Failed => (
+                    journal.failure_reason.as_deref().unwrap_or("RolledBack"),
+                    format!(
+                        "provisioning failed and was rolled back, nothing was left behind: {}",
+                        journal.failure.as_deref().unwrap_or("unknown cause")
+                    ),
+                ),
                 _ => (
                     "Provisioning",
                     match &journal.in_progress {
@@ -411,7 +432,10 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         && current.provisioning.as_ref().is_some_and(|j| j.provisioned)
         && !tenant.spec.suspended;
     let mut drift: Option<Measurement> = None;
-    if settled && read_probe_inputs(&mut steps_ctx, &current).await {
+    if settled {
+        // Missing inputs (the secret gone, say) make every layer Unknown:
+        // that too is drift, repaired below.
+        read_probe_inputs(&mut steps_ctx, &current).await;
         let measured = measure(&steps_ctx).await;
         if measured.all_enforced() {
             let mut status = current.clone();
@@ -519,7 +543,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 .publish(
                     tenant,
                     EventType::Warning,
-                    reason,
+                    &verdict.reason,
                     "RollBack",
                     &verdict.message,
                 )
@@ -559,7 +583,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                     .publish(
                         tenant,
                         EventType::Warning,
-                        reason,
+                        &verdict.reason,
                         "Reconcile",
                         &verdict.message,
                     )
@@ -585,27 +609,36 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
 const READY_MESSAGE: &str =
     "every resource of the tenant exists and every isolation layer is enforced, as measured";
 
-/// Fills the context with what the probes need (the key and the stored
-/// credentials), by reading: the KMS and Secrets Manager steps write nothing
-/// when nothing drifted. False when they could not be read.
+/// Fills the context with what the probes need (the key from the status, the
+/// stored credentials from Secrets Manager) by reading only: measuring must
+/// not repair in passing, or drift would go uncounted. False when something
+/// is missing, which the caller treats as drift to repair.
 async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus) -> bool {
-    use crate::provision::{Attempt, Step};
-    let key = steps::KmsKeyStep
-        .ensure(steps_ctx, Attempt::default())
-        .await;
-    let secret = match key {
-        Ok(()) => {
-            steps::SecretsManagerStep
-                .ensure(steps_ctx, Attempt::default())
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(error) = secret {
-        tracing::warn!(tenant = %steps_ctx.tenant.name, %error, "cannot read the tenant's key or credentials; re-ensuring");
-        return false;
-    }
     let resources = current.resources.clone().unwrap_or_default();
+    let Some(key_arn) = resources.key_arn.clone() else {
+        return false;
+    };
+    let key_id = key_arn.rsplit('/').next().unwrap_or_default().to_string();
+    steps_ctx.key = Some(crate::backends::KeyInfo {
+        key_id,
+        arn: key_arn,
+    });
+    match steps_ctx
+        .backends
+        .secrets
+        .read_secret(&steps_ctx.names.secret_name)
+        .await
+    {
+        Ok(Some((arn, credentials))) => {
+            steps_ctx.secret_arn = Some(arn);
+            steps_ctx.credentials = Some(credentials);
+        }
+        Ok(None) => return false,
+        Err(error) => {
+            tracing::warn!(tenant = %steps_ctx.tenant.name, %error, "cannot read the tenant's credentials; re-ensuring");
+            return false;
+        }
+    }
     if let (Some(database), Some(schema), Some(role)) =
         (resources.database, resources.schema, resources.role)
     {
@@ -615,7 +648,6 @@ async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus
             role,
         });
     }
-    steps_ctx.secret_arn = resources.secret_arn;
     steps_ctx.kube_secret_written = resources.kubernetes_secret.is_some();
     true
 }

@@ -42,6 +42,8 @@ pub mod check {
     pub const CANARY_WRITE: &str = "canary.write";
     pub const OTHER_SCHEMA: &str = "other.schema";
     pub const PUBLIC_CREATE: &str = "public.create";
+    /// Only the owner holds privileges on the tenant's own schema.
+    pub const SCHEMA_GRANTS: &str = "schema.grants";
     /// Which tenant the operator's mapping says the role acts for.
     pub const MAPPING: &str = "rls.mapping";
     /// Reported alone when no shared table is configured.
@@ -293,6 +295,7 @@ impl DatabaseProbe {
                 per_db.push((shared_database.clone(), public_create(conn).await));
             }
             findings.push(public_create_finding(role, per_db));
+            findings.push(schema_grants_finding(conn, &credentials.schema).await);
 
             if let Some(other) = other_tenant_schema {
                 let mut per_db = vec![(own_database.clone(), other_schema(conn, other).await)];
@@ -781,6 +784,40 @@ fn version_finding(version: &str, version_num: i32) -> Finding {
 }
 
 /// Whether the role may CREATE in schema `public` (None: no such schema).
+/// Who else holds privileges on the tenant's schema: a grant to another
+/// tenant (or to PUBLIC) made by hand opens it to them.
+async fn schema_grants_finding(conn: &mut PgConnection, schema: &str) -> Finding {
+    let others: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
+        "SELECT coalesce(array_agg(g ORDER BY g), '{}') FROM ( \
+           SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
+                                ELSE pg_get_userbyid(a.grantee)::text END AS g \
+             FROM pg_namespace n, aclexplode(n.nspacl) a \
+            WHERE n.nspname = $1 AND a.grantee <> n.nspowner) s",
+    )
+    .bind(schema)
+    .fetch_one(conn)
+    .await;
+    match others {
+        Ok(others) if others.is_empty() => pass(
+            check::SCHEMA_GRANTS,
+            format!("only the owner holds privileges on schema {schema:?}"),
+        ),
+        Ok(others) => fail(
+            check::SCHEMA_GRANTS,
+            IsolationState::Broken,
+            format!(
+                "roles other than the owner hold privileges on schema {schema:?}: {}",
+                others.join(", ")
+            ),
+        ),
+        Err(e) => fail(
+            check::SCHEMA_GRANTS,
+            IsolationState::Unknown,
+            format!("could not read the privileges of schema {schema:?}: {e}"),
+        ),
+    }
+}
+
 async fn public_create(conn: &mut PgConnection) -> Result<Option<bool>, String> {
     sqlx::query_scalar(
         "SELECT CASE WHEN to_regnamespace('public') IS NULL THEN NULL \

@@ -100,14 +100,14 @@ pub enum Outcome {
     RolledBack {
         failed_step: String,
         error: String,
-        reason: &'static str,
+        reason: String,
     },
     /// A step of an already provisioned tenant failed for good. Nothing was
     /// removed; the failure is in the journal and the step is tried again later.
     Degraded {
         failed_step: String,
         error: String,
-        reason: &'static str,
+        reason: String,
     },
     /// Every step removed (teardown).
     Removed,
@@ -183,13 +183,14 @@ impl<'a, C: Send> Engine<'a, C> {
                     tracing::warn!(step = name, reason = error.reason, %error, "step of a provisioned tenant failed; keeping everything");
                     journal.in_progress = None;
                     journal.failure = Some(format!("{name}: {error}"));
+                    journal.failure_reason = Some(error.reason.to_string());
                     journal.failed_attempts += 1;
                     journal.last_failure_time = Some(chrono::Utc::now().to_rfc3339());
                     store.save(journal).await?;
                     return Ok(Outcome::Degraded {
                         failed_step: name.to_string(),
                         error: error.message,
-                        reason: error.reason,
+                        reason: error.reason.to_string(),
                     });
                 }
                 Err(error) => {
@@ -201,6 +202,7 @@ impl<'a, C: Send> Engine<'a, C> {
                     journal.operation = JournalOperation::RollBack;
                     journal.in_progress = None;
                     journal.failure = Some(format!("{name}: {error}"));
+                    journal.failure_reason = Some(error.reason.to_string());
                     store.save(journal).await?;
                     if let Some(stuck) = self.remove_remaining(ctx, journal, store).await? {
                         return Ok(stuck);
@@ -209,7 +211,7 @@ impl<'a, C: Send> Engine<'a, C> {
                     return Ok(Outcome::RolledBack {
                         failed_step: name.to_string(),
                         error: error.message,
-                        reason: error.reason,
+                        reason: error.reason.to_string(),
                     });
                 }
             }
@@ -218,6 +220,7 @@ impl<'a, C: Send> Engine<'a, C> {
             journal.provisioned = true;
             journal.failed_attempts = 0;
             journal.failure = None;
+            journal.failure_reason = None;
             journal.last_failure_time = None;
             journal.failed_generation = None;
             store.save(journal).await?;
@@ -314,10 +317,14 @@ impl<'a, C: Send> Engine<'a, C> {
         store.save(journal).await?;
         let failure = journal.failure.clone().unwrap_or_default();
         let failed_step = failure.split(':').next().unwrap_or_default().to_string();
+        let reason = journal
+            .failure_reason
+            .clone()
+            .unwrap_or_else(|| "RolledBack".to_string());
         Ok(Outcome::RolledBack {
             failed_step,
             error: failure,
-            reason: "RolledBack",
+            reason,
         })
     }
 }
@@ -329,6 +336,7 @@ pub fn new_journal() -> ProvisioningJournal {
         steps_done: Vec::new(),
         in_progress: None,
         failure: None,
+        failure_reason: None,
         failed_attempts: 0,
         last_failure_time: None,
         failed_generation: None,

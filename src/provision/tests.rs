@@ -172,7 +172,7 @@ async fn a_permanent_error_removes_completed_steps_in_reverse_and_leaves_nothing
         .await
         .unwrap();
     assert!(
-        matches!(outcome, Outcome::RolledBack { ref failed_step, reason: "Conflict", .. } if failed_step == "database")
+        matches!(outcome, Outcome::RolledBack { ref failed_step, ref reason, .. } if failed_step == "database" && reason == "Conflict")
     );
     assert!(
         world.existing.is_empty(),

@@ -261,3 +261,30 @@ async fn bypassrls_granted_by_hand_fails_closed_and_access_returns_once_it_is_go
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn another_tenant_granted_usage_on_a_schema_is_detected_and_revoked() {
+    let (client, op, ns) = setup(None).await;
+    let (victim, _) = ready_tenant(&client, &op, &ns, "Schema").await;
+    let (intruder, _) = ready_tenant(&client, &op, &ns, "Schema").await;
+    let schema = tenantry::naming::quote_ident(&format!("t_{}", victim.replace('-', "_")));
+    let intruder_role = tenantry::naming::quote_ident(&format!("t_{}", intruder.replace('-', "_")));
+    let mut su = readback::superuser_db_in("tenantry").await;
+    let grant = format!("GRANT USAGE ON SCHEMA {schema} TO {intruder_role}");
+    sqlx::query(sqlx::AssertSqlSafe(grant))
+        .execute(&mut su)
+        .await
+        .unwrap();
+
+    wait_for_tenant(&client, &op, &victim, TIMEOUT, "repaired", |t| {
+        repairs(t) >= 1 && enforced(t)
+    })
+    .await;
+    let still: bool = sqlx::query_scalar("SELECT has_schema_privilege($1, $2, 'USAGE')")
+        .bind(format!("t_{}", intruder.replace('-', "_")))
+        .bind(format!("t_{}", victim.replace('-', "_")))
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert!(!still, "the intruder's USAGE was revoked");
+}
