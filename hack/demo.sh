@@ -56,7 +56,7 @@ kubectl apply -f examples/namespace.yaml
 kubectl apply -f examples/
 
 say "waiting for the tenants to be Ready"
-if ! kubectl wait --for=condition=Ready tenants --all --timeout=180s; then
+if ! kubectl wait --for=condition=Ready tenant/acme tenant/globex --timeout=180s; then
   kubectl get tenants -o yaml >&2
   tail -n 50 "$log_file" >&2
   exit 1
@@ -64,6 +64,12 @@ fi
 
 say "kubectl get tenants"
 kubectl get tenants
+say "the isolation attestation: tenantry verify acme globex"
+"$bin" verify acme globex | python3 -c 'import json,sys
+for line in sys.stdin:
+    d = json.loads(line); i = d["isolation"]
+    print(d["tenant"], "enforced" if d["enforced"] else "NOT enforced", {k: i[k]["state"] for k in ("database", "storage", "encryption")}, "verified at", i["verifiedAt"])'
+
 say "what the operator made for tenant acme (kubectl get tenant acme -o jsonpath='{.status.resources}')"
 kubectl get tenant acme -o jsonpath='{.status.resources}' | python3 -m json.tool
 say "the credentials Secret apps mount (keys only)"

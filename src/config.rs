@@ -147,6 +147,16 @@ pub struct RunArgs {
     /// cluster-scoped). Kubernetes 1.30+ accepts `default`.
     #[arg(long, env = "TENANTRY_EVENT_NAMESPACE", default_value = "default")]
     pub event_namespace: String,
+
+    /// The identity the audit trail names as the actor of tenantry's changes
+    /// (the pod comes from POD_NAME, else the host name).
+    #[arg(long, env = "TENANTRY_AUDIT_ACTOR", default_value = "tenantry")]
+    pub audit_actor: String,
+
+    /// Schema of the audit trail in the database of --database-url, created on
+    /// first start and owned by the admin role.
+    #[arg(long, env = "TENANTRY_AUDIT_SCHEMA", default_value = crate::audit::DEFAULT_SCHEMA)]
+    pub audit_schema: String,
 }
 
 fn parse_secret(value: &str) -> Result<SecretString, String> {

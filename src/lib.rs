@@ -2,6 +2,7 @@
 //! infrastructure, all or nothing, and proves that the isolation holds.
 
 pub mod api;
+pub mod audit;
 pub mod backends;
 pub mod config;
 pub mod controller;

@@ -50,6 +50,38 @@ enum Command {
     /// as the operator last measured it; exit 1 when any layer of any of them is
     /// not Enforced (or was never measured).
     Verify(VerifyArgs),
+    /// The tamper-evident audit trail of tenantry's changes.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Recompute every hash chain (or one tenant's); print the first broken
+    /// link of each and exit 1 on any break.
+    Verify {
+        /// Only this tenant's chain.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        store: AuditStoreArgs,
+    },
+    /// Print a tenant's trail as JSON lines, oldest first.
+    Log {
+        tenant: String,
+        #[command(flatten)]
+        store: AuditStoreArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditStoreArgs {
+    /// PostgreSQL URL of the database holding the audit trail (the operator's
+    /// --database-url; any role that may read the trail will do).
+    #[arg(long, env = "TENANTRY_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(long, env = "TENANTRY_AUDIT_SCHEMA", default_value = tenantry::audit::DEFAULT_SCHEMA)]
+    audit_schema: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +125,7 @@ async fn main() -> ExitCode {
         }
         Command::Run(args) => run(*args).await,
         Command::Verify(args) => verify(args).await,
+        Command::Audit(command) => audit(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,6 +142,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot build a Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster)")?;
     controller::check_crd_installed(&client).await?;
     let backends = Backends::connect(&args.backends, client.clone()).await?;
+    let audit = start_audit(&args, &client, &backends).await?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -126,6 +160,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.engine.clone(),
         events,
         metrics,
+        audit,
     ));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -202,4 +237,84 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Opens the audit trail and refuses to go on unless it is intact: the
+/// store's guards in place and the chain of every tenant this operator
+/// manages verified.
+async fn start_audit(
+    args: &RunArgs,
+    client: &kube::Client,
+    backends: &Backends,
+) -> anyhow::Result<tenantry::audit::AuditLog> {
+    use kube::ResourceExt;
+    use tenantry::api::Tenant;
+    let log = tenantry::audit::AuditLog::new(
+        backends.postgres.pool().clone(),
+        &args.audit_schema,
+        &args.audit_actor,
+        &tenantry::audit::AuditLog::current_pod(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    log.ensure_schema()
+        .await
+        .context("the audit trail is not usable")?;
+    let api: kube::Api<Tenant> = kube::Api::all(client.clone());
+    let mut params = kube::api::ListParams::default();
+    if !args.tenant_selector.is_empty() {
+        params = params.labels(&args.tenant_selector);
+    }
+    let tenants: Vec<(String, bool)> = api
+        .list(&params)
+        .await
+        .context("cannot list Tenants")?
+        .items
+        .iter()
+        .map(|t| {
+            let provisioned = t
+                .status
+                .as_ref()
+                .and_then(|s| s.provisioning.as_ref())
+                .is_some_and(|j| j.provisioned);
+            (t.name_any(), provisioned)
+        })
+        .collect();
+    log.check_chains(&tenants)
+        .await
+        .context("the audit trail failed verification")?;
+    tracing::info!(schema = %args.audit_schema, tenants = tenants.len(), "audit trail verified");
+    Ok(log)
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    let store = match &command {
+        AuditCommand::Verify { store, .. } | AuditCommand::Log { store, .. } => store,
+    };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&store.database_url)
+        .await
+        .context("cannot connect to PostgreSQL (--database-url)")?;
+    let log = tenantry::audit::AuditLog::new(pool, &store.audit_schema, "", "")
+        .map_err(anyhow::Error::msg)?;
+    match command {
+        AuditCommand::Log { tenant, .. } => {
+            for row in log.log(&tenant).await? {
+                println!("{}", serde_json::to_string(&row)?);
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { tenant, .. } => {
+            let breaks = log.verify(tenant.as_deref()).await?;
+            if breaks.is_empty() {
+                println!("audit trail intact");
+                return Ok(());
+            }
+            for broken in &breaks {
+                println!("{broken}");
+                println!("{}", serde_json::to_string(broken)?);
+            }
+            anyhow::bail!("{} audit chain(s) broken", breaks.len())
+        }
+    }
 }

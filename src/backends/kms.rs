@@ -135,6 +135,12 @@ impl KmsBackend {
             message: "CreateKey returned no key metadata".to_string(),
         })?;
         tracing::info!(tenant = %tenant.name, key_id = meta.key_id(), "created KMS key");
+        crate::audit::note(
+            "kms.key.create",
+            meta.arn().unwrap_or(meta.key_id()),
+            serde_json::json!({"keyId": meta.key_id()}),
+        )
+        .await?;
         Ok(meta)
     }
 
@@ -155,7 +161,15 @@ impl KmsBackend {
             .send()
             .await;
         match created {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                crate::audit::note(
+                    "kms.alias.create",
+                    alias,
+                    serde_json::json!({"keyId": key_id}),
+                )
+                .await?;
+                return Ok(());
+            }
             Err(e) if error_code(&e) == Some("AlreadyExistsException") => {}
             Err(e) => return Err(classify(BACKEND, &format!("CreateAlias {alias}"), e)),
         }
@@ -182,6 +196,12 @@ impl KmsBackend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("UpdateAlias {alias}"), e))?;
+        crate::audit::note(
+            "kms.alias.update",
+            alias,
+            serde_json::json!({"keyId": key_id, "previousKeyId": target}),
+        )
+        .await?;
         Ok(())
     }
 
@@ -217,6 +237,7 @@ impl KmsBackend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("TagResource {key_id}"), e))?;
+        crate::audit::note("kms.key.tag", key_id, serde_json::json!({"tags": set})).await?;
         Ok(())
     }
 
@@ -238,6 +259,7 @@ impl KmsBackend {
                 .await
                 .map_err(|e| classify(BACKEND, &format!("CancelKeyDeletion {key_id}"), e))?;
             tracing::info!(tenant = %tenant.name, key_id, "cancelled the deletion of the tenant's KMS key");
+            crate::audit::note("kms.key.cancel-deletion", key_id, serde_json::json!({})).await?;
             // A cancelled deletion leaves the key disabled.
             state = Some(KeyState::Disabled);
         }
@@ -256,6 +278,12 @@ impl KmsBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UntagResource {key_id}"), e))?;
+            crate::audit::note(
+                "kms.key.untag",
+                key_id,
+                serde_json::json!({"tags": [tags::RELEASED]}),
+            )
+            .await?;
         }
 
         match state {
@@ -267,6 +295,7 @@ impl KmsBackend {
                     .send()
                     .await
                     .map_err(|e| classify(BACKEND, &format!("EnableKey {key_id}"), e))?;
+                crate::audit::note("kms.key.enable", key_id, serde_json::json!({})).await?;
             }
             Some(KeyState::Creating | KeyState::Updating) => {
                 return Err(BackendError::Unavailable {
@@ -299,6 +328,12 @@ impl KmsBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("EnableKeyRotation {key_id}"), e))?;
+            crate::audit::note(
+                "kms.key.enable-rotation",
+                key_id,
+                serde_json::json!({"newKey": new_key}),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -335,6 +370,12 @@ impl KmsBackend {
             }
         }
         tracing::info!(tenant = %tenant.name, key_id, days = PENDING_WINDOW_DAYS, "scheduled the deletion of the tenant's KMS key");
+        crate::audit::note(
+            "kms.key.delete",
+            meta.arn().unwrap_or(key_id),
+            serde_json::json!({"keyId": key_id, "pendingWindowDays": PENDING_WINDOW_DAYS}),
+        )
+        .await?;
         Ok(())
     }
 
@@ -390,6 +431,13 @@ impl KeyManager for KmsBackend {
                 let (meta, tags, new_key) = match earlier.into_iter().next() {
                     Some(meta) => {
                         tracing::info!(tenant = %tenant.name, key_id = meta.key_id(), "found the key of an interrupted creation");
+                        // Its creation may never have been recorded.
+                        crate::audit::note(
+                            "kms.key.adopt",
+                            meta.arn().unwrap_or(meta.key_id()),
+                            serde_json::json!({"keyId": meta.key_id(), "why": "interrupted creation"}),
+                        )
+                        .await?;
                         let tags = self.tags_of(meta.key_id()).await?;
                         (meta, tags, false)
                     }
@@ -433,7 +481,14 @@ impl KeyManager for KmsBackend {
             return Ok(());
         }
         match self.client.delete_alias().alias_name(alias).send().await {
-            Ok(_) => {}
+            Ok(_) => {
+                crate::audit::note(
+                    "kms.alias.delete",
+                    alias,
+                    serde_json::json!({"keyId": meta.key_id()}),
+                )
+                .await?;
+            }
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(classify(BACKEND, &format!("DeleteAlias {alias}"), e)),
         }

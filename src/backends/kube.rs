@@ -120,6 +120,9 @@ impl CredentialSecrets for KubeSecrets {
                 return Ok(());
             }
         }
+        // Key names only: the values are the credentials.
+        let keys: Vec<String> = desired.keys().cloned().collect();
+        let audit_detail = serde_json::json!({"keys": keys, "created": existing.is_none()});
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
@@ -149,6 +152,7 @@ impl CredentialSecrets for KubeSecrets {
                     classify(e, &format!("writing {what}"))
                 }
             })?;
+        crate::audit::note("kubernetes.secret.write", &what, audit_detail).await?;
         let was_released = existing
             .as_ref()
             .is_some_and(|e| e.annotations().contains_key(tags::RELEASED));
@@ -159,6 +163,7 @@ impl CredentialSecrets for KubeSecrets {
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(|e| classify(e, &format!("adopting {what}")))?;
+            crate::audit::note("kubernetes.secret.adopt", &what, serde_json::json!({})).await?;
         }
         Ok(())
     }
@@ -190,7 +195,9 @@ impl CredentialSecrets for KubeSecrets {
             ..Default::default()
         };
         match secrets.delete(name, &params).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                crate::audit::note("kubernetes.secret.delete", &what, serde_json::json!({})).await
+            }
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(classify(e, &format!("deleting {what}"))),
         }
@@ -223,7 +230,7 @@ impl CredentialSecrets for KubeSecrets {
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|e| classify(e, &format!("releasing {what}")))?;
-        Ok(())
+        crate::audit::note("kubernetes.secret.release", &what, serde_json::json!({})).await
     }
 }
 

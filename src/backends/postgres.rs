@@ -389,6 +389,7 @@ impl PostgresBackend {
                 }
                 commit(tx, &doing).await?;
                 tracing::info!(tenant = %tenant.name, role, "created PostgreSQL role");
+                crate::audit::note("postgres.role.create", role, serde_json::json!({"login": login, "connectionLimit": connection_limit, "passwordSet": true})).await?;
                 return Ok(());
             }
             Found::Ours(row) => (row, false),
@@ -415,6 +416,8 @@ impl PostgresBackend {
         }
         // One transaction: a comment that says "ours" must never exist
         // without the password the caller was promised.
+        // Taken before the PASSWORD clause joins: the audit row names changes, never secrets.
+        let changes = clauses.clone();
         if set_password {
             let verifier = scram_verifier(password)?;
             clauses.push(format!(
@@ -439,11 +442,15 @@ impl PostgresBackend {
             .await?;
         }
         commit(tx, &doing).await?;
-        if adopting {
+        let action = if adopting {
             tracing::info!(tenant = %tenant.name, role, "adopted released PostgreSQL role");
+            "postgres.role.adopt"
         } else {
             tracing::info!(tenant = %tenant.name, role, "converged PostgreSQL role");
-        }
+            "postgres.role.alter"
+        };
+        let detail = serde_json::json!({"changes": changes, "passwordSet": set_password, "grantedToAdmin": need_grant, "commentSet": need_comment});
+        crate::audit::note(action, role, detail).await?;
         Ok(())
     }
 
@@ -543,12 +550,19 @@ impl PostgresBackend {
         if statements.is_empty() {
             return Ok(());
         }
+        let detail = serde_json::json!({"database": database, "statements": statements});
         let mut tx = conn.begin().await.map_err(|e| classify(e, &doing))?;
         for statement in statements {
             exec(&mut *tx, statement, &doing).await?;
         }
         commit(tx, &doing).await?;
         tracing::info!(tenant = %tenant.name, schema, database, "{doing}");
+        let action = if doing.starts_with("creating") {
+            "postgres.schema.create"
+        } else {
+            "postgres.schema.alter"
+        };
+        crate::audit::note(action, schema, detail).await?;
         Ok(())
     }
 
@@ -604,6 +618,7 @@ impl PostgresBackend {
             ));
         }
         if !statements.is_empty() {
+            let detail = serde_json::json!({"database": database, "statements": statements});
             let mut tx = conn.begin().await.map_err(|e| classify(e, &doing))?;
             if !own_database {
                 query_lock(&mut tx, &doing).await?;
@@ -612,6 +627,7 @@ impl PostgresBackend {
                 exec(&mut *tx, statement, &doing).await?;
             }
             commit(tx, &doing).await?;
+            crate::audit::note("postgres.public-schema.secure", database, detail).await?;
         }
         // REVOKE by a role without the grant option only warns: read back.
         let after = read_public_schema(conn, role_oid, &doing).await?;
@@ -652,6 +668,12 @@ impl PostgresBackend {
                 quote_ident(schema)
             ),
             &doing,
+        )
+        .await?;
+        crate::audit::note(
+            "postgres.role.search-path",
+            role,
+            serde_json::json!({"database": database, "searchPath": schema}),
         )
         .await
     }
@@ -747,6 +769,12 @@ impl PostgresBackend {
                 )
                 .await?;
                 tracing::info!(tenant = %tenant.name, database = %db, "created PostgreSQL database");
+                crate::audit::note(
+                    "postgres.database.create",
+                    db,
+                    serde_json::json!({"owner": role}),
+                )
+                .await?;
                 vec![set_comment, revoke]
             }
             Found::Ours(row) | Found::Adopt(row) => {
@@ -771,6 +799,7 @@ impl PostgresBackend {
         };
         if !statements.is_empty() {
             let doing = format!("tagging and securing database {db:?}");
+            let detail = serde_json::json!({"statements": statements});
             let result = async {
                 let mut tx = self.begin(&doing).await?;
                 for statement in statements {
@@ -788,6 +817,7 @@ impl PostgresBackend {
                 }
                 return Err(e);
             }
+            crate::audit::note("postgres.database.alter", db, detail).await?;
         }
 
         let mut conn = self.connect_to(db).await?;
@@ -843,6 +873,7 @@ impl PostgresBackend {
                 &format!("disabling login of role {role:?}"),
             )
             .await?;
+            crate::audit::note("postgres.role.login.disable", role, serde_json::json!({})).await?;
         }
         self.terminate_sessions(row.oid, role).await
     }
@@ -978,6 +1009,8 @@ impl TenantDatabase for PostgresBackend {
                     &format!("enabling login of role {role:?}"),
                 )
                 .await?;
+                crate::audit::note("postgres.role.login.enable", role, serde_json::json!({}))
+                    .await?;
             }
             Ok(())
         } else {
@@ -1056,6 +1089,11 @@ impl TenantDatabase for PostgresBackend {
                 }
             }
             tracing::info!(tenant = %tenant.name, "dropped {resource}");
+            let action = match mode {
+                IsolationMode::Schema => "postgres.schema.drop",
+                IsolationMode::Database => "postgres.database.drop",
+            };
+            crate::audit::note(action, &resource, serde_json::json!({})).await?;
         }
         if role_is_ours {
             let q = quote_ident(role);
@@ -1081,6 +1119,12 @@ impl TenantDatabase for PostgresBackend {
                 exec(&mut *tx, format!("DROP ROLE {q}"), &doing).await?;
                 commit(tx, &doing).await?;
                 tracing::info!(tenant = %tenant.name, role, "dropped PostgreSQL role");
+                crate::audit::note(
+                    "postgres.role.drop",
+                    role,
+                    serde_json::json!({"dropOwned": true}),
+                )
+                .await?;
             }
         }
         for (resource, detail) in skipped {
@@ -1213,6 +1257,12 @@ impl TenantDatabase for PostgresBackend {
             .await?;
         }
         tracing::info!(tenant = %tenant.name, role, "released PostgreSQL objects");
+        crate::audit::note(
+            "postgres.release",
+            role,
+            serde_json::json!({"mode": mode.to_string()}),
+        )
+        .await?;
         Ok(())
     }
 }

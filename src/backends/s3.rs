@@ -137,6 +137,7 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketTagging {bucket}"), e))?;
+        crate::audit::note("s3.bucket.tag", bucket, serde_json::json!({"tags": tags})).await?;
         Ok(())
     }
 
@@ -163,6 +164,12 @@ impl S3Backend {
         match created {
             Ok(_) => {
                 tracing::info!(bucket, "created S3 bucket");
+                crate::audit::note(
+                    "s3.bucket.create",
+                    bucket,
+                    serde_json::json!({"region": self.region}),
+                )
+                .await?;
                 Ok(true)
             }
             Err(e) if error_code(&e) == Some("BucketAlreadyOwnedByYou") => Ok(false),
@@ -254,6 +261,12 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutPublicAccessBlock {bucket}"), e))?;
+        crate::audit::note(
+            "s3.bucket.block-public-access",
+            bucket,
+            serde_json::json!({}),
+        )
+        .await?;
         Ok(())
     }
 
@@ -283,6 +296,12 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketOwnershipControls {bucket}"), e))?;
+        crate::audit::note(
+            "s3.bucket.ownership-controls",
+            bucket,
+            serde_json::json!({"objectOwnership": "BucketOwnerEnforced"}),
+        )
+        .await?;
         Ok(())
     }
 
@@ -321,6 +340,12 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketEncryption {bucket}"), e))?;
+        crate::audit::note(
+            "s3.bucket.encryption",
+            bucket,
+            serde_json::json!({"sseAlgorithm": "aws:kms", "kmsKeyArn": key_arn, "bucketKey": true}),
+        )
+        .await?;
         Ok(())
     }
 
@@ -359,10 +384,20 @@ impl S3Backend {
         self.client
             .put_bucket_versioning()
             .bucket(bucket)
-            .versioning_configuration(VersioningConfiguration::builder().status(wanted).build())
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(wanted.clone())
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketVersioning {bucket}"), e))?;
+        crate::audit::note(
+            "s3.bucket.versioning",
+            bucket,
+            serde_json::json!({"status": wanted.as_str()}),
+        )
+        .await?;
         Ok(())
     }
 
@@ -383,6 +418,7 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketPolicy {bucket}"), e))?;
+        crate::audit::note("s3.bucket.policy", bucket, serde_json::json!({})).await?;
         Ok(())
     }
 
@@ -513,8 +549,19 @@ impl ObjectStorage for S3Backend {
             // bucket is ours, should tagging fail and the step roll back.
             self.uncertain().insert(bucket.to_string());
         }
+        // A bucket this attempt did not create, found untagged: one an
+        // interrupted attempt made, whose creation may be unrecorded.
+        let adopting = !fresh && interrupted && current.is_empty();
         self.claim(tenant, bucket, current, interrupted || fresh)
             .await?;
+        if adopting {
+            crate::audit::note(
+                "s3.bucket.adopt",
+                bucket,
+                serde_json::json!({"why": "interrupted creation"}),
+            )
+            .await?;
+        }
         // Tagged: from now on a retry recognises the bucket by its tags.
         self.uncertain().remove(bucket);
 
@@ -552,6 +599,7 @@ impl ObjectStorage for S3Backend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("DeleteBucketPolicy {bucket}"), e))?;
+            crate::audit::note("s3.bucket.policy.delete", bucket, serde_json::json!({"why": "plain HTTP endpoint; the deny-non-TLS policy would refuse emptying"})).await?;
         }
         self.empty(bucket).await?;
         match self.client.delete_bucket().bucket(bucket).send().await {
@@ -570,6 +618,12 @@ impl ObjectStorage for S3Backend {
         }
         self.uncertain().remove(bucket);
         tracing::info!(tenant = %tenant.name, bucket, "deleted S3 bucket");
+        crate::audit::note(
+            "s3.bucket.delete",
+            bucket,
+            serde_json::json!({"emptied": true}),
+        )
+        .await?;
         Ok(())
     }
 

@@ -68,7 +68,10 @@ impl SecretsManagerBackend {
         match created {
             Ok(out) => {
                 tracing::info!(tenant = %tenant.name, secret = name, "created Secrets Manager secret");
-                Ok(Some(out.arn.unwrap_or_default()))
+                let arn = out.arn.unwrap_or_default();
+                // Never the value: only where it is and what encrypts it.
+                crate::audit::note("secretsmanager.secret.create", &arn, serde_json::json!({"name": name, "kmsKeyArn": key_arn, "username": initial.username})).await?;
+                Ok(Some(arn))
             }
             Err(e) if error_code(&e) == Some("ResourceExistsException") => Ok(None),
             Err(e) => Err(classify(BACKEND, &format!("CreateSecret {name}"), e)),
@@ -82,6 +85,7 @@ impl SecretsManagerBackend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("RestoreSecret {name}"), e))?;
+        crate::audit::note("secretsmanager.secret.restore", name, serde_json::json!({})).await?;
         Ok(())
     }
 
@@ -97,6 +101,12 @@ impl SecretsManagerBackend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("TagResource {name}"), e))?;
+        crate::audit::note(
+            "secretsmanager.secret.tag",
+            name,
+            serde_json::json!({"tags": set}),
+        )
+        .await?;
         Ok(())
     }
 
@@ -155,6 +165,12 @@ impl SecretsManagerBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UntagResource {name}"), e))?;
+            crate::audit::note(
+                "secretsmanager.secret.untag",
+                name,
+                serde_json::json!({"tags": [tags::RELEASED]}),
+            )
+            .await?;
         }
 
         let stored = self.current_value(name).await?;
@@ -183,6 +199,12 @@ impl SecretsManagerBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
+            crate::audit::note(
+                "secretsmanager.secret.re-encrypt",
+                name,
+                serde_json::json!({"kmsKeyArn": key_arn, "valueRewritten": rewrite}),
+            )
+            .await?;
             tracing::info!(tenant = %tenant.name, secret = name, "re-encrypted the tenant's secret with the tenant's key");
         } else if let Some(value) = new_value {
             self.client
@@ -192,6 +214,12 @@ impl SecretsManagerBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("PutSecretValue {name}"), e))?;
+            crate::audit::note(
+                "secretsmanager.secret.update",
+                name,
+                serde_json::json!({"why": "connection details changed; password kept"}),
+            )
+            .await?;
         }
         Ok((arn, credentials))
     }
@@ -270,6 +298,12 @@ impl SecretStore for SecretsManagerBackend {
             Err(e) => return Err(classify(BACKEND, &format!("DeleteSecret {name}"), e)),
         }
         tracing::info!(tenant = %tenant.name, secret = name, "deleted Secrets Manager secret");
+        crate::audit::note(
+            "secretsmanager.secret.delete",
+            described.arn().unwrap_or(name),
+            serde_json::json!({"name": name, "recoveryWindow": false}),
+        )
+        .await?;
         Ok(())
     }
 

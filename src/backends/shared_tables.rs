@@ -1077,6 +1077,12 @@ pub async fn ensure_tenant_access(
     apply_access(&mut tx, &plan, role, tenant, &doing).await?;
     tx.commit().await.map_err(|e| classify(e, &doing))?;
     tracing::info!(role, tenant, "granted access to the shared tables");
+    crate::audit::note(
+        "postgres.access.grant",
+        role,
+        serde_json::json!({"statements": plan.statements, "grantConnect": plan.grant_connect}),
+    )
+    .await?;
     Ok(())
 }
 
@@ -1162,6 +1168,12 @@ pub async fn remove_tenant_access(
     apply_access(&mut tx, &plan, role, "", &doing).await?;
     tx.commit().await.map_err(|e| classify(e, &doing))?;
     tracing::info!(role, "revoked access to the shared tables");
+    crate::audit::note(
+        "postgres.access.revoke",
+        role,
+        serde_json::json!({"statements": plan.statements}),
+    )
+    .await?;
     Ok(())
 }
 

@@ -27,6 +27,7 @@ use crate::api::{
     DeletionPolicy, DeletionStatus, IsolationMode, JournalOperation, ProvisioningJournal, Tenant,
     TenantPhase, TenantStatus,
 };
+use crate::audit::{self, AuditLog};
 use crate::backends::TenantRef;
 use crate::config::{Backends, EngineArgs, UnrepairableDrift};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels};
@@ -75,6 +76,7 @@ pub struct Context {
     pub engine: EngineArgs,
     pub events: EventPublisher,
     pub metrics: Metrics,
+    pub audit: AuditLog,
     /// Consecutive reconcile errors per tenant, for a capped, jittered backoff
     /// (kube-runtime keeps none per object).
     error_counts: Mutex<HashMap<String, u32>>,
@@ -87,6 +89,7 @@ impl Context {
         engine: EngineArgs,
         events: EventPublisher,
         metrics: Metrics,
+        audit: AuditLog,
     ) -> Self {
         Self {
             client,
@@ -94,6 +97,7 @@ impl Context {
             engine,
             events,
             metrics,
+            audit,
             error_counts: Mutex::default(),
         }
     }
@@ -135,19 +139,36 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, selector: &str) {
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
     let name = tenant.name_any();
-    let result = if tenant.metadata.deletion_timestamp.is_some() {
-        if tenant.finalizers().iter().any(|f| f == FINALIZER) {
-            cleanup(&tenant, &ctx).await
-        } else {
-            Ok(Action::await_change())
-        }
-    } else if !tenant.finalizers().iter().any(|f| f == FINALIZER) {
-        add_finalizer(&tenant, &ctx.client)
-            .await
-            .map(|()| Action::await_change())
-    } else {
-        apply(&tenant, &ctx).await
+    // Every backend write of this reconcile is recorded for this tenant, with
+    // the generation and resourceVersion that led to it.
+    let scope = audit::Scope {
+        log: ctx.audit.clone(),
+        tenant: name.clone(),
+        tenant_uid: tenant.uid(),
+        generation: tenant.metadata.generation,
+        resource_version: tenant.resource_version(),
     };
+    // Boxed: the reconcile future is large, and moving it into the scope's
+    // future inline overflows the stack of debug builds.
+    let result = audit::in_scope(
+        scope,
+        Box::pin(async {
+            if tenant.metadata.deletion_timestamp.is_some() {
+                if tenant.finalizers().iter().any(|f| f == FINALIZER) {
+                    Box::pin(cleanup(&tenant, &ctx)).await
+                } else {
+                    Ok(Action::await_change())
+                }
+            } else if !tenant.finalizers().iter().any(|f| f == FINALIZER) {
+                add_finalizer(&tenant, &ctx.client)
+                    .await
+                    .map(|()| Action::await_change())
+            } else {
+                Box::pin(apply(&tenant, &ctx)).await
+            }
+        }),
+    )
+    .await;
     if result.is_ok() {
         ctx.error_counts.lock().expect("lock").remove(&name);
     }
@@ -279,6 +300,7 @@ impl JournalStore for StatusJournal<'_> {
         if rolled_back {
             journal.failed_generation = self.generation;
         }
+        audit_journal(self.status.provisioning.as_ref(), &journal, rolled_back).await?;
         self.status.provisioning = Some(journal.clone());
         let phase = match journal.operation {
             JournalOperation::Provision if rolled_back => TenantPhase::Failed,
@@ -330,6 +352,58 @@ impl JournalStore for StatusJournal<'_> {
                 )
             })
     }
+}
+
+/// Records the engine's turns that no backend call shows: a step failing,
+/// a rollback starting and ending. Written before the journal that reports
+/// them, so a failed audit write stops the engine there.
+async fn audit_journal(
+    before: Option<&ProvisioningJournal>,
+    now: &ProvisioningJournal,
+    rolled_back: bool,
+) -> Result<(), StepError> {
+    let failure = now.failure.as_deref();
+    let was_rolling_back = before.is_some_and(|j| j.operation == JournalOperation::RollBack);
+    if failure.is_some() && failure != before.and_then(|j| j.failure.as_deref()) {
+        let step = failure
+            .and_then(|f| f.split(':').next())
+            .unwrap_or_default();
+        let detail = serde_json::json!({"error": failure, "reason": now.failure_reason});
+        record(
+            "provision.step.failed",
+            step,
+            audit::Outcome::Failed,
+            detail,
+        )
+        .await?;
+    }
+    if now.operation == JournalOperation::RollBack && !was_rolling_back {
+        let detail = serde_json::json!({"undo": now.steps_done});
+        record("rollback.start", "tenant", audit::Outcome::Ok, detail).await?;
+    }
+    if rolled_back && was_rolling_back {
+        record(
+            "rollback.done",
+            "tenant",
+            audit::Outcome::Ok,
+            serde_json::json!({}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records a controller-level event for the tenant being reconciled.
+async fn record(
+    action: &str,
+    target: &str,
+    outcome: audit::Outcome,
+    detail: serde_json::Value,
+) -> Result<(), StepError> {
+    if let Some(scope) = audit::current() {
+        scope.record(action, target, outcome, detail).await?;
+    }
+    Ok(())
 }
 
 /// Pure validation of what the API server's schema cannot check.
@@ -436,7 +510,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         // Missing inputs (the secret gone, say) make every layer Unknown:
         // that too is drift, repaired below.
         read_probe_inputs(&mut steps_ctx, &current).await;
-        let measured = measure(&steps_ctx).await;
+        let measured = Box::pin(measure(&steps_ctx)).await;
         if measured.all_enforced() {
             let mut status = current.clone();
             let repairs = status.isolation.as_ref().map_or(0, |i| i.drift_repairs);
@@ -446,15 +520,14 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         }
         let found = measured.failures();
         tracing::warn!(tenant = %name, drift = %found, "isolation drift detected; repairing");
-        // Shared-table security belongs to no single tenant; repair it too.
-        if let Err(error) = crate::backends::shared_tables::ensure_shared_security(
-            ctx.backends.postgres.pool(),
-            &ctx.backends.shared_tables,
+        repair_shared_security(ctx).await;
+        record(
+            "drift.detected",
+            "tenant",
+            audit::Outcome::Ok,
+            serde_json::json!({"found": found}),
         )
-        .await
-        {
-            tracing::warn!(%error, "could not repair shared-table security");
-        }
+        .await?;
         ctx.events
             .publish(tenant, EventType::Warning, "DriftDetected", "Probe", &found)
             .await;
@@ -484,6 +557,14 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     match outcome {
         Outcome::Provisioned => {
             status.resources = Some(steps_ctx.resources());
+            if tenant.spec.suspended != (current.phase == Some(TenantPhase::Suspended)) {
+                let action = if tenant.spec.suspended {
+                    "tenant.suspend"
+                } else {
+                    "tenant.resume"
+                };
+                record(action, "tenant", audit::Outcome::Ok, serde_json::json!({})).await?;
+            }
             let verdict = if tenant.spec.suspended {
                 Verdict::new(
                     TenantPhase::Suspended,
@@ -491,12 +572,27 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                     "access revoked: database login disabled and the Kubernetes Secret removed",
                 )
             } else {
-                let measured = measure(&steps_ctx).await;
+                let mut measured = Box::pin(measure(&steps_ctx)).await;
+                if !measured.all_enforced() && drift.is_none() {
+                    // Not caught by a settled probe (say, the cache still
+                    // showed an older phase): repair what the steps do not
+                    // cover and measure again.
+                    repair_shared_security(ctx).await;
+                    let again = Box::pin(measure(&steps_ctx)).await;
+                    drift = Some(std::mem::replace(&mut measured, again));
+                }
                 let mut repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
                 let verdict = if measured.all_enforced() {
                     if let Some(before) = &drift {
                         repairs += 1;
                         let message = format!("repaired and verified: {}", before.failures());
+                        record(
+                            "drift.repair",
+                            "tenant",
+                            audit::Outcome::Ok,
+                            serde_json::json!({"repaired": before.failures()}),
+                        )
+                        .await?;
                         tracing::info!(tenant = %name, %message, "isolation drift repaired");
                         ctx.events
                             .publish(
@@ -569,7 +665,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             );
             if steps_ctx.key.is_some() && steps_ctx.credentials.is_some() && !tenant.spec.suspended
             {
-                let measured = measure(&steps_ctx).await;
+                let measured = Box::pin(measure(&steps_ctx)).await;
                 if !measured.all_enforced() {
                     let fenced = isolation_failure(tenant, ctx, &steps_ctx, &measured).await;
                     message = format!("{message}; {}", fenced.message);
@@ -603,6 +699,19 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::requeue(Duration::from_secs(30)))
         }
         Outcome::Removed => Ok(resync(ctx)),
+    }
+}
+
+/// Shared-table security belongs to no single tenant, so no step ensures it;
+/// drift there is repaired here.
+async fn repair_shared_security(ctx: &Context) {
+    if let Err(error) = crate::backends::shared_tables::ensure_shared_security(
+        ctx.backends.postgres.pool(),
+        &ctx.backends.shared_tables,
+    )
+    .await
+    {
+        tracing::warn!(%error, "could not repair shared-table security");
     }
 }
 
@@ -790,6 +899,13 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let mut status = tenant.status.clone().unwrap_or_default();
 
     if effective_deletion_policy(tenant) == DeletionPolicy::Retain {
+        record(
+            "tenant.delete",
+            "tenant",
+            audit::Outcome::Ok,
+            serde_json::json!({"policy": "Retain"}),
+        )
+        .await?;
         // Let go of everything, still tagged, so a Tenant of this name can adopt it.
         b.database
             .release_tenant(&tref, &names, mode)
@@ -828,6 +944,13 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         .unwrap_or(Duration::from_secs(72 * 3600));
     let deletion = status.deletion.clone().unwrap_or_default();
     if deletion.access_revoked_at.is_none() {
+        record(
+            "tenant.delete",
+            "tenant",
+            audit::Outcome::Ok,
+            serde_json::json!({"policy": "Delete", "gracePeriod": tenant.spec.deletion.grace_period}),
+        )
+        .await?;
         b.database
             .set_login(&tref, &names, false)
             .await
@@ -928,6 +1051,20 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::requeue(Duration::from_secs(30)))
         }
         _ => {
+            // The trail outlives the tenant (it holds no customer data); the
+            // tombstone says the chain ended on purpose.
+            // A retry after a failed finalizer removal must not end the chain twice.
+            let ended = ctx.audit.head(&name).await.map_err(StepError::from)?
+                == Some(("tenant.tombstone".to_string(), tenant.uid()));
+            if !ended {
+                record(
+                    "tenant.tombstone",
+                    "tenant",
+                    audit::Outcome::Ok,
+                    serde_json::json!({"policy": "Delete"}),
+                )
+                .await?;
+            }
             ctx.events
                 .publish(
                     tenant,

@@ -7,6 +7,7 @@
 mod support;
 
 mod atomicity;
+mod audit;
 mod aws;
 mod isolation;
 mod isolation_aws;

@@ -1,0 +1,699 @@
+//! The tamper-evident audit trail: one row per change tenantry makes for a
+//! tenant, in an operator-owned schema of the shared database.
+//!
+//! Rows of a tenant form a hash chain: each row stores the hash of the
+//! previous row of the same tenant (`prev_hash`, 64 zeros for the first) and
+//! its own SHA-256 over the canonical encoding of every other column (see
+//! [`canonical`]). Changing, removing or reordering a row breaks the chain at
+//! that row, which [`AuditLog::verify`] finds by recomputing every hash.
+//!
+//! Append-only is enforced by the database, not only by this code: the admin
+//! role owns the table (it creates it), so the table's owner privileges
+//! UPDATE, DELETE and TRUNCATE are revoked from it and from PUBLIC, and a
+//! trigger refuses them for everyone, superusers included. The owner could
+//! grant itself the privileges back or drop the trigger; that is why the
+//! operator refuses to start when the trigger is missing or disabled, and why
+//! verification never trusts stored hashes.
+//!
+//! Backend writes are recorded where they happen, through [`note`], which
+//! reads the tenant being reconciled from a task-local [`Scope`] set by the
+//! controller. That keeps the backend traits unchanged while every write made
+//! during a tenant's reconcile is recorded; outside a scope (backend tests,
+//! probes) `note` records nothing.
+
+use std::future::Future;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{AssertSqlSafe, PgPool, Row};
+
+use crate::backends::{Backend, BackendError};
+
+/// `prev_hash` of the first row of a chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The schema tenantry keeps its audit trail in unless told otherwise.
+pub const DEFAULT_SCHEMA: &str = "tenantry_audit";
+/// Version tag at the start of the canonical encoding, so a future format
+/// can never be confused with this one.
+const ENCODING_VERSION: &str = "tenantry-audit-v1";
+
+/// What happened, as the caller knows it; the log adds time, actor and chain.
+#[derive(Clone, Debug)]
+pub struct AuditEntry {
+    pub tenant: String,
+    pub tenant_uid: Option<String>,
+    pub generation: Option<i64>,
+    pub resource_version: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub outcome: Outcome,
+    /// Names, ids and flags only: never a password or secret value.
+    pub detail: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One stored row.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub tenant: String,
+    pub tenant_uid: Option<String>,
+    pub actor: String,
+    pub pod: String,
+    pub generation: Option<i64>,
+    pub resource_version: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The first broken link of a tenant's chain.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChainBreak {
+    pub seq: i64,
+    pub tenant: String,
+    pub action: String,
+    /// `prev_hash` (the row does not follow the one before it: a row was
+    /// removed, inserted or moved) or `hash` (the row's own content changed).
+    pub field: &'static str,
+    pub expected: String,
+    pub stored: String,
+    /// The seq of the row the chain held before this one, if any.
+    pub previous_seq: Option<i64>,
+    /// The row as stored.
+    pub row: AuditRow,
+}
+
+impl std::fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = match self.field {
+            "prev_hash" => format!(
+                "does not follow the row before it (seq {}): a row was removed, inserted or reordered",
+                self.previous_seq
+                    .map_or_else(|| "none".to_string(), |s| s.to_string())
+            ),
+            _ => "its content does not match its hash: the row was altered".to_string(),
+        };
+        write!(
+            f,
+            "audit chain of tenant {:?} broken at seq {} (action {}): {why}; expected {} {}, stored {}",
+            self.tenant, self.seq, self.action, self.field, self.expected, self.stored
+        )
+    }
+}
+
+/// The hash input of a row: the version tag, then every column but `hash`
+/// in a fixed order, each as `<byte length>:<bytes>;` or `~;` for NULL, so
+/// no two different rows encode alike. Time is RFC 3339 UTC with
+/// microseconds (PostgreSQL's precision); `detail` is compact JSON with
+/// sorted keys (how serde_json writes a `Value`, and jsonb keeps no order).
+pub fn canonical(row: &AuditRow) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, value: Option<&str>) {
+        match value {
+            Some(v) => {
+                out.extend_from_slice(v.len().to_string().as_bytes());
+                out.push(b':');
+                out.extend_from_slice(v.as_bytes());
+            }
+            None => out.push(b'~'),
+        }
+        out.push(b';');
+    }
+    let mut out = Vec::with_capacity(512);
+    field(&mut out, Some(ENCODING_VERSION));
+    field(&mut out, Some(&row.seq.to_string()));
+    field(
+        &mut out,
+        Some(&row.at.to_rfc3339_opts(SecondsFormat::Micros, true)),
+    );
+    field(&mut out, Some(&row.tenant));
+    field(&mut out, row.tenant_uid.as_deref());
+    field(&mut out, Some(&row.actor));
+    field(&mut out, Some(&row.pod));
+    field(&mut out, row.generation.map(|g| g.to_string()).as_deref());
+    field(&mut out, row.resource_version.as_deref());
+    field(&mut out, Some(&row.action));
+    field(&mut out, Some(&row.target));
+    field(&mut out, Some(&row.outcome));
+    field(&mut out, Some(&row.detail.to_string()));
+    field(&mut out, Some(&row.prev_hash));
+    out
+}
+
+pub fn row_hash(row: &AuditRow) -> String {
+    let digest = Sha256::digest(canonical(row));
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Walks rows of one tenant in seq order; the first break, if any.
+pub fn verify_chain(rows: &[AuditRow]) -> Option<ChainBreak> {
+    let mut prev = GENESIS.to_string();
+    let mut previous_seq = None;
+    for row in rows {
+        let broken = |field, expected: String, stored: &str| ChainBreak {
+            seq: row.seq,
+            tenant: row.tenant.clone(),
+            action: row.action.clone(),
+            field,
+            expected,
+            stored: stored.to_string(),
+            previous_seq,
+            row: row.clone(),
+        };
+        if row.prev_hash != prev {
+            return Some(broken("prev_hash", prev, &row.prev_hash));
+        }
+        let computed = row_hash(row);
+        if computed != row.hash {
+            return Some(broken("hash", computed, &row.hash));
+        }
+        prev = row.hash.clone();
+        previous_seq = Some(row.seq);
+    }
+    None
+}
+
+fn db_error(what: &str, e: sqlx::Error) -> BackendError {
+    let message = format!("audit trail: {what}: {e}");
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            BackendError::Unavailable {
+                backend: Backend::Postgres,
+                message,
+            }
+        }
+        _ => BackendError::Rejected {
+            backend: Backend::Postgres,
+            message,
+        },
+    }
+}
+
+/// A valid unquoted identifier, so the schema can be put into SQL as is.
+pub fn validate_schema_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "audit schema {name:?} must be a lowercase identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"
+        ))
+    }
+}
+
+/// The audit trail, over the admin connection.
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    pool: PgPool,
+    schema: String,
+    actor: String,
+    pod: String,
+}
+
+impl AuditLog {
+    pub fn new(pool: PgPool, schema: &str, actor: &str, pod: &str) -> Result<Self, String> {
+        validate_schema_name(schema)?;
+        Ok(Self {
+            pool,
+            schema: schema.to_string(),
+            actor: actor.to_string(),
+            pod: pod.to_string(),
+        })
+    }
+
+    /// The pod this process runs as: `POD_NAME` (set from the downward API),
+    /// else the host name.
+    pub fn current_pod() -> String {
+        std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .ok()
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown".to_string())
+    }
+
+    fn table(&self) -> String {
+        format!("{}.events", self.schema)
+    }
+
+    /// Creates the store on first start. When the schema already exists it
+    /// is only checked: a table or trigger that went missing is tampering,
+    /// not something to quietly recreate.
+    pub async fn ensure_schema(&self) -> Result<(), BackendError> {
+        let s = &self.schema;
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("begin", e))?;
+        // Operators starting together must not race on CREATE.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tenantry-audit-schema'))")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("lock", e))?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(s)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error("look for the schema", e))?;
+        if !exists {
+            let statements = [
+                format!("CREATE SCHEMA {s}"),
+                format!(
+                    "CREATE TABLE {s}.events (
+                        seq bigserial PRIMARY KEY,
+                        at timestamptz NOT NULL,
+                        tenant text NOT NULL,
+                        tenant_uid text,
+                        actor text NOT NULL,
+                        pod text NOT NULL,
+                        generation bigint,
+                        resource_version text,
+                        action text NOT NULL,
+                        target text NOT NULL,
+                        outcome text NOT NULL,
+                        detail jsonb NOT NULL,
+                        prev_hash text NOT NULL,
+                        hash text NOT NULL)"
+                ),
+                format!("CREATE INDEX events_tenant_seq ON {s}.events (tenant, seq)"),
+                format!(
+                    "CREATE FUNCTION {s}.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN
+                       RAISE EXCEPTION 'tenantry audit rows are append-only: % refused', TG_OP
+                         USING ERRCODE = 'insufficient_privilege';
+                     END $$"
+                ),
+                format!(
+                    "CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {s}.events
+                     FOR EACH ROW EXECUTE FUNCTION {s}.refuse_change()"
+                ),
+                format!(
+                    "CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON {s}.events
+                     FOR EACH STATEMENT EXECUTE FUNCTION {s}.refuse_change()"
+                ),
+                // The owner revokes its own rights too: the operator's
+                // connection then cannot change rows even before the trigger.
+                format!("REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM PUBLIC, CURRENT_USER"),
+            ];
+            for sql in &statements {
+                sqlx::query(AssertSqlSafe(sql.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db_error("create the audit store", e))?;
+            }
+            tracing::info!(schema = %s, "created the audit trail store");
+        }
+        tx.commit().await.map_err(|e| db_error("commit", e))?;
+        self.check_guards().await
+    }
+
+    /// The table exists, both triggers exist and fire, and the connection
+    /// has no right to change rows.
+    pub async fn check_guards(&self) -> Result<(), BackendError> {
+        let refuse = |message: String| BackendError::Rejected {
+            backend: Backend::Postgres,
+            message: format!(
+                "the audit trail {}.events was tampered with or is incomplete: {message}; \
+                 tenantry refuses to run without a trustworthy audit trail",
+                self.schema
+            ),
+        };
+        let table = self.table();
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&table)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("look for the table", e))?;
+        if !exists {
+            return Err(refuse(
+                "the schema exists but its events table is missing".into(),
+            ));
+        }
+        let triggers: Vec<(String, String)> = sqlx::query_as(
+            "SELECT tgname::text, tgenabled::text FROM pg_trigger
+             WHERE tgrelid = to_regclass($1) AND NOT tgisinternal",
+        )
+        .bind(&table)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("read the triggers", e))?;
+        for wanted in ["append_only", "append_only_truncate"] {
+            match triggers.iter().find(|(name, _)| name == wanted) {
+                None => return Err(refuse(format!("trigger {wanted} was dropped"))),
+                // 'O' fires in normal sessions, 'A' always; 'D' and 'R' do not.
+                Some((_, enabled)) if enabled != "O" && enabled != "A" => {
+                    return Err(refuse(format!("trigger {wanted} is disabled")));
+                }
+                Some(_) => {}
+            }
+        }
+        // A superuser passes every privilege check (only the trigger holds
+        // it back); the backend already warns against running as one.
+        let writable: bool = sqlx::query_scalar(
+            "SELECT NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                 AND (has_table_privilege($1, 'UPDATE') OR has_table_privilege($1, 'DELETE')
+                      OR has_table_privilege($1, 'TRUNCATE'))",
+        )
+        .bind(&table)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("read the privileges", e))?;
+        if writable {
+            return Err(refuse(
+                "the operator's role was granted UPDATE, DELETE or TRUNCATE".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the chains of the tenants this operator manages: each verifies,
+    /// and each tenant already provisioned (`true`) has one.
+    pub async fn check_chains(&self, tenants: &[(String, bool)]) -> Result<(), BackendError> {
+        for (tenant, provisioned) in tenants {
+            let rows = self.log(tenant).await?;
+            if let Some(broken) = verify_chain(&rows) {
+                return Err(BackendError::Rejected {
+                    backend: Backend::Postgres,
+                    message: format!("{broken}; tenantry refuses to run on a tampered audit trail"),
+                });
+            }
+            if *provisioned && rows.is_empty() {
+                return Err(BackendError::Rejected {
+                    backend: Backend::Postgres,
+                    message: format!(
+                        "tenant {tenant:?} is provisioned but its audit chain in {} is missing: \
+                         the audit trail was removed or replaced; tenantry refuses to run",
+                        self.table()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one row to the tenant's chain and returns it.
+    pub async fn record(&self, entry: AuditEntry) -> Result<AuditRow, BackendError> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("begin", e))?;
+        // One writer per chain at a time, across operator replicas, so two
+        // rows never claim the same predecessor.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tenantry-audit:' || $1))")
+            .bind(&entry.tenant)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("lock the chain", e))?;
+        let prev: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT hash FROM {} WHERE tenant = $1 ORDER BY seq DESC LIMIT 1",
+            self.table()
+        )))
+        .bind(&entry.tenant)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error("read the chain head", e))?;
+        // The seq is part of the hash, so it is taken before hashing.
+        let seq: i64 = sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence($1, 'seq'))")
+            .bind(self.table())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db_error("take a sequence number", e))?;
+        let now = Utc::now();
+        let at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let mut row = AuditRow {
+            seq,
+            at,
+            tenant: entry.tenant,
+            tenant_uid: entry.tenant_uid,
+            actor: self.actor.clone(),
+            pod: self.pod.clone(),
+            generation: entry.generation,
+            resource_version: entry.resource_version,
+            action: entry.action,
+            target: entry.target,
+            outcome: entry.outcome.as_str().to_string(),
+            detail: entry.detail,
+            prev_hash: prev.unwrap_or_else(|| GENESIS.to_string()),
+            hash: String::new(),
+        };
+        row.hash = row_hash(&row);
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (seq, at, tenant, tenant_uid, actor, pod, generation, resource_version,
+                 action, target, outcome, detail, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            self.table()
+        )))
+        .bind(row.seq)
+        .bind(row.at)
+        .bind(&row.tenant)
+        .bind(&row.tenant_uid)
+        .bind(&row.actor)
+        .bind(&row.pod)
+        .bind(row.generation)
+        .bind(&row.resource_version)
+        .bind(&row.action)
+        .bind(&row.target)
+        .bind(&row.outcome)
+        .bind(&row.detail)
+        .bind(&row.prev_hash)
+        .bind(&row.hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("append a row", e))?;
+        tx.commit().await.map_err(|e| db_error("commit", e))?;
+        tracing::debug!(tenant = %row.tenant, seq = row.seq, action = %row.action, target = %row.target, "audit row written");
+        Ok(row)
+    }
+
+    /// The action and tenant uid of the last row of a tenant's chain.
+    pub async fn head(
+        &self,
+        tenant: &str,
+    ) -> Result<Option<(String, Option<String>)>, BackendError> {
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT action, tenant_uid FROM {} WHERE tenant = $1 ORDER BY seq DESC LIMIT 1",
+            self.table()
+        )))
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("read the chain head", e))
+    }
+
+    /// A tenant's rows, in order.
+    pub async fn log(&self, tenant: &str) -> Result<Vec<AuditRow>, BackendError> {
+        self.rows(Some(tenant)).await
+    }
+
+    async fn rows(&self, tenant: Option<&str>) -> Result<Vec<AuditRow>, BackendError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT seq, at, tenant, tenant_uid, actor, pod, generation, resource_version, action,
+                    target, outcome, detail, prev_hash, hash
+             FROM {} WHERE $1::text IS NULL OR tenant = $1 ORDER BY tenant, seq",
+            self.table()
+        )))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("read the trail", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    tenant: r.try_get("tenant")?,
+                    tenant_uid: r.try_get("tenant_uid")?,
+                    actor: r.try_get("actor")?,
+                    pod: r.try_get("pod")?,
+                    generation: r.try_get("generation")?,
+                    resource_version: r.try_get("resource_version")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    outcome: r.try_get("outcome")?,
+                    detail: r.try_get("detail")?,
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| db_error("decode a row", e))
+    }
+
+    /// The first break of each chain (of one tenant, or of all).
+    pub async fn verify(&self, tenant: Option<&str>) -> Result<Vec<ChainBreak>, BackendError> {
+        let rows = self.rows(tenant).await?;
+        let mut breaks = Vec::new();
+        for chain in rows.chunk_by(|a, b| a.tenant == b.tenant) {
+            breaks.extend(verify_chain(chain));
+        }
+        Ok(breaks)
+    }
+}
+
+/// The tenant a reconcile acts for, and where to record what it does.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub log: AuditLog,
+    pub tenant: String,
+    pub tenant_uid: Option<String>,
+    pub generation: Option<i64>,
+    pub resource_version: Option<String>,
+}
+
+impl Scope {
+    pub async fn record(
+        &self,
+        action: &str,
+        target: &str,
+        outcome: Outcome,
+        detail: serde_json::Value,
+    ) -> Result<(), BackendError> {
+        self.log
+            .record(AuditEntry {
+                tenant: self.tenant.clone(),
+                tenant_uid: self.tenant_uid.clone(),
+                generation: self.generation,
+                resource_version: self.resource_version.clone(),
+                action: action.to_string(),
+                target: target.to_string(),
+                outcome,
+                detail,
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+tokio::task_local! {
+    static SCOPE: Scope;
+}
+
+/// Runs `f` with every [`note`] in it recorded for `scope`'s tenant.
+pub async fn in_scope<F: Future>(scope: Scope, f: F) -> F::Output {
+    SCOPE.scope(scope, f).await
+}
+
+/// The scope of the running reconcile, if any.
+pub fn current() -> Option<Scope> {
+    SCOPE.try_with(Scope::clone).ok()
+}
+
+/// Records a successful change for the tenant being reconciled. Call it
+/// right after the change and return its error: a change whose record
+/// cannot be written is not reported done.
+pub async fn note(
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<(), BackendError> {
+    match current() {
+        Some(scope) => scope.record(action, target, Outcome::Ok, detail).await,
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: i64, prev: &str) -> AuditRow {
+        let mut r = AuditRow {
+            seq,
+            at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            tenant: "acme".into(),
+            tenant_uid: Some("uid".into()),
+            actor: "tenantry".into(),
+            pod: "pod-0".into(),
+            generation: Some(1),
+            resource_version: None,
+            action: "kms.key.create".into(),
+            target: "alias/x".into(),
+            outcome: "ok".into(),
+            detail: serde_json::json!({"b": 1, "a": "x"}),
+            prev_hash: prev.into(),
+            hash: String::new(),
+        };
+        r.hash = row_hash(&r);
+        r
+    }
+
+    #[test]
+    fn the_encoding_separates_fields_and_null_from_empty() {
+        let mut a = row(1, GENESIS);
+        let mut b = a.clone();
+        a.tenant = "ab".into();
+        a.actor = "c".into();
+        b.tenant = "a".into();
+        b.actor = "bc".into();
+        assert_ne!(canonical(&a), canonical(&b));
+        a.resource_version = None;
+        b = a.clone();
+        b.resource_version = Some(String::new());
+        assert_ne!(row_hash(&a), row_hash(&b));
+        let text = String::from_utf8(canonical(&a)).unwrap();
+        assert!(text.contains("2023-11-14T22:13:20.123456Z"), "{text}");
+        assert!(text.contains(r#"{"a":"x","b":1}"#), "{text}");
+    }
+
+    #[test]
+    fn a_chain_verifies_and_each_kind_of_tampering_is_found_at_its_row() {
+        let r1 = row(1, GENESIS);
+        let r2 = row(5, &r1.hash);
+        let r3 = row(9, &r2.hash);
+        let chain = vec![r1.clone(), r2.clone(), r3.clone()];
+        assert_eq!(verify_chain(&chain), None);
+
+        let mut edited = chain.clone();
+        edited[1].target = "alias/other".into();
+        let b = verify_chain(&edited).unwrap();
+        assert_eq!((b.seq, b.field), (5, "hash"));
+
+        let removed = vec![r1.clone(), r3.clone()];
+        let b = verify_chain(&removed).unwrap();
+        assert_eq!((b.seq, b.field, b.previous_seq), (9, "prev_hash", Some(1)));
+
+        // Contents swapped between seq 5 and 9, seq numbers kept.
+        let mut swapped = chain.clone();
+        swapped[1] = AuditRow {
+            seq: 5,
+            ..r3.clone()
+        };
+        swapped[2] = AuditRow {
+            seq: 9,
+            ..r2.clone()
+        };
+        let b = verify_chain(&swapped).unwrap();
+        assert_eq!(b.seq, 5);
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(validate_schema_name("tenantry_audit").is_ok());
+        assert!(validate_schema_name("a; drop").is_err());
+        assert!(validate_schema_name("Audit").is_err());
+        assert!(validate_schema_name("").is_err());
+    }
+}

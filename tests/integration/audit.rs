@@ -1,0 +1,424 @@
+//! The audit trail against the real environment: what the operator records,
+//! that the database keeps it append-only, and that tampering done as a
+//! superuser is found at the exact row.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
+use sqlx::{Connection, PgPool};
+use tenantry::api::Tenant;
+use tenantry::audit::{AuditEntry, AuditLog, Outcome};
+
+use crate::support::cluster::*;
+use crate::support::readback;
+use crate::support::{env, unique_name, unique_uid};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn admin_pool() -> PgPool {
+    PgPool::connect(&env("TENANTRY_DATABASE_URL"))
+        .await
+        .expect("admin pool")
+}
+
+/// A schema of its own, so tampering here never disturbs the trail other
+/// tests' operators write to.
+fn private_schema() -> String {
+    unique_name("audit_t").replace('-', "_")
+}
+
+async fn drop_schema(schema: &str) {
+    let mut su = readback::superuser_db_in("tenantry").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&mut su)
+    .await
+    .unwrap();
+}
+
+/// Runs `tenantry audit ...` and returns (success, stdout + stderr).
+async fn cli(args: &[&str], schema: &str) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .arg("audit")
+        .args(args)
+        .env("TENANTRY_DATABASE_URL", env("TENANTRY_DATABASE_URL"))
+        .env("TENANTRY_AUDIT_SCHEMA", schema)
+        .output()
+        .await
+        .expect("run tenantry audit");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn is_subsequence(wanted: &[&str], actual: &[String]) -> bool {
+    let mut it = actual.iter();
+    wanted.iter().all(|w| it.any(|a| a == w))
+}
+
+#[tokio::test]
+async fn a_tenant_lifecycle_leaves_a_complete_verified_trail_without_secrets() {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "aud").await;
+    let op = Operator::start(&[("TENANTRY_PROBE_INTERVAL", "2s")]).await;
+    let name = unique_name("aud");
+    let spec = json!({"credentials": {"namespace": ns},
+                      "deletion": {"policy": "Delete", "gracePeriod": "2s"}});
+    let created = create_tenant(&client, &tenant_manifest(&op, &name, spec)).await;
+    let t = wait_for_tenant(&client, &op, &name, TIMEOUT, "Ready", is_ready).await;
+    let data = readback::kube_secret_data(&client, &ns, &format!("{name}-credentials")).await;
+    let password = data["password"].clone();
+    assert_eq!(password.len(), 32);
+
+    // Drift: key rotation turned off by hand, repaired by the operator.
+    let key_arn = t.status.unwrap().resources.unwrap().key_arn.unwrap();
+    let aws = readback::aws().await;
+    aws.kms
+        .disable_key_rotation()
+        .key_id(&key_arn)
+        .send()
+        .await
+        .unwrap();
+    wait_for_tenant(&client, &op, &name, TIMEOUT, "repaired", |t| {
+        is_ready(t)
+            && t.status
+                .as_ref()
+                .and_then(|s| s.isolation.as_ref())
+                .is_some_and(|i| i.drift_repairs >= 1)
+    })
+    .await;
+
+    let api: Api<Tenant> = Api::all(client.clone());
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    wait_for_tenant_gone(&client, &op, &name, Duration::from_secs(120)).await;
+
+    let log = AuditLog::new(admin_pool().await, "tenantry_audit", "", "").unwrap();
+    let rows = log.log(&name).await.unwrap();
+    let actions: Vec<String> = rows.iter().map(|r| r.action.clone()).collect();
+    let expected = [
+        "kms.key.create",
+        "kms.alias.create",
+        "kms.key.enable-rotation",
+        "secretsmanager.secret.create",
+        "postgres.role.create",
+        "postgres.schema.create",
+        "s3.bucket.create",
+        "s3.bucket.encryption",
+        "kubernetes.secret.write",
+        "drift.detected",
+        "kms.key.enable-rotation",
+        "drift.repair",
+        "tenant.delete",
+        "postgres.role.login.disable",
+        "kubernetes.secret.delete",
+        "s3.bucket.delete",
+        "postgres.schema.drop",
+        "postgres.role.drop",
+        "secretsmanager.secret.delete",
+        "kms.alias.delete",
+        "kms.key.delete",
+        "tenant.tombstone",
+    ];
+    assert!(
+        is_subsequence(&expected, &actions),
+        "trail out of order or incomplete: {actions:#?}"
+    );
+    assert_eq!(actions.last().map(String::as_str), Some("tenant.tombstone"));
+    let uid = created.uid().unwrap();
+    for row in &rows {
+        assert_eq!(row.tenant_uid.as_deref(), Some(uid.as_str()), "{row:?}");
+        assert_eq!(row.actor, "tenantry");
+        assert!(!row.pod.is_empty());
+        assert!(
+            row.generation.is_some() && row.resource_version.is_some(),
+            "{row:?}"
+        );
+        assert_eq!(row.outcome, "ok", "{row:?}");
+    }
+    assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+
+    let (ok, out) = cli(&["verify", "--tenant", &name], "tenantry_audit").await;
+    assert!(ok, "audit verify failed on an untouched trail: {out}");
+    let (ok, out) = cli(&["log", &name], "tenantry_audit").await;
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().count(), rows.len(), "{out}");
+    assert!(out.contains("\"action\":\"tenant.tombstone\""));
+
+    // The whole table, every tenant's rows, and the operator's own log.
+    let mut admin = readback::admin_db().await;
+    let dump: String = sqlx::query_scalar(
+        "SELECT coalesce(string_agg(e::text, E'\\n'), '') FROM tenantry_audit.events e",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(dump.contains(&name));
+    assert!(
+        !dump.contains(&password),
+        "the audit trail holds the password"
+    );
+    assert!(
+        !op.log().contains(&password),
+        "the operator log holds the password"
+    );
+}
+
+async fn seed(log: &AuditLog, tenant: &str, n: usize) -> Vec<i64> {
+    let uid = unique_uid();
+    let mut seqs = Vec::new();
+    for i in 0..n {
+        let row = log
+            .record(AuditEntry {
+                tenant: tenant.to_string(),
+                tenant_uid: Some(uid.clone()),
+                generation: Some(1),
+                resource_version: Some(format!("{}", 100 + i)),
+                action: format!("test.step{i}"),
+                target: format!("target-{i}"),
+                outcome: Outcome::Ok,
+                detail: json!({"i": i}),
+            })
+            .await
+            .unwrap();
+        seqs.push(row.seq);
+    }
+    seqs
+}
+
+/// What an attacker with superuser rights does: switch the guard off, change
+/// rows, switch it on again, in one transaction so no one sees it off.
+async fn as_superuser(schema: &str, statements: &[String]) {
+    let mut su = readback::superuser_db_in("tenantry").await;
+    let mut tx = su.begin().await.unwrap();
+    let mut all = vec![format!("ALTER TABLE {schema}.events DISABLE TRIGGER ALL")];
+    all.extend(statements.iter().cloned());
+    all.push(format!("ALTER TABLE {schema}.events ENABLE TRIGGER ALL"));
+    for sql in all {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn edited_deleted_and_reordered_rows_are_reported_at_their_row_and_the_admin_cannot_change_any()
+ {
+    let schema = private_schema();
+    let pool = admin_pool().await;
+    let log = AuditLog::new(pool.clone(), &schema, "tenantry", "test-pod").unwrap();
+    log.ensure_schema().await.unwrap();
+    let (edited, deleted, swapped) = (
+        unique_name("aud-edit"),
+        unique_name("aud-del"),
+        unique_name("aud-swap"),
+    );
+    let e = seed(&log, &edited, 4).await;
+    let d = seed(&log, &deleted, 4).await;
+    let s = seed(&log, &swapped, 4).await;
+    let (ok, out) = cli(&["verify"], &schema).await;
+    assert!(ok, "{out}");
+
+    // The operator's own role: no UPDATE, DELETE or TRUNCATE, even as owner.
+    for sql in [
+        format!(
+            "UPDATE {schema}.events SET target = 'x' WHERE seq = {}",
+            e[0]
+        ),
+        format!("DELETE FROM {schema}.events WHERE seq = {}", e[0]),
+        format!("TRUNCATE {schema}.events"),
+    ] {
+        let refused = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&pool)
+            .await;
+        assert!(refused.is_err(), "admin was allowed: {sql}");
+    }
+    // Even with the privilege back, the trigger refuses.
+    let mut admin = readback::admin_db().await;
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT UPDATE, DELETE ON {schema}.events TO CURRENT_USER"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let err = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.events SET target = 'x' WHERE seq = {}",
+        e[0]
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    tx.rollback().await.unwrap();
+    assert_eq!(log.verify(None).await.unwrap(), vec![]);
+
+    as_superuser(
+        &schema,
+        &[
+            format!(
+                "UPDATE {schema}.events SET target = 'somewhere-else' WHERE seq = {}",
+                e[2]
+            ),
+            format!("DELETE FROM {schema}.events WHERE seq = {}", d[1]),
+            // Swap every column but seq between two rows.
+            format!(
+                "UPDATE {schema}.events a SET (at, tenant, tenant_uid, actor, pod, generation, resource_version,
+                     action, target, outcome, detail, prev_hash, hash) =
+                   (b.at, b.tenant, b.tenant_uid, b.actor, b.pod, b.generation, b.resource_version,
+                     b.action, b.target, b.outcome, b.detail, b.prev_hash, b.hash)
+                 FROM {schema}.events b
+                 WHERE (a.seq, b.seq) IN (({x}, {y}), ({y}, {x}))",
+                x = s[1],
+                y = s[2]
+            ),
+        ],
+    )
+    .await;
+
+    let breaks = log.verify(None).await.unwrap();
+    let at = |tenant: &str| breaks.iter().find(|b| b.tenant == tenant).map(|b| b.seq);
+    assert_eq!(at(&edited), Some(e[2]), "{breaks:#?}");
+    assert_eq!(at(&deleted), Some(d[2]), "{breaks:#?}");
+    assert_eq!(at(&swapped), Some(s[1]), "{breaks:#?}");
+
+    for (tenant, seq, field) in [
+        (&edited, e[2], "hash"),
+        (&deleted, d[2], "prev_hash"),
+        (&swapped, s[1], "prev_hash"),
+    ] {
+        let (ok, out) = cli(&["verify", "--tenant", tenant], &schema).await;
+        assert!(!ok, "verify passed on a tampered chain: {out}");
+        assert!(
+            out.contains(&format!("broken at seq {seq} ")),
+            "not reported at seq {seq}: {out}"
+        );
+        assert!(out.contains(&format!("\"field\":\"{field}\"")), "{out}");
+    }
+    let (ok, out) = cli(&["verify"], &schema).await;
+    assert!(!ok && out.contains("3 audit chain(s) broken"), "{out}");
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn the_operator_refuses_to_start_when_the_audit_trigger_was_dropped() {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let schema = private_schema();
+    let mut op = Operator::start(&[("TENANTRY_AUDIT_SCHEMA", &schema)]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !op.log().contains("audit trail verified") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "operator did not start: {}",
+            op.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    op.kill().await;
+
+    // The owner may drop the trigger (privileges cannot stop an owner):
+    // the operator must notice and refuse.
+    let mut admin = readback::admin_db().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP TRIGGER append_only ON {schema}.events"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    op.restart_with(&[("TENANTRY_AUDIT_SCHEMA", &schema)]).await;
+    let code = op.wait_exit(Duration::from_secs(30)).await;
+    assert_ne!(code, Some(0));
+    let log = op.log();
+    assert!(
+        log.contains("trigger append_only was dropped") && log.contains("refuses to run"),
+        "{log}"
+    );
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn a_change_whose_audit_row_cannot_be_written_fails_its_step() {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "aud").await;
+    let schema = private_schema();
+    let op = Operator::start(&[("TENANTRY_AUDIT_SCHEMA", &schema)]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !op.log().contains("audit trail verified") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", op.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut admin = readback::admin_db().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "REVOKE INSERT ON {schema}.events FROM CURRENT_USER"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let name = unique_name("aud-fail");
+    let spec = json!({"credentials": {"namespace": ns}});
+    create_tenant(&client, &tenant_manifest(&op, &name, spec)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !op.log().contains("audit trail: append a row") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            tail(&op.log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The step whose row could not be written is not reported done.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let api: Api<Tenant> = Api::all(client.clone());
+    let t = api.get(&name).await.unwrap();
+    assert!(!is_ready(&t));
+    let journal = t.status.and_then(|s| s.provisioning);
+    assert!(
+        journal
+            .as_ref()
+            .is_none_or(|j| j.steps_done.is_empty() && !j.provisioned),
+        "{journal:?}"
+    );
+
+    // Once rows can be written again, provisioning resumes, adopting the key
+    // whose creation went unrecorded, and the trail says so.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT INSERT ON {schema}.events TO CURRENT_USER"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    wait_for_tenant(&client, &op, &name, TIMEOUT, "Ready", is_ready).await;
+    let log = AuditLog::new(admin_pool().await, &schema, "", "").unwrap();
+    let actions: Vec<String> = log
+        .log(&name)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert!(
+        is_subsequence(
+            &[
+                "kms.key.adopt",
+                "kms.alias.create",
+                "kubernetes.secret.write"
+            ],
+            &actions
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(log.verify(Some(&name)).await.unwrap(), vec![]);
+    drop(op);
+    drop_schema(&schema).await;
+}
