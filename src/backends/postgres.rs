@@ -1519,7 +1519,7 @@ fn conflict(resource: String, detail: String) -> BackendError {
 /// resource and lock errors this includes the races of concurrent
 /// provisioning: two creates of one name (the retry then reads the winner and
 /// judges its ownership), and concurrent updates of one catalog row.
-fn is_transient_sqlstate(code: &str, message: &str) -> bool {
+pub(crate) fn is_transient_sqlstate(code: &str, message: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || matches!(
@@ -1527,7 +1527,7 @@ fn is_transient_sqlstate(code: &str, message: &str) -> bool {
             "57P01" | "57P02" | "57P03" | "57014" // shutdown, crash, cannot connect now, canceled
                 | "40001" | "40P01" // serialization failure, deadlock
                 | "55P03" | "55006" // lock not available, object in use (template1 busy)
-                | "42710" | "42P06" | "42P04" | "23505" // concurrent create of one name
+                | "42710" | "42P06" | "42P07" | "42P04" | "23505" // concurrent create of one name
         )
         || (code == "XX000" && message.contains("tuple concurrently"))
         // DROP DATABASE ... WITH (FORCE) meets a backend that has not
@@ -1537,7 +1537,7 @@ fn is_transient_sqlstate(code: &str, message: &str) -> bool {
 
 /// Turns a sqlx error into a backend error that names what was being done.
 /// Statements are never part of the message (they may hold a verifier).
-fn classify(err: sqlx::Error, doing: &str) -> BackendError {
+pub(crate) fn classify(err: sqlx::Error, doing: &str) -> BackendError {
     let (transient, message) = match &err {
         sqlx::Error::Database(db) => {
             let code = db.code().map(Cow::into_owned).unwrap_or_default();

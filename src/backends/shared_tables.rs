@@ -45,12 +45,11 @@
 //! nothing when all is in place. Identifiers go through [`quote_ident`];
 //! values are bound.
 
-use std::borrow::Cow;
-
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgConnection, PgDatabaseError, PgPool};
+use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{AssertSqlSafe, Connection};
 
+use crate::backends::postgres::classify;
 use crate::backends::{Backend, BackendError};
 use crate::isolation::SharedTable;
 use crate::naming::{quote_ident, quote_literal};
@@ -1201,58 +1200,6 @@ fn rejected(message: String) -> BackendError {
     }
 }
 
-/// Whether a SQLSTATE (and message) is worth retrying: connection, resource
-/// and lock errors, and the races of concurrent DDL (two creates of one
-/// name, concurrent updates of one catalog row), as the PostgreSQL backend
-/// judges them.
-pub(crate) fn is_transient_sqlstate(code: &str, message: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || matches!(
-            code,
-            "57P01" | "57P02" | "57P03" | "57014" // shutdown, crash, cannot connect now, canceled
-                | "40001" | "40P01" // serialization failure, deadlock
-                | "55P03" | "55006" // lock not available, object in use
-                | "42710" | "42P06" | "42P07" | "23505" // concurrent create of one name
-        )
-        || (code == "XX000" && message.contains("tuple concurrently"))
-}
-
-/// A sqlx error as a backend error naming what was being done.
-pub(crate) fn classify(err: sqlx::Error, doing: &str) -> BackendError {
-    let (transient, message) = match &err {
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(Cow::into_owned).unwrap_or_default();
-            let mut message = format!("{doing}: {} (SQLSTATE {code})", db.message());
-            if let Some(detail) = db
-                .try_downcast_ref::<PgDatabaseError>()
-                .and_then(|e| e.detail())
-            {
-                message.push_str(&format!("; {detail}"));
-            }
-            (is_transient_sqlstate(&code, db.message()), message)
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => (true, format!("{doing}: {err}")),
-        _ => (false, format!("{doing}: {err}")),
-    };
-    if transient {
-        BackendError::Unavailable {
-            backend: Backend::Postgres,
-            message,
-        }
-    } else {
-        BackendError::Rejected {
-            backend: Backend::Postgres,
-            message,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1417,22 +1364,6 @@ mod tests {
             revoke_others("SCHEMA \"s\"", &["".into(), "t_a".into()]),
             "REVOKE ALL ON SCHEMA \"s\" FROM PUBLIC, \"t_a\""
         );
-    }
-
-    #[test]
-    fn races_and_outages_are_transient_and_the_rest_is_not() {
-        for code in [
-            "08006", "53300", "40P01", "55P03", "42P06", "42P07", "23505",
-        ] {
-            assert!(is_transient_sqlstate(code, ""), "{code}");
-        }
-        assert!(is_transient_sqlstate("XX000", "tuple concurrently updated"));
-        assert!(!is_transient_sqlstate("XX000", "cache lookup failed"));
-        for code in ["42501", "42601", "42P01", "23502"] {
-            assert!(!is_transient_sqlstate(code, ""), "{code}");
-        }
-        assert!(classify(sqlx::Error::PoolTimedOut, "x").is_transient());
-        assert!(!classify(sqlx::Error::RowNotFound, "x").is_transient());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! requests go through a recording HTTP client, so a test can tell that a run
 //! with nothing to change made no write.
 
+use crate::support::relay::relay;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +24,6 @@ use tenantry::backends::{
     tags,
 };
 use tenantry::naming::TenantNames;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{bucket_prefix, unique_name, unique_uid};
@@ -66,60 +66,6 @@ impl Recorder {
         });
         addr
     }
-}
-
-async fn relay(client: TcpStream, server: TcpStream, calls: Arc<Mutex<Vec<String>>>) {
-    let (mut from_client, mut to_client) = client.into_split();
-    let (mut from_server, mut to_server) = server.into_split();
-    let answers =
-        tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
-    let (mut seen, mut body_left, mut chunk) = (Vec::new(), 0usize, vec![0u8; 64 * 1024]);
-    loop {
-        let n = match from_client.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to_server.write_all(&chunk[..n]).await.is_err() {
-            break;
-        }
-        seen.extend_from_slice(&chunk[..n]);
-        // Requests follow one another on a kept-alive connection: skip each
-        // body by its Content-Length to find the next head.
-        loop {
-            let skip = body_left.min(seen.len());
-            seen.drain(..skip);
-            body_left -= skip;
-            if body_left > 0 {
-                break;
-            }
-            let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                break;
-            };
-            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-            seen.drain(..end + 4);
-            let mut lines = head.lines();
-            let request_line = lines.next().unwrap_or_default();
-            let mut call = request_line
-                .rsplit_once(' ')
-                .map_or(request_line, |(r, _)| r)
-                .to_string();
-            for line in lines {
-                let Some((name, value)) = line.split_once(':') else {
-                    continue;
-                };
-                let value = value.trim();
-                match name.trim().to_ascii_lowercase().as_str() {
-                    // KMS and Secrets Manager name the operation in a header.
-                    "x-amz-target" => call = value.rsplit('.').next().unwrap_or(value).to_string(),
-                    "content-length" => body_left = value.parse().unwrap_or(0),
-                    _ => {}
-                }
-            }
-            calls.lock().unwrap().push(call);
-        }
-    }
-    let _ = to_server.shutdown().await;
-    let _ = answers.await;
 }
 
 fn is_write(call: &str) -> bool {

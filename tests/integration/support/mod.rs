@@ -46,6 +46,7 @@ pub fn unique_uid() -> String {
 
 pub mod cluster;
 pub mod readback;
+pub mod relay;
 
 /// The bucket prefix the local environment uses.
 pub fn bucket_prefix() -> String {
