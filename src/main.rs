@@ -228,7 +228,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             "attestedAt": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "verifierVersion": env!("CARGO_PKG_VERSION"),
         });
-        println!("{document}");
+        print_line(&document.to_string());
     }
     if !not_enforced.is_empty() {
         anyhow::bail!(
@@ -300,21 +300,34 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Log { tenant, .. } => {
             for row in log.log(&tenant).await? {
-                println!("{}", serde_json::to_string(&row)?);
+                print_line(&serde_json::to_string(&row)?);
             }
             Ok(())
         }
         AuditCommand::Verify { tenant, .. } => {
             let breaks = log.verify(tenant.as_deref()).await?;
             if breaks.is_empty() {
-                println!("audit trail intact");
+                print_line("audit trail intact");
                 return Ok(());
             }
             for broken in &breaks {
-                println!("{broken}");
-                println!("{}", serde_json::to_string(broken)?);
+                print_line(&broken.to_string());
+                print_line(&serde_json::to_string(broken)?);
             }
             anyhow::bail!("{} audit chain(s) broken", breaks.len())
         }
+    }
+}
+
+/// Prints one line of output. A reader that went away (`tenantry audit log
+/// acme | head`) ends the command quietly instead of with a panic.
+fn print_line(line: &str) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("tenantry: cannot write output: {e}");
+        std::process::exit(1);
     }
 }
