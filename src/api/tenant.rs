@@ -196,6 +196,23 @@ pub struct TenantStatus {
     /// The isolation attestation: every layer as measured by probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<IsolationStatus>,
+
+    /// The newest row of the tenant's audit chain when this status was
+    /// written. Kept outside the database, it lets `tenantry audit verify`
+    /// notice rows removed from the end of a chain, which the chain itself
+    /// cannot show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<AuditHead>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditHead {
+    /// The audit schema the chain lives in.
+    #[serde(default = "default_audit_schema")]
+    pub schema: String,
+    pub seq: i64,
+    pub hash: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
@@ -410,4 +427,9 @@ pub struct IsolationStatus {
     /// Drift found and repaired since the tenant was created.
     #[serde(default)]
     pub drift_repairs: u32,
+}
+
+/// Heads written before the schema was recorded are in the default schema.
+fn default_audit_schema() -> String {
+    "tenantry_audit".to_string()
 }

@@ -264,6 +264,11 @@ impl AuditLog {
         format!("{}.events", self.schema)
     }
 
+    /// The schema the trail lives in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
     /// Creates the store on first start. When the schema already exists it
     /// is only checked: a table or trigger that went missing is tampering,
     /// not something to quietly recreate.
@@ -501,6 +506,48 @@ impl AuditLog {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error("read the chain head", e))
+    }
+
+    /// The seq and hash of the newest row of a tenant's chain.
+    pub async fn last_row(&self, tenant: &str) -> Result<Option<(i64, String)>, BackendError> {
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT seq, hash FROM {} WHERE tenant = $1 ORDER BY seq DESC LIMIT 1",
+            self.table()
+        )))
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("read the chain head", e))
+    }
+
+    /// Checks that the row a Tenant's status recorded as its chain head is
+    /// still there, unchanged. A message when it is not: rows were removed
+    /// from the end of the chain, or the head row was rewritten.
+    pub async fn check_head(
+        &self,
+        tenant: &str,
+        seq: i64,
+        hash: &str,
+    ) -> Result<Option<String>, BackendError> {
+        let stored: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT hash FROM {} WHERE tenant = $1 AND seq = $2",
+            self.table()
+        )))
+        .bind(tenant)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("read the recorded chain head", e))?;
+        Ok(match stored {
+            None => Some(format!(
+                "tenant {tenant}: row seq {seq}, recorded as the chain head in the Tenant's status, is missing \
+                 (rows were removed from the end of the chain)"
+            )),
+            Some(stored) if stored != hash => Some(format!(
+                "tenant {tenant}: row seq {seq} has hash {stored}, but the Tenant's status recorded {hash}"
+            )),
+            Some(_) => None,
+        })
     }
 
     /// A tenant's rows, in order.

@@ -500,10 +500,15 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         .as_ref()
         .and_then(|r| r.kubernetes_secret.clone());
 
-    // A settled tenant is measured first; only drift leads to writes.
+    // A settled tenant is measured before its steps run: the steps repair
+    // drift as a side effect, and it must be seen and counted first.
     let settled = current.phase == Some(TenantPhase::Ready)
         && current.observed_generation == generation
         && current.provisioning.as_ref().is_some_and(|j| j.provisioned)
+        && current
+            .resources
+            .as_ref()
+            .is_some_and(|r| r.key_arn.is_some())
         && !tenant.spec.suspended;
     let mut drift: Option<Measurement> = None;
     if settled {
@@ -847,6 +852,18 @@ async fn finish(
     outcome: Option<&str>,
 ) -> Result<Action, Error> {
     let now = Utc::now();
+    match ctx.audit.last_row(&tenant.name_any()).await {
+        Ok(Some((seq, hash))) => {
+            status.audit_head = Some(crate::api::AuditHead {
+                schema: ctx.audit.schema().to_string(),
+                seq,
+                hash,
+            })
+        }
+        Ok(None) => {}
+        // The head only helps verification; a missed update is caught up later.
+        Err(error) => tracing::warn!(%error, "cannot read the audit chain head"),
+    }
     apply_verdict(&mut status, verdict, tenant.metadata.generation, now);
     isolation::apply_isolation_conditions(&mut status, tenant.metadata.generation, now);
     if Some(&status) != tenant.status.as_ref() {

@@ -72,7 +72,16 @@ async fn a_tenant_lifecycle_leaves_a_complete_verified_trail_without_secrets() {
     let spec = json!({"credentials": {"namespace": ns},
                       "deletion": {"policy": "Delete", "gracePeriod": "2s"}});
     let created = create_tenant(&client, &tenant_manifest(&op, &name, spec)).await;
-    let t = wait_for_tenant(&client, &op, &name, TIMEOUT, "Ready", is_ready).await;
+    // Measured Enforced first, so the drift below is found by a probe.
+    let t = wait_for_tenant(&client, &op, &name, TIMEOUT, "Ready and Enforced", |t| {
+        is_ready(t)
+            && t.status
+                .as_ref()
+                .and_then(|s| s.isolation.as_ref())
+                .and_then(|i| i.summary)
+                == Some(tenantry::api::IsolationState::Enforced)
+    })
+    .await;
     let data = readback::kube_secret_data(&client, &ns, &format!("{name}-credentials")).await;
     let password = data["password"].clone();
     assert_eq!(password.len(), 32);
@@ -420,5 +429,46 @@ async fn a_change_whose_audit_row_cannot_be_written_fails_its_step() {
     );
     assert_eq!(log.verify(Some(&name)).await.unwrap(), vec![]);
     drop(op);
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn rows_removed_from_the_end_of_a_chain_are_caught_by_the_head_in_the_tenant_status() {
+    let schema = private_schema();
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "audit").await;
+    let mut op = Operator::start(&[("TENANTRY_AUDIT_SCHEMA", schema.as_str())]).await;
+    let name = unique_name("tail");
+    let spec = json!({"credentials": {"namespace": ns}});
+    create_tenant(&client, &tenant_manifest(&op, &name, spec)).await;
+    let t = wait_for_tenant(
+        &client,
+        &op,
+        &name,
+        TIMEOUT,
+        "Ready with a chain head",
+        |t| is_ready(t) && t.status.as_ref().is_some_and(|s| s.audit_head.is_some()),
+    )
+    .await;
+    let head = t.status.unwrap().audit_head.unwrap();
+    op.kill().await;
+    let (ok, out) = cli(&["verify", "--tenant", &name], &schema).await;
+    assert!(ok, "{out}");
+
+    // The chain that is left is internally consistent: only the head kept in
+    // the Tenant's status shows that its end is gone.
+    let tenant = tenantry::naming::quote_literal(&name);
+    as_superuser(
+        &schema,
+        &[format!(
+            "DELETE FROM {schema}.events WHERE tenant = {tenant} AND seq = (SELECT max(seq) FROM {schema}.events WHERE tenant = {tenant})"
+        )],
+    )
+    .await;
+    let (ok, out) = cli(&["verify", "--tenant", &name], &schema).await;
+    assert!(!ok, "verify passed after the newest row was deleted: {out}");
+    assert!(out.contains(&format!("row seq {}", head.seq)), "{out}");
+    assert!(out.contains("removed from the end"), "{out}");
     drop_schema(&schema).await;
 }

@@ -66,7 +66,18 @@ async fn ready_tenant(client: &Client, op: &Operator, ns: &str, mode: &str) -> (
     let spec = json!({"credentials": {"namespace": ns}, "database": {"isolation": mode}});
     create_tenant(client, &tenant_manifest(op, &name, spec)).await;
     let t = wait_for_tenant(client, op, &name, TIMEOUT, "Ready and Enforced", enforced).await;
+    // Wait for one more probe of the settled tenant, so tampering that
+    // follows is found by a probe and not by a reconcile still settling.
+    let first = verified_at(&t);
+    let t = wait_for_tenant(client, op, &name, TIMEOUT, "probed again", |t| {
+        enforced(t) && verified_at(t) != first
+    })
+    .await;
     (name, t)
+}
+
+fn verified_at(t: &Tenant) -> Option<String> {
+    t.status.as_ref()?.isolation.as_ref()?.verified_at.clone()
 }
 
 #[tokio::test]
