@@ -72,14 +72,21 @@ async fn a_tenant_lifecycle_leaves_a_complete_verified_trail_without_secrets() {
     let spec = json!({"credentials": {"namespace": ns},
                       "deletion": {"policy": "Delete", "gracePeriod": "2s"}});
     let created = create_tenant(&client, &tenant_manifest(&op, &name, spec)).await;
-    // Measured Enforced first, so the drift below is found by a probe.
-    let t = wait_for_tenant(&client, &op, &name, TIMEOUT, "Ready and Enforced", |t| {
+    // Measured Enforced, then probed once more as a settled tenant, so the
+    // drift below is found by a probe.
+    let verified_at = |t: &Tenant| t.status.as_ref()?.isolation.as_ref()?.verified_at.clone();
+    let enforced = |t: &Tenant| {
         is_ready(t)
             && t.status
                 .as_ref()
                 .and_then(|s| s.isolation.as_ref())
                 .and_then(|i| i.summary)
                 == Some(tenantry::api::IsolationState::Enforced)
+    };
+    let first = wait_for_tenant(&client, &op, &name, TIMEOUT, "Ready and Enforced", enforced).await;
+    let first = verified_at(&first);
+    let t = wait_for_tenant(&client, &op, &name, TIMEOUT, "probed again", |t| {
+        enforced(t) && verified_at(t) != first
     })
     .await;
     let data = readback::kube_secret_data(&client, &ns, &format!("{name}-credentials")).await;
