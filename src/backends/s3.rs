@@ -656,7 +656,7 @@ fn other_account(bucket: &str) -> BackendError {
 /// moto (5.2) answers GetBucketVersioning with a `<GetBucketVersioningResponse>`
 /// root where S3 sends `<VersioningConfiguration>`, and the SDK refuses to
 /// parse it. Reads the status from such an answer; `None` for any other error.
-fn moto_versioning_status<E>(e: &AwsError<E>) -> Option<Option<BucketVersioningStatus>> {
+pub(crate) fn moto_versioning_status<E>(e: &AwsError<E>) -> Option<Option<BucketVersioningStatus>> {
     let raw = e.raw_response()?;
     parse_moto_versioning(
         raw.status().as_u16(),
@@ -664,7 +664,10 @@ fn moto_versioning_status<E>(e: &AwsError<E>) -> Option<Option<BucketVersioningS
     )
 }
 
-fn parse_moto_versioning(status: u16, body: &str) -> Option<Option<BucketVersioningStatus>> {
+pub(crate) fn parse_moto_versioning(
+    status: u16,
+    body: &str,
+) -> Option<Option<BucketVersioningStatus>> {
     if status != 200 || !body.contains("<GetBucketVersioningResponse") {
         return None;
     }
@@ -677,7 +680,7 @@ fn parse_moto_versioning(status: u16, body: &str) -> Option<Option<BucketVersion
 
 /// The ARN partition (`aws`, `aws-cn`, `aws-us-gov`) of the tenant's key,
 /// which is the bucket's partition too.
-fn partition_of(arn: &str) -> &str {
+pub(crate) fn partition_of(arn: &str) -> &str {
     match arn.split(':').nth(1) {
         Some(p) if arn.starts_with("arn:") && !p.is_empty() => p,
         _ => "aws",

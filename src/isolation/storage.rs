@@ -19,6 +19,7 @@ use super::encryption::{KeyMatch, match_key};
 use super::{Finding, IsolationState, LayerReport, fail, pass};
 use crate::backends::Backend;
 use crate::backends::aws::{AwsError, classify, error_code, http_status};
+use crate::backends::s3::{moto_versioning_status, partition_of};
 
 /// The stable ids of the findings this probe reports.
 pub mod check {
@@ -611,37 +612,6 @@ fn glob_match(pattern: &str, text: &str, ignore_case: bool) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
-/// moto (5.2) answers GetBucketVersioning with a `<GetBucketVersioningResponse>`
-/// root where S3 sends `<VersioningConfiguration>`, and the SDK refuses to
-/// parse it. Reads the status from such an answer; `None` for any other error.
-/// (The same reading as the S3 backend's, which keeps its copy private.)
-fn moto_versioning_status<E>(e: &AwsError<E>) -> Option<Option<BucketVersioningStatus>> {
-    let raw = e.raw_response()?;
-    parse_moto_versioning(
-        raw.status().as_u16(),
-        &String::from_utf8_lossy(raw.body().bytes()?),
-    )
-}
-
-fn parse_moto_versioning(status: u16, body: &str) -> Option<Option<BucketVersioningStatus>> {
-    if status != 200 || !body.contains("<GetBucketVersioningResponse") {
-        return None;
-    }
-    let versioning = body
-        .split_once("<Status>")
-        .and_then(|(_, rest)| rest.split_once("</Status>"))
-        .map(|(s, _)| BucketVersioningStatus::from(s.trim()));
-    Some(versioning)
-}
-
-/// The ARN partition of the tenant's key, which is the bucket's too.
-fn partition_of(arn: &str) -> &str {
-    match arn.split(':').nth(1) {
-        Some(p) if arn.starts_with("arn:") && !p.is_empty() => p,
-        _ => "aws",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -887,27 +857,6 @@ mod tests {
         assert_eq!(
             versioning_finding("b", false, None).state,
             IsolationState::Enforced
-        );
-    }
-
-    #[test]
-    fn motos_versioning_answer_is_understood_and_nothing_else_is_taken_for_it() {
-        let root = r#"<?xml version="1.0" encoding="utf-8"?>"#;
-        let never = format!(
-            r#"{root}<GetBucketVersioningResponse xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>"#
-        );
-        assert_eq!(parse_moto_versioning(200, &never), Some(None));
-        let on = format!(
-            r#"{root}<GetBucketVersioningResponse xmlns="x"><Status>Enabled</Status></GetBucketVersioningResponse>"#
-        );
-        assert_eq!(
-            parse_moto_versioning(200, &on),
-            Some(Some(BucketVersioningStatus::Enabled))
-        );
-        assert_eq!(parse_moto_versioning(500, &on), None);
-        assert_eq!(
-            parse_moto_versioning(200, "<Error><Code>AccessDenied</Code></Error>"),
-            None
         );
     }
 }
