@@ -362,6 +362,21 @@ async fn check_recorded_heads(
         }
     };
     let mut problems = Vec::new();
+    // A chain whose Tenant is gone must end on purpose: with the tombstone of
+    // a Delete, or the release of a Retain. Anything else means rows were
+    // removed from its end (or the Tenant went without tenantry).
+    let live: std::collections::HashSet<String> = tenants.iter().map(|t| t.name_any()).collect();
+    for (name, action) in log.last_actions().await? {
+        if only.is_some_and(|o| o != name) || live.contains(&name) {
+            continue;
+        }
+        if action != "tenant.tombstone" && action != "tenant.released" {
+            problems.push(format!(
+                "tenant {name}: the Tenant is gone but its chain ends with {action}, not tenant.tombstone or \
+                 tenant.released (rows were removed from the end of the chain, or it was deleted without tenantry)"
+            ));
+        }
+    }
     for tenant in tenants {
         let name = tenant.name_any();
         if only.is_some_and(|o| o != name) {

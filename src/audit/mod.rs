@@ -550,6 +550,17 @@ impl AuditLog {
         })
     }
 
+    /// The last action of every tenant's chain.
+    pub async fn last_actions(&self) -> Result<Vec<(String, String)>, BackendError> {
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT DISTINCT ON (tenant) tenant, action FROM {} ORDER BY tenant, seq DESC",
+            self.table()
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("read the chain ends", e))
+    }
+
     /// A tenant's rows, in order.
     pub async fn log(&self, tenant: &str) -> Result<Vec<AuditRow>, BackendError> {
         self.rows(Some(tenant)).await

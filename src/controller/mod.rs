@@ -944,6 +944,19 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             .release_key(&tref, &names.key_alias)
             .await
             .map_err(StepError::from)?;
+        // The chain ends on purpose here, as with a tombstone: `audit verify`
+        // expects a gone tenant's chain to end with one of the two.
+        let ended = ctx.audit.head(&name).await.map_err(StepError::from)?
+            == Some(("tenant.released".to_string(), tenant.uid()));
+        if !ended {
+            record(
+                "tenant.released",
+                "tenant",
+                audit::Outcome::Ok,
+                serde_json::json!({"policy": "Retain"}),
+            )
+            .await?;
+        }
         ctx.events
             .publish(
                 tenant,

@@ -41,14 +41,25 @@ async fn drop_schema(schema: &str) {
 
 /// Runs `tenantry audit ...` and returns (success, stdout + stderr).
 async fn cli(args: &[&str], schema: &str) -> (bool, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .arg("audit")
+    run_cli(args, schema, true).await
+}
+
+/// The same without a cluster: only the chains themselves are checked, as
+/// for chains seeded here whose tenants never existed as Tenant objects.
+async fn cli_without_cluster(args: &[&str], schema: &str) -> (bool, String) {
+    run_cli(args, schema, false).await
+}
+
+async fn run_cli(args: &[&str], schema: &str, cluster: bool) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"));
+    cmd.arg("audit")
         .args(args)
         .env("TENANTRY_DATABASE_URL", env("TENANTRY_DATABASE_URL"))
-        .env("TENANTRY_AUDIT_SCHEMA", schema)
-        .output()
-        .await
-        .expect("run tenantry audit");
+        .env("TENANTRY_AUDIT_SCHEMA", schema);
+    if !cluster {
+        cmd.env("KUBECONFIG", "/nonexistent/kubeconfig");
+    }
+    let out = cmd.output().await.expect("run tenantry audit");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -240,7 +251,7 @@ async fn edited_deleted_and_reordered_rows_are_reported_at_their_row_and_the_adm
     let e = seed(&log, &edited, 4).await;
     let d = seed(&log, &deleted, 4).await;
     let s = seed(&log, &swapped, 4).await;
-    let (ok, out) = cli(&["verify"], &schema).await;
+    let (ok, out) = cli_without_cluster(&["verify"], &schema).await;
     assert!(ok, "{out}");
 
     // The operator's own role: no UPDATE, DELETE or TRUNCATE, even as owner.
@@ -311,7 +322,7 @@ async fn edited_deleted_and_reordered_rows_are_reported_at_their_row_and_the_adm
         (&deleted, d[2], "prev_hash"),
         (&swapped, s[1], "prev_hash"),
     ] {
-        let (ok, out) = cli(&["verify", "--tenant", tenant], &schema).await;
+        let (ok, out) = cli_without_cluster(&["verify", "--tenant", tenant], &schema).await;
         assert!(!ok, "verify passed on a tampered chain: {out}");
         assert!(
             out.contains(&format!("broken at seq {seq} ")),
@@ -319,7 +330,7 @@ async fn edited_deleted_and_reordered_rows_are_reported_at_their_row_and_the_adm
         );
         assert!(out.contains(&format!("\"field\":\"{field}\"")), "{out}");
     }
-    let (ok, out) = cli(&["verify"], &schema).await;
+    let (ok, out) = cli_without_cluster(&["verify"], &schema).await;
     assert!(!ok && out.contains("3 audit chain(s) broken"), "{out}");
     drop_schema(&schema).await;
 }
@@ -477,5 +488,46 @@ async fn rows_removed_from_the_end_of_a_chain_are_caught_by_the_head_in_the_tena
     assert!(!ok, "verify passed after the newest row was deleted: {out}");
     assert!(out.contains(&format!("row seq {}", head.seq)), "{out}");
     assert!(out.contains("removed from the end"), "{out}");
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn a_removed_tombstone_of_a_deleted_tenant_is_caught() {
+    let schema = private_schema();
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "audit").await;
+    let mut op = Operator::start(&[("TENANTRY_AUDIT_SCHEMA", schema.as_str())]).await;
+    let (gone, kept) = (unique_name("tomb"), unique_name("kept"));
+    for (name, policy) in [(&gone, "Delete"), (&kept, "Retain")] {
+        let spec = json!({"credentials": {"namespace": ns},
+                          "deletion": {"policy": policy, "gracePeriod": "1s"}});
+        create_tenant(&client, &tenant_manifest(&op, name, spec)).await;
+        wait_for_tenant(&client, &op, name, TIMEOUT, "Ready", is_ready).await;
+    }
+    let api: Api<Tenant> = Api::all(client.clone());
+    for name in [&gone, &kept] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for_tenant_gone(&client, &op, name, TIMEOUT).await;
+    }
+    op.kill().await;
+    for name in [&gone, &kept] {
+        let (ok, out) = cli(&["verify", "--tenant", name], &schema).await;
+        assert!(ok, "{out}");
+    }
+
+    let tenant = tenantry::naming::quote_literal(&gone);
+    as_superuser(
+        &schema,
+        &[format!(
+            "DELETE FROM {schema}.events WHERE tenant = {tenant} AND action = 'tenant.tombstone'"
+        )],
+    )
+    .await;
+    let (ok, out) = cli(&["verify", "--tenant", &gone], &schema).await;
+    assert!(!ok, "verify passed without the tombstone: {out}");
+    assert!(out.contains("the Tenant is gone"), "{out}");
+    let (ok, out) = cli(&["verify", "--tenant", &kept], &schema).await;
+    assert!(ok, "a Retain deletion ends its chain on purpose too: {out}");
     drop_schema(&schema).await;
 }
