@@ -1500,7 +1500,7 @@ async fn query_lock(
         .map_err(|e| classify(e, doing))
 }
 
-fn rejected(message: String) -> BackendError {
+pub(crate) fn rejected(message: String) -> BackendError {
     BackendError::Rejected {
         backend: Backend::Postgres,
         message: scrub(&message),

@@ -49,7 +49,7 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{AssertSqlSafe, Connection};
 
-use crate::backends::postgres::classify;
+use crate::backends::postgres::{classify, rejected};
 use crate::backends::{Backend, BackendError};
 use crate::isolation::SharedTable;
 use crate::naming::{quote_ident, quote_literal};
@@ -1191,13 +1191,6 @@ async fn exec(conn: &mut PgConnection, sql: &str, doing: &str) -> Result<(), Bac
         .await
         .map(|_| ())
         .map_err(|e| classify(e, doing))
-}
-
-fn rejected(message: String) -> BackendError {
-    BackendError::Rejected {
-        backend: Backend::Postgres,
-        message,
-    }
 }
 
 #[cfg(test)]

@@ -725,12 +725,12 @@ const READY_MESSAGE: &str =
 
 /// Fills the context with what the probes need (the key from the status, the
 /// stored credentials from Secrets Manager) by reading only: measuring must
-/// not repair in passing, or drift would go uncounted. False when something
-/// is missing, which the caller treats as drift to repair.
-async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus) -> bool {
+/// not repair in passing, or drift would go uncounted. Whatever is missing
+/// leaves the probes Unknown, which the caller treats as drift to repair.
+async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus) {
     let resources = current.resources.clone().unwrap_or_default();
     let Some(key_arn) = resources.key_arn.clone() else {
-        return false;
+        return;
     };
     let key_id = key_arn.rsplit('/').next().unwrap_or_default().to_string();
     steps_ctx.key = Some(crate::backends::KeyInfo {
@@ -747,10 +747,10 @@ async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus
             steps_ctx.secret_arn = Some(arn);
             steps_ctx.credentials = Some(credentials);
         }
-        Ok(None) => return false,
+        Ok(None) => return,
         Err(error) => {
             tracing::warn!(tenant = %steps_ctx.tenant.name, %error, "cannot read the tenant's credentials; re-ensuring");
-            return false;
+            return;
         }
     }
     if let (Some(database), Some(schema), Some(role)) =
@@ -763,7 +763,6 @@ async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus
         });
     }
     steps_ctx.kube_secret_written = resources.kubernetes_secret.is_some();
-    true
 }
 
 /// The verdict for a provisioned tenant whose isolation is not enforced.
