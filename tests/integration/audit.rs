@@ -404,8 +404,17 @@ async fn a_change_whose_audit_row_cannot_be_written_fails_its_step() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The step whose row could not be written is not reported done.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The step whose row could not be written is not reported done, not even
+    // after the operator has come back to it: wait for a second refusal.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while op.log().matches("audit trail: append a row").count() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            tail(&op.log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let api: Api<Tenant> = Api::all(client.clone());
     let t = api.get(&name).await.unwrap();
     assert!(!is_ready(&t));
