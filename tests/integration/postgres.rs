@@ -168,7 +168,11 @@ async fn catalog_snapshot(
         "WITH r AS (SELECT oid FROM pg_authid WHERE rolname = $1) \
          SELECT 'authid ' || a.xmin::text || ' ' || a::text FROM pg_authid a, r WHERE a.oid = r.oid \
          UNION ALL SELECT 'shdescription ' || d.xmin::text || ' ' || d.description FROM pg_shdescription d, r WHERE d.objoid = r.oid \
-         UNION ALL SELECT 'database ' || d.xmin::text || ' ' || d.datname || coalesce(d.datacl::text, '') FROM pg_database d WHERE d.datname = $2 \
+         UNION ALL SELECT 'database ' || d.datname || ' ' || CASE WHEN d.datname = $3 \
+                THEN d.xmin::text || ' ' || coalesce(d.datacl::text, '') \
+                ELSE coalesce((SELECT string_agg(x.privilege_type, ',' ORDER BY x.privilege_type) \
+                                 FROM aclexplode(d.datacl) x, r WHERE x.grantee = r.oid), '') END \
+           FROM pg_database d WHERE d.datname = $2 \
          UNION ALL SELECT 'dbcomment ' || s.xmin::text || ' ' || s.description FROM pg_shdescription s JOIN pg_database d ON d.oid = s.objoid WHERE d.datname = $2 \
          UNION ALL SELECT 'setting ' || s.xmin::text || ' ' || s.setconfig::text FROM pg_db_role_setting s, r WHERE s.setrole = r.oid \
          UNION ALL SELECT 'member ' || m.xmin::text || ' ' || m.member::regrole::text FROM pg_auth_members m, r WHERE m.roleid = r.oid \
@@ -176,6 +180,9 @@ async fn catalog_snapshot(
     )
     .bind(&names.role)
     .bind(database)
+    // The shared database's row changes whenever another tenant is granted
+    // CONNECT: there only this role's own rights are compared.
+    .bind(&names.database)
     .fetch_all(su)
     .await
     .unwrap();
