@@ -180,6 +180,8 @@ pub struct Backends {
     pub postgres: Arc<PostgresBackend>,
     pub shared_tables: Arc<Vec<SharedTable>>,
     pub probes: Arc<Probes>,
+    /// IAM principal template the bucket and key policies allow.
+    pub principal: Option<String>,
 }
 
 /// The isolation probes, one per layer.
@@ -201,48 +203,118 @@ pub enum ConfigError {
     NoRegion,
 }
 
+/// What one set of backend clients is built from: the operator's flags, or
+/// a TenantClass laid over them.
+#[derive(Clone, Debug)]
+pub struct BackendSettings {
+    pub database_url: SecretString,
+    pub max_connections: u32,
+    pub tenant_database_host: Option<String>,
+    pub tenant_database_port: Option<u16>,
+    pub bucket_prefix: String,
+    pub shared_tables: Vec<SharedTable>,
+    /// Overrides the region of the AWS configuration.
+    pub region: Option<String>,
+    pub s3_force_path_style: Option<bool>,
+    /// IAM principal the bucket and key policies allow, with `{tenant}` for
+    /// the tenant's name.
+    pub principal: Option<String>,
+}
+
+impl BackendSettings {
+    pub fn from_args(args: &BackendArgs) -> Self {
+        Self {
+            database_url: args.database_url.clone(),
+            max_connections: args.database_max_connections,
+            tenant_database_host: args.tenant_database_host.clone(),
+            tenant_database_port: args.tenant_database_port,
+            bucket_prefix: args.bucket_prefix.clone(),
+            shared_tables: args.shared_tables.clone(),
+            region: None,
+            s3_force_path_style: args.s3_force_path_style,
+            principal: None,
+        }
+    }
+
+    /// `host:port/database` of the admin URL: which server this is, without
+    /// credentials.
+    pub fn server(&self) -> Result<String, ConfigError> {
+        use secrecy::ExposeSecret;
+        let options: sqlx::postgres::PgConnectOptions =
+            self.database_url.expose_secret().parse().map_err(|_| {
+                ConfigError::Invalid("the admin database URL is not a valid PostgreSQL URL".into())
+            })?;
+        Ok(format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        ))
+    }
+}
+
 impl Backends {
     /// Connects to PostgreSQL and loads the AWS configuration from the
     /// standard chain (AWS_REGION, AWS_ENDPOINT_URL, credentials, IRSA, ...).
     pub async fn connect(args: &BackendArgs, kube: kube::Client) -> Result<Self, ConfigError> {
-        crate::naming::validate_bucket_prefix(&args.bucket_prefix).map_err(ConfigError::Invalid)?;
+        let sdk = aws::load_sdk_config().await;
+        Self::connect_with(&BackendSettings::from_args(args), &sdk, kube).await
+    }
+
+    /// Builds every client from `settings` over a loaded AWS configuration.
+    pub async fn connect_with(
+        settings: &BackendSettings,
+        sdk: &aws_config::SdkConfig,
+        kube: kube::Client,
+    ) -> Result<Self, ConfigError> {
+        crate::naming::validate_bucket_prefix(&settings.bucket_prefix)
+            .map_err(ConfigError::Invalid)?;
         let postgres = PostgresBackend::connect(
-            &args.database_url,
-            args.database_max_connections,
-            args.tenant_database_host.clone(),
-            args.tenant_database_port,
+            &settings.database_url,
+            settings.max_connections,
+            settings.tenant_database_host.clone(),
+            settings.tenant_database_port,
         )
         .await
         .map_err(ConfigError::Postgres)?;
         let postgres = Arc::new(postgres);
-        let sdk = aws::load_sdk_config().await;
+        let sdk = match &settings.region {
+            Some(region) => sdk
+                .to_builder()
+                .region(aws_config::Region::new(region.clone()))
+                .build(),
+            None => sdk.clone(),
+        };
         let region = sdk
             .region()
             .map(|r| r.to_string())
             .ok_or(ConfigError::NoRegion)?;
-        let path_style = args
+        let path_style = settings
             .s3_force_path_style
             .unwrap_or_else(|| sdk.endpoint_url().is_some());
         crate::backends::shared_tables::ensure_shared_security(
             postgres.pool(),
-            &args.shared_tables,
+            &settings.shared_tables,
         )
         .await
         .map_err(ConfigError::SharedTables)?;
         let probes = Probes {
-            database: DatabaseProbe::new(postgres.pool().clone(), args.shared_tables.clone()),
+            database: DatabaseProbe::new(postgres.pool().clone(), settings.shared_tables.clone()),
             storage: StorageProbe::new(&sdk, path_style),
             encryption: EncryptionProbe::new(&sdk),
         };
         Ok(Self {
-            shared_tables: Arc::new(args.shared_tables.clone()),
+            shared_tables: Arc::new(settings.shared_tables.clone()),
             probes: Arc::new(probes),
             database: postgres.clone(),
-            keys: Arc::new(KmsBackend::new(&sdk)),
-            storage: Arc::new(S3Backend::new(&sdk, path_style)),
+            keys: Arc::new(KmsBackend::new(&sdk).with_principal(settings.principal.clone())),
+            storage: Arc::new(
+                S3Backend::new(&sdk, path_style).with_principal(settings.principal.clone()),
+            ),
             secrets: Arc::new(SecretsManagerBackend::new(&sdk)),
             kube_secrets: Arc::new(KubeSecrets::new(kube)),
-            bucket_prefix: args.bucket_prefix.clone(),
+            bucket_prefix: settings.bucket_prefix.clone(),
+            principal: settings.principal.clone(),
             region,
             postgres,
         })

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod classes;
 pub mod backends;
 pub mod config;
 pub mod controller;

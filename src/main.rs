@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
 
-use tenantry::config::{Backends, RunArgs};
+use tenantry::config::{BackendSettings, Backends, RunArgs};
 use tenantry::controller::{self, events::EventPublisher};
 use tenantry::metrics::Metrics;
 
@@ -141,8 +141,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("cannot build a Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster)")?;
     controller::check_crd_installed(&client).await?;
-    let backends = Backends::connect(&args.backends, client.clone()).await?;
+    let sdk = tenantry::backends::aws::load_sdk_config().await;
+    let flags = BackendSettings::from_args(&args.backends);
+    let backends = Backends::connect_with(&flags, &sdk, client.clone()).await?;
     let audit = start_audit(&args, &client, &backends).await?;
+    let classes = tenantry::classes::ClassRegistry::start(
+        client.clone(),
+        flags,
+        backends,
+        sdk,
+        args.engine.probe_interval,
+    )
+    .await?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -156,7 +166,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let events = EventPublisher::new(client.clone(), args.event_namespace.clone());
     let ctx = Arc::new(controller::Context::new(
         client,
-        backends,
+        classes,
         args.engine.clone(),
         events,
         metrics,

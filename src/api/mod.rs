@@ -3,8 +3,10 @@
 //! These Rust types are the single source of `crds/tenantry.yaml`; `tenantry crd`
 //! prints what they generate and a test keeps the committed file equal to it.
 
+mod class;
 mod tenant;
 
+pub use class::*;
 pub use tenant::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -23,6 +25,21 @@ pub const TENANT_NAME_MAX: usize = 40;
 /// A DNS label that starts with a letter: it maps one-to-one onto a
 /// PostgreSQL identifier (`-` becomes `_`, and `_` is never allowed here).
 pub const TENANT_NAME_PATTERN: &str = "^[a-z]([a-z0-9-]*[a-z0-9])?$";
+
+/// The TenantClass CRD as installed in a cluster.
+pub fn tenant_class_crd() -> CustomResourceDefinition {
+    let mut crd = TenantClass::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            strip_null_enum_values(schema);
+        }
+    }
+    crd
+}
 
 /// The Tenant CRD as installed in a cluster: the derived schema plus the
 /// constraints on `metadata.name`, which kube-derive cannot express.
@@ -84,7 +101,7 @@ fn strip_null_enum_values(schema: &mut JSONSchemaProps) {
 /// All CRDs of tenantry as one multi-document YAML stream, as `tenantry crd`
 /// prints it and `crds/` stores it.
 pub fn crds_yaml() -> String {
-    let crds = [tenant_crd()];
+    let crds = [tenant_crd(), tenant_class_crd()];
     crds.iter()
         .map(|crd| {
             format!(

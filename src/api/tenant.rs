@@ -29,6 +29,15 @@ pub struct TenantSpec {
     #[schemars(length(max = 256))]
     pub display_name: Option<String>,
 
+    /// The TenantClass (isolation tier) of the tenant: which PostgreSQL
+    /// server, default isolation mode, region, bucket prefix and policies.
+    /// Left out: the class annotated `tenantry.dev/is-default-class`, else
+    /// the operator's flags. The class a tenant was first provisioned with
+    /// stays its class; moving a live tenant to another server is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub class: Option<String>,
+
     /// How the tenant's data is separated in PostgreSQL.
     #[serde(default)]
     pub database: DatabaseSpec,
@@ -54,9 +63,10 @@ pub struct TenantSpec {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// `Schema`: a schema of its own in the shared database. `Database`: a
-    /// dedicated database (stronger separation, more cost).
-    #[serde(default)]
-    pub isolation: IsolationMode,
+    /// dedicated database (stronger separation, more cost). Left out: the
+    /// class's default mode (`Schema` without a class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<IsolationMode>,
 
     /// Most concurrent connections the tenant's role may open.
     #[serde(default = "default_connection_limit")]
@@ -67,7 +77,7 @@ pub struct DatabaseSpec {
 impl Default for DatabaseSpec {
     fn default() -> Self {
         Self {
-            isolation: IsolationMode::default(),
+            isolation: None,
             connection_limit: default_connection_limit(),
         }
     }
@@ -128,35 +138,27 @@ pub struct CredentialsSpec {
     pub secret_name: Option<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeletionSpec {
     /// `Retain` keeps every resource (still tagged, so a Tenant of the same
     /// name adopts them later); `Delete` destroys them after the grace period.
-    #[serde(default)]
-    pub policy: DeletionPolicy,
+    /// Left out: the class's default (`Retain` without a class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<DeletionPolicy>,
 
     /// With `Delete`: how long after deletion access stays revoked before the
     /// data is destroyed, as a duration such as `72h`, `30m` or `90s`. Setting
     /// the annotation `tenantry.dev/deletion-policy: Retain` on the
-    /// terminating Tenant within this time cancels the destruction.
-    #[serde(default = "default_grace_period")]
+    /// terminating Tenant within this time cancels the destruction. Left
+    /// out: the class's default (`72h` without a class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
-    pub grace_period: String,
+    pub grace_period: Option<String>,
 }
 
-impl Default for DeletionSpec {
-    fn default() -> Self {
-        Self {
-            policy: DeletionPolicy::default(),
-            grace_period: default_grace_period(),
-        }
-    }
-}
-
-fn default_grace_period() -> String {
-    "72h".to_string()
-}
+/// The grace period of a Delete when neither the Tenant nor its class sets one.
+pub const DEFAULT_GRACE_PERIOD: &str = "72h";
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {
@@ -197,12 +199,27 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<IsolationStatus>,
 
+    /// Where the tenant was first provisioned. A tenant stays on its class's
+    /// server: a later change of class or server is refused, not migrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+
     /// The newest row of the tenant's audit chain when this status was
     /// written. Kept outside the database, it lets `tenantry audit verify`
     /// notice rows removed from the end of a chain, which the chain itself
     /// cannot show.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_head: Option<AuditHead>,
+}
+
+/// The class and PostgreSQL server a tenant lives on.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// The TenantClass, or `(operator flags)` when none applied.
+    pub class: String,
+    /// `host:port/database` of the admin connection (never credentials).
+    pub server: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -31,14 +31,67 @@ pub struct KmsBackend {
     /// a failed step without `interrupted`, yet that key exists: the retry
     /// must look for it by tag as if a process had died.
     uncertain: Mutex<HashSet<String>>,
+    /// IAM principal the key policy allows, `{tenant}` standing for the
+    /// tenant's name (a TenantClass's `aws.principal`).
+    principal: Option<String>,
 }
+
+/// The key policy statement tenantry owns; every other statement is left
+/// as it is.
+const PRINCIPAL_SID: &str = "AllowTenantPrincipal";
 
 impl KmsBackend {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
             client: Client::new(config),
             uncertain: Mutex::default(),
+            principal: None,
         }
+    }
+
+    /// Names in every key policy the principal that may use the key.
+    pub fn with_principal(mut self, principal: Option<String>) -> Self {
+        self.principal = principal;
+        self
+    }
+
+    /// Adds, updates or (when the class no longer names one) removes the
+    /// statement that lets the tenant's principal use its key.
+    async fn converge_policy(&self, tenant: &TenantRef, key_id: &str) -> Result<(), BackendError> {
+        let current = self
+            .client
+            .get_key_policy()
+            .key_id(key_id)
+            .policy_name("default")
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("GetKeyPolicy {key_id}"), e))?
+            .policy
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+            .unwrap_or_else(|| serde_json::json!({"Version": "2012-10-17", "Statement": []}));
+        let principal = self
+            .principal
+            .as_deref()
+            .map(|p| super::principal_for(p, &tenant.name));
+        let desired = with_principal_statement(&current, principal.as_deref());
+        if desired == current {
+            return Ok(());
+        }
+        self.client
+            .put_key_policy()
+            .key_id(key_id)
+            .policy_name("default")
+            .policy(desired.to_string())
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("PutKeyPolicy {key_id}"), e))?;
+        crate::audit::note(
+            "kms.key.policy",
+            key_id,
+            serde_json::json!({"principal": principal}),
+        )
+        .await?;
+        Ok(())
     }
 
     fn uncertain(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -335,7 +388,7 @@ impl KmsBackend {
             )
             .await?;
         }
-        Ok(())
+        self.converge_policy(tenant, key_id).await
     }
 
     async fn schedule_deletion(
@@ -555,4 +608,78 @@ fn kms_tags(tags: &BTreeMap<String, String>) -> Result<Vec<Tag>, BackendError> {
                 .map_err(|e| build_error(BACKEND, e))
         })
         .collect()
+}
+
+/// `policy` with tenantry's principal statement set to `principal` (or
+/// dropped when there is none), every other statement unchanged.
+fn with_principal_statement(
+    policy: &serde_json::Value,
+    principal: Option<&str>,
+) -> serde_json::Value {
+    let mut policy = policy.clone();
+    let mut statements: Vec<serde_json::Value> = match policy.get("Statement") {
+        Some(serde_json::Value::Array(list)) => list.clone(),
+        Some(single) => vec![single.clone()],
+        None => Vec::new(),
+    };
+    let ours =
+        |s: &serde_json::Value| s.get("Sid").and_then(|v| v.as_str()) == Some(PRINCIPAL_SID);
+    let wanted = principal.map(|principal| {
+        serde_json::json!({
+            "Sid": PRINCIPAL_SID,
+            "Effect": "Allow",
+            "Principal": {"AWS": principal},
+            "Action": [
+                "kms:Encrypt",
+                "kms:Decrypt",
+                "kms:ReEncrypt*",
+                "kms:GenerateDataKey*",
+                "kms:DescribeKey",
+            ],
+            "Resource": "*",
+        })
+    });
+    let present: Vec<_> = statements.iter().filter(|s| ours(s)).cloned().collect();
+    if present == wanted.iter().cloned().collect::<Vec<_>>() {
+        return policy;
+    }
+    statements.retain(|s| !ours(s));
+    statements.extend(wanted);
+    policy["Statement"] = serde_json::Value::Array(statements);
+    policy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_principal_statement;
+
+    fn default_policy() -> serde_json::Value {
+        serde_json::json!({"Version": "2012-10-17", "Id": "key-default-1", "Statement": [
+            {"Sid": "Enable IAM User Permissions", "Effect": "Allow",
+             "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*", "Resource": "*"}]})
+    }
+
+    #[test]
+    fn the_principal_statement_is_added_once_and_other_statements_kept() {
+        let with = with_principal_statement(&default_policy(), Some("arn:aws:iam::1:role/a"));
+        let statements = with["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 2);
+        assert_eq!(statements[0], default_policy()["Statement"][0]);
+        assert_eq!(statements[1]["Principal"]["AWS"], "arn:aws:iam::1:role/a");
+        // Already there: nothing to change.
+        assert_eq!(
+            with_principal_statement(&with, Some("arn:aws:iam::1:role/a")),
+            with
+        );
+    }
+
+    #[test]
+    fn a_changed_or_removed_principal_replaces_or_drops_the_statement() {
+        let with = with_principal_statement(&default_policy(), Some("arn:aws:iam::1:role/a"));
+        let moved = with_principal_statement(&with, Some("arn:aws:iam::1:role/b"));
+        assert_eq!(moved["Statement"].as_array().unwrap().len(), 2);
+        assert_eq!(moved["Statement"][1]["Principal"]["AWS"], "arn:aws:iam::1:role/b");
+        assert_eq!(with_principal_statement(&with, None), default_policy());
+        assert_eq!(with_principal_statement(&default_policy(), None), default_policy());
+    }
 }

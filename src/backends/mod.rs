@@ -395,6 +395,11 @@ pub trait CredentialSecrets: Send + Sync {
     ) -> Result<(), BackendError>;
 }
 
+/// A class's principal template for one tenant: `{tenant}` becomes its name.
+pub fn principal_for(template: &str, tenant: &str) -> String {
+    template.replace("{tenant}", tenant)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,9 @@ pub struct S3Backend {
     /// retries a failed step without `interrupted`, and rolls it back, yet
     /// such an untagged bucket is ours: the retry or the removal may take it.
     uncertain: Mutex<HashSet<String>>,
+    /// IAM principal the bucket policy allows, `{tenant}` standing for the
+    /// tenant's name (a TenantClass's `aws.principal`).
+    principal: Option<String>,
 }
 
 /// What HeadBucket tells about a bucket name.
@@ -69,7 +72,14 @@ impl S3Backend {
                 .endpoint_url()
                 .is_some_and(|u| u.starts_with("http://")),
             uncertain: Mutex::default(),
+            principal: None,
         }
+    }
+
+    /// Names in every bucket policy the principal that may use the bucket.
+    pub fn with_principal(mut self, principal: Option<String>) -> Self {
+        self.principal = principal;
+        self
     }
 
     fn uncertain(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -401,8 +411,17 @@ impl S3Backend {
         Ok(())
     }
 
-    async fn converge_policy(&self, bucket: &str, key_arn: &str) -> Result<(), BackendError> {
-        let desired = bucket_policy(bucket, partition_of(key_arn));
+    async fn converge_policy(
+        &self,
+        tenant: &TenantRef,
+        bucket: &str,
+        key_arn: &str,
+    ) -> Result<(), BackendError> {
+        let principal = self
+            .principal
+            .as_deref()
+            .map(|p| super::principal_for(p, &tenant.name));
+        let desired = bucket_policy(bucket, partition_of(key_arn), principal.as_deref());
         let current = match self.client.get_bucket_policy().bucket(bucket).send().await {
             Ok(out) => out.policy,
             Err(e) if error_code(&e) == Some("NoSuchBucketPolicy") => None,
@@ -569,7 +588,7 @@ impl ObjectStorage for S3Backend {
         self.converge_ownership_controls(bucket).await?;
         self.converge_encryption(bucket, key_arn).await?;
         self.converge_versioning(bucket, versioning).await?;
-        self.converge_policy(bucket, key_arn).await?;
+        self.converge_policy(tenant, bucket, key_arn).await?;
         Ok(())
     }
 
@@ -687,22 +706,38 @@ pub(crate) fn partition_of(arn: &str) -> &str {
     }
 }
 
-/// The bucket policy tenantry wants: refuse any request not made over TLS.
-fn bucket_policy(bucket: &str, partition: &str) -> Value {
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "DenyInsecureTransport",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [
-                format!("arn:{partition}:s3:::{bucket}"),
-                format!("arn:{partition}:s3:::{bucket}/*"),
+/// The bucket policy tenantry wants: refuse any request not made over TLS,
+/// and, when the class names one, let the tenant's principal use the bucket.
+fn bucket_policy(bucket: &str, partition: &str, principal: Option<&str>) -> Value {
+    let resources = json!([
+        format!("arn:{partition}:s3:::{bucket}"),
+        format!("arn:{partition}:s3:::{bucket}/*"),
+    ]);
+    let mut statements = vec![json!({
+        "Sid": "DenyInsecureTransport",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": resources,
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    })];
+    if let Some(principal) = principal {
+        statements.push(json!({
+            "Sid": "AllowTenantPrincipal",
+            "Effect": "Allow",
+            "Principal": {"AWS": principal},
+            "Action": [
+                "s3:GetObject",
+                "s3:GetObjectVersion",
+                "s3:PutObject",
+                "s3:DeleteObject",
+                "s3:ListBucket",
+                "s3:GetBucketLocation",
             ],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }],
-    })
+            "Resource": resources,
+        }));
+    }
+    json!({"Version": "2012-10-17", "Statement": statements})
 }
 
 /// Whether a stored policy means the same as `desired`: S3 may give it back
@@ -819,7 +854,7 @@ mod tests {
 
     #[test]
     fn the_policy_denies_every_request_without_tls_on_bucket_and_objects() {
-        let p = bucket_policy("tenantry-acme", "aws");
+        let p = bucket_policy("tenantry-acme", "aws", None);
         let s = &p["Statement"][0];
         assert_eq!(s["Effect"], "Deny");
         assert_eq!(s["Principal"], "*");
@@ -832,8 +867,30 @@ mod tests {
     }
 
     #[test]
+    fn a_class_principal_is_allowed_on_the_bucket_and_its_objects_only() {
+        let p = bucket_policy("t-acme", "aws", Some("arn:aws:iam::111122223333:role/app-acme"));
+        let allow = &p["Statement"][1];
+        assert_eq!(allow["Effect"], "Allow");
+        assert_eq!(
+            allow["Principal"]["AWS"],
+            "arn:aws:iam::111122223333:role/app-acme"
+        );
+        assert_eq!(
+            allow["Resource"],
+            json!(["arn:aws:s3:::t-acme", "arn:aws:s3:::t-acme/*"])
+        );
+        assert!(!allow["Action"].to_string().contains("s3:*"));
+        // The TLS deny stays first and whole.
+        assert_eq!(p["Statement"][0]["Sid"], "DenyInsecureTransport");
+        assert!(!same_policy(
+            &bucket_policy("t-acme", "aws", None).to_string(),
+            &p
+        ));
+    }
+
+    #[test]
     fn a_policy_given_back_in_another_shape_is_the_same_policy() {
-        let desired = bucket_policy("b", "aws");
+        let desired = bucket_policy("b", "aws", None);
         let reshaped = r#"{
             "Statement": {
                 "Condition": {"Bool": {"aws:securetransport": false}},
@@ -851,7 +908,7 @@ mod tests {
 
     #[test]
     fn a_weaker_or_different_policy_is_not_the_same() {
-        let desired = bucket_policy("b", "aws");
+        let desired = bucket_policy("b", "aws", None);
         let mut allow = desired.clone();
         allow["Statement"][0]["Effect"] = json!("Allow");
         assert!(!same_policy(&allow.to_string(), &desired));
@@ -869,7 +926,7 @@ mod tests {
 
         assert!(!same_policy("not json", &desired));
         assert!(!same_policy(
-            &bucket_policy("other", "aws").to_string(),
+            &bucket_policy("other", "aws", None).to_string(),
             &desired
         ));
     }

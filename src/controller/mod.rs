@@ -24,12 +24,13 @@ use kube::{Client, ResourceExt};
 use rand::Rng;
 
 use crate::api::{
-    DeletionPolicy, DeletionStatus, IsolationMode, JournalOperation, ProvisioningJournal, Tenant,
-    TenantPhase, TenantStatus,
+    DeletionPolicy, DeletionStatus, IsolationMode, JournalOperation, Placement,
+    ProvisioningJournal, Tenant, TenantClass, TenantPhase, TenantSpec, TenantStatus,
 };
 use crate::audit::{self, AuditLog};
 use crate::backends::TenantRef;
-use crate::config::{Backends, EngineArgs, UnrepairableDrift};
+use crate::classes::{ClassError, ClassRegistry, ClassRules, ClassSettings, class_name_of};
+use crate::config::{EngineArgs, UnrepairableDrift};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels};
 use crate::naming::TenantNames;
 use crate::provision::{Engine, JournalStore, Outcome, StepError, new_journal};
@@ -72,7 +73,8 @@ impl Error {
 /// Shared state of the controller.
 pub struct Context {
     pub client: Client,
-    pub backends: Backends,
+    /// The TenantClasses and the clients built for each.
+    pub classes: ClassRegistry,
     pub engine: EngineArgs,
     pub events: EventPublisher,
     pub metrics: Metrics,
@@ -85,7 +87,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        backends: Backends,
+        classes: ClassRegistry,
         engine: EngineArgs,
         events: EventPublisher,
         metrics: Metrics,
@@ -93,7 +95,7 @@ impl Context {
     ) -> Self {
         Self {
             client,
-            backends,
+            classes,
             engine,
             events,
             metrics,
@@ -123,7 +125,22 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, selector: &str) {
     if !selector.is_empty() {
         watch = watch.labels(selector);
     }
-    Controller::new(tenants, watch)
+    let controller = Controller::new(tenants, watch);
+    // A changed (or new, or deleted) class is looked at by its tenants.
+    let tenant_store = controller.store();
+    let class_store = ctx.classes.store();
+    let classes: Api<TenantClass> = Api::all(ctx.client.clone());
+    controller
+        .watches(classes, watcher::Config::default(), move |class| {
+            let all_classes = class_store.state();
+            let name = class.name_any();
+            tenant_store
+                .state()
+                .into_iter()
+                .filter(|t| class_name_of(t, &all_classes).is_ok_and(|c| c == name))
+                .map(|t| kube::runtime::reflector::ObjectRef::from_obj(&*t))
+                .collect::<Vec<_>>()
+        })
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -202,8 +219,8 @@ fn jitter(min: Duration, max: Duration) -> Duration {
 }
 
 /// The resync delay for a settled tenant, spread so tenants do not move in step.
-fn resync(ctx: &Context) -> Action {
-    let base = ctx.engine.probe_interval;
+fn resync(class: &ClassSettings) -> Action {
+    let base = class.probe_interval;
     Action::requeue(jitter(base.mul_f64(0.9), base.mul_f64(1.1)))
 }
 
@@ -407,29 +424,99 @@ async fn record(
 }
 
 /// Pure validation of what the API server's schema cannot check.
-fn validate(tenant: &Tenant, bucket_prefix: &str) -> Result<(TenantNames, Duration), String> {
-    let names = TenantNames::new(&tenant.name_any(), bucket_prefix)?;
-    let grace = parse_grace_period(&tenant.spec.deletion.grace_period)?;
-    // The isolation mode decides where the data lives; moving it is a
-    // migration, not a reconcile.
-    if let Some(recorded) = tenant
-        .status
-        .as_ref()
-        .and_then(|s| s.resources.as_ref())
-        .and_then(|r| r.database.as_ref())
+/// A spec the reconciler cannot honour, with its condition reason.
+#[derive(Debug)]
+struct Refusal {
+    reason: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The spec with the class's defaults filled in: what the steps work from.
+fn effective_spec(tenant: &Tenant, class: &ClassRules) -> Result<TenantSpec, Refusal> {
+    let mut spec = tenant.spec.clone();
+    match spec.database.isolation {
+        None => spec.database.isolation = Some(class.default_mode),
+        Some(mode) if mode != class.default_mode && !class.allow_override => {
+            return Err(Refusal::new(
+                "IsolationModeNotAllowed",
+                format!(
+                    "TenantClass {} puts every tenant in mode {} (isolation.allowOverride is false), \
+                     so spec.database.isolation {mode} is refused: remove it, or choose another class",
+                    class.name, class.default_mode
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    spec.deletion.policy.get_or_insert(class.deletion_policy);
+    spec.deletion
+        .grace_period
+        .get_or_insert_with(|| class.grace_period.clone());
+    Ok(spec)
+}
+
+fn validate(
+    tenant: &Tenant,
+    spec: &TenantSpec,
+    class: &ClassRules,
+) -> Result<(TenantNames, Duration), Refusal> {
+    let invalid = |message: String| Refusal::new("InvalidSpec", message);
+    let names = TenantNames::new(&tenant.name_any(), &class.bucket_prefix).map_err(invalid)?;
+    let grace = parse_grace_period(spec.deletion.grace_period.as_deref().unwrap_or_default())
+        .map_err(invalid)?;
+    let mode = spec.database.isolation.unwrap_or_default();
+    let status = tenant.status.as_ref();
+    // Where the data lives is decided once; moving it is a migration, not a
+    // reconcile.
+    if let Some(placement) = status.and_then(|s| s.placement.as_ref())
+        && placement.server != class.server
     {
-        let dedicated = *recorded == names.database;
-        let wants_dedicated = tenant.spec.database.isolation == IsolationMode::Database;
-        if dedicated != wants_dedicated {
-            let was = if dedicated {
-                IsolationMode::Database
-            } else {
-                IsolationMode::Schema
-            };
-            return Err(format!(
-                "spec.database.isolation cannot change from {was} to {} once the tenant's data exists; \
-                 set it back to {was}",
-                tenant.spec.database.isolation
+        return Err(Refusal::new(
+            "PlacementChangeRefused",
+            format!(
+                "the tenant's data lives on {} (class {}); class {} uses {}. tenantry does not move a tenant \
+                 between servers: set spec.class back to {}",
+                placement.server, placement.class, class.name, class.server, placement.class
+            ),
+        ));
+    }
+    if let Some(resources) = status.and_then(|s| s.resources.as_ref()) {
+        if let Some(recorded) = &resources.database {
+            let dedicated = *recorded == names.database;
+            if dedicated != (mode == IsolationMode::Database) {
+                let was = if dedicated {
+                    IsolationMode::Database
+                } else {
+                    IsolationMode::Schema
+                };
+                return Err(Refusal::new(
+                    "IsolationModeChangeRefused",
+                    format!(
+                        "spec.database.isolation cannot change from {was} to {mode} once the tenant's data exists; \
+                         set it back to {was}"
+                    ),
+                ));
+            }
+        }
+        if let Some(bucket) = &resources.bucket
+            && *bucket != names.bucket
+        {
+            return Err(Refusal::new(
+                "PlacementChangeRefused",
+                format!(
+                    "the tenant's bucket is {bucket}, but class {} would name it {} (another bucket prefix); \
+                     tenantry does not move a tenant's objects: restore the class's bucket prefix",
+                    class.name, names.bucket
+                ),
             ));
         }
     }
@@ -450,17 +537,55 @@ fn tenant_ref(tenant: &Tenant) -> Result<TenantRef, Error> {
     })
 }
 
+/// The tenant's class, or the status that says why there is none to use.
+async fn resolve_class(
+    tenant: &Tenant,
+    ctx: &Context,
+) -> Result<Result<Arc<ClassSettings>, Action>, Error> {
+    match ctx.classes.resolve(tenant).await {
+        Ok(class) => Ok(Ok(class)),
+        Err(error) => {
+            tracing::warn!(tenant = %tenant.name_any(), %error, "cannot resolve the tenant's class");
+            // Nothing is changed for a tenant whose class cannot be used; a
+            // new or fixed class wakes it through the class watch.
+            let retry = match error {
+                ClassError::Unavailable { .. } => Duration::from_secs(30),
+                _ => Duration::from_secs(300),
+            };
+            let mut status = tenant.status.clone().unwrap_or_default();
+            let phase = if tenant.metadata.deletion_timestamp.is_some() {
+                TenantPhase::Deleting
+            } else {
+                TenantPhase::Failed
+            };
+            let verdict = Verdict::new(phase, error.reason(), error.to_string());
+            apply_verdict(&mut status, &verdict, tenant.metadata.generation, Utc::now());
+            if Some(&status) != tenant.status.as_ref() {
+                write_status(&ctx.client, &tenant.name_any(), &status).await?;
+            }
+            Ok(Err(Action::requeue(jitter(retry, retry.mul_f64(1.2)))))
+        }
+    }
+}
+
 async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let name = tenant.name_any();
     let generation = tenant.metadata.generation;
     let current = tenant.status.clone().unwrap_or_default();
     let now = Utc::now();
 
-    let (names, _grace) = match validate(tenant, &ctx.backends.bucket_prefix) {
+    let class = match resolve_class(tenant, ctx).await? {
+        Ok(class) => class,
+        Err(action) => return Ok(action),
+    };
+    let spec = effective_spec(tenant, &class.rules);
+    let (spec, names) = match spec.and_then(|spec| {
+        validate(tenant, &spec, &class.rules).map(|(names, _grace)| (spec, names))
+    }) {
         Ok(valid) => valid,
-        Err(message) => {
-            let verdict = Verdict::new(TenantPhase::Failed, "InvalidSpec", message);
-            return finish(tenant, ctx, current, &verdict, None).await;
+        Err(refusal) => {
+            let verdict = Verdict::new(TenantPhase::Failed, refusal.reason, refusal.message);
+            return finish(tenant, ctx, &class, current, &verdict, None).await;
         }
     };
 
@@ -469,8 +594,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(wait));
     }
 
-    let namespace = &tenant.spec.credentials.namespace;
-    if !ctx
+    let namespace = &spec.credentials.namespace;
+    if !class
         .backends
         .kube_secrets
         .namespace_exists(namespace)
@@ -485,15 +610,15 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                  namespaces and will retry"
             ),
         );
-        finish(tenant, ctx, current, &verdict, None).await?;
+        finish(tenant, ctx, &class, current, &verdict, None).await?;
         return Ok(Action::requeue(NAMESPACE_RETRY));
     }
 
     let mut steps_ctx = TenantContext::new(
         tenant_ref(tenant)?,
         names,
-        tenant.spec.clone(),
-        ctx.backends.clone(),
+        spec.clone(),
+        class.backends.clone(),
     );
     steps_ctx.previous_kube_secret = current
         .resources
@@ -521,11 +646,11 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             let repairs = status.isolation.as_ref().map_or(0, |i| i.drift_repairs);
             status.isolation = Some(measured.into_status(Utc::now(), repairs));
             let verdict = Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE);
-            return finish(tenant, ctx, status, &verdict, None).await;
+            return finish(tenant, ctx, &class, status, &verdict, None).await;
         }
         let found = measured.failures();
         tracing::warn!(tenant = %name, drift = %found, "isolation drift detected; repairing");
-        repair_shared_security(ctx).await;
+        repair_shared_security(&class).await;
         record(
             "drift.detected",
             "tenant",
@@ -542,11 +667,18 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let steps = tenant_steps();
     let engine = Engine::new(&steps, ctx.engine.retry_policy());
     let mut journal = current.provisioning.clone().unwrap_or_else(new_journal);
+    // The placement is recorded with the first journal write, before any
+    // resource exists, so a crash cannot leave a tenant on an unknown server.
+    let mut placed = current.clone();
+    placed.placement.get_or_insert_with(|| Placement {
+        class: class.rules.name.clone(),
+        server: class.rules.server.clone(),
+    });
     let mut store = StatusJournal {
         client: &ctx.client,
         name: name.clone(),
         generation,
-        status: current.clone(),
+        status: placed,
         working_phase: match current.phase {
             Some(TenantPhase::Ready) if current.observed_generation == generation => {
                 TenantPhase::Ready
@@ -562,7 +694,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     match outcome {
         Outcome::Provisioned => {
             status.resources = Some(steps_ctx.resources());
-            if tenant.spec.suspended != (current.phase == Some(TenantPhase::Suspended)) {
+            if spec.suspended != (current.phase == Some(TenantPhase::Suspended)) {
                 let action = if tenant.spec.suspended {
                     "tenant.suspend"
                 } else {
@@ -582,7 +714,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                     // Not caught by a settled probe (say, the cache still
                     // showed an older phase): repair what the steps do not
                     // cover and measure again.
-                    repair_shared_security(ctx).await;
+                    repair_shared_security(&class).await;
                     let again = Box::pin(measure(&steps_ctx)).await;
                     drift = Some(std::mem::replace(&mut measured, again));
                 }
@@ -611,7 +743,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                     }
                     Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE)
                 } else {
-                    isolation_failure(tenant, ctx, &steps_ctx, &measured).await
+                    isolation_failure(tenant, ctx, &class, &steps_ctx, &measured).await
                 };
                 status.isolation = Some(measured.into_status(Utc::now(), repairs));
                 verdict
@@ -628,14 +760,15 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                     )
                     .await;
             }
-            finish(tenant, ctx, status, &verdict, Some("provisioned")).await
+            finish(tenant, ctx, &class, status, &verdict, Some("provisioned")).await
         }
         Outcome::RolledBack { error, reason, .. } => {
             if let Some(j) = status.provisioning.as_mut() {
                 j.failed_generation = generation;
             }
-            // What exists now is nothing.
+            // What exists now is nothing, anywhere.
             status.resources = None;
+            status.placement = None;
             let message = format!(
                 "provisioning failed and was rolled back, nothing was left behind: {error}"
             );
@@ -653,7 +786,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 .provisioning
                 .as_ref()
                 .map_or(1, |j| j.failed_attempts);
-            finish(tenant, ctx, status, &verdict, Some("rolled_back")).await?;
+            finish(tenant, ctx, &class, status, &verdict, Some("rolled_back")).await?;
             Ok(Action::requeue(failure_backoff(
                 failed,
                 ctx.engine.failure_backoff,
@@ -672,7 +805,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             {
                 let measured = Box::pin(measure(&steps_ctx)).await;
                 if !measured.all_enforced() {
-                    let fenced = isolation_failure(tenant, ctx, &steps_ctx, &measured).await;
+                    let fenced = isolation_failure(tenant, ctx, &class, &steps_ctx, &measured).await;
                     message = format!("{message}; {}", fenced.message);
                 }
                 let repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
@@ -692,7 +825,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             }
             // A live tenant is looked at again within one probe interval, so
             // access comes back soon after a person fixes what tenantry cannot.
-            finish(tenant, ctx, status, &verdict, Some("degraded")).await
+            finish(tenant, ctx, &class, status, &verdict, Some("degraded")).await
         }
         Outcome::RemovalStuck { step, error } => {
             let verdict = Verdict::new(
@@ -700,19 +833,19 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 "RollbackStuck",
                 format!("could not remove {step}, will retry: {error}"),
             );
-            finish(tenant, ctx, status, &verdict, Some("removal_stuck")).await?;
+            finish(tenant, ctx, &class, status, &verdict, Some("removal_stuck")).await?;
             Ok(Action::requeue(Duration::from_secs(30)))
         }
-        Outcome::Removed => Ok(resync(ctx)),
+        Outcome::Removed => Ok(resync(&class)),
     }
 }
 
 /// Shared-table security belongs to no single tenant, so no step ensures it;
 /// drift there is repaired here.
-async fn repair_shared_security(ctx: &Context) {
+async fn repair_shared_security(class: &ClassSettings) {
     if let Err(error) = crate::backends::shared_tables::ensure_shared_security(
-        ctx.backends.postgres.pool(),
-        &ctx.backends.shared_tables,
+        class.backends.postgres.pool(),
+        &class.backends.shared_tables,
     )
     .await
     {
@@ -771,6 +904,7 @@ async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus
 async fn isolation_failure(
     tenant: &Tenant,
     ctx: &Context,
+    class: &ClassSettings,
     steps_ctx: &TenantContext,
     measured: &Measurement,
 ) -> Verdict {
@@ -792,7 +926,7 @@ async fn isolation_failure(
             format!("tenantry cannot repair this (report-only): {remedy}"),
         );
     }
-    let fenced = ctx
+    let fenced = class
         .backends
         .database
         .set_login(&steps_ctx.tenant, &steps_ctx.names, false)
@@ -846,6 +980,7 @@ fn backoff_remaining(
 async fn finish(
     tenant: &Tenant,
     ctx: &Context,
+    class: &ClassSettings,
     mut status: TenantStatus,
     verdict: &Verdict,
     outcome: Option<&str>,
@@ -876,11 +1011,12 @@ async fn finish(
             })
             .inc();
     }
-    Ok(resync(ctx))
+    Ok(resync(class))
 }
 
-/// The deletion policy in force: the cancel annotation wins over the spec.
-fn effective_deletion_policy(tenant: &Tenant) -> DeletionPolicy {
+/// The deletion policy in force: the cancel annotation wins over the spec
+/// (which holds the class's default when the Tenant sets none).
+fn effective_deletion_policy(tenant: &Tenant, spec: &TenantSpec) -> DeletionPolicy {
     match tenant
         .annotations()
         .get(DELETION_POLICY_ANNOTATION)
@@ -888,14 +1024,25 @@ fn effective_deletion_policy(tenant: &Tenant) -> DeletionPolicy {
     {
         Some("Retain") => DeletionPolicy::Retain,
         Some("Delete") => DeletionPolicy::Delete,
-        _ => tenant.spec.deletion.policy,
+        _ => spec.deletion.policy.unwrap_or_default(),
     }
 }
 
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let name = tenant.name_any();
     let tref = tenant_ref(tenant)?;
-    let names = match TenantNames::new(&name, &ctx.backends.bucket_prefix) {
+    let class = match resolve_class(tenant, ctx).await? {
+        Ok(class) => class,
+        Err(action) => return Ok(action),
+    };
+    // A class that now forbids the tenant's mode must not stop its deletion.
+    let mut spec = tenant.spec.clone();
+    spec.database.isolation.get_or_insert(class.rules.default_mode);
+    spec.deletion.policy.get_or_insert(class.rules.deletion_policy);
+    spec.deletion
+        .grace_period
+        .get_or_insert_with(|| class.rules.grace_period.clone());
+    let names = match TenantNames::new(&name, &class.rules.bucket_prefix) {
         Ok(names) => names,
         // Nothing can have been made for a name that maps to no resource.
         Err(_) => {
@@ -903,18 +1050,17 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::await_change());
         }
     };
-    let b = &ctx.backends;
-    let ns = &tenant.spec.credentials.namespace;
-    let secret_name = tenant
-        .spec
+    let b = &class.backends;
+    let ns = &spec.credentials.namespace;
+    let secret_name = spec
         .credentials
         .secret_name
         .clone()
         .unwrap_or_else(|| format!("{name}-credentials"));
-    let mode = tenant.spec.database.isolation;
+    let mode = spec.database.isolation.unwrap_or_default();
     let mut status = tenant.status.clone().unwrap_or_default();
 
-    if effective_deletion_policy(tenant) == DeletionPolicy::Retain {
+    if effective_deletion_policy(tenant, &spec) == DeletionPolicy::Retain {
         record(
             "tenant.delete",
             "tenant",
@@ -969,15 +1115,15 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
-    let grace = parse_grace_period(&tenant.spec.deletion.grace_period)
-        .unwrap_or(Duration::from_secs(72 * 3600));
+    let grace_period = spec.deletion.grace_period.clone().unwrap_or_default();
+    let grace = parse_grace_period(&grace_period).unwrap_or(Duration::from_secs(72 * 3600));
     let deletion = status.deletion.clone().unwrap_or_default();
     if deletion.access_revoked_at.is_none() {
         record(
             "tenant.delete",
             "tenant",
             audit::Outcome::Ok,
-            serde_json::json!({"policy": "Delete", "gracePeriod": tenant.spec.deletion.grace_period}),
+            serde_json::json!({"policy": "Delete", "gracePeriod": grace_period}),
         )
         .await?;
         b.database
@@ -1035,11 +1181,11 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     if now < destroy_after {
         let wait = (destroy_after - now).to_std().unwrap_or_default();
         return Ok(Action::requeue(
-            wait.min(ctx.engine.probe_interval) + Duration::from_millis(100),
+            wait.min(class.probe_interval) + Duration::from_millis(100),
         ));
     }
 
-    let mut steps_ctx = TenantContext::new(tref, names, tenant.spec.clone(), ctx.backends.clone());
+    let mut steps_ctx = TenantContext::new(tref, names, spec.clone(), class.backends.clone());
     let steps = tenant_steps();
     let engine = Engine::new(&steps, ctx.engine.retry_policy());
     let mut journal = status.provisioning.clone().unwrap_or_else(new_journal);
@@ -1117,6 +1263,7 @@ mod tests {
     fn tenant(name: &str, mode: IsolationMode) -> Tenant {
         let mut spec = TenantSpec {
             display_name: None,
+            class: None,
             database: Default::default(),
             storage: Default::default(),
             credentials: CredentialsSpec {
@@ -1126,13 +1273,30 @@ mod tests {
             deletion: Default::default(),
             suspended: false,
         };
-        spec.database.isolation = mode;
+        spec.database.isolation = Some(mode);
         Tenant::new(name, spec)
+    }
+
+    fn flags() -> ClassRules {
+        ClassRules {
+            name: crate::classes::FLAGS_CLASS.into(),
+            server: "db:5432/app".into(),
+            bucket_prefix: "tenantry".into(),
+            default_mode: IsolationMode::Schema,
+            allow_override: true,
+            deletion_policy: DeletionPolicy::Retain,
+            grace_period: "72h".into(),
+        }
+    }
+
+    fn check(t: &Tenant, class: &ClassRules) -> Result<(TenantNames, Duration), Refusal> {
+        let spec = effective_spec(t, class)?;
+        validate(t, &spec, class)
     }
 
     #[test]
     fn a_valid_tenant_passes_validation() {
-        let (names, grace) = validate(&tenant("acme", IsolationMode::Schema), "tenantry").unwrap();
+        let (names, grace) = check(&tenant("acme", IsolationMode::Schema), &flags()).unwrap();
         assert_eq!(names.role, "t_acme");
         assert_eq!(grace, Duration::from_secs(72 * 3600));
     }
@@ -1147,32 +1311,103 @@ mod tests {
             }),
             ..Default::default()
         });
-        let err = validate(&t, "tenantry").unwrap_err();
+        let err = check(&t, &flags()).unwrap_err();
+        assert_eq!(err.reason, "IsolationModeChangeRefused");
         assert!(
-            err.contains("cannot change from Schema to Database"),
-            "{err}"
+            err.message.contains("cannot change from Schema to Database"),
+            "{err:?}"
         );
     }
 
     #[test]
     fn a_bad_grace_period_is_named() {
         let mut t = tenant("acme", IsolationMode::Schema);
-        t.spec.deletion.grace_period = "soon".into();
-        assert!(
-            validate(&t, "tenantry")
-                .unwrap_err()
-                .contains("gracePeriod")
-        );
+        t.spec.deletion.grace_period = Some("soon".into());
+        assert!(check(&t, &flags()).unwrap_err().message.contains("gracePeriod"));
     }
 
     #[test]
     fn the_cancel_annotation_overrides_the_spec_policy() {
         let mut t = tenant("acme", IsolationMode::Schema);
-        t.spec.deletion.policy = DeletionPolicy::Delete;
-        assert_eq!(effective_deletion_policy(&t), DeletionPolicy::Delete);
+        t.spec.deletion.policy = Some(DeletionPolicy::Delete);
+        assert_eq!(
+            effective_deletion_policy(&t, &t.spec),
+            DeletionPolicy::Delete
+        );
         t.metadata.annotations =
             Some([(DELETION_POLICY_ANNOTATION.to_string(), "Retain".to_string())].into());
-        assert_eq!(effective_deletion_policy(&t), DeletionPolicy::Retain);
+        assert_eq!(
+            effective_deletion_policy(&t, &t.spec),
+            DeletionPolicy::Retain
+        );
+    }
+
+    #[test]
+    fn the_class_fills_in_what_the_tenant_leaves_out() {
+        let mut t = tenant("acme", IsolationMode::Schema);
+        t.spec.database.isolation = None;
+        let class = ClassRules {
+            default_mode: IsolationMode::Database,
+            deletion_policy: DeletionPolicy::Delete,
+            grace_period: "1h".into(),
+            ..flags()
+        };
+        let spec = effective_spec(&t, &class).unwrap();
+        assert_eq!(spec.database.isolation, Some(IsolationMode::Database));
+        assert_eq!(spec.deletion.policy, Some(DeletionPolicy::Delete));
+        assert_eq!(spec.deletion.grace_period.as_deref(), Some("1h"));
+        // What the tenant says wins.
+        t.spec.deletion.grace_period = Some("2h".into());
+        assert_eq!(
+            effective_spec(&t, &class).unwrap().deletion.grace_period.as_deref(),
+            Some("2h")
+        );
+    }
+
+    #[test]
+    fn a_class_without_override_refuses_another_mode_by_name() {
+        let class = ClassRules {
+            name: "enterprise".into(),
+            default_mode: IsolationMode::Database,
+            allow_override: false,
+            ..flags()
+        };
+        let err = check(&tenant("acme", IsolationMode::Schema), &class).unwrap_err();
+        assert_eq!(err.reason, "IsolationModeNotAllowed");
+        assert!(err.message.contains("enterprise"), "{err:?}");
+        assert!(check(&tenant("acme", IsolationMode::Database), &class).is_ok());
+    }
+
+    #[test]
+    fn moving_a_placed_tenant_to_another_server_or_bucket_prefix_is_refused() {
+        let mut t = tenant("acme", IsolationMode::Schema);
+        t.status = Some(TenantStatus {
+            placement: Some(Placement {
+                class: "standard".into(),
+                server: "db:5432/app".into(),
+            }),
+            resources: Some(TenantResources {
+                bucket: Some("tenantry-acme".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let elsewhere = ClassRules {
+            name: "enterprise".into(),
+            server: "db2:5432/app".into(),
+            ..flags()
+        };
+        let err = check(&t, &elsewhere).unwrap_err();
+        assert_eq!(err.reason, "PlacementChangeRefused");
+        assert!(err.message.contains("db:5432/app") && err.message.contains("standard"), "{err:?}");
+        let other_prefix = ClassRules {
+            bucket_prefix: "other".into(),
+            ..flags()
+        };
+        let err = check(&t, &other_prefix).unwrap_err();
+        assert_eq!(err.reason, "PlacementChangeRefused");
+        assert!(err.message.contains("tenantry-acme"), "{err:?}");
+        assert!(check(&t, &flags()).is_ok());
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl TenantContext {
 
     /// The database the tenant's data lives in for the spec's isolation mode.
     pub fn database_name(&self) -> String {
-        match self.spec.database.isolation {
+        match self.spec.database.isolation.unwrap_or_default() {
             IsolationMode::Schema => self.backends.database.endpoint().2,
             IsolationMode::Database => self.names.database.clone(),
         }
@@ -194,7 +194,7 @@ impl Step<TenantContext> for PostgresStep {
             .ensure_tenant(
                 &ctx.tenant,
                 &ctx.names,
-                ctx.spec.database.isolation,
+                ctx.spec.database.isolation.unwrap_or_default(),
                 ctx.spec.database.connection_limit,
                 &password,
                 !ctx.spec.suspended,
@@ -221,7 +221,7 @@ impl Step<TenantContext> for PostgresStep {
         Ok(ctx
             .backends
             .database
-            .remove_tenant(&ctx.tenant, &ctx.names, ctx.spec.database.isolation)
+            .remove_tenant(&ctx.tenant, &ctx.names, ctx.spec.database.isolation.unwrap_or_default())
             .await?)
     }
 }

@@ -24,11 +24,16 @@ pub async fn kube_client() -> Client {
         .expect("kube client from KUBECONFIG")
 }
 
-/// Installs (or updates) the CRD from the Rust types and waits until the API
-/// server serves it.
+/// Installs (or updates) the CRDs from the Rust types and waits until the
+/// API server serves them.
 pub async fn install_crd(client: &Client) {
+    for crd in [tenantry::api::tenant_crd(), tenantry::api::tenant_class_crd()] {
+        install_one_crd(client, crd).await;
+    }
+}
+
+async fn install_one_crd(client: &Client, mut crd: CustomResourceDefinition) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut crd = tenantry::api::tenant_crd();
     // Create or replace, not server-side apply: kube-apiserver 1.20 mangles a
     // CRD created by server-side apply. Tests run in parallel, so races
     // between them are retried.

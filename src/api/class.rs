@@ -1,0 +1,178 @@
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DeletionPolicy, IsolationMode};
+
+/// Marks the class that Tenants naming no `spec.class` get, as
+/// `storageclass.kubernetes.io/is-default-class` does for StorageClasses.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "tenantry.dev/is-default-class";
+
+/// A tier of isolation, like a StorageClass: where a Tenant's data lives and
+/// how it is guarded. Tenants name one in `spec.class`; those that name none
+/// get the class annotated `tenantry.dev/is-default-class: "true"`, or, when
+/// there is none, the operator's own flags.
+///
+/// Every field is optional: what a class leaves out comes from the operator's
+/// flags.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "tenantry.dev",
+    version = "v1alpha1",
+    kind = "TenantClass",
+    plural = "tenantclasses",
+    shortname = "tclass",
+    category = "tenantry",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.isolation.defaultMode","description":"Isolation mode of tenants that do not choose one"}"#,
+    printcolumn = r#"{"name":"Default","type":"string","jsonPath":".metadata.annotations.tenantry\\.dev/is-default-class","description":"Whether Tenants without spec.class get this class"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantClassSpec {
+    /// The PostgreSQL server of this class's tenants. Left out: the
+    /// operator's `--database-url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<ClassPostgres>,
+
+    /// The isolation mode of this class's tenants.
+    #[serde(default)]
+    pub isolation: ClassIsolation,
+
+    /// Tables shared by this class's tenants that row-level security splits,
+    /// as `schema.table:tenant_column`, on this class's server. Left out: the
+    /// operator's `--shared-table`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_tables: Option<Vec<String>>,
+
+    /// Where the tenant's AWS resources are made and who may use them.
+    #[serde(default)]
+    pub aws: ClassAws,
+
+    /// What happens to a tenant's resources when it is deleted, for Tenants
+    /// that do not say.
+    #[serde(default)]
+    pub deletion: ClassDeletion,
+
+    /// How often a settled tenant's isolation is measured again, e.g. `5m`.
+    /// Left out: the operator's `--probe-interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub probe_interval: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassPostgres {
+    /// The Secret key that holds the admin connection URL of this class's
+    /// server (a dedicated server for an enterprise tier, say). The role
+    /// needs LOGIN CREATEROLE CREATEDB, as for `--database-url`.
+    pub admin_url_secret_ref: SecretKeyRef,
+
+    /// Host that applications use to reach this server, written into the
+    /// tenants' credentials. Left out: the host of the admin URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub tenant_host: Option<String>,
+
+    /// Port that applications use to reach this server. Left out: the port
+    /// of the admin URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub tenant_port: Option<u16>,
+
+    /// Most connections tenantry opens to this server at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_connections: Option<u32>,
+}
+
+/// A key of a Secret in a namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: String,
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The key within the Secret's data; `url` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassIsolation {
+    /// The mode of tenants that set no `spec.database.isolation`.
+    #[serde(default)]
+    pub default_mode: IsolationMode,
+
+    /// Whether a Tenant may choose another mode than `defaultMode`. An
+    /// enterprise tier that promises dedicated databases sets it to false.
+    #[serde(default = "default_true")]
+    pub allow_override: bool,
+}
+
+impl Default for ClassIsolation {
+    fn default() -> Self {
+        Self {
+            default_mode: IsolationMode::default(),
+            allow_override: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassAws {
+    /// AWS region of the tenants' key, bucket and secret. Left out: the
+    /// operator's region (AWS_REGION).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), pattern(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    pub region: Option<String>,
+
+    /// Prefix of the tenants' bucket names. Left out: `--bucket-prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 20), pattern(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    pub bucket_prefix: Option<String>,
+
+    /// The IAM principal (an ARN) that the bucket policy and the key policy
+    /// allow to use the tenant's bucket and key, e.g.
+    /// `arn:aws:iam::111122223333:role/app-{tenant}`: `{tenant}` is replaced
+    /// by the tenant's name. Left out: no principal is named, and access goes
+    /// by the account's IAM policies alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), pattern(r"^arn:[a-z-]+:iam::[0-9]{12}:\S+$"))]
+    pub principal: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassDeletion {
+    /// Deletion policy of tenants that set none. Left out: `Retain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<DeletionPolicy>,
+
+    /// Grace period of tenants that set none. Left out: `72h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub grace_period: Option<String>,
+}
+
+impl TenantClass {
+    /// Whether the class carries the default-class annotation.
+    pub fn is_default(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+            .is_some_and(|v| v == "true")
+    }
+}

@@ -1,0 +1,470 @@
+//! TenantClasses resolved into what a tenant's reconcile needs: the backend
+//! clients of the class's server and region, and its defaults.
+//!
+//! Classes are read from a reflector store (no API call per reconcile), the
+//! admin URL from the class's Secret. Built clients are kept per class and
+//! rebuilt only when the class or its URL changes.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::api::{
+    DEFAULT_GRACE_PERIOD, DeletionPolicy, IsolationMode, Tenant, TenantClass, TenantClassSpec,
+};
+use crate::config::{BackendSettings, Backends, ConfigError};
+use crate::isolation::SharedTable;
+
+/// The class name recorded for tenants placed by the operator's flags.
+pub const FLAGS_CLASS: &str = "(operator flags)";
+
+/// A class, resolved: its clients and its rules.
+pub struct ClassSettings {
+    pub rules: ClassRules,
+    pub backends: Backends,
+    pub probe_interval: Duration,
+}
+
+/// What a class decides about its tenants' specs (plain data, so the
+/// controller's checks are testable without clients).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassRules {
+    /// The TenantClass's name, or [`FLAGS_CLASS`].
+    pub name: String,
+    /// `host:port/database` of the class's PostgreSQL server.
+    pub server: String,
+    pub bucket_prefix: String,
+    pub default_mode: IsolationMode,
+    pub allow_override: bool,
+    pub deletion_policy: DeletionPolicy,
+    pub grace_period: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClassError {
+    #[error(
+        "TenantClass {0:?} (spec.class) does not exist; create it, or name an existing class"
+    )]
+    NotFound(String),
+    #[error(
+        "several TenantClasses are annotated tenantry.dev/is-default-class=true ({0}); a tenant without spec.class cannot choose: keep the annotation on one"
+    )]
+    SeveralDefaults(String),
+    #[error("TenantClass {class:?} cannot be used: {message}")]
+    Invalid { class: String, message: String },
+    #[error("TenantClass {class:?}: {source}")]
+    Unavailable {
+        class: String,
+        #[source]
+        source: ConfigError,
+    },
+}
+
+impl ClassError {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "ClassNotFound",
+            Self::SeveralDefaults(_) => "SeveralDefaultClasses",
+            Self::Invalid { .. } => "ClassInvalid",
+            Self::Unavailable { .. } => "ClassUnavailable",
+        }
+    }
+}
+
+/// Every class the operator knows, and the clients built for them.
+pub struct ClassRegistry {
+    client: Client,
+    flags_settings: BackendSettings,
+    default_probe_interval: Duration,
+    sdk: aws_config::SdkConfig,
+    flags: Arc<ClassSettings>,
+    classes: Store<TenantClass>,
+    built: Mutex<HashMap<String, (u64, Arc<ClassSettings>)>>,
+    /// One build at a time: two reconciles of a new class would otherwise
+    /// both connect and both set up shared-table security.
+    building: tokio::sync::Mutex<()>,
+}
+
+impl ClassRegistry {
+    /// Starts watching TenantClasses and waits until the first list is in,
+    /// so that no tenant is resolved against an empty cache.
+    pub async fn start(
+        client: Client,
+        flags_settings: BackendSettings,
+        flags_backends: Backends,
+        sdk: aws_config::SdkConfig,
+        default_probe_interval: Duration,
+    ) -> anyhow::Result<Self> {
+        let api: Api<TenantClass> = Api::all(client.clone());
+        if let Err(e) = api
+            .list_metadata(&kube::api::ListParams::default().limit(1))
+            .await
+        {
+            anyhow::bail!(
+                "cannot list TenantClasses ({e}); is the TenantClass CRD installed? run `tenantry crd | kubectl apply -f -`"
+            );
+        }
+        let (reader, writer) = reflector::store();
+        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                if let Err(error) = item {
+                    tracing::warn!(%error, "TenantClass watch error; retrying");
+                }
+            }
+        });
+        reader
+            .wait_until_ready()
+            .await
+            .map_err(|e| anyhow::anyhow!("TenantClass cache never filled: {e}"))?;
+        let server = flags_settings.server()?;
+        let flags = Arc::new(ClassSettings {
+            rules: ClassRules {
+                name: FLAGS_CLASS.to_string(),
+                server,
+                bucket_prefix: flags_backends.bucket_prefix.clone(),
+                default_mode: IsolationMode::default(),
+                allow_override: true,
+                deletion_policy: DeletionPolicy::default(),
+                grace_period: DEFAULT_GRACE_PERIOD.to_string(),
+            },
+            backends: flags_backends,
+            probe_interval: default_probe_interval,
+        });
+        Ok(Self {
+            client,
+            flags_settings,
+            default_probe_interval,
+            sdk,
+            flags,
+            classes: reader,
+            built: Mutex::default(),
+            building: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// The class the operator's flags make.
+    pub fn flags(&self) -> Arc<ClassSettings> {
+        self.flags.clone()
+    }
+
+    /// The cached TenantClasses, for mapping a class change to its tenants.
+    pub fn store(&self) -> Store<TenantClass> {
+        self.classes.clone()
+    }
+
+    /// The name of the class a tenant is in: `spec.class`, else the class it
+    /// was placed with, else the default class, else the flags.
+    pub fn class_name_of(&self, tenant: &Tenant) -> Result<String, ClassError> {
+        class_name_of(tenant, &self.classes.state())
+    }
+
+    /// The settings of the tenant's class, building its clients if needed.
+    pub async fn resolve(&self, tenant: &Tenant) -> Result<Arc<ClassSettings>, ClassError> {
+        let name = self.class_name_of(tenant)?;
+        if name == FLAGS_CLASS {
+            return Ok(self.flags.clone());
+        }
+        let class = self
+            .classes
+            .get(&kube::runtime::reflector::ObjectRef::new(&name))
+            .ok_or_else(|| ClassError::NotFound(name.clone()))?;
+        let admin_url = self.admin_url(&name, &class.spec).await?;
+        let fingerprint = fingerprint(&class.spec, admin_url.as_ref());
+        let cached = || {
+            self.built
+                .lock()
+                .expect("lock")
+                .get(&name)
+                .filter(|(seen, _)| *seen == fingerprint)
+                .map(|(_, built)| built.clone())
+        };
+        if let Some(built) = cached() {
+            return Ok(built);
+        }
+        let _building = self.building.lock().await;
+        if let Some(built) = cached() {
+            return Ok(built);
+        }
+        let settings = self.build(&name, &class.spec, admin_url).await?;
+        let settings = Arc::new(settings);
+        self.built
+            .lock()
+            .expect("lock")
+            .insert(name, (fingerprint, settings.clone()));
+        Ok(settings)
+    }
+
+    async fn admin_url(
+        &self,
+        class: &str,
+        spec: &TenantClassSpec,
+    ) -> Result<Option<SecretString>, ClassError> {
+        let Some(postgres) = &spec.postgres else {
+            return Ok(None);
+        };
+        let reference = &postgres.admin_url_secret_ref;
+        let key = reference.key.as_deref().unwrap_or("url");
+        let invalid = |message: String| ClassError::Invalid {
+            class: class.to_string(),
+            message,
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &reference.namespace);
+        let secret = secrets
+            .get_opt(&reference.name)
+            .await
+            .map_err(|e| ClassError::Unavailable {
+                class: class.to_string(),
+                source: ConfigError::Invalid(format!(
+                    "cannot read Secret {}/{}: {e}",
+                    reference.namespace, reference.name
+                )),
+            })?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "Secret {}/{} (spec.postgres.adminUrlSecretRef) does not exist",
+                    reference.namespace, reference.name
+                ))
+            })?;
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "Secret {}/{} has no key {key:?} (spec.postgres.adminUrlSecretRef.key)",
+                    reference.namespace, reference.name
+                ))
+            })?;
+        let url = String::from_utf8(value.0.clone()).map_err(|_| {
+            invalid(format!(
+                "key {key:?} of Secret {}/{} is not UTF-8",
+                reference.namespace, reference.name
+            ))
+        })?;
+        Ok(Some(SecretString::from(url.trim().to_string())))
+    }
+
+    async fn build(
+        &self,
+        name: &str,
+        spec: &TenantClassSpec,
+        admin_url: Option<SecretString>,
+    ) -> Result<ClassSettings, ClassError> {
+        let invalid = |message: String| ClassError::Invalid {
+            class: name.to_string(),
+            message,
+        };
+        let mut settings = self.flags_settings.clone();
+        if let Some(postgres) = &spec.postgres {
+            settings.database_url = admin_url.unwrap_or(settings.database_url);
+            settings.tenant_database_host = postgres.tenant_host.clone();
+            settings.tenant_database_port = postgres.tenant_port;
+            if let Some(max) = postgres.max_connections {
+                settings.max_connections = max;
+            }
+        }
+        if let Some(tables) = &spec.shared_tables {
+            settings.shared_tables = tables
+                .iter()
+                .map(|t| t.parse::<SharedTable>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid(format!("spec.sharedTables: {e}")))?;
+        }
+        if let Some(region) = &spec.aws.region {
+            settings.region = Some(region.clone());
+        }
+        if let Some(prefix) = &spec.aws.bucket_prefix {
+            crate::naming::validate_bucket_prefix(prefix)
+                .map_err(|e| invalid(format!("spec.aws.bucketPrefix: {e}")))?;
+            settings.bucket_prefix = prefix.clone();
+        }
+        settings.principal = spec.aws.principal.clone();
+        let probe_interval = match &spec.probe_interval {
+            Some(text) => humantime::parse_duration(text)
+                .map_err(|e| invalid(format!("spec.probeInterval {text:?}: {e}")))?,
+            None => self.default_probe_interval,
+        };
+        let grace_period = spec
+            .deletion
+            .grace_period
+            .clone()
+            .unwrap_or_else(|| DEFAULT_GRACE_PERIOD.to_string());
+        humantime::parse_duration(&grace_period)
+            .map_err(|e| invalid(format!("spec.deletion.gracePeriod {grace_period:?}: {e}")))?;
+        let server = settings.server().map_err(|e| invalid(e.to_string()))?;
+        let backends = Backends::connect_with(&settings, &self.sdk, self.client.clone())
+            .await
+            .map_err(|source| match source {
+                ConfigError::Invalid(message) => invalid(message),
+                source => ClassError::Unavailable {
+                    class: name.to_string(),
+                    source,
+                },
+            })?;
+        tracing::info!(class = name, %server, "clients of TenantClass ready");
+        Ok(ClassSettings {
+            rules: ClassRules {
+                name: name.to_string(),
+                server,
+                bucket_prefix: settings.bucket_prefix.clone(),
+                default_mode: spec.isolation.default_mode,
+                allow_override: spec.isolation.allow_override,
+                deletion_policy: spec.deletion.policy.unwrap_or_default(),
+                grace_period,
+            },
+            backends,
+            probe_interval,
+        })
+    }
+}
+
+/// See [`ClassRegistry::class_name_of`].
+pub fn class_name_of(tenant: &Tenant, classes: &[Arc<TenantClass>]) -> Result<String, ClassError> {
+    if let Some(name) = &tenant.spec.class {
+        return Ok(name.clone());
+    }
+    let status = tenant.status.as_ref();
+    if let Some(placement) = status.and_then(|s| s.placement.as_ref()) {
+        return Ok(placement.class.clone());
+    }
+    // Provisioned before classes existed: it lives where the flags point.
+    if status
+        .and_then(|s| s.provisioning.as_ref())
+        .is_some_and(|j| j.provisioned)
+    {
+        return Ok(FLAGS_CLASS.to_string());
+    }
+    let mut defaults: Vec<String> = classes
+        .iter()
+        .filter(|c| c.is_default())
+        .map(|c| c.name_any())
+        .collect();
+    defaults.sort();
+    match defaults.len() {
+        0 => Ok(FLAGS_CLASS.to_string()),
+        1 => Ok(defaults.remove(0)),
+        _ => Err(ClassError::SeveralDefaults(defaults.join(", "))),
+    }
+}
+
+/// Changes whenever the class or the URL it points at does; never stored.
+fn fingerprint(spec: &TenantClassSpec, admin_url: Option<&SecretString>) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(spec)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    admin_url.map(|u| u.expose_secret().to_string()).hash(&mut hasher);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CredentialsSpec, Placement, ProvisioningJournal, TenantSpec, TenantStatus};
+
+    fn tenant(class: Option<&str>) -> Tenant {
+        Tenant::new(
+            "acme",
+            TenantSpec {
+                display_name: None,
+                class: class.map(str::to_string),
+                database: Default::default(),
+                storage: Default::default(),
+                credentials: CredentialsSpec {
+                    namespace: "apps".into(),
+                    secret_name: None,
+                },
+                deletion: Default::default(),
+                suspended: false,
+            },
+        )
+    }
+
+    fn class(name: &str, default: bool) -> Arc<TenantClass> {
+        let mut c = TenantClass::new(name, TenantClassSpec::default());
+        if default {
+            c.metadata.annotations = Some(
+                [(
+                    crate::api::DEFAULT_CLASS_ANNOTATION.to_string(),
+                    "true".to_string(),
+                )]
+                .into(),
+            );
+        }
+        Arc::new(c)
+    }
+
+    #[test]
+    fn the_named_class_wins() {
+        let classes = [class("standard", true), class("enterprise", false)];
+        assert_eq!(
+            class_name_of(&tenant(Some("enterprise")), &classes).unwrap(),
+            "enterprise"
+        );
+    }
+
+    #[test]
+    fn without_a_name_the_default_class_then_the_flags_apply() {
+        let t = tenant(None);
+        assert_eq!(
+            class_name_of(&t, &[class("standard", true), class("x", false)]).unwrap(),
+            "standard"
+        );
+        assert_eq!(
+            class_name_of(&t, &[class("x", false)]).unwrap(),
+            FLAGS_CLASS
+        );
+    }
+
+    #[test]
+    fn two_default_classes_are_an_error_naming_both() {
+        let err = class_name_of(&tenant(None), &[class("b", true), class("a", true)]).unwrap_err();
+        assert_eq!(err.reason(), "SeveralDefaultClasses");
+        assert!(err.to_string().contains("a, b"), "{err}");
+    }
+
+    #[test]
+    fn a_placed_tenant_keeps_its_class_when_the_default_changes() {
+        let mut t = tenant(None);
+        t.status = Some(TenantStatus {
+            placement: Some(Placement {
+                class: "standard".into(),
+                server: "db:5432/app".into(),
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            class_name_of(&t, &[class("premium", true)]).unwrap(),
+            "standard"
+        );
+    }
+
+    #[test]
+    fn a_tenant_provisioned_before_classes_stays_on_the_flags() {
+        let mut t = tenant(None);
+        t.status = Some(TenantStatus {
+            provisioning: Some(ProvisioningJournal {
+                provisioned: true,
+                ..crate::provision::new_journal()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            class_name_of(&t, &[class("premium", true)]).unwrap(),
+            FLAGS_CLASS
+        );
+    }
+}
