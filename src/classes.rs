@@ -31,6 +31,20 @@ pub struct ClassSettings {
     pub rules: ClassRules,
     pub backends: Backends,
     pub probe_interval: Duration,
+    /// The TenantClass's `metadata.generation` these settings were built
+    /// from; none for the flags.
+    pub generation: Option<i64>,
+}
+
+impl ClassSettings {
+    /// Where a tenant provisioned now with this class lives.
+    pub fn placement(&self) -> crate::api::Placement {
+        crate::api::Placement {
+            class: self.rules.name.clone(),
+            server: self.rules.server.clone(),
+            class_generation: self.generation,
+        }
+    }
 }
 
 /// What a class decides about its tenants' specs (plain data, so the
@@ -50,9 +64,7 @@ pub struct ClassRules {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClassError {
-    #[error(
-        "TenantClass {0:?} (spec.class) does not exist; create it, or name an existing class"
-    )]
+    #[error("TenantClass {0:?} (spec.class) does not exist; create it, or name an existing class")]
     NotFound(String),
     #[error(
         "several TenantClasses are annotated tenantry.dev/is-default-class=true ({0}); a tenant without spec.class cannot choose: keep the annotation on one"
@@ -142,6 +154,7 @@ impl ClassRegistry {
             },
             backends: flags_backends,
             probe_interval: default_probe_interval,
+            generation: None,
         });
         Ok(Self {
             client,
@@ -198,7 +211,8 @@ impl ClassRegistry {
         if let Some(built) = cached() {
             return Ok(built);
         }
-        let settings = self.build(&name, &class.spec, admin_url).await?;
+        let mut settings = self.build(&name, &class.spec, admin_url).await?;
+        settings.generation = class.metadata.generation;
         let settings = Arc::new(settings);
         self.built
             .lock()
@@ -327,6 +341,7 @@ impl ClassRegistry {
             },
             backends,
             probe_interval,
+            generation: None,
         })
     }
 }
@@ -366,7 +381,9 @@ fn fingerprint(spec: &TenantClassSpec, admin_url: Option<&SecretString>) -> u64 
     serde_json::to_string(spec)
         .unwrap_or_default()
         .hash(&mut hasher);
-    admin_url.map(|u| u.expose_secret().to_string()).hash(&mut hasher);
+    admin_url
+        .map(|u| u.expose_secret().to_string())
+        .hash(&mut hasher);
     hasher.finish()
 }
 
@@ -443,6 +460,7 @@ mod tests {
             placement: Some(Placement {
                 class: "standard".into(),
                 server: "db:5432/app".into(),
+                class_generation: None,
             }),
             ..Default::default()
         });

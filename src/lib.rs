@@ -3,8 +3,8 @@
 
 pub mod api;
 pub mod audit;
-pub mod classes;
 pub mod backends;
+pub mod classes;
 pub mod config;
 pub mod controller;
 pub mod isolation;

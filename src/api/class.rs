@@ -149,7 +149,10 @@ pub struct ClassAws {
     /// by the tenant's name. Left out: no principal is named, and access goes
     /// by the account's IAM policies alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024), pattern(r"^arn:[a-z-]+:iam::[0-9]{12}:\S+$"))]
+    #[schemars(
+        length(min = 1, max = 1024),
+        pattern(r"^arn:[a-z-]+:iam::[0-9]{12}:\S+$")
+    )]
     pub principal: Option<String>,
 }
 

@@ -35,7 +35,10 @@ pub struct TenantSpec {
     /// the operator's flags. The class a tenant was first provisioned with
     /// stays its class; moving a live tenant to another server is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub class: Option<String>,
 
     /// How the tenant's data is separated in PostgreSQL.
@@ -220,6 +223,10 @@ pub struct Placement {
     pub class: String,
     /// `host:port/database` of the admin connection (never credentials).
     pub server: String,
+    /// The class's `metadata.generation` the tenant was last provisioned
+    /// with: a newer one makes the operator apply the class again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_generation: Option<i64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -622,8 +622,7 @@ fn with_principal_statement(
         Some(single) => vec![single.clone()],
         None => Vec::new(),
     };
-    let ours =
-        |s: &serde_json::Value| s.get("Sid").and_then(|v| v.as_str()) == Some(PRINCIPAL_SID);
+    let ours = |s: &serde_json::Value| s.get("Sid").and_then(|v| v.as_str()) == Some(PRINCIPAL_SID);
     let wanted = principal.map(|principal| {
         serde_json::json!({
             "Sid": PRINCIPAL_SID,
@@ -678,8 +677,14 @@ mod tests {
         let with = with_principal_statement(&default_policy(), Some("arn:aws:iam::1:role/a"));
         let moved = with_principal_statement(&with, Some("arn:aws:iam::1:role/b"));
         assert_eq!(moved["Statement"].as_array().unwrap().len(), 2);
-        assert_eq!(moved["Statement"][1]["Principal"]["AWS"], "arn:aws:iam::1:role/b");
+        assert_eq!(
+            moved["Statement"][1]["Principal"]["AWS"],
+            "arn:aws:iam::1:role/b"
+        );
         assert_eq!(with_principal_statement(&with, None), default_policy());
-        assert_eq!(with_principal_statement(&default_policy(), None), default_policy());
+        assert_eq!(
+            with_principal_statement(&default_policy(), None),
+            default_policy()
+        );
     }
 }

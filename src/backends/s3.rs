@@ -868,7 +868,11 @@ mod tests {
 
     #[test]
     fn a_class_principal_is_allowed_on_the_bucket_and_its_objects_only() {
-        let p = bucket_policy("t-acme", "aws", Some("arn:aws:iam::111122223333:role/app-acme"));
+        let p = bucket_policy(
+            "t-acme",
+            "aws",
+            Some("arn:aws:iam::111122223333:role/app-acme"),
+        );
         let allow = &p["Statement"][1];
         assert_eq!(allow["Effect"], "Allow");
         assert_eq!(

@@ -559,7 +559,12 @@ async fn resolve_class(
                 TenantPhase::Failed
             };
             let verdict = Verdict::new(phase, error.reason(), error.to_string());
-            apply_verdict(&mut status, &verdict, tenant.metadata.generation, Utc::now());
+            apply_verdict(
+                &mut status,
+                &verdict,
+                tenant.metadata.generation,
+                Utc::now(),
+            );
             if Some(&status) != tenant.status.as_ref() {
                 write_status(&ctx.client, &tenant.name_any(), &status).await?;
             }
@@ -579,9 +584,9 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         Err(action) => return Ok(action),
     };
     let spec = effective_spec(tenant, &class.rules);
-    let (spec, names) = match spec.and_then(|spec| {
-        validate(tenant, &spec, &class.rules).map(|(names, _grace)| (spec, names))
-    }) {
+    let (spec, names) = match spec
+        .and_then(|spec| validate(tenant, &spec, &class.rules).map(|(names, _grace)| (spec, names)))
+    {
         Ok(valid) => valid,
         Err(refusal) => {
             let verdict = Verdict::new(TenantPhase::Failed, refusal.reason, refusal.message);
@@ -634,6 +639,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             .resources
             .as_ref()
             .is_some_and(|r| r.key_arn.is_some())
+        && current.placement == Some(class.placement())
         && !tenant.spec.suspended;
     let mut drift: Option<Measurement> = None;
     if settled {
@@ -671,8 +677,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     // resource exists, so a crash cannot leave a tenant on an unknown server.
     let mut placed = current.clone();
     placed.placement.get_or_insert_with(|| Placement {
-        class: class.rules.name.clone(),
-        server: class.rules.server.clone(),
+        class_generation: None,
+        ..class.placement()
     });
     let mut store = StatusJournal {
         client: &ctx.client,
@@ -694,6 +700,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     match outcome {
         Outcome::Provisioned => {
             status.resources = Some(steps_ctx.resources());
+            // Every step ran with this class as it is now.
+            status.placement = Some(class.placement());
             if spec.suspended != (current.phase == Some(TenantPhase::Suspended)) {
                 let action = if tenant.spec.suspended {
                     "tenant.suspend"
@@ -805,7 +813,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             {
                 let measured = Box::pin(measure(&steps_ctx)).await;
                 if !measured.all_enforced() {
-                    let fenced = isolation_failure(tenant, ctx, &class, &steps_ctx, &measured).await;
+                    let fenced =
+                        isolation_failure(tenant, ctx, &class, &steps_ctx, &measured).await;
                     message = format!("{message}; {}", fenced.message);
                 }
                 let repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
@@ -1037,8 +1046,12 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     };
     // A class that now forbids the tenant's mode must not stop its deletion.
     let mut spec = tenant.spec.clone();
-    spec.database.isolation.get_or_insert(class.rules.default_mode);
-    spec.deletion.policy.get_or_insert(class.rules.deletion_policy);
+    spec.database
+        .isolation
+        .get_or_insert(class.rules.default_mode);
+    spec.deletion
+        .policy
+        .get_or_insert(class.rules.deletion_policy);
     spec.deletion
         .grace_period
         .get_or_insert_with(|| class.rules.grace_period.clone());
@@ -1314,7 +1327,8 @@ mod tests {
         let err = check(&t, &flags()).unwrap_err();
         assert_eq!(err.reason, "IsolationModeChangeRefused");
         assert!(
-            err.message.contains("cannot change from Schema to Database"),
+            err.message
+                .contains("cannot change from Schema to Database"),
             "{err:?}"
         );
     }
@@ -1323,7 +1337,12 @@ mod tests {
     fn a_bad_grace_period_is_named() {
         let mut t = tenant("acme", IsolationMode::Schema);
         t.spec.deletion.grace_period = Some("soon".into());
-        assert!(check(&t, &flags()).unwrap_err().message.contains("gracePeriod"));
+        assert!(
+            check(&t, &flags())
+                .unwrap_err()
+                .message
+                .contains("gracePeriod")
+        );
     }
 
     #[test]
@@ -1359,7 +1378,11 @@ mod tests {
         // What the tenant says wins.
         t.spec.deletion.grace_period = Some("2h".into());
         assert_eq!(
-            effective_spec(&t, &class).unwrap().deletion.grace_period.as_deref(),
+            effective_spec(&t, &class)
+                .unwrap()
+                .deletion
+                .grace_period
+                .as_deref(),
             Some("2h")
         );
     }
@@ -1385,6 +1408,7 @@ mod tests {
             placement: Some(Placement {
                 class: "standard".into(),
                 server: "db:5432/app".into(),
+                class_generation: Some(1),
             }),
             resources: Some(TenantResources {
                 bucket: Some("tenantry-acme".into()),
@@ -1399,7 +1423,10 @@ mod tests {
         };
         let err = check(&t, &elsewhere).unwrap_err();
         assert_eq!(err.reason, "PlacementChangeRefused");
-        assert!(err.message.contains("db:5432/app") && err.message.contains("standard"), "{err:?}");
+        assert!(
+            err.message.contains("db:5432/app") && err.message.contains("standard"),
+            "{err:?}"
+        );
         let other_prefix = ClassRules {
             bucket_prefix: "other".into(),
             ..flags()

@@ -221,7 +221,11 @@ impl Step<TenantContext> for PostgresStep {
         Ok(ctx
             .backends
             .database
-            .remove_tenant(&ctx.tenant, &ctx.names, ctx.spec.database.isolation.unwrap_or_default())
+            .remove_tenant(
+                &ctx.tenant,
+                &ctx.names,
+                ctx.spec.database.isolation.unwrap_or_default(),
+            )
             .await?)
     }
 }

@@ -27,7 +27,10 @@ pub async fn kube_client() -> Client {
 /// Installs (or updates) the CRDs from the Rust types and waits until the
 /// API server serves them.
 pub async fn install_crd(client: &Client) {
-    for crd in [tenantry::api::tenant_crd(), tenantry::api::tenant_class_crd()] {
+    for crd in [
+        tenantry::api::tenant_crd(),
+        tenantry::api::tenant_class_crd(),
+    ] {
         install_one_crd(client, crd).await;
     }
 }

@@ -1,0 +1,409 @@
+//! TenantClasses against the real API server, both PostgreSQL clusters and
+//! moto: tenants land on their class's server, with its mode, bucket prefix
+//! and principal; a missing class is a clear condition; class changes reach
+//! the tenants; a live tenant is never moved.
+
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sqlx::{Connection, PgConnection};
+use tenantry::api::{Tenant, TenantClass, TenantPhase};
+
+use crate::support::cluster::*;
+use crate::support::readback::{self, footprint};
+use crate::support::{env, unique_name};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn setup() -> (Client, Operator, String) {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let namespace = create_namespace(&client, "apps").await;
+    let op = Operator::start(&[]).await;
+    (client, op, namespace)
+}
+
+/// A Secret holding the second cluster's admin URL, as a platform team
+/// would give a dedicated server to an enterprise tier.
+async fn second_server_secret(client: &Client, namespace: &str) -> String {
+    let name = unique_name("pg2");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+                data: Some(
+                    [(
+                        "url".to_string(),
+                        ByteString(env("TENANTRY_DATABASE_URL_2").into_bytes()),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create admin URL Secret");
+    name
+}
+
+async fn create_class(client: &Client, name: &str, spec: serde_json::Value) -> TenantClass {
+    let classes: Api<TenantClass> = Api::all(client.clone());
+    let class: TenantClass = serde_json::from_value(json!({
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "TenantClass",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("valid TenantClass");
+    classes
+        .create(&PostParams::default(), &class)
+        .await
+        .expect("create TenantClass")
+}
+
+async fn patch_class(client: &Client, name: &str, patch: serde_json::Value) {
+    let classes: Api<TenantClass> = Api::all(client.clone());
+    classes
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("patch TenantClass");
+}
+
+async fn patch_tenant(client: &Client, name: &str, patch: serde_json::Value) {
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("patch Tenant");
+}
+
+async fn connect(url: &str) -> PgConnection {
+    PgConnection::connect(url)
+        .await
+        .expect("connect as superuser")
+}
+
+async fn role_exists(db: &mut PgConnection, role: &str) -> bool {
+    sqlx::query_scalar("SELECT count(*) = 1 FROM pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_one(db)
+        .await
+        .expect("read pg_roles")
+}
+
+async fn database_exists(db: &mut PgConnection, database: &str) -> bool {
+    sqlx::query_scalar("SELECT count(*) = 1 FROM pg_database WHERE datname = $1")
+        .bind(database)
+        .fetch_one(db)
+        .await
+        .expect("read pg_database")
+}
+
+fn ident(name: &str) -> String {
+    format!("t_{}", name.replace('-', "_"))
+}
+
+async fn bucket_policy(aws: &readback::Aws, bucket: &str) -> serde_json::Value {
+    let policy = aws
+        .s3
+        .get_bucket_policy()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("read bucket policy")
+        .policy
+        .expect("bucket has a policy");
+    serde_json::from_str(&policy).expect("policy is JSON")
+}
+
+async fn key_policy(aws: &readback::Aws, key_arn: &str) -> serde_json::Value {
+    let key_id = key_arn.rsplit('/').next().unwrap();
+    let policy = aws
+        .kms
+        .get_key_policy()
+        .key_id(key_id)
+        .policy_name("default")
+        .send()
+        .await
+        .expect("read key policy")
+        .policy
+        .expect("key has a policy");
+    serde_json::from_str(&policy).expect("policy is JSON")
+}
+
+/// The principals named by a policy's Allow statements.
+fn allowed_principals(policy: &serde_json::Value) -> Vec<String> {
+    policy["Statement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["Effect"] == "Allow")
+        .filter_map(|s| s["Principal"]["AWS"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn tenants_of_two_classes_land_on_their_own_servers_with_their_settings() {
+    let (client, op, ns) = setup().await;
+    let secret = second_server_secret(&client, &ns).await;
+    let standard = unique_name("standard");
+    let enterprise = unique_name("enterprise");
+    create_class(&client, &standard, json!({})).await;
+    create_class(
+        &client,
+        &enterprise,
+        json!({
+            "postgres": {"adminUrlSecretRef": {"namespace": ns, "name": secret}},
+            "isolation": {"defaultMode": "Database", "allowOverride": false},
+            "aws": {
+                "bucketPrefix": "tenantry-ent",
+                "principal": "arn:aws:iam::123456789012:role/app-{tenant}",
+            },
+            "deletion": {"policy": "Delete", "gracePeriod": "1s"},
+        }),
+    )
+    .await;
+
+    let std_tenant = unique_name("std");
+    let ent_tenant = unique_name("ent");
+    let spec = |class: &str| json!({"class": class, "credentials": {"namespace": ns}});
+    create_tenant(&client, &tenant_manifest(&op, &std_tenant, spec(&standard))).await;
+    create_tenant(
+        &client,
+        &tenant_manifest(&op, &ent_tenant, spec(&enterprise)),
+    )
+    .await;
+    let s = wait_for_tenant(&client, &op, &std_tenant, READY_TIMEOUT, "Ready", is_ready).await;
+    let e = wait_for_tenant(&client, &op, &ent_tenant, READY_TIMEOUT, "Ready", is_ready).await;
+
+    let mut pg1 = connect(&env("TENANTRY_TEST_SUPERUSER_URL")).await;
+    let mut pg2 = connect(&env("TENANTRY_TEST_SUPERUSER_URL_2")).await;
+
+    // The standard tenant: a schema on the operator's own server only.
+    let s_status = s.status.clone().unwrap();
+    assert_eq!(s_status.placement.as_ref().unwrap().class, standard);
+    assert_eq!(
+        s_status.resources.as_ref().unwrap().schema.as_deref(),
+        Some(ident(&std_tenant).as_str())
+    );
+    assert!(role_exists(&mut pg1, &ident(&std_tenant)).await);
+    assert!(!role_exists(&mut pg2, &ident(&std_tenant)).await);
+
+    // The enterprise tenant: its own database on the dedicated server, and
+    // nothing on the shared one.
+    let e_status = e.status.clone().unwrap();
+    let placement = e_status.placement.clone().unwrap();
+    assert_eq!(placement.class, enterprise);
+    let port2 = url::Url::parse(&env("TENANTRY_DATABASE_URL_2"))
+        .unwrap()
+        .port()
+        .unwrap();
+    assert!(
+        placement.server.contains(&format!(":{port2}/")),
+        "{placement:?}"
+    );
+    let resources = e_status.resources.clone().unwrap();
+    assert_eq!(
+        resources.database.as_deref(),
+        Some(ident(&ent_tenant).as_str())
+    );
+    assert!(role_exists(&mut pg2, &ident(&ent_tenant)).await);
+    assert!(database_exists(&mut pg2, &ident(&ent_tenant)).await);
+    assert!(!role_exists(&mut pg1, &ident(&ent_tenant)).await);
+    assert!(!database_exists(&mut pg1, &ident(&ent_tenant)).await);
+
+    // The credentials apps get point at the dedicated server and work there.
+    let data = readback::kube_secret_data(&client, &ns, &format!("{ent_tenant}-credentials")).await;
+    assert_eq!(data["port"], port2.to_string());
+    readback::can_log_in(&data["url"])
+        .await
+        .expect("the enterprise tenant logs in on its server");
+
+    // The class's bucket prefix and principal, in the bucket and key policies.
+    let bucket = resources.bucket.clone().unwrap();
+    assert_eq!(bucket, format!("tenantry-ent-{ent_tenant}"));
+    let aws = readback::aws().await;
+    let principal = format!("arn:aws:iam::123456789012:role/app-{ent_tenant}");
+    assert_eq!(
+        allowed_principals(&bucket_policy(&aws, &bucket).await),
+        [principal.clone()]
+    );
+    assert!(
+        allowed_principals(&key_policy(&aws, resources.key_arn.as_deref().unwrap()).await)
+            .contains(&principal)
+    );
+    // The standard tenant's policies name no principal.
+    let s_resources = s_status.resources.unwrap();
+    assert!(
+        allowed_principals(&bucket_policy(&aws, s_resources.bucket.as_deref().unwrap()).await)
+            .is_empty()
+    );
+
+    // The class's deletion default applies: Delete with a 1 s grace period
+    // removes everything from the dedicated server.
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .delete(&ent_tenant, &Default::default())
+        .await
+        .expect("delete Tenant");
+    wait_for_tenant_gone(&client, &op, &ent_tenant, READY_TIMEOUT).await;
+    assert!(!role_exists(&mut pg2, &ident(&ent_tenant)).await);
+    assert!(!database_exists(&mut pg2, &ident(&ent_tenant)).await);
+}
+
+#[tokio::test]
+async fn a_missing_class_is_a_clear_condition_until_the_class_exists() {
+    let (client, op, ns) = setup().await;
+    let class = unique_name("later");
+    let name = unique_name("orphan");
+    let created = create_tenant(
+        &client,
+        &tenant_manifest(
+            &op,
+            &name,
+            json!({"class": class, "credentials": {"namespace": ns}}),
+        ),
+    )
+    .await;
+    let t = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "ClassNotFound", |t| {
+        condition(t, "Ready").is_some_and(|c| c.reason == "ClassNotFound")
+    })
+    .await;
+    assert_eq!(phase(&t), Some(TenantPhase::Failed));
+    let ready = condition(&t, "Ready").unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains(&class), "{}", ready.message);
+    assert_eq!(condition(&t, "Stalled").unwrap().status, "True");
+    // Nothing was made anywhere.
+    let uid = created.uid().unwrap();
+    assert!(
+        footprint(&client, &name, &uid, &ns, &format!("{name}-credentials"))
+            .await
+            .is_empty()
+    );
+
+    // The class appears: the tenant proceeds without any change of its own.
+    create_class(&client, &class, json!({})).await;
+    wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
+}
+
+#[tokio::test]
+async fn a_class_change_reaches_its_tenants_and_a_forbidden_mode_is_refused() {
+    let (client, op, ns) = setup().await;
+    let class = unique_name("tier");
+    // A long probe interval: only the class watch can bring the change soon.
+    create_class(&client, &class, json!({"probeInterval": "1h"})).await;
+    let name = unique_name("tiered");
+    create_tenant(
+        &client,
+        &tenant_manifest(
+            &op,
+            &name,
+            json!({"class": class, "credentials": {"namespace": ns}}),
+        ),
+    )
+    .await;
+    let t = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
+    let bucket = t.status.unwrap().resources.unwrap().bucket.unwrap();
+    let aws = readback::aws().await;
+    assert!(allowed_principals(&bucket_policy(&aws, &bucket).await).is_empty());
+
+    patch_class(
+        &client,
+        &class,
+        json!({"spec": {"aws": {"principal": "arn:aws:iam::123456789012:role/{tenant}-app"}}}),
+    )
+    .await;
+    let wanted = format!("arn:aws:iam::123456789012:role/{name}-app");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while allowed_principals(&bucket_policy(&aws, &bucket).await) != [wanted.clone()] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the class's new principal never reached bucket {bucket}; operator log:\n{}",
+            tail(&op.log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The class now promises dedicated databases only: the Schema tenant is
+    // told so, and keeps everything it has.
+    patch_class(
+        &client,
+        &class,
+        json!({"spec": {"isolation": {"defaultMode": "Database", "allowOverride": false}}}),
+    )
+    .await;
+    patch_tenant(
+        &client,
+        &name,
+        json!({"spec": {"database": {"isolation": "Schema"}}}),
+    )
+    .await;
+    let t = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "refused", |t| {
+        condition(t, "Ready").is_some_and(|c| c.reason == "IsolationModeNotAllowed")
+            && t.status.as_ref().and_then(|s| s.observed_generation) == t.metadata.generation
+    })
+    .await;
+    assert!(
+        condition(&t, "Ready").unwrap().message.contains(&class),
+        "{:?}",
+        condition(&t, "Ready")
+    );
+    let mut pg1 = connect(&env("TENANTRY_TEST_SUPERUSER_URL")).await;
+    assert!(role_exists(&mut pg1, &ident(&name)).await);
+    let uid = t.uid().unwrap();
+    let kept = footprint(&client, &name, &uid, &ns, &format!("{name}-credentials")).await;
+    assert_eq!((kept.roles, kept.schemas, kept.buckets), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn a_live_tenant_is_not_moved_to_another_server() {
+    let (client, op, ns) = setup().await;
+    let secret = second_server_secret(&client, &ns).await;
+    let here = unique_name("here");
+    let there = unique_name("there");
+    create_class(&client, &here, json!({})).await;
+    create_class(
+        &client,
+        &there,
+        json!({"postgres": {"adminUrlSecretRef": {"namespace": ns, "name": secret}}}),
+    )
+    .await;
+    let name = unique_name("stay");
+    create_tenant(
+        &client,
+        &tenant_manifest(
+            &op,
+            &name,
+            json!({"class": here, "credentials": {"namespace": ns}}),
+        ),
+    )
+    .await;
+    wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
+
+    patch_tenant(&client, &name, json!({"spec": {"class": there}})).await;
+    let t = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "refused", |t| {
+        condition(t, "Ready").is_some_and(|c| c.reason == "PlacementChangeRefused")
+    })
+    .await;
+    let message = &condition(&t, "Ready").unwrap().message;
+    assert!(
+        message.contains(&here) && message.contains(&there),
+        "{message}"
+    );
+    let mut pg2 = connect(&env("TENANTRY_TEST_SUPERUSER_URL_2")).await;
+    assert!(!role_exists(&mut pg2, &ident(&name)).await);
+
+    // Back to its class: Ready again, where it always was.
+    patch_tenant(&client, &name, json!({"spec": {"class": here}})).await;
+    wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
+}
