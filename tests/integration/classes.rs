@@ -235,7 +235,7 @@ async fn tenants_of_two_classes_land_on_their_own_servers_with_their_settings() 
     let principal = format!("arn:aws:iam::123456789012:role/app-{ent_tenant}");
     assert_eq!(
         allowed_principals(&bucket_policy(&aws, &bucket).await),
-        [principal.clone()]
+        std::slice::from_ref(&principal)
     );
     assert!(
         allowed_principals(&key_policy(&aws, resources.key_arn.as_deref().unwrap()).await)
