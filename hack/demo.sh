@@ -39,9 +39,9 @@ say "building tenantry"
 cargo build --quiet --bin tenantry
 bin=$CARGO_TARGET_DIR/debug/tenantry
 
-say "installing the CRD: tenantry crd | kubectl apply -f -"
+say "installing the CRDs: tenantry crd | kubectl apply -f -"
 "$bin" crd | kubectl apply -f -
-kubectl wait --for=condition=Established crd/tenants.tenantry.dev --timeout=60s
+kubectl wait --for=condition=Established crd/tenants.tenantry.dev crd/tenantclasses.tenantry.dev --timeout=60s
 
 say "running the operator (log: $log_file)"
 stop_operator
@@ -51,9 +51,13 @@ TENANTRY_EVENT_NAMESPACE=kube-system \
   nohup "$bin" run >"$log_file" 2>&1 &
 echo $! >"$pid_file"
 
-say "applying examples/"
+say "applying examples/ (two TenantClasses, a tenant of each): kubectl apply -k examples/"
 kubectl apply -f examples/namespace.yaml
-kubectl apply -f examples/
+# The enterprise class's dedicated server is the local environment's second
+# PostgreSQL cluster; its admin URL goes into a Secret, never into a manifest.
+kubectl create secret generic postgres-enterprise -n tenantry-system \
+  --from-literal=url="$TENANTRY_DATABASE_URL_2" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -k examples/
 
 say "waiting for the tenants to be Ready"
 if ! kubectl wait --for=condition=Ready tenant/acme tenant/globex --timeout=180s; then
@@ -70,6 +74,10 @@ for line in sys.stdin:
     d = json.loads(line); i = d["isolation"]
     print(d["tenant"], "enforced" if d["enforced"] else "NOT enforced", {k: i[k]["state"] for k in ("database", "storage", "encryption")}, "verified at", i["verifiedAt"])'
 
+say "kubectl get tenantclasses"
+kubectl get tenantclasses
+say "where each tenant lives (kubectl get tenant NAME -o jsonpath='{.status.placement}')"
+for t in acme globex; do echo "$t: $(kubectl get tenant "$t" -o jsonpath='{.status.placement}')"; done
 say "what the operator made for tenant acme (kubectl get tenant acme -o jsonpath='{.status.resources}')"
 kubectl get tenant acme -o jsonpath='{.status.resources}' | python3 -m json.tool
 say "the credentials Secret apps mount (keys only)"
