@@ -9,6 +9,7 @@ mod support;
 mod atomicity;
 mod audit;
 mod aws;
+mod chart;
 mod classes;
 mod isolation;
 mod isolation_aws;

@@ -117,6 +117,7 @@ impl Operator {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
+        super::rbac::ensure_operator_identity().await;
         op.spawn();
         op
     }
@@ -129,6 +130,8 @@ impl Operator {
             .expect("open operator log");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"));
         cmd.arg("run")
+            // The chart's ServiceAccount and rules, not the admin (support/rbac.rs).
+            .env("KUBECONFIG", super::rbac::operator_kubeconfig())
             .env(
                 "TENANTRY_TENANT_SELECTOR",
                 format!("{TEST_LABEL}={}", self.run_id),

@@ -45,6 +45,8 @@ pub fn unique_uid() -> String {
 }
 
 pub mod cluster;
+pub mod helm;
+pub mod rbac;
 pub mod readback;
 pub mod relay;
 
