@@ -36,7 +36,7 @@ pub struct KmsBackend {
 impl KmsBackend {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
-            client: Client::new(config),
+            client: super::aws::kms_client(config),
             uncertain: Mutex::default(),
         }
     }

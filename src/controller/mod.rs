@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 use rand::Rng;
 
@@ -30,7 +30,7 @@ use crate::api::{
 use crate::audit::{self, AuditLog};
 use crate::backends::TenantRef;
 use crate::config::{Backends, EngineArgs, UnrepairableDrift};
-use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels};
+use crate::metrics::{ErrorLabels, Metrics};
 use crate::naming::TenantNames;
 use crate::provision::{Engine, JournalStore, Outcome, StepError, new_journal};
 use events::{EventPublisher, EventType};
@@ -116,16 +116,30 @@ pub async fn check_crd_installed(client: &Client) -> anyhow::Result<()> {
     }
 }
 
-/// Runs the controller until SIGTERM/SIGINT.
-pub async fn run(ctx: Arc<Context>, concurrency: u16, selector: &str) {
+/// Runs the controller until `shutdown` resolves, then lets running
+/// reconciles finish. Only the Tenants of `selector` and `shard` are watched
+/// and kept in `store`.
+pub async fn run(
+    ctx: Arc<Context>,
+    concurrency: u16,
+    selector: &str,
+    shard: crate::shard::Shard,
+    store: kube::runtime::reflector::store::Writer<Tenant>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use kube::runtime::WatchStreamExt;
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
     let mut watch = watcher::Config::default();
     if !selector.is_empty() {
         watch = watch.labels(selector);
     }
-    Controller::new(tenants, watch)
+    let reader = store.as_reader();
+    let stream = crate::shard::filter_events(shard, watcher(tenants, watch).default_backoff())
+        .reflect(store)
+        .applied_objects();
+    Controller::for_stream(stream, reader)
         .with_config(ControllerConfig::default().concurrency(concurrency))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
@@ -590,6 +604,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 let verdict = if measured.all_enforced() {
                     if let Some(before) = &drift {
                         repairs += 1;
+                        ctx.metrics.drift_repairs.inc();
                         let message = format!("repaired and verified: {}", before.failures());
                         record(
                             "drift.repair",
@@ -869,12 +884,7 @@ async fn finish(
         write_status(&ctx.client, &tenant.name_any(), &status).await?;
     }
     if let Some(outcome) = outcome {
-        ctx.metrics
-            .provisioning_outcomes
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_string(),
-            })
-            .inc();
+        ctx.metrics.record_outcome(outcome);
     }
     Ok(resync(ctx))
 }
