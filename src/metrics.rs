@@ -254,6 +254,13 @@ pub enum Sql {
     Delete,
     /// CREATE, ALTER, DROP, COMMENT, GRANT, REVOKE, ...: a write.
     Ddl,
+    /// A setting of the session or transaction (`SET`, `RESET`,
+    /// `set_config`): changes nothing stored, a read.
+    Session,
+    /// INSERT, UPDATE or DELETE that an isolation probe tries as the tenant
+    /// in a transaction that is always rolled back: a write attempt (it must
+    /// be refused or reach nothing), counted apart from real writes.
+    RolledBackDml,
 }
 
 impl Sql {
@@ -264,13 +271,17 @@ impl Sql {
             Self::Update => "UPDATE",
             Self::Delete => "DELETE",
             Self::Ddl => "DDL",
+            Self::Session => "SET",
+            Self::RolledBackDml => "PROBE_DML_ROLLED_BACK",
         }
     }
 
     fn kind(self) -> CallKind {
         match self {
-            Self::Select => CallKind::Read,
-            _ => CallKind::Write,
+            Self::Select | Self::Session => CallKind::Read,
+            Self::Insert | Self::Update | Self::Delete | Self::Ddl | Self::RolledBackDml => {
+                CallKind::Write
+            }
         }
     }
 }
