@@ -179,6 +179,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // hold up a rolling update by looking unready (`tenantry_leader` tells
     // which process leads).
     ready.store(true, Ordering::Relaxed);
+    {
+        let (ready, shutdown) = (ready.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.requested().await;
+            ready.store(false, Ordering::Relaxed);
+        });
+    }
 
     let leadership = match lease {
         None => None,

@@ -130,8 +130,4 @@ impl Shutdown {
         let mut rx = self.0.clone();
         let _ = rx.wait_for(|s| *s).await;
     }
-
-    pub fn is_requested(&self) -> bool {
-        *self.0.borrow()
-    }
 }
