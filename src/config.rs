@@ -157,6 +157,9 @@ pub struct RunArgs {
     /// first start and owned by the admin role.
     #[arg(long, env = "TENANTRY_AUDIT_SCHEMA", default_value = crate::audit::DEFAULT_SCHEMA)]
     pub audit_schema: String,
+
+    #[command(flatten)]
+    pub runtime: crate::runtime::RuntimeArgs,
 }
 
 fn parse_secret(value: &str) -> Result<SecretString, String> {

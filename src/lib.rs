@@ -8,9 +8,12 @@ pub mod classes;
 pub mod config;
 pub mod controller;
 pub mod isolation;
+pub mod leader;
 pub mod metrics;
 pub mod naming;
 pub mod provision;
+pub mod runtime;
+pub mod shard;
 
 /// Selects the TLS crypto provider for the whole process. The Kubernetes,
 /// PostgreSQL and AWS clients each bring rustls, with different default

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
 
 use tenantry::config::{BackendSettings, Backends, RunArgs};
 use tenantry::controller::{self, events::EventPublisher};
 use tenantry::metrics::Metrics;
+use tenantry::runtime::Shutdown;
 
 /// Kubernetes operator that gives every Tenant its own PostgreSQL schema or
 /// database, KMS key, S3 bucket and credentials, all or nothing.
@@ -111,6 +112,16 @@ fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run(args) = &cli.command
+        && let Err(message) = args
+            .runtime
+            .shard()
+            .and_then(|_| args.runtime.lease().map(|_| ()))
+    {
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, message)
+            .exit();
+    }
     tenantry::init_tls();
     if let Err(error) = init_tracing(cli.log_format, &cli.log) {
         eprintln!("tenantry: {error:#}");
@@ -137,6 +148,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let shard = args.runtime.shard().map_err(anyhow::Error::msg)?;
+    let lease = args.runtime.lease().map_err(anyhow::Error::msg)?;
+    let shutdown = Shutdown::on_signals().context("cannot install the signal handlers")?;
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster)")?;
@@ -144,7 +158,60 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sdk = tenantry::backends::aws::load_sdk_config().await;
     let flags = BackendSettings::from_args(&args.backends);
     let backends = Backends::connect_with(&flags, &sdk, client.clone()).await?;
-    let audit = start_audit(&args, &client, &backends).await?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let store = kube::runtime::reflector::store::Writer::default();
+    Metrics::register_store(&mut registry, store.as_reader());
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tenantry::metrics::serve(
+        listener,
+        registry,
+        ready.clone(),
+        async move {
+            let _ = server_stopped.await;
+        },
+    ));
+    // Ready means started: a standby is ready to take over, and must not
+    // hold up a rolling update by looking unready (`tenantry_leader` tells
+    // which process leads).
+    ready.store(true, Ordering::Relaxed);
+    {
+        let (ready, shutdown) = (ready.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.requested().await;
+            ready.store(false, Ordering::Relaxed);
+        });
+    }
+
+    let leadership = match lease {
+        None => None,
+        Some(lease) => {
+            tracing::info!(
+                identity = %lease.identity,
+                lease = %format!("{}/{}", lease.namespace, lease.name),
+                "leader election on: waiting for the Lease"
+            );
+            tokio::select! {
+                held = tenantry::leader::acquire(client.clone(), lease) => Some(held),
+                () = shutdown.requested() => {
+                    ready.store(false, Ordering::Relaxed);
+                    let _ = stop_server.send(());
+                    let _ = server.await;
+                    tracing::info!("tenantry stopped (was standing by)");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    metrics.leader.set(1);
+
+    let audit = start_audit(&args, &client, &backends, shard).await?;
     let classes = tenantry::classes::ClassRegistry::start(
         client.clone(),
         flags,
@@ -153,32 +220,54 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.engine.probe_interval,
     )
     .await?;
-
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-    let server = tokio::spawn(tenantry::metrics::serve(listener, registry, ready.clone()));
-
     let events = EventPublisher::new(client.clone(), args.event_namespace.clone());
     let ctx = Arc::new(controller::Context::new(
         client,
         classes,
         args.engine.clone(),
         events,
-        metrics,
+        metrics.clone(),
         audit,
     ));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        shard = shard.index,
+        shards = shard.count,
         "tenantry controller starting"
     );
-    ready.store(true, Ordering::Relaxed);
-    controller::run(ctx, args.concurrency, &args.tenant_selector).await;
-    server.abort();
+    let stopping = shutdown.clone();
+    let controller = controller::run(
+        ctx,
+        args.concurrency,
+        &args.tenant_selector,
+        shard,
+        store,
+        async move { stopping.requested().await },
+    );
+    let lost = match &leadership {
+        None => {
+            controller.await;
+            false
+        }
+        Some(held) => tokio::select! {
+            () = controller => false,
+            () = held.lost() => true,
+        },
+    };
+    metrics.leader.set(0);
+    ready.store(false, Ordering::Relaxed);
+    if lost {
+        // Whatever was running is dropped here, as in a crash: the journal
+        // in each Tenant's status lets the next leader resume it.
+        anyhow::bail!(
+            "lost the leader Lease: stopped reconciling; exiting so that a restart begins clean"
+        );
+    }
+    if let Some(held) = leadership {
+        held.release().await;
+    }
+    let _ = stop_server.send(());
+    let _ = server.await;
     tracing::info!("tenantry controller stopped");
     Ok(())
 }
@@ -256,6 +345,7 @@ async fn start_audit(
     args: &RunArgs,
     client: &kube::Client,
     backends: &Backends,
+    shard: tenantry::shard::Shard,
 ) -> anyhow::Result<tenantry::audit::AuditLog> {
     use kube::ResourceExt;
     use tenantry::api::Tenant;
@@ -280,6 +370,7 @@ async fn start_audit(
         .context("cannot list Tenants")?
         .items
         .iter()
+        .filter(|t| shard.owns(&t.name_any()))
         .map(|t| {
             let provisioned = t
                 .status

@@ -221,3 +221,98 @@ mod tests {
         assert_eq!(tag_changes(&converged, &desired), (BTreeMap::new(), false));
     }
 }
+
+/// Counts every SDK operation a client runs (one per operation, however
+/// many HTTP attempts the SDK's own retries make) into
+/// `tenantry_backend_calls_total`, with the operation name from the SDK's
+/// metadata, and times it.
+#[derive(Debug)]
+struct CallCounter {
+    backend: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct CallStart(std::time::Instant);
+
+impl aws_smithy_types::config_bag::Storable for CallStart {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "tenantry::CallCounter"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        cfg.interceptor_state()
+            .store_put(CallStart(std::time::Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map_or("unknown", |m| intern(m.name()));
+        let elapsed = cfg
+            .load::<CallStart>()
+            .map(|s| s.0.elapsed())
+            .unwrap_or_default();
+        let ok = matches!(context.output_or_error(), Some(Ok(_)));
+        crate::metrics::record_call(
+            self.backend,
+            operation,
+            crate::metrics::aws_operation_kind(operation),
+            ok,
+            elapsed,
+        );
+        Ok(())
+    }
+}
+
+/// A `'static` copy of an SDK operation name, for a metric label. The names
+/// are those of the operations the code calls: a small, fixed set.
+fn intern(name: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let names = names.get_or_insert_with(HashSet::new);
+    if let Some(found) = names.get(name) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// A KMS client whose calls are counted.
+pub(crate) fn kms_client(sdk: &SdkConfig) -> aws_sdk_kms::Client {
+    let config = aws_sdk_kms::config::Builder::from(sdk)
+        .interceptor(CallCounter { backend: "kms" })
+        .build();
+    aws_sdk_kms::Client::from_conf(config)
+}
+
+/// A Secrets Manager client whose calls are counted.
+pub(crate) fn secrets_client(sdk: &SdkConfig) -> aws_sdk_secretsmanager::Client {
+    let config = aws_sdk_secretsmanager::config::Builder::from(sdk)
+        .interceptor(CallCounter {
+            backend: "secretsmanager",
+        })
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+}
+
+/// The counting interceptor for an S3 client's configuration.
+pub(crate) fn count_s3_calls(builder: aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder {
+    builder.interceptor(CallCounter { backend: "s3" })
+}

@@ -43,7 +43,7 @@ const PRINCIPAL_SID: &str = "AllowTenantPrincipal";
 impl KmsBackend {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
-            client: Client::new(config),
+            client: super::aws::kms_client(config),
             uncertain: Mutex::default(),
             principal: None,
         }

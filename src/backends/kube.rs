@@ -10,6 +10,7 @@ use kube::{Client, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{Backend, BackendError, CredentialSecrets, TenantRef, tags};
+use crate::metrics::{CallKind, observe};
 
 /// Field manager of every write tenantry makes with server-side apply.
 pub const FIELD_MANAGER: &str = "tenantry";
@@ -60,7 +61,14 @@ fn is_not_found(error: &kube::Error) -> bool {
 impl CredentialSecrets for KubeSecrets {
     async fn namespace_exists(&self, namespace: &str) -> Result<bool, BackendError> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        match namespaces.get_metadata_opt(namespace).await {
+        match observe(
+            "kubernetes",
+            "GetNamespace",
+            CallKind::Read,
+            namespaces.get_metadata_opt(namespace),
+        )
+        .await
+        {
             Ok(found) => Ok(found.is_some()),
             Err(e) => Err(classify(e, &format!("reading namespace {namespace}"))),
         }
@@ -75,7 +83,14 @@ impl CredentialSecrets for KubeSecrets {
     ) -> Result<(), BackendError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name}");
-        let existing = match secrets.get_opt(name).await {
+        let existing = match observe(
+            "kubernetes",
+            "GetSecret",
+            CallKind::Read,
+            secrets.get_opt(name),
+        )
+        .await
+        {
             Ok(existing) => existing,
             Err(e) if is_not_found(&e) => None,
             Err(e) => return Err(classify(e, &format!("reading {what}"))),
@@ -139,19 +154,25 @@ impl CredentialSecrets for KubeSecrets {
             ..Default::default()
         };
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        secrets
-            .patch(name, &params, &Patch::Apply(&secret))
-            .await
-            .map_err(|e| {
-                if matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                    BackendError::Missing {
-                        backend: Backend::Kubernetes,
-                        message: format!("namespace {namespace} does not exist; tenantry does not create namespaces"),
-                    }
-                } else {
-                    classify(e, &format!("writing {what}"))
+        observe(
+            "kubernetes",
+            "ApplySecret",
+            CallKind::Write,
+            secrets.patch(name, &params, &Patch::Apply(&secret)),
+        )
+        .await
+        .map_err(|e| {
+            if matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                BackendError::Missing {
+                    backend: Backend::Kubernetes,
+                    message: format!(
+                        "namespace {namespace} does not exist; tenantry does not create namespaces"
+                    ),
                 }
-            })?;
+            } else {
+                classify(e, &format!("writing {what}"))
+            }
+        })?;
         crate::audit::note("kubernetes.secret.write", &what, audit_detail).await?;
         let was_released = existing
             .as_ref()
@@ -159,10 +180,14 @@ impl CredentialSecrets for KubeSecrets {
         if was_released {
             // Adopted: a later Tenant of the same name must not adopt it again.
             let patch = serde_json::json!({"metadata": {"annotations": {tags::RELEASED: null}}});
-            secrets
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| classify(e, &format!("adopting {what}")))?;
+            observe(
+                "kubernetes",
+                "PatchSecret",
+                CallKind::Write,
+                secrets.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await
+            .map_err(|e| classify(e, &format!("adopting {what}")))?;
             crate::audit::note("kubernetes.secret.adopt", &what, serde_json::json!({})).await?;
         }
         Ok(())
@@ -176,7 +201,14 @@ impl CredentialSecrets for KubeSecrets {
     ) -> Result<(), BackendError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name}");
-        let existing = match secrets.get_metadata_opt(name).await {
+        let existing = match observe(
+            "kubernetes",
+            "GetSecret",
+            CallKind::Read,
+            secrets.get_metadata_opt(name),
+        )
+        .await
+        {
             Ok(Some(existing)) => existing,
             Ok(None) => return Ok(()),
             Err(e) if is_not_found(&e) => return Ok(()),
@@ -194,7 +226,14 @@ impl CredentialSecrets for KubeSecrets {
             }),
             ..Default::default()
         };
-        match secrets.delete(name, &params).await {
+        match observe(
+            "kubernetes",
+            "DeleteSecret",
+            CallKind::Write,
+            secrets.delete(name, &params),
+        )
+        .await
+        {
             Ok(_) => {
                 crate::audit::note("kubernetes.secret.delete", &what, serde_json::json!({})).await
             }
@@ -211,7 +250,14 @@ impl CredentialSecrets for KubeSecrets {
     ) -> Result<(), BackendError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name}");
-        let existing = match secrets.get_metadata_opt(name).await {
+        let existing = match observe(
+            "kubernetes",
+            "GetSecret",
+            CallKind::Read,
+            secrets.get_metadata_opt(name),
+        )
+        .await
+        {
             Ok(Some(existing)) => existing,
             Ok(None) => return Ok(()),
             Err(e) => return Err(classify(e, &format!("reading {what}"))),
@@ -226,10 +272,14 @@ impl CredentialSecrets for KubeSecrets {
             return Ok(());
         }
         let patch = serde_json::json!({"metadata": {"annotations": {tags::RELEASED: "true"}}});
-        secrets
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| classify(e, &format!("releasing {what}")))?;
+        observe(
+            "kubernetes",
+            "PatchSecret",
+            CallKind::Write,
+            secrets.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await
+        .map_err(|e| classify(e, &format!("releasing {what}")))?;
         crate::audit::note("kubernetes.secret.release", &what, serde_json::json!({})).await
     }
 }

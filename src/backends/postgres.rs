@@ -239,14 +239,17 @@ impl PostgresBackend {
             bool,
             bool,
             String,
-        ) = sqlx::query_as(
-            "SELECT current_user::text, current_database()::text, \
+        ) = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_as(
+                "SELECT current_user::text, current_database()::text, \
                     current_setting('server_version_num')::int, \
                     r.rolsuper, r.rolcreaterole, r.rolcreatedb, \
                     current_setting('standard_conforming_strings') \
                FROM pg_roles r WHERE r.rolname = current_user",
+            )
+            .fetch_one(&pool),
         )
-        .fetch_one(&pool)
         .await
         .map_err(|e| classify(e, "reading the admin role"))?;
 
@@ -293,19 +296,25 @@ impl PostgresBackend {
         } else {
             ROLE_SQL_15
         };
-        sqlx::query_as::<_, RoleRow>(sql)
-            .bind(role)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| classify(e, &format!("reading role {role:?}")))
+        crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_as::<_, RoleRow>(sql)
+                .bind(role)
+                .fetch_optional(&self.pool),
+        )
+        .await
+        .map_err(|e| classify(e, &format!("reading role {role:?}")))
     }
 
     async fn read_database(&self, database: &str) -> Result<Option<ObjectRow>, BackendError> {
-        sqlx::query_as::<_, ObjectRow>(DATABASE_SQL)
-            .bind(database)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| classify(e, &format!("reading database {database:?}")))
+        crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_as::<_, ObjectRow>(DATABASE_SQL)
+                .bind(database)
+                .fetch_optional(&self.pool),
+        )
+        .await
+        .map_err(|e| classify(e, &format!("reading database {database:?}")))
     }
 
     /// A short-lived admin connection to a tenant's own database: a pool per
@@ -650,12 +659,15 @@ impl PostgresBackend {
         schema: &str,
     ) -> Result<(), BackendError> {
         let doing = format!("setting the search_path of role {role:?} in database {database:?}");
-        let settings: Vec<String> = sqlx::query_scalar(ROLE_SETTINGS_SQL)
-            .bind(role_oid)
-            .bind(database)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| classify(e, &doing))?;
+        let settings: Vec<String> = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_scalar(ROLE_SETTINGS_SQL)
+                .bind(role_oid)
+                .bind(database)
+                .fetch_one(&self.pool),
+        )
+        .await
+        .map_err(|e| classify(e, &doing))?;
         if search_path_is_set(&settings, schema) {
             return Ok(());
         }
@@ -706,11 +718,14 @@ impl PostgresBackend {
             "granting CONNECT on database {shared:?} to role {:?}",
             names.role
         );
-        let granted: bool = sqlx::query_scalar(HAS_CONNECT_GRANT_SQL)
-            .bind(role_oid)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| classify(e, &doing))?;
+        let granted: bool = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_scalar(HAS_CONNECT_GRANT_SQL)
+                .bind(role_oid)
+                .fetch_one(&mut *conn),
+        )
+        .await
+        .map_err(|e| classify(e, &doing))?;
         if !granted {
             let mut tx = conn.begin().await.map_err(|e| classify(e, &doing))?;
             query_lock(&mut tx, &doing).await?;
@@ -726,11 +741,14 @@ impl PostgresBackend {
             .await?;
             commit(tx, &doing).await?;
             // A GRANT by a role without the right only warns: read back.
-            let granted: bool = sqlx::query_scalar(HAS_CONNECT_GRANT_SQL)
-                .bind(role_oid)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(|e| classify(e, &doing))?;
+            let granted: bool = crate::metrics::sql(
+                crate::metrics::Sql::Select,
+                sqlx::query_scalar(HAS_CONNECT_GRANT_SQL)
+                    .bind(role_oid)
+                    .fetch_one(&mut *conn),
+            )
+            .await
+            .map_err(|e| classify(e, &doing))?;
             if !granted {
                 return Err(rejected(format!(
                     "the admin cannot grant CONNECT on database {shared:?}; its owner must run: GRANT CONNECT ON DATABASE {} TO {}",
@@ -823,11 +841,14 @@ impl PostgresBackend {
         let mut conn = self.connect_to(db).await?;
         let result = async {
             let resource = format!("schema {:?} in database {db:?}", names.schema);
-            let row = sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
-                .bind(&names.schema)
-                .fetch_optional(&mut conn)
-                .await
-                .map_err(|e| classify(e, &format!("reading {resource}")))?;
+            let row = crate::metrics::sql(
+                crate::metrics::Sql::Select,
+                sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
+                    .bind(&names.schema)
+                    .fetch_optional(&mut conn),
+            )
+            .await
+            .map_err(|e| classify(e, &format!("reading {resource}")))?;
             let found = self.judge_container(tenant, &resource, row, role, true, false)?;
             self.converge_schema(&mut conn, tenant, role, &names.schema, db, found)
                 .await?;
@@ -852,12 +873,15 @@ impl PostgresBackend {
 
     /// Ends every session of the role and waits (bounded) until they are gone.
     async fn terminate_sessions(&self, role_oid: Oid, role: &str) -> Result<(), BackendError> {
-        let ended: i64 = sqlx::query_scalar(TERMINATE_SQL)
-            .bind(role_oid)
-            .bind(TERMINATE_WAIT_MS)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| classify(e, &format!("ending the sessions of role {role:?}")))?;
+        let ended: i64 = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_scalar(TERMINATE_SQL)
+                .bind(role_oid)
+                .bind(TERMINATE_WAIT_MS)
+                .fetch_one(&self.pool),
+        )
+        .await
+        .map_err(|e| classify(e, &format!("ending the sessions of role {role:?}")))?;
         if ended > 0 {
             tracing::info!(role, sessions = ended, "ended PostgreSQL sessions");
         }
@@ -891,11 +915,14 @@ impl PostgresBackend {
                     "schema {:?} in database {:?}",
                     names.schema, self.shared_database
                 );
-                let row = sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
-                    .bind(&names.schema)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| classify(e, &format!("reading {resource}")))?;
+                let row = crate::metrics::sql(
+                    crate::metrics::Sql::Select,
+                    sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
+                        .bind(&names.schema)
+                        .fetch_optional(&self.pool),
+                )
+                .await
+                .map_err(|e| classify(e, &format!("reading {resource}")))?;
                 Ok((resource, row))
             }
             IsolationMode::Database => {
@@ -1177,11 +1204,14 @@ impl TenantDatabase for PostgresBackend {
             let mut conn = self.connect_to(&names.database).await?;
             let inner_resource =
                 format!("schema {:?} in database {:?}", names.schema, names.database);
-            let schema = sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
-                .bind(&names.schema)
-                .fetch_optional(&mut conn)
-                .await
-                .map_err(|e| classify(e, &format!("reading {inner_resource}")));
+            let schema = crate::metrics::sql(
+                crate::metrics::Sql::Select,
+                sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
+                    .bind(&names.schema)
+                    .fetch_optional(&mut conn),
+            )
+            .await
+            .map_err(|e| classify(e, &format!("reading {inner_resource}")));
             let decision = match schema {
                 Err(e) => Err(e),
                 Ok(None) => Ok(false),
@@ -1272,11 +1302,14 @@ async fn read_public_schema(
     role_oid: Oid,
     doing: &str,
 ) -> Result<Option<PublicSchemaRow>, BackendError> {
-    sqlx::query_as::<_, PublicSchemaRow>(PUBLIC_SCHEMA_SQL)
-        .bind(role_oid)
-        .fetch_optional(conn)
-        .await
-        .map_err(|e| classify(e, doing))
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, PublicSchemaRow>(PUBLIC_SCHEMA_SQL)
+            .bind(role_oid)
+            .fetch_optional(conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))
 }
 
 /// What a read found under the tenant's name, once judged.
@@ -1475,11 +1508,13 @@ async fn exec<'c, E: PgExecutor<'c>>(
     sql: String,
     doing: &str,
 ) -> Result<(), BackendError> {
-    sqlx::raw_sql(AssertSqlSafe(sql))
-        .execute(executor)
-        .await
-        .map(|_| ())
-        .map_err(|e| classify(e, doing))
+    crate::metrics::sql(
+        crate::metrics::Sql::Ddl,
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(executor),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| classify(e, doing))
 }
 
 async fn commit(
@@ -1493,11 +1528,13 @@ async fn query_lock(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     doing: &str,
 ) -> Result<(), BackendError> {
-    sqlx::query(SHARED_ACL_LOCK_SQL)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
-        .map_err(|e| classify(e, doing))
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query(SHARED_ACL_LOCK_SQL).execute(&mut **tx),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| classify(e, doing))
 }
 
 pub(crate) fn rejected(message: String) -> BackendError {

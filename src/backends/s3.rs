@@ -62,9 +62,10 @@ impl S3Backend {
     /// `force_path_style` is for endpoints without virtual-host addressing
     /// (moto, MinIO).
     pub fn new(config: &SdkConfig, force_path_style: bool) -> Self {
-        let s3_config = aws_sdk_s3::config::Builder::from(config)
-            .force_path_style(force_path_style)
-            .build();
+        let s3_config = super::aws::count_s3_calls(
+            aws_sdk_s3::config::Builder::from(config).force_path_style(force_path_style),
+        )
+        .build();
         Self {
             client: Client::from_conf(s3_config),
             region: config.region().map(|r| r.to_string()),

@@ -27,7 +27,7 @@ pub struct SecretsManagerBackend {
 impl SecretsManagerBackend {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
-            client: Client::new(config),
+            client: super::aws::secrets_client(config),
         }
     }
 

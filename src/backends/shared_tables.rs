@@ -244,11 +244,13 @@ pub async fn read_table_security(
 }
 
 async fn pin_search_path(conn: &mut PgConnection, doing: &str) -> Result<(), BackendError> {
-    sqlx::query("SELECT set_config('search_path', 'pg_catalog, pg_temp', true)")
-        .execute(conn)
-        .await
-        .map(|_| ())
-        .map_err(|e| classify(e, doing))
+    crate::metrics::sql(
+        crate::metrics::Sql::Session,
+        sqlx::query("SELECT set_config('search_path', 'pg_catalog, pg_temp', true)").execute(conn),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| classify(e, doing))
 }
 
 const TABLE_SQL: &str = "SELECT c.oid, c.relkind::text AS kind, pg_get_userbyid(c.relowner)::text AS owner, \
@@ -269,22 +271,28 @@ async fn read_table(
     table: &SharedTable,
     doing: &str,
 ) -> Result<Option<TableSecurity>, BackendError> {
-    let Some(mut found) = sqlx::query_as::<_, TableSecurity>(TABLE_SQL)
-        .bind(&table.schema)
-        .bind(&table.table)
-        .bind(&table.tenant_column)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| classify(e, doing))?
+    let Some(mut found) = crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, TableSecurity>(TABLE_SQL)
+            .bind(&table.schema)
+            .bind(&table.table)
+            .bind(&table.tenant_column)
+            .fetch_optional(&mut *conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))?
     else {
         return Ok(None);
     };
-    found.policies = sqlx::query_as::<_, PolicyRow>(POLICIES_SQL)
-        .bind(&table.schema)
-        .bind(&table.table)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| classify(e, doing))?;
+    found.policies = crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, PolicyRow>(POLICIES_SQL)
+            .bind(&table.schema)
+            .bind(&table.table)
+            .fetch_all(&mut *conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))?;
     Ok(Some(found))
 }
 
@@ -372,10 +380,12 @@ async fn plan_security(
     tables: &[SharedTable],
 ) -> Result<SecurityPlan, BackendError> {
     let doing = "reading the shared tables' row-level security";
-    let admin: String = sqlx::query_scalar("SELECT current_user::text")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| classify(e, doing))?;
+    let admin: String = crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut *conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))?;
     let mut plan = SecurityPlan::default();
     let qs = quote_ident(SCHEMA);
     let qc = quote_ident(CANARY_SCHEMA);
@@ -420,10 +430,12 @@ async fn plan_security(
         ),
         Some(_) => {}
     }
-    let function = sqlx::query_as::<_, FunctionRow>(FUNCTION_SQL)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| classify(e, doing))?;
+    let function = crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, FunctionRow>(FUNCTION_SQL).fetch_optional(&mut *conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))?;
     let revoke_execute = format!("REVOKE EXECUTE ON FUNCTION {FUNCTION_SIGNATURE} FROM PUBLIC");
     match function {
         None => plan.add(
@@ -509,11 +521,13 @@ async fn plan_security(
                     [revoke_others(&format!("TABLE {canary}"), &acl.others)],
                 );
             }
-            let rows: i64 =
+            let rows: i64 = crate::metrics::sql(
+                crate::metrics::Sql::Select,
                 sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {canary}")))
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(|e| classify(e, doing))?;
+                    .fetch_one(&mut *conn),
+            )
+            .await
+            .map_err(|e| classify(e, doing))?;
             if rows == 0 {
                 plan.add(
                     format!("table {CANARY_SCHEMA}.{CANARY_TABLE} is empty"),
@@ -635,11 +649,14 @@ async fn read_schema_acl(
     schema: &str,
     doing: &str,
 ) -> Result<Option<ObjectAcl>, BackendError> {
-    sqlx::query_as::<_, ObjectAcl>(SCHEMA_ACL_SQL)
-        .bind(schema)
-        .fetch_optional(conn)
-        .await
-        .map_err(|e| classify(e, doing))
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, ObjectAcl>(SCHEMA_ACL_SQL)
+            .bind(schema)
+            .fetch_optional(conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))
 }
 
 async fn read_relation_acl(
@@ -648,12 +665,15 @@ async fn read_relation_acl(
     relation: &str,
     doing: &str,
 ) -> Result<Option<ObjectAcl>, BackendError> {
-    sqlx::query_as::<_, ObjectAcl>(RELATION_ACL_SQL)
-        .bind(schema)
-        .bind(relation)
-        .fetch_optional(conn)
-        .await
-        .map_err(|e| classify(e, doing))
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, ObjectAcl>(RELATION_ACL_SQL)
+            .bind(schema)
+            .bind(relation)
+            .fetch_optional(conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))
 }
 
 /// Puts row-level security in place on `tables` (in the database `pool`
@@ -716,29 +736,38 @@ async fn ensure_canary_row(
     let q = qualified(table);
     let col = quote_ident(&table.tenant_column);
     let exists_sql = format!("SELECT EXISTS (SELECT 1 FROM {q} WHERE {col} = $1)");
-    let exists: bool = sqlx::query_scalar(AssertSqlSafe(exists_sql.clone()))
-        .bind(CANARY_TENANT)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| classify(e, &doing))?;
+    let exists: bool = crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_scalar(AssertSqlSafe(exists_sql.clone()))
+            .bind(CANARY_TENANT)
+            .fetch_one(&mut *conn),
+    )
+    .await
+    .map_err(|e| classify(e, &doing))?;
     if exists {
         return Ok(());
     }
     let mut tx = conn.begin().await.map_err(|e| classify(e, &doing))?;
     lock(&mut tx, SHARED_LOCK_SQL, &doing).await?;
-    let exists: bool = sqlx::query_scalar(AssertSqlSafe(exists_sql))
-        .bind(CANARY_TENANT)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| classify(e, &doing))?;
+    let exists: bool = crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_scalar(AssertSqlSafe(exists_sql))
+            .bind(CANARY_TENANT)
+            .fetch_one(&mut *tx),
+    )
+    .await
+    .map_err(|e| classify(e, &doing))?;
     if exists {
         return Ok(());
     }
-    let inserted = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {q} ({col}) VALUES ($1)"
-    )))
-    .bind(CANARY_TENANT)
-    .execute(&mut *tx)
+    let inserted = crate::metrics::sql(
+        crate::metrics::Sql::Insert,
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {q} ({col}) VALUES ($1)"
+        )))
+        .bind(CANARY_TENANT)
+        .execute(&mut *tx),
+    )
     .await;
     match inserted {
         Ok(_) => {
@@ -817,19 +846,25 @@ async fn role_oid(
     role: &str,
     doing: &str,
 ) -> Result<Option<Oid>, BackendError> {
-    sqlx::query_scalar("SELECT oid FROM pg_roles WHERE rolname = $1")
-        .bind(role)
-        .fetch_optional(conn)
-        .await
-        .map_err(|e| classify(e, doing))
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_scalar("SELECT oid FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_optional(conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))
 }
 
 async fn mapping_exists(conn: &mut PgConnection, doing: &str) -> Result<bool, BackendError> {
-    sqlx::query_scalar(
-        "SELECT to_regclass('tenantry.tenant_roles') IS NOT NULL \
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_scalar(
+            "SELECT to_regclass('tenantry.tenant_roles') IS NOT NULL \
             AND to_regprocedure('tenantry.tenant_of(name)') IS NOT NULL",
+        )
+        .fetch_one(conn),
     )
-    .fetch_one(conn)
     .await
     .map_err(|e| classify(e, doing))
 }
@@ -839,11 +874,14 @@ async fn mapped_tenant(
     role: &str,
     doing: &str,
 ) -> Result<Option<String>, BackendError> {
-    sqlx::query_scalar("SELECT tenant FROM tenantry.tenant_roles WHERE role_name = $1")
-        .bind(role)
-        .fetch_optional(conn)
-        .await
-        .map_err(|e| classify(e, doing))
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_scalar("SELECT tenant FROM tenantry.tenant_roles WHERE role_name = $1")
+            .bind(role)
+            .fetch_optional(conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))
 }
 
 async fn plan_access(
@@ -873,11 +911,11 @@ async fn plan_access(
         write_mapping: mapped_tenant(conn, role, doing).await?.as_deref() != Some(tenant),
         ..AccessPlan::default()
     };
-    let execute: bool = sqlx::query_scalar(
+    let execute: bool = crate::metrics::sql(crate::metrics::Sql::Select, sqlx::query_scalar(
         "SELECT has_function_privilege($1, to_regprocedure('tenantry.tenant_of(name)'), 'EXECUTE')",
     )
     .bind(oid)
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut *conn))
     .await
     .map_err(|e| classify(e, doing))?;
     if !execute {
@@ -888,12 +926,14 @@ async fn plan_access(
     if !tables.is_empty() {
         // A tenant of mode Database lives in another database: without
         // CONNECT here its grants on the shared tables would be useless.
-        let connect: bool =
+        let connect: bool = crate::metrics::sql(
+            crate::metrics::Sql::Select,
             sqlx::query_scalar("SELECT has_database_privilege($1, current_database(), 'CONNECT')")
                 .bind(oid)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(|e| classify(e, doing))?;
+                .fetch_one(&mut *conn),
+        )
+        .await
+        .map_err(|e| classify(e, doing))?;
         plan.grant_connect = !connect;
     }
     for table in tables {
@@ -951,20 +991,23 @@ async fn read_access(
     role_oid: Oid,
     doing: &str,
 ) -> Result<TableAccess, BackendError> {
-    sqlx::query_as::<_, TableAccess>(TABLE_ACCESS_SQL)
-        .bind(&table.schema)
-        .bind(&table.table)
-        .bind(role_oid)
-        .fetch_optional(conn)
-        .await
-        .map_err(|e| classify(e, doing))?
-        .ok_or_else(|| BackendError::Missing {
-            backend: Backend::Postgres,
-            message: format!(
-                "shared table {}.{} does not exist",
-                table.schema, table.table
-            ),
-        })
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, TableAccess>(TABLE_ACCESS_SQL)
+            .bind(&table.schema)
+            .bind(&table.table)
+            .bind(role_oid)
+            .fetch_optional(conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))?
+    .ok_or_else(|| BackendError::Missing {
+        backend: Backend::Postgres,
+        message: format!(
+            "shared table {}.{} does not exist",
+            table.schema, table.table
+        ),
+    })
 }
 
 async fn read_sequences(
@@ -973,12 +1016,15 @@ async fn read_sequences(
     role_oid: Oid,
     doing: &str,
 ) -> Result<Vec<SequenceAccess>, BackendError> {
-    sqlx::query_as::<_, SequenceAccess>(SEQUENCES_SQL)
-        .bind(table_oid)
-        .bind(role_oid)
-        .fetch_all(conn)
-        .await
-        .map_err(|e| classify(e, doing))
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, SequenceAccess>(SEQUENCES_SQL)
+            .bind(table_oid)
+            .bind(role_oid)
+            .fetch_all(conn),
+    )
+    .await
+    .map_err(|e| classify(e, doing))
 }
 
 impl SequenceAccess {
@@ -1004,29 +1050,37 @@ async fn apply_access(
     doing: &str,
 ) -> Result<(), BackendError> {
     if plan.write_mapping {
-        sqlx::query(
-            "INSERT INTO tenantry.tenant_roles (role_name, tenant) VALUES ($1, $2) \
+        crate::metrics::sql(
+            crate::metrics::Sql::Insert,
+            sqlx::query(
+                "INSERT INTO tenantry.tenant_roles (role_name, tenant) VALUES ($1, $2) \
              ON CONFLICT (role_name) DO UPDATE SET tenant = EXCLUDED.tenant",
+            )
+            .bind(role)
+            .bind(tenant)
+            .execute(&mut *tx),
         )
-        .bind(role)
-        .bind(tenant)
-        .execute(&mut *tx)
         .await
         .map_err(|e| classify(e, doing))?;
     }
     if plan.delete_mapping {
-        sqlx::query("DELETE FROM tenantry.tenant_roles WHERE role_name = $1")
-            .bind(role)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify(e, doing))?;
+        crate::metrics::sql(
+            crate::metrics::Sql::Delete,
+            sqlx::query("DELETE FROM tenantry.tenant_roles WHERE role_name = $1")
+                .bind(role)
+                .execute(&mut *tx),
+        )
+        .await
+        .map_err(|e| classify(e, doing))?;
     }
     if plan.grant_connect {
         lock(tx, DATABASE_ACL_LOCK_SQL, doing).await?;
-        let database: String = sqlx::query_scalar("SELECT current_database()::text")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| classify(e, doing))?;
+        let database: String = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_scalar("SELECT current_database()::text").fetch_one(&mut *tx),
+        )
+        .await
+        .map_err(|e| classify(e, doing))?;
         exec(
             tx,
             &format!(
@@ -1101,12 +1155,15 @@ async fn plan_removal(
     };
     plan.role_oid = Some(oid);
     let qr = quote_ident(role);
-    let execute_granted: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_proc p, aclexplode(p.proacl) a \
+    let execute_granted: bool = crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_proc p, aclexplode(p.proacl) a \
           WHERE p.oid = to_regprocedure('tenantry.tenant_of(name)') AND a.grantee = $1)",
+        )
+        .bind(oid)
+        .fetch_one(&mut *conn),
     )
-    .bind(oid)
-    .fetch_one(&mut *conn)
     .await
     .map_err(|e| classify(e, doing))?;
     if execute_granted {
@@ -1177,8 +1234,7 @@ pub async fn remove_tenant_access(
 }
 
 async fn lock(conn: &mut PgConnection, sql: &'static str, doing: &str) -> Result<(), BackendError> {
-    sqlx::query(sql)
-        .execute(conn)
+    crate::metrics::sql(crate::metrics::Sql::Select, sqlx::query(sql).execute(conn))
         .await
         .map(|_| ())
         .map_err(|e| classify(e, doing))
@@ -1186,11 +1242,13 @@ async fn lock(conn: &mut PgConnection, sql: &'static str, doing: &str) -> Result
 
 /// A utility statement, built from quoted identifiers only.
 async fn exec(conn: &mut PgConnection, sql: &str, doing: &str) -> Result<(), BackendError> {
-    sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
-        .execute(conn)
-        .await
-        .map(|_| ())
-        .map_err(|e| classify(e, doing))
+    crate::metrics::sql(
+        crate::metrics::Sql::Ddl,
+        sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(conn),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| classify(e, doing))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 use rand::Rng;
 
@@ -31,7 +31,7 @@ use crate::audit::{self, AuditLog};
 use crate::backends::TenantRef;
 use crate::classes::{ClassError, ClassRegistry, ClassRules, ClassSettings, class_name_of};
 use crate::config::{EngineArgs, UnrepairableDrift};
-use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels};
+use crate::metrics::{ErrorLabels, Metrics};
 use crate::naming::TenantNames;
 use crate::provision::{Engine, JournalStore, Outcome, StepError, new_journal};
 use events::{EventPublisher, EventType};
@@ -118,19 +118,32 @@ pub async fn check_crd_installed(client: &Client) -> anyhow::Result<()> {
     }
 }
 
-/// Runs the controller until SIGTERM/SIGINT.
-pub async fn run(ctx: Arc<Context>, concurrency: u16, selector: &str) {
+/// Runs the controller until `shutdown` resolves, then lets running
+/// reconciles finish. Only the Tenants of `selector` and `shard` are watched
+/// and kept in `store`.
+pub async fn run(
+    ctx: Arc<Context>,
+    concurrency: u16,
+    selector: &str,
+    shard: crate::shard::Shard,
+    store: kube::runtime::reflector::store::Writer<Tenant>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use kube::runtime::WatchStreamExt;
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
     let mut watch = watcher::Config::default();
     if !selector.is_empty() {
         watch = watch.labels(selector);
     }
-    let controller = Controller::new(tenants, watch);
+    let reader = store.as_reader();
+    let stream = crate::shard::filter_events(shard, watcher(tenants, watch).default_backoff())
+        .reflect(store)
+        .applied_objects();
     // A changed (or new, or deleted) class is looked at by its tenants.
-    let tenant_store = controller.store();
+    let tenant_store = reader.clone();
     let class_store = ctx.classes.store();
     let classes: Api<TenantClass> = Api::all(ctx.client.clone());
-    controller
+    Controller::for_stream(stream, reader)
         .watches(classes, watcher::Config::default(), move |class| {
             let all_classes = class_store.state();
             let name = class.name_any();
@@ -142,7 +155,7 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, selector: &str) {
                 .collect::<Vec<_>>()
         })
         .with_config(ControllerConfig::default().concurrency(concurrency))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
@@ -730,6 +743,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 let verdict = if measured.all_enforced() {
                     if let Some(before) = &drift {
                         repairs += 1;
+                        ctx.metrics.drift_repairs.inc();
                         let message = format!("repaired and verified: {}", before.failures());
                         record(
                             "drift.repair",
@@ -1013,12 +1027,7 @@ async fn finish(
         write_status(&ctx.client, &tenant.name_any(), &status).await?;
     }
     if let Some(outcome) = outcome {
-        ctx.metrics
-            .provisioning_outcomes
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_string(),
-            })
-            .inc();
+        ctx.metrics.record_outcome(outcome);
     }
     Ok(resync(class))
 }

@@ -427,15 +427,20 @@ impl DatabaseProbe {
     }
 
     async fn admin_facts(&self, role: &str) -> Result<(ServerFacts, Option<RoleFacts>), String> {
-        let server = sqlx::query_as::<_, ServerFacts>(SERVER_SQL)
-            .fetch_one(&self.admin)
-            .await
-            .map_err(|e| describe(&e))?;
-        let role = sqlx::query_as::<_, RoleFacts>(ROLE_SQL)
-            .bind(role)
-            .fetch_optional(&self.admin)
-            .await
-            .map_err(|e| describe(&e))?;
+        let server = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_as::<_, ServerFacts>(SERVER_SQL).fetch_one(&self.admin),
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+        let role = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_as::<_, RoleFacts>(ROLE_SQL)
+                .bind(role)
+                .fetch_optional(&self.admin),
+        )
+        .await
+        .map_err(|e| describe(&e))?;
         Ok((server, role))
     }
 
@@ -490,11 +495,13 @@ impl DatabaseProbe {
                 "tenantry.tenant_roles does not exist: the shared security has not been ensured",
             );
         }
-        let mapped: Result<Option<String>, sqlx::Error> =
+        let mapped: Result<Option<String>, sqlx::Error> = crate::metrics::sql(
+            crate::metrics::Sql::Select,
             sqlx::query_scalar("SELECT tenant FROM tenantry.tenant_roles WHERE role_name = $1")
                 .bind(role)
-                .fetch_optional(&self.admin)
-                .await;
+                .fetch_optional(&self.admin),
+        )
+        .await;
         match mapped {
             Ok(Some(t)) if t == tenant => pass(
                 check::MAPPING,
@@ -582,14 +589,17 @@ impl DatabaseProbe {
         role: &str,
     ) -> Finding {
         let id = check::table(table, check::PRIVILEGES);
-        let held: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
-            "SELECT ARRAY(SELECT p FROM unnest(ARRAY['TRUNCATE', 'TRIGGER', 'REFERENCES']) p \
+        let held: Result<Vec<String>, sqlx::Error> = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_scalar(
+                "SELECT ARRAY(SELECT p FROM unnest(ARRAY['TRUNCATE', 'TRIGGER', 'REFERENCES']) p \
                      WHERE has_table_privilege(r.oid, $2, p)) \
                FROM pg_roles r WHERE r.rolname = $1",
+            )
+            .bind(role)
+            .bind(found.oid)
+            .fetch_optional(&self.admin),
         )
-        .bind(role)
-        .bind(found.oid)
-        .fetch_optional(&self.admin)
         .await
         .map(Option::unwrap_or_default);
         match held {
@@ -619,13 +629,16 @@ impl DatabaseProbe {
     /// Whether rows of other tenants exist at all: without them a read that
     /// sees none proves nothing, and the finding says so.
     async fn other_rows_exist(&self, table: &SharedTable, tenant: &str) -> Option<bool> {
-        sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS DISTINCT FROM $1)",
-            qualified(table),
-            quote_ident(&table.tenant_column)
-        )))
-        .bind(tenant)
-        .fetch_one(&self.admin)
+        crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS DISTINCT FROM $1)",
+                qualified(table),
+                quote_ident(&table.tenant_column)
+            )))
+            .bind(tenant)
+            .fetch_one(&self.admin),
+        )
         .await
         .ok()
     }
@@ -787,15 +800,18 @@ fn version_finding(version: &str, version_num: i32) -> Finding {
 /// Who else holds privileges on the tenant's schema: a grant to another
 /// tenant (or to PUBLIC) made by hand opens it to them.
 async fn schema_grants_finding(conn: &mut PgConnection, schema: &str) -> Finding {
-    let others: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
-        "SELECT coalesce(array_agg(g ORDER BY g), '{}') FROM ( \
+    let others: Result<Vec<String>, sqlx::Error> = crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_scalar(
+            "SELECT coalesce(array_agg(g ORDER BY g), '{}') FROM ( \
            SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
                                 ELSE pg_get_userbyid(a.grantee)::text END AS g \
              FROM pg_namespace n, aclexplode(n.nspacl) a \
             WHERE n.nspname = $1 AND a.grantee <> n.nspowner) s",
+        )
+        .bind(schema)
+        .fetch_one(conn),
     )
-    .bind(schema)
-    .fetch_one(conn)
     .await;
     match others {
         Ok(others) if others.is_empty() => pass(
@@ -819,11 +835,14 @@ async fn schema_grants_finding(conn: &mut PgConnection, schema: &str) -> Finding
 }
 
 async fn public_create(conn: &mut PgConnection) -> Result<Option<bool>, String> {
-    sqlx::query_scalar(
-        "SELECT CASE WHEN to_regnamespace('public') IS NULL THEN NULL \
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_scalar(
+            "SELECT CASE WHEN to_regnamespace('public') IS NULL THEN NULL \
                 ELSE has_schema_privilege('public', 'CREATE') END",
+        )
+        .fetch_one(conn),
     )
-    .fetch_one(conn)
     .await
     .map_err(|e| describe(&e))
 }
@@ -883,7 +902,7 @@ async fn other_schema(conn: &mut PgConnection, schema: &str) -> Result<OtherSche
         create: Option<bool>,
         table: Option<String>,
     }
-    let row = sqlx::query_as::<_, Row>(
+    let row = crate::metrics::sql(crate::metrics::Sql::Select, sqlx::query_as::<_, Row>(
         "SELECT n.oid IS NOT NULL AS exists, \
                 has_schema_privilege(n.oid, 'USAGE') AS usage, \
                 has_schema_privilege(n.oid, 'CREATE') AS create, \
@@ -892,16 +911,19 @@ async fn other_schema(conn: &mut PgConnection, schema: &str) -> Result<OtherSche
            FROM (SELECT to_regnamespace($1)::oid AS oid) n",
     )
     .bind(schema)
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut *conn))
     .await
     .map_err(|e| describe(&e))?;
     let read = match &row.table {
         Some(table) => {
             let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
-            let result = sqlx::query(AssertSqlSafe(format!("SELECT 1 FROM {name} LIMIT 1")))
-                .fetch_optional(&mut *conn)
-                .await
-                .map(|_| ());
+            let result = crate::metrics::sql(
+                crate::metrics::Sql::Select,
+                sqlx::query(AssertSqlSafe(format!("SELECT 1 FROM {name} LIMIT 1")))
+                    .fetch_optional(&mut *conn),
+            )
+            .await
+            .map(|_| ());
             Some((name, attempt(result)))
         }
         None => None,
@@ -920,11 +942,11 @@ async fn other_database_connect(
     conn: &mut PgConnection,
     name: &str,
 ) -> Result<Option<bool>, String> {
-    sqlx::query_scalar(
+    crate::metrics::sql(crate::metrics::Sql::Select, sqlx::query_scalar(
         "SELECT has_database_privilege(d.oid, 'CONNECT') FROM pg_database d WHERE d.datname = $1",
     )
     .bind(name)
-    .fetch_optional(conn)
+    .fetch_optional(conn))
     .await
     .map_err(|e| describe(&e))
 }
@@ -1063,7 +1085,9 @@ async fn rolled_back(
     for value in binds {
         query = query.bind(value.to_string());
     }
-    let result = query.execute(&mut *tx).await.map(|r| r.rows_affected());
+    let result = crate::metrics::sql(crate::metrics::Sql::RolledBackDml, query.execute(&mut *tx))
+        .await
+        .map(|r| r.rows_affected());
     tx.rollback().await?;
     result
 }
@@ -1072,11 +1096,14 @@ async fn rolled_back(
 async fn spoof_settings(conn: &mut PgConnection) -> Vec<&'static str> {
     let mut set = Vec::new();
     for (name, value) in SPOOFED_SETTINGS {
-        let result = sqlx::query("SELECT set_config($1, $2, false)")
-            .bind(name)
-            .bind(value)
-            .execute(&mut *conn)
-            .await;
+        let result = crate::metrics::sql(
+            crate::metrics::Sql::Session,
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(name)
+                .bind(value)
+                .execute(&mut *conn),
+        )
+        .await;
         if result.is_ok() {
             set.push(name);
         }
@@ -1117,15 +1144,19 @@ async fn table_read(
     }
     // With row_security off a query that policies would filter must fail
     // instead; if it runs, the policies do not apply to the tenant at all.
-    let off = match sqlx::raw_sql("SET row_security = off")
-        .execute(&mut *conn)
-        .await
+    let off = match crate::metrics::sql(
+        crate::metrics::Sql::Session,
+        sqlx::raw_sql("SET row_security = off").execute(&mut *conn),
+    )
+    .await
     {
         Ok(_) => {
             let result = attempt(count_rows(conn, &sql, tenant).await);
-            let _ = sqlx::raw_sql("RESET row_security")
-                .execute(&mut *conn)
-                .await;
+            let _ = crate::metrics::sql(
+                crate::metrics::Sql::Session,
+                sqlx::raw_sql("RESET row_security").execute(&mut *conn),
+            )
+            .await;
             result
         }
         Err(e) => Attempt::Failed(describe(&e)),

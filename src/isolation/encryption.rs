@@ -39,8 +39,8 @@ pub struct EncryptionProbe {
 impl EncryptionProbe {
     pub fn new(sdk: &SdkConfig) -> Self {
         Self {
-            kms: aws_sdk_kms::Client::new(sdk),
-            secrets: aws_sdk_secretsmanager::Client::new(sdk),
+            kms: crate::backends::aws::kms_client(sdk),
+            secrets: crate::backends::aws::secrets_client(sdk),
         }
     }
 

@@ -51,12 +51,13 @@ impl StorageProbe {
     /// `force_path_style` as for the S3 backend: for endpoints without
     /// virtual-host addressing (moto, MinIO).
     pub fn new(sdk: &SdkConfig, force_path_style: bool) -> Self {
-        let s3_config = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(force_path_style)
-            .build();
+        let s3_config = crate::backends::aws::count_s3_calls(
+            aws_sdk_s3::config::Builder::from(sdk).force_path_style(force_path_style),
+        )
+        .build();
         Self {
             s3: aws_sdk_s3::Client::from_conf(s3_config),
-            kms: aws_sdk_kms::Client::new(sdk),
+            kms: crate::backends::aws::kms_client(sdk),
             plain_http: sdk.endpoint_url().is_some_and(|u| u.starts_with("http://")),
         }
     }

@@ -26,18 +26,6 @@ use crate::support::unique_name;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Flags and variables of parallel work (leader election, sharding) that the
-/// chart already uses and this binary does not have yet. The test fails once
-/// the binary has one of them, so this list empties itself at merge time:
-/// delete each name it reports.
-const PENDING_OPTIONS: &[&str] = &[
-    "--leader-elect",
-    "--leader-election-namespace",
-    "TENANTRY_LEADER_ELECTION_LEASE_NAME",
-    "TENANTRY_SHARD_COUNT",
-    "TENANTRY_SHARD_INDEX",
-];
-
 /// Variables the operator reads that are not its own flags: the pod name
 /// for the audit trail, the namespace (for `$(POD_NAMESPACE)`), the AWS SDK's.
 const OTHER_ENV: &[&str] = &[
@@ -157,14 +145,6 @@ fn accepted_options() -> BTreeSet<String> {
 /// Checks that the Deployment passes only options the binary accepts.
 fn assert_deployment_options_exist(deployment: &Value) {
     let accepted = accepted_options();
-    let pending_now_accepted: Vec<_> = PENDING_OPTIONS
-        .iter()
-        .filter(|o| accepted.contains(**o))
-        .collect();
-    assert!(
-        pending_now_accepted.is_empty(),
-        "the binary now has {pending_now_accepted:?}: remove them from PENDING_OPTIONS"
-    );
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<&str> = container["args"]
         .as_array()
@@ -176,13 +156,13 @@ fn assert_deployment_options_exist(deployment: &Value) {
     for arg in &args[1..] {
         let flag = arg.split('=').next().unwrap();
         assert!(
-            accepted.contains(flag) || PENDING_OPTIONS.contains(&flag),
+            accepted.contains(flag),
             "the Deployment passes {flag}, which `tenantry run` does not accept"
         );
     }
     for name in env_of(deployment).keys() {
         let known = if name.starts_with("TENANTRY_") {
-            accepted.contains(name) || PENDING_OPTIONS.contains(&name.as_str())
+            accepted.contains(name)
         } else {
             OTHER_ENV.contains(&name.as_str())
         };

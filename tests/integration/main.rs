@@ -16,3 +16,4 @@ mod isolation_aws;
 mod isolation_db;
 mod lifecycle;
 mod postgres;
+mod runtime;

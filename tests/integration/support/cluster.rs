@@ -187,6 +187,11 @@ impl Operator {
         }
     }
 
+    /// The process id of the running operator, e.g. to send it a signal.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
