@@ -82,11 +82,22 @@ async fn ensure(
         .await
 }
 
+/// Runs `sql` (one implicit transaction). Concurrent GRANTs of other tests
+/// on the shared database can make PostgreSQL refuse a catalog update with
+/// "tuple concurrently updated"; the whole batch was rolled back then, so it
+/// is run again.
 async fn run(pool: &PgPool, sql: &str) {
-    sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    for _ in 0..20 {
+        match sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+            .execute(pool)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.to_string().contains("tuple concurrently updated") => continue,
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+    panic!("{sql}: refused 20 times as concurrently updated");
 }
 
 async fn sqlstate(conn: &mut PgConnection, sql: &str) -> Option<String> {

@@ -13,6 +13,7 @@ use tenantry::api::Tenant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::cluster::*;
+use crate::support::rbac::OPERATOR_NAMESPACE;
 use crate::support::readback::{self, Footprint, footprint};
 use crate::support::unique_name;
 
@@ -61,7 +62,7 @@ where
 }
 
 async fn lease_holder(client: &Client, name: &str) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     leases
         .get_opt(name)
         .await
@@ -114,7 +115,7 @@ fn send_signal(op: &Operator, signal: &str) {
 fn leader_env<'a>(lease: &'a str, pod: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("TENANTRY_LEADER_ELECT", "true"),
-        ("TENANTRY_LEADER_ELECTION_NAMESPACE", "default"),
+        ("TENANTRY_LEADER_ELECTION_NAMESPACE", OPERATOR_NAMESPACE),
         ("TENANTRY_LEADER_ELECTION_LEASE_NAME", lease),
         ("POD_NAME", pod),
     ]
