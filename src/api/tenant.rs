@@ -340,6 +340,11 @@ pub struct ProvisioningJournal {
     /// The generation whose spec the last failure was about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_generation: Option<i64>,
+    /// Steps that took over a resource a `Retain` deletion had released (a
+    /// returning customer's data). Rolling back a failed onboarding releases
+    /// these again instead of destroying them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted_released: Vec<String>,
     /// Every step has been ensured at least once. From then on a failing step
     /// is reported and retried, never rolled back: rollback exists for
     /// onboarding, and must not destroy a live tenant's data.

@@ -453,7 +453,8 @@ impl KeyManager for KmsBackend {
             Some(meta) => {
                 let tags = self.tags_of(meta.key_id()).await?;
                 match tenant.ownership_of(tag_pairs(&tags)) {
-                    Ownership::Ours | Ownership::Released => {}
+                    Ownership::Ours => {}
+                    Ownership::Released => crate::provision::note_adopted_release(),
                     Ownership::Untagged if interrupted => {}
                     Ownership::Untagged => {
                         return Err(conflict(

@@ -109,7 +109,7 @@ impl CredentialSecrets for KubeSecrets {
                 .filter(|(k, _)| k.starts_with("tenantry.dev/"));
             match tenant.ownership_of(owner_tags) {
                 super::Ownership::Ours => {}
-                super::Ownership::Released => {}
+                super::Ownership::Released => crate::provision::note_adopted_release(),
                 super::Ownership::Foreign(detail) => {
                     return Err(BackendError::Conflict {
                         backend: Backend::Kubernetes,

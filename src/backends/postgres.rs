@@ -338,7 +338,10 @@ impl PostgresBackend {
         };
         let found = match ownership(tenant, row.comment.as_deref()) {
             Ownership::Ours => Found::Ours(row),
-            Ownership::Released => Found::Adopt(row),
+            Ownership::Released => {
+                crate::provision::note_adopted_release();
+                Found::Adopt(row)
+            }
             Ownership::Foreign(detail) => return Err(conflict(format!("role {role:?}"), detail)),
             Ownership::Untagged => {
                 return Err(conflict(format!("role {role:?}"), untagged_detail()));
@@ -494,7 +497,10 @@ impl PostgresBackend {
         };
         match ownership(tenant, row.comment.as_deref()) {
             Ownership::Ours => Ok(Found::Ours(row)),
-            Ownership::Released => Ok(Found::Adopt(row)),
+            Ownership::Released => {
+                crate::provision::note_adopted_release();
+                Ok(Found::Adopt(row))
+            }
             _ if role_is_ours && row.owner == role => Ok(Found::Adopt(row)),
             // Only CREATE DATABASE leaves an untagged window, and it is made
             // by the admin for the tenant's role: nothing owned by anyone

@@ -207,7 +207,8 @@ impl S3Backend {
         interrupted: bool,
     ) -> Result<(), BackendError> {
         match tenant.ownership_of(tag_pairs(&current)) {
-            Ownership::Ours | Ownership::Released => {}
+            Ownership::Ours => {}
+            Ownership::Released => crate::provision::note_adopted_release(),
             Ownership::Untagged if interrupted => {
                 tracing::info!(tenant = %tenant.name, bucket, "adopting the untagged bucket of an interrupted creation");
             }

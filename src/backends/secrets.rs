@@ -130,7 +130,8 @@ impl SecretsManagerBackend {
     ) -> Result<(String, DatabaseCredentials), BackendError> {
         let current_tags = tag_map(&described);
         match tenant.ownership_of(tag_pairs(&current_tags)) {
-            Ownership::Ours | Ownership::Released => {}
+            Ownership::Ours => {}
+            Ownership::Released => crate::provision::note_adopted_release(),
             // CreateSecret tags at creation, so an untagged secret was never
             // made by tenantry, interrupted or not.
             Ownership::Untagged => {

@@ -133,6 +133,13 @@ impl Step<TenantContext> for KmsKeyStep {
             .remove_key(&ctx.tenant, &ctx.names.key_alias)
             .await?)
     }
+    async fn release(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
+        Ok(ctx
+            .backends
+            .keys
+            .release_key(&ctx.tenant, &ctx.names.key_alias)
+            .await?)
+    }
 }
 
 pub struct SecretsManagerStep;
@@ -169,6 +176,13 @@ impl Step<TenantContext> for SecretsManagerStep {
             .backends
             .secrets
             .remove_secret(&ctx.tenant, &ctx.names.secret_name)
+            .await?)
+    }
+    async fn release(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
+        Ok(ctx
+            .backends
+            .secrets
+            .release_secret(&ctx.tenant, &ctx.names.secret_name)
             .await?)
     }
 }
@@ -228,6 +242,24 @@ impl Step<TenantContext> for PostgresStep {
             )
             .await?)
     }
+    async fn release(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
+        // The rows stay; only this attempt's access to the shared tables goes.
+        shared_tables::remove_tenant_access(
+            ctx.backends.postgres.pool(),
+            &ctx.backends.shared_tables,
+            &ctx.names.role,
+        )
+        .await?;
+        Ok(ctx
+            .backends
+            .database
+            .release_tenant(
+                &ctx.tenant,
+                &ctx.names,
+                ctx.spec.database.isolation.unwrap_or_default(),
+            )
+            .await?)
+    }
 }
 
 pub struct BucketStep;
@@ -256,6 +288,13 @@ impl Step<TenantContext> for BucketStep {
             .backends
             .storage
             .remove_bucket(&ctx.tenant, &ctx.names.bucket)
+            .await?)
+    }
+    async fn release(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
+        Ok(ctx
+            .backends
+            .storage
+            .release_bucket(&ctx.tenant, &ctx.names.bucket)
             .await?)
     }
 }
@@ -301,6 +340,15 @@ impl Step<TenantContext> for KubernetesSecretStep {
         ctx.backends
             .kube_secrets
             .delete_secret(&ctx.tenant, &ctx.spec.credentials.namespace, &name)
+            .await?;
+        ctx.kube_secret_written = false;
+        Ok(())
+    }
+    async fn release(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
+        let name = ctx.kube_secret_name();
+        ctx.backends
+            .kube_secrets
+            .release_secret(&ctx.tenant, &ctx.spec.credentials.namespace, &name)
             .await?;
         ctx.kube_secret_written = false;
         Ok(())

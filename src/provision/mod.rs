@@ -15,6 +15,7 @@ mod retry;
 
 pub use retry::RetryPolicy;
 
+use std::cell::Cell;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -83,6 +84,23 @@ pub trait Step<C: Send>: Send + Sync {
     /// Make the resource not exist, if it is the tenant's. Idempotent; never
     /// touches a resource the tenant does not own.
     async fn remove(&self, ctx: &mut C) -> Result<(), StepError>;
+    /// Let go of the resource without destroying it (as a `Retain` deletion
+    /// does), for a rollback of a step that adopted a released resource.
+    async fn release(&self, ctx: &mut C) -> Result<(), StepError>;
+}
+
+tokio::task_local! {
+    /// Set by a backend while a step's ensure runs, when it takes over a
+    /// released resource.
+    static ADOPTED_RELEASED: Cell<bool>;
+}
+
+/// Backends call this when an ensure takes over a resource that a `Retain`
+/// deletion released: it may hold a returning customer's data, so a rollback
+/// of this onboarding must release it again, never destroy it. Outside an
+/// engine's ensure it does nothing.
+pub fn note_adopted_release() {
+    let _ = ADOPTED_RELEASED.try_with(|adopted| adopted.set(true));
 }
 
 /// Where the journal is persisted (the Tenant's status, in the operator).
@@ -167,8 +185,11 @@ impl<'a, C: Send> Engine<'a, C> {
                 store.save(journal).await?;
             }
             crash_point(&format!("ensure-before-{name}"));
-            let result = self.ensure_with_retry(step.as_ref(), ctx, attempt).await;
+            let (result, adopted) = self.ensure_with_retry(step.as_ref(), ctx, attempt).await;
             crash_point(&format!("ensure-after-{name}"));
+            if adopted && !journal.adopted_released.iter().any(|s| s == name) {
+                journal.adopted_released.push(name.to_string());
+            }
             match result {
                 Ok(()) => {
                     if !done_before || journal.in_progress.as_deref() == Some(name) {
@@ -223,6 +244,8 @@ impl<'a, C: Send> Engine<'a, C> {
             journal.failure_reason = None;
             journal.last_failure_time = None;
             journal.failed_generation = None;
+            // Rollback is over for this tenant: nothing to remember.
+            journal.adopted_released.clear();
             store.save(journal).await?;
         }
         Ok(Outcome::Provisioned)
@@ -264,7 +287,11 @@ impl<'a, C: Send> Engine<'a, C> {
                 continue;
             };
             crash_point(&format!("remove-before-{name}"));
-            let result = self.remove_with_retry(step.as_ref(), ctx).await;
+            // A rollback gives back what the attempt adopted; a teardown
+            // (deletion with policy Delete) removes everything.
+            let release = journal.operation == JournalOperation::RollBack
+                && journal.adopted_released.contains(&name);
+            let result = self.remove_with_retry(step.as_ref(), ctx, release).await;
             crash_point(&format!("remove-after-{name}"));
             if let Err(error) = result {
                 tracing::error!(step = %name, %error, "removal failed; will retry later");
@@ -274,32 +301,53 @@ impl<'a, C: Send> Engine<'a, C> {
                 }));
             }
             journal.steps_done.pop();
+            journal.adopted_released.retain(|s| *s != name);
             store.save(journal).await?;
         }
         Ok(None)
     }
 
+    /// The step's result, and whether any try took over a released resource.
     async fn ensure_with_retry(
         &self,
         step: &dyn Step<C>,
         ctx: &mut C,
         attempt: Attempt,
+    ) -> (Result<(), StepError>, bool) {
+        ADOPTED_RELEASED
+            .scope(Cell::new(false), async {
+                let mut tried = 0;
+                let result = loop {
+                    tried += 1;
+                    match step.ensure(ctx, attempt).await {
+                        Ok(()) => break Ok(()),
+                        Err(e) => {
+                            if let Err(e) = self.retry.after_failure(tried, e).await {
+                                break Err(e);
+                            }
+                        }
+                    }
+                };
+                (result, ADOPTED_RELEASED.with(Cell::get))
+            })
+            .await
+    }
+
+    async fn remove_with_retry(
+        &self,
+        step: &dyn Step<C>,
+        ctx: &mut C,
+        release: bool,
     ) -> Result<(), StepError> {
         let mut tried = 0;
         loop {
             tried += 1;
-            match step.ensure(ctx, attempt).await {
-                Ok(()) => return Ok(()),
-                Err(e) => self.retry.after_failure(tried, e).await?,
-            }
-        }
-    }
-
-    async fn remove_with_retry(&self, step: &dyn Step<C>, ctx: &mut C) -> Result<(), StepError> {
-        let mut tried = 0;
-        loop {
-            tried += 1;
-            match step.remove(ctx).await {
+            let result = if release {
+                step.release(ctx).await
+            } else {
+                step.remove(ctx).await
+            };
+            match result {
                 Ok(()) => return Ok(()),
                 Err(e) => self.retry.after_failure(tried, e).await?,
             }
@@ -340,6 +388,7 @@ pub fn new_journal() -> ProvisioningJournal {
         failed_attempts: 0,
         last_failure_time: None,
         failed_generation: None,
+        adopted_released: Vec::new(),
         provisioned: false,
     }
 }

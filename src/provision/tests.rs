@@ -15,6 +15,8 @@ struct World {
     /// Step name -> errors to return from its next ensure calls.
     ensure_failures: Vec<(&'static str, StepError)>,
     remove_failures: Vec<(&'static str, StepError)>,
+    /// Resources a Retain deletion released: ensure adopts them.
+    released: BTreeSet<&'static str>,
 }
 
 struct Thing(&'static str);
@@ -42,7 +44,16 @@ impl Step<World> for Thing {
             }
             return Err(e);
         }
+        if w.released.remove(self.0) {
+            note_adopted_release();
+        }
         w.existing.insert(self.0);
+        Ok(())
+    }
+    async fn release(&self, w: &mut World) -> Result<(), StepError> {
+        w.log.push(format!("release {}", self.0));
+        w.existing.remove(self.0);
+        w.released.insert(self.0);
         Ok(())
     }
     async fn remove(&self, w: &mut World) -> Result<(), StepError> {
@@ -116,6 +127,74 @@ async fn steps_are_ensured_in_order_and_journaled_before_and_after_each() {
             (None, 3),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_rollback_releases_what_the_attempt_adopted_and_removes_what_it_made() {
+    let steps = steps();
+    let mut world = World {
+        // A returning customer: their bucket was kept by a Retain deletion.
+        released: ["bucket"].into(),
+        ensure_failures: vec![(
+            "database",
+            StepError::permanent("Conflict", "postgres", "taken"),
+        )],
+        ..Default::default()
+    };
+    let mut journal = new_journal();
+    let mut store = SavedJournals::default();
+    let outcome = Engine::new(&steps, fast_retry())
+        .provision(&mut world, &mut journal, &mut store)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    assert_eq!(
+        world.log,
+        [
+            "ensure key",
+            "ensure bucket",
+            "ensure database",
+            "remove database",
+            "release bucket",
+            "remove key"
+        ]
+    );
+    // The customer's bucket is back where it was, released for adoption.
+    assert_eq!(world.released, ["bucket"].into());
+    assert!(world.existing.is_empty());
+    assert!(journal.adopted_released.is_empty());
+    // The journal knew of the adoption before the failing step ran, so a
+    // crash there would not have lost it.
+    let saved = store.0.lock().unwrap();
+    assert!(
+        saved
+            .iter()
+            .any(|j| j.adopted_released == ["bucket"]
+                && j.in_progress.as_deref() == Some("database"))
+    );
+}
+
+#[tokio::test]
+async fn a_teardown_removes_even_what_was_adopted() {
+    let steps = steps();
+    let mut world = World {
+        released: ["bucket"].into(),
+        ..Default::default()
+    };
+    let mut journal = new_journal();
+    let mut store = SavedJournals::default();
+    let engine = Engine::new(&steps, fast_retry());
+    engine
+        .provision(&mut world, &mut journal, &mut store)
+        .await
+        .unwrap();
+    assert!(journal.adopted_released.is_empty());
+    engine
+        .teardown(&mut world, &mut journal, &mut store)
+        .await
+        .unwrap();
+    assert!(world.log.iter().all(|l| !l.starts_with("release")));
+    assert!(world.existing.is_empty() && world.released.is_empty());
 }
 
 #[tokio::test]

@@ -412,6 +412,114 @@ async fn deleting_with_retain_keeps_everything_for_a_tenant_of_the_same_name_to_
 }
 
 #[tokio::test]
+async fn a_failed_return_of_a_retained_tenant_gives_its_data_back_instead_of_destroying_it() {
+    let (client, op, ns) = setup().await;
+    let name = unique_name("back");
+    let ident = format!("t_{}", name.replace('-', "_"));
+    create_tenant(&client, &tenant_manifest(&op, &name, spec(&ns, json!({})))).await;
+    let first = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
+    let first_resources = first.status.unwrap().resources.unwrap();
+    // The customer's data: a table in their schema.
+    let mut su = readback::superuser_db_in("tenantry").await;
+    let table = format!("{}.orders", tenantry::naming::quote_ident(&ident));
+    for sql in [
+        format!("CREATE TABLE {table} (id int)"),
+        format!("INSERT INTO {table} VALUES (1), (2)"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut su)
+            .await
+            .unwrap();
+    }
+    let api: Api<Tenant> = Api::all(client.clone());
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    wait_for_tenant_gone(&client, &op, &name, READY_TIMEOUT).await;
+
+    // The customer returns, but their new credentials namespace holds a
+    // Secret of that name that someone else owns: the last step conflicts
+    // and the onboarding is rolled back.
+    let ns2 = create_namespace(&client, "apps").await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns2);
+    let squatter = serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-credentials")},
+        "stringData": {"owner": "someone else"}
+    }))
+    .unwrap();
+    secrets
+        .create(&Default::default(), &squatter)
+        .await
+        .unwrap();
+    create_tenant(&client, &tenant_manifest(&op, &name, spec(&ns2, json!({})))).await;
+    let failed = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "rolled back", |t| {
+        phase(t) == Some(TenantPhase::Failed)
+            && condition(t, "Ready").is_some_and(|c| c.reason == "Conflict")
+    })
+    .await;
+    assert!(
+        failed
+            .status
+            .as_ref()
+            .and_then(|s| s.provisioning.as_ref())
+            .is_some_and(|j| j.steps_done.is_empty() && j.adopted_released.is_empty())
+    );
+
+    // Everything the first Tenant kept is still there: given back, not destroyed.
+    let rows: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&mut su)
+            .await
+            .expect("the customer's table survived the rollback");
+    assert_eq!(rows, 2);
+    let aws = readback::aws().await;
+    aws.s3
+        .head_bucket()
+        .bucket(first_resources.bucket.clone().unwrap())
+        .send()
+        .await
+        .expect("the customer's bucket survived the rollback");
+    let key = aws
+        .kms
+        .describe_key()
+        .key_id(first_resources.key_alias.clone().unwrap())
+        .send()
+        .await
+        .expect("the key's alias survived the rollback")
+        .key_metadata
+        .unwrap();
+    assert_eq!(
+        key.key_state(),
+        Some(&aws_sdk_kms::types::KeyState::Enabled),
+        "the key is not scheduled for deletion"
+    );
+    let stored = aws
+        .sm
+        .describe_secret()
+        .secret_id(first_resources.secret_arn.clone().unwrap())
+        .send()
+        .await
+        .expect("the stored credentials survived the rollback");
+    assert!(stored.deleted_date().is_none());
+
+    // Once the squatter is gone, the customer gets everything back.
+    secrets
+        .delete(&format!("{name}-credentials"), &Default::default())
+        .await
+        .unwrap();
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"displayName": "Back Again"}})),
+    )
+    .await
+    .unwrap();
+    let back = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
+    assert_eq!(
+        back.status.unwrap().resources.unwrap().key_arn,
+        first_resources.key_arn
+    );
+}
+
+#[tokio::test]
 async fn deleting_with_delete_revokes_access_at_once_and_removes_everything_after_the_grace_period()
 {
     let (client, op, ns) = setup().await;
