@@ -11,6 +11,7 @@ mod audit;
 mod aws;
 mod chart;
 mod classes;
+mod crashes;
 mod faults;
 mod isolation;
 mod isolation_aws;
