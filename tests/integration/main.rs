@@ -13,6 +13,7 @@ mod chart;
 mod classes;
 mod crashes;
 mod faults;
+mod hostile;
 mod isolation;
 mod isolation_aws;
 mod isolation_db;
