@@ -176,7 +176,10 @@ async fn lowering_the_connection_limit_and_moving_the_credentials_are_applied_le
         .unwrap();
     assert_eq!(limit, 2, "the lower limit is applied");
     let moved = readback::kube_secret_data(&client, &other_ns, &secret).await;
-    assert_eq!(moved["password"], before["password"], "the same credentials");
+    assert_eq!(
+        moved["password"], before["password"],
+        "the same credentials"
+    );
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
     assert!(
         secrets.get_opt(&secret).await.unwrap().is_none(),

@@ -7,6 +7,7 @@
 mod support;
 
 mod atomicity;
+mod attacks;
 mod audit;
 mod aws;
 mod chart;
