@@ -7,6 +7,7 @@
 #
 #   hack/campaign.sh                      # everything
 #   TENANTRY_FAULT_SEED=42 hack/campaign.sh faults::   # one part, a given seed
+#   TENANTRY_CAMPAIGN_TENANTS=60 TENANTRY_CAMPAIGN_ROUNDS=10 hack/campaign.sh   # smaller
 #
 # Environment: as hack/test.sh (TENANTRY_KEEP_ENV=1 keeps the local
 # environment running when this script started it).

@@ -11,14 +11,14 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::support::campaign::{self, Plan};
-use crate::support::census::{Count, census, mismatches};
+use crate::support::census::Count;
 use crate::support::cluster::*;
 
 #[tokio::test]
 async fn tenants_converge_after_the_operator_is_killed_at_random_moments_while_provisioning_and_deleting()
  {
     let n = campaign::size(6, 50);
-    let rounds = campaign::size(4, 20);
+    let rounds = campaign::rounds(4, 20);
     let client = kube_client().await;
     install_crd(&client).await;
     let ns = create_namespace(&client, "crash").await;
@@ -77,41 +77,23 @@ async fn tenants_converge_after_the_operator_is_killed_at_random_moments_while_p
         },
     )
     .await;
-    let namespaces = campaign::namespaces(&plan);
-    let found = census(&client, &prefix, &namespaces).await;
-    let wrong = mismatches(&found, |name| {
-        if doomed.contains_key(name) {
-            Count::default()
-        } else {
-            Count::one(plan[name].1)
-        }
-    });
-    assert!(
-        wrong.is_empty() && found.strays.is_empty(),
-        "after {kills} kills: duplicates or orphans: {wrong:#?}\nstrays: {:?}",
-        found.strays
-    );
-    let passwords = campaign::passwords(&client, &kept).await;
-
-    campaign::delete_all(&client, &kept).await;
-    campaign::wait_all(
+    campaign::assert_census(
         &client,
-        &op.run_id,
-        || op.log(),
-        timeout,
-        "deleted",
-        campaign::still_there,
+        &prefix,
+        &plan,
+        |name| {
+            if doomed.contains_key(name) {
+                Count::default()
+            } else {
+                Count::one(plan[name].1)
+            }
+        },
+        &format!("after {kills} kills"),
     )
     .await;
-    let left = census(&client, &prefix, &namespaces).await;
-    let orphans = mismatches(&left, |_| Count::default());
-    assert!(
-        orphans.is_empty() && left.strays.is_empty(),
-        "left behind: {orphans:#?}\nstrays: {:?}",
-        left.strays
-    );
-    let (broken, trails) = campaign::audit(&plan).await;
-    assert!(broken.is_empty(), "broken audit chains: {broken:#?}");
+    let passwords = campaign::passwords(&client, &kept).await;
+
+    let (_, trails) = campaign::delete_and_check(&client, &op, &prefix, &plan, timeout).await;
     let (_, mut leaks) = campaign::log_leaks(&op.log_path, &passwords);
     leaks.extend(campaign::leaks(&passwords, &[("audit trail", &trails)]));
     println!(

@@ -20,9 +20,26 @@ pub fn is_campaign() -> bool {
     std::env::var("TENANTRY_CAMPAIGN").is_ok_and(|v| v == "1")
 }
 
-/// `fast` in the suite, `campaign` under `TENANTRY_CAMPAIGN=1`.
+/// How many tenants: `fast` in the suite, `campaign` under
+/// `TENANTRY_CAMPAIGN=1` (or `TENANTRY_CAMPAIGN_TENANTS`, for a shorter or
+/// longer campaign).
 pub fn size(fast: usize, campaign: usize) -> usize {
-    if is_campaign() { campaign } else { fast }
+    scaled(fast, campaign, "TENANTRY_CAMPAIGN_TENANTS")
+}
+
+/// How many crash rounds: as [`size`], overridden by `TENANTRY_CAMPAIGN_ROUNDS`.
+pub fn rounds(fast: usize, campaign: usize) -> usize {
+    scaled(fast, campaign, "TENANTRY_CAMPAIGN_ROUNDS")
+}
+
+fn scaled(fast: usize, campaign: usize, var: &str) -> usize {
+    if !is_campaign() {
+        return fast;
+    }
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(campaign)
 }
 
 /// A seed from `TENANTRY_FAULT_SEED`, else a fresh one (printed, so a run
@@ -249,4 +266,58 @@ pub fn log_leaks(path: &std::path::Path, secrets: &[String]) -> (usize, Vec<Stri
         line.clear();
     }
     (lines, found)
+}
+
+/// Counts the plan's resources and asserts each tenant has what `expected`
+/// says (keys scheduled for deletion aside) and nothing strays.
+pub async fn assert_census(
+    client: &Client,
+    prefix: &str,
+    plan: &Plan,
+    expected: impl Fn(&str) -> super::census::Count,
+    when: &str,
+) -> super::census::Census {
+    let found = super::census::census(client, prefix, &namespaces(plan)).await;
+    let wrong = super::census::mismatches(&found, expected);
+    assert!(
+        wrong.is_empty() && found.strays.is_empty(),
+        "{when}: duplicates or orphans: {wrong:#?}\nstrays: {:?}",
+        found.strays
+    );
+    found
+}
+
+/// Deletes every tenant of the plan, waits until they are gone, asserts that
+/// nothing of them is left and that every audit chain verifies. Returns how
+/// long the deletion took and the trails (for leak searches).
+pub async fn delete_and_check(
+    client: &Client,
+    op: &Operator,
+    prefix: &str,
+    plan: &Plan,
+    timeout: Duration,
+) -> (Duration, String) {
+    let started = std::time::Instant::now();
+    delete_all(client, plan).await;
+    wait_all(
+        client,
+        &op.run_id,
+        || op.log(),
+        timeout,
+        "deleted",
+        still_there,
+    )
+    .await;
+    let took = started.elapsed();
+    assert_census(
+        client,
+        prefix,
+        plan,
+        |_| super::census::Count::default(),
+        "after deletion",
+    )
+    .await;
+    let (broken, trails) = audit(plan).await;
+    assert!(broken.is_empty(), "broken audit chains: {broken:#?}");
+    (took, trails)
 }
