@@ -345,11 +345,7 @@ async fn no_tenant_reaches_anything_of_another_in_any_ordered_pair() {
             t.name
         );
     }
-    let _ = run(
-        &mut su,
-        &format!("DROP TABLE IF EXISTS public.planted_by_tenant"),
-    )
-    .await;
+    let _ = run(&mut su, "DROP TABLE IF EXISTS public.planted_by_tenant").await;
     println!(
         "ATTACK MATRIX: {n} tenants (Schema and Database), {} ordered pairs, {} attempts, {} leaks",
         n * (n - 1),
