@@ -174,6 +174,9 @@ impl S3Backend {
             .await;
         match created {
             Ok(_) => {
+                // Untagged until claimed: should reading its tags or the
+                // audit row fail now, the retry must still know it is ours.
+                self.uncertain().insert(bucket.to_string());
                 tracing::info!(bucket, "created S3 bucket");
                 crate::audit::note(
                     "s3.bucket.create",

@@ -7,10 +7,14 @@
 mod support;
 
 mod atomicity;
+mod attacks;
 mod audit;
 mod aws;
 mod chart;
 mod classes;
+mod crashes;
+mod faults;
+mod hostile;
 mod isolation;
 mod isolation_aws;
 mod isolation_db;

@@ -44,7 +44,10 @@ pub fn unique_uid() -> String {
     )
 }
 
+pub mod campaign;
+pub mod census;
 pub mod cluster;
+pub mod faults;
 pub mod helm;
 pub mod rbac;
 pub mod readback;

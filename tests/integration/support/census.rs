@@ -1,0 +1,229 @@
+//! Counts everything that exists for a set of tenants in one pass over each
+//! backend (PostgreSQL catalogs, moto, the API server), for campaigns of many
+//! tenants: duplicates and orphans show as counts other than expected, and
+//! anything with the run's prefix that belongs to no tenant of the run is a
+//! stray.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use tenantry::backends::tags;
+
+use super::readback::{self, admin_db};
+
+/// What exists for one tenant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub roles: usize,
+    pub schemas: usize,
+    pub databases: usize,
+    pub buckets: usize,
+    /// Keys tagged with the tenant's name that are not pending deletion.
+    pub live_keys: usize,
+    /// Keys of the tenant scheduled for deletion (by a rollback or `Delete`).
+    pub pending_keys: usize,
+    pub aliases: usize,
+    pub secrets: usize,
+    pub kube_secrets: usize,
+}
+
+impl Count {
+    /// Exactly one of everything, in the given mode.
+    pub fn one(database_mode: bool) -> Self {
+        Self {
+            roles: 1,
+            schemas: usize::from(!database_mode),
+            databases: usize::from(database_mode),
+            buckets: 1,
+            live_keys: 1,
+            pending_keys: 0,
+            aliases: 1,
+            secrets: 1,
+            kube_secrets: 1,
+        }
+    }
+
+    /// The same, ignoring keys scheduled for deletion (what a rollback or a
+    /// deletion leaves: AWS deletes keys only after a waiting period).
+    pub fn without_pending(&self) -> Self {
+        Self {
+            pending_keys: 0,
+            ..self.clone()
+        }
+    }
+}
+
+/// The census of a run: per tenant, and what carries the run's prefix but
+/// belongs to none of its tenants.
+#[derive(Debug, Default)]
+pub struct Census {
+    pub tenants: BTreeMap<String, Count>,
+    pub strays: Vec<String>,
+}
+
+/// Counts the resources of `tenants` (name → namespace of its credentials
+/// Secret, named `<name>-credentials`), whose names all start with `prefix`.
+pub async fn census(
+    kube: &kube::Client,
+    prefix: &str,
+    tenants: &BTreeMap<String, String>,
+) -> Census {
+    let mut out = Census {
+        tenants: tenants
+            .keys()
+            .map(|n| (n.clone(), Count::default()))
+            .collect(),
+        strays: Vec::new(),
+    };
+    let by_ident: BTreeMap<String, String> = tenants
+        .keys()
+        .map(|n| (format!("t_{}", n.replace('-', "_")), n.clone()))
+        .collect();
+    let ident_prefix = format!("t_{}", prefix.replace('-', "_"));
+
+    let mut db = admin_db().await;
+    for (kind, sql) in [
+        (
+            "role",
+            "SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1)",
+        ),
+        (
+            "schema",
+            "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)",
+        ),
+        (
+            "database",
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
+        ),
+    ] {
+        let names: Vec<String> = sqlx::query_scalar(sql)
+            .bind(&ident_prefix)
+            .fetch_all(&mut db)
+            .await
+            .expect("read the catalog");
+        for ident in names {
+            match by_ident.get(&ident).and_then(|n| out.tenants.get_mut(n)) {
+                Some(c) if kind == "role" => c.roles += 1,
+                Some(c) if kind == "schema" => c.schemas += 1,
+                Some(c) => c.databases += 1,
+                None => out.strays.push(format!("{kind} {ident}")),
+            }
+        }
+    }
+    // Schemas inside tenants' own databases are theirs, not counted here.
+
+    let aws = readback::aws().await;
+    let bucket_prefix = format!("{}-", super::bucket_prefix());
+    let buckets = aws.s3.list_buckets().send().await.expect("list buckets");
+    for b in buckets.buckets() {
+        let Some(tenant) = b.name().and_then(|n| n.strip_prefix(&bucket_prefix)) else {
+            continue;
+        };
+        if !tenant.starts_with(prefix) {
+            continue;
+        }
+        match out.tenants.get_mut(tenant) {
+            Some(c) => c.buckets += 1,
+            None => out.strays.push(format!("bucket {tenant}")),
+        }
+    }
+
+    let mut aliases = aws.kms.list_aliases().into_paginator().send();
+    while let Some(page) = aliases.next().await {
+        for a in page.expect("list aliases").aliases() {
+            let Some(tenant) = a
+                .alias_name()
+                .and_then(|n| n.strip_prefix("alias/tenantry/"))
+            else {
+                continue;
+            };
+            if !tenant.starts_with(prefix) {
+                continue;
+            }
+            match out.tenants.get_mut(tenant) {
+                Some(c) if a.target_key_id().is_some() => c.aliases += 1,
+                Some(_) => {}
+                None => out.strays.push(format!("alias {tenant}")),
+            }
+        }
+    }
+
+    let mut keys = aws.kms.list_keys().into_paginator().send();
+    while let Some(page) = keys.next().await {
+        for key in page.expect("list keys").keys() {
+            let id = key.key_id().unwrap_or_default();
+            let Ok(tags_out) = aws.kms.list_resource_tags().key_id(id).send().await else {
+                continue;
+            };
+            let Some(tenant) = tags_out
+                .tags()
+                .iter()
+                .find(|t| t.tag_key() == tags::TENANT)
+                .map(|t| t.tag_value().to_string())
+            else {
+                continue;
+            };
+            if !tenant.starts_with(prefix) {
+                continue;
+            }
+            let state = aws
+                .kms
+                .describe_key()
+                .key_id(id)
+                .send()
+                .await
+                .ok()
+                .and_then(|d| d.key_metadata().and_then(|m| m.key_state().cloned()));
+            let pending = state == Some(aws_sdk_kms::types::KeyState::PendingDeletion);
+            match out.tenants.get_mut(&tenant) {
+                Some(c) if pending => c.pending_keys += 1,
+                Some(c) => c.live_keys += 1,
+                None => out.strays.push(format!("key {id} of {tenant}")),
+            }
+        }
+    }
+
+    let mut secrets = aws.sm.list_secrets().into_paginator().send();
+    while let Some(page) = secrets.next().await {
+        for s in page.expect("list secrets").secret_list() {
+            let Some(tenant) = s
+                .name()
+                .and_then(|n| n.strip_prefix("tenantry/"))
+                .and_then(|n| n.strip_suffix("/database"))
+            else {
+                continue;
+            };
+            if !tenant.starts_with(prefix) || s.deleted_date().is_some() {
+                continue;
+            }
+            match out.tenants.get_mut(tenant) {
+                Some(c) => c.secrets += 1,
+                None => out.strays.push(format!("secret {tenant}")),
+            }
+        }
+    }
+
+    for (name, namespace) in tenants {
+        let api: Api<Secret> = Api::namespaced(kube.clone(), namespace);
+        if api
+            .get_opt(&format!("{name}-credentials"))
+            .await
+            .expect("read Secret")
+            .is_some()
+        {
+            out.tenants.get_mut(name).unwrap().kube_secrets += 1;
+        }
+    }
+    out
+}
+
+/// The tenants whose counts differ from `expected(name)`, with what was found.
+pub fn mismatches(census: &Census, expected: impl Fn(&str) -> Count) -> Vec<String> {
+    census
+        .tenants
+        .iter()
+        .filter(|(name, c)| c.without_pending() != expected(name))
+        .map(|(name, c)| format!("{name}: {c:?}"))
+        .collect()
+}
