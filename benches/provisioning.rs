@@ -158,7 +158,11 @@ impl Operator {
             .create(true)
             .append(true)
             .open(log)?;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        // TENANTRY_BENCH_OPERATOR: another build to compare (e.g. a saved
+        // copy of the release binary before a change).
+        let bin = std::env::var("TENANTRY_BENCH_OPERATOR")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenantry").to_string());
+        let child = tokio::process::Command::new(bin)
             .arg("run")
             .env("TENANTRY_TENANT_SELECTOR", selector)
             .env("TENANTRY_METRICS_ADDR", format!("127.0.0.1:{port}"))
