@@ -154,14 +154,26 @@ fn clk_tck() -> f64 {
 
 impl Operator {
     async fn start(selector: &str, port: u16, args: &Args, log: &Path) -> Res<Self> {
+        Self::start_bin(None, selector, port, args, log).await
+    }
+
+    async fn start_bin(
+        bin: Option<&str>,
+        selector: &str,
+        port: u16,
+        args: &Args,
+        log: &Path,
+    ) -> Res<Self> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
         // TENANTRY_BENCH_OPERATOR: another build to compare (e.g. a saved
         // copy of the release binary before a change).
-        let bin = std::env::var("TENANTRY_BENCH_OPERATOR")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenantry").to_string());
+        let bin = bin.map(str::to_string).unwrap_or_else(|| {
+            std::env::var("TENANTRY_BENCH_OPERATOR")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenantry").to_string())
+        });
         let child = tokio::process::Command::new(bin)
             .arg("run")
             .env("TENANTRY_TENANT_SELECTOR", selector)
@@ -928,6 +940,83 @@ async fn run_bare(bare: &Arc<Bare>, args: &Args, mode: &str, n: usize) -> Res<Ba
 
 // ----------------------------------------------------------------- scale --
 
+/// A restart of the operator over settled tenants, timed until every
+/// tenant has been reconciled once.
+#[derive(Debug, Default)]
+struct Restart {
+    binary: String,
+    ready_s: f64,
+    resync_s: f64,
+    reconciles: f64,
+    writes: Vec<String>,
+    reads: f64,
+    cpu_s: f64,
+    hwm_mib: f64,
+    probes: usize,
+    max_probes_per_s: usize,
+    error: Option<String>,
+}
+
+async fn restart(
+    bin: Option<&str>,
+    seen: &Arc<Mutex<Seen>>,
+    total: usize,
+    selector: &str,
+    port: u16,
+    args: &Args,
+    log: &Path,
+) -> Res<Restart> {
+    let mut r = Restart {
+        binary: bin.unwrap_or("this build").to_string(),
+        ..Default::default()
+    };
+    let probes0 = seen.lock().expect("lock").probes.len();
+    let wall0 = chrono::Utc::now();
+    let t1 = Instant::now();
+    let op = Operator::start_bin(bin, selector, port, args, log).await?;
+    r.ready_s = t1.elapsed().as_secs_f64();
+    let c0 = op.cpu();
+    let deadline = t1 + Duration::from_secs(1800);
+    loop {
+        let m = op.metrics().await?;
+        if m.reconciles >= total as f64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            r.error = Some(format!(
+                "resync: only {} reconciles within 1800 s",
+                m.reconciles
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    r.resync_s = t1.elapsed().as_secs_f64();
+    r.cpu_s = op.cpu() - c0;
+    // Let reconciles in flight finish before reading the counters.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = op.metrics().await?;
+    r.reconciles = m.reconciles;
+    r.writes = m.ok_writes();
+    r.reads = m.totals().0;
+    r.hwm_mib = op.rss().0;
+    {
+        let s = seen.lock().expect("lock");
+        let probes: Vec<_> = s.probes[probes0..]
+            .iter()
+            .filter(|at| **at >= wall0 - chrono::Duration::seconds(1))
+            .collect();
+        let mut per_second: BTreeMap<i64, usize> = BTreeMap::new();
+        for at in &probes {
+            *per_second.entry(at.timestamp()).or_default() += 1;
+        }
+        r.probes = probes.len();
+        r.max_probes_per_s = per_second.values().copied().max().unwrap_or(0);
+    }
+    op.stop().await;
+    Ok(r)
+}
+
 #[derive(Debug, Default)]
 struct ScaleResult {
     total: usize,
@@ -936,15 +1025,7 @@ struct ScaleResult {
     settle_s: f64,
     hwm_mib: f64,
     rss_mib: f64,
-    restart_ready_s: f64,
-    resync_s: f64,
-    resync_reconciles: f64,
-    resync_writes: Vec<String>,
-    resync_reads: f64,
-    resync_cpu_s: f64,
-    resync_hwm_mib: f64,
-    resync_probes: usize,
-    resync_max_probes_per_s: usize,
+    restarts: Vec<Restart>,
     error: Option<String>,
 }
 
@@ -989,51 +1070,19 @@ async fn run_scale(client: &Client, args: &Args, port: u16, logs: &Path) -> Res<
         r.settle_s, r.rss_mib, r.hwm_mib
     );
     op.stop().await;
-    let probes0 = seen.lock().expect("lock").probes.len();
-    let wall0 = chrono::Utc::now();
-    let t1 = Instant::now();
-    let op = Operator::start(&selector, port, args, &log).await?;
-    r.restart_ready_s = t1.elapsed().as_secs_f64();
-    let c0 = op.cpu();
-    let deadline = t1 + Duration::from_secs(1800);
-    loop {
-        let m = op.metrics().await?;
-        if m.reconciles >= total as f64 {
-            break;
-        }
-        if Instant::now() > deadline {
-            r.error = Some(format!(
-                "resync: only {} reconciles within 1800 s",
-                m.reconciles
-            ));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    // TENANTRY_BENCH_COMPARE: an older build, restarted first, so the same
+    // settled tenants show both.
+    let compare = std::env::var("TENANTRY_BENCH_COMPARE").ok();
+    let mut bins = vec![None];
+    if let Some(c) = compare.as_deref() {
+        bins.insert(0, Some(c));
     }
-    r.resync_s = t1.elapsed().as_secs_f64();
-    r.resync_cpu_s = op.cpu() - c0;
-    // Let reconciles in flight finish before reading the counters.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let m = op.metrics().await?;
-    r.resync_reconciles = m.reconciles;
-    r.resync_writes = m.ok_writes();
-    r.resync_reads = m.totals().0;
-    r.resync_hwm_mib = op.rss().0;
-    {
-        let s = seen.lock().expect("lock");
-        let probes: Vec<_> = s.probes[probes0..]
-            .iter()
-            .filter(|at| **at >= wall0 - chrono::Duration::seconds(1))
-            .collect();
-        let mut per_second: BTreeMap<i64, usize> = BTreeMap::new();
-        for at in &probes {
-            *per_second.entry(at.timestamp()).or_default() += 1;
-        }
-        r.resync_probes = probes.len();
-        r.resync_max_probes_per_s = per_second.values().copied().max().unwrap_or(0);
+    for bin in bins {
+        eprintln!("bench:   restart ({})", bin.unwrap_or("this build"));
+        r.restarts
+            .push(restart(bin, &seen, total, &selector, port, args, &log).await?);
     }
     watch_task.abort();
-    op.stop().await;
     Ok(r)
 }
 
@@ -1210,9 +1259,9 @@ fn render(rows: &[Row], scale: &Option<Result<ScaleResult, String>>, args: &Args
     match scale {
         Some(Ok(s)) => {
             out.push_str(&format!(
-                "\nScale: {} Tenants in the API server ({} provisioned for real, {} parked on a missing class).\n\n\
-                 | created in s | settled in s | RSS / peak MiB | restart to /readyz s | restart to every tenant reconciled s | reconciles | resync backend writes (ok) | resync reads | resync CPU s | peak RSS after resync MiB | probes in resync / max per s |\n|---|---|---|---|---|---|---|---|---|---|---|\n\
-                 | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |\n",
+                "\nScale: {} Tenants in the API server ({} provisioned for real, {} parked on a missing class): \
+                 created in {} s, settled in {} s, operator RSS {} MiB (peak {} MiB).\n\n\
+                 | restart of | to /readyz s | to every tenant reconciled s | reconciles | backend writes (ok) | backend reads | CPU s | peak RSS MiB | probes / max per s |\n|---|---|---|---|---|---|---|---|---|\n",
                 s.total,
                 s.real,
                 s.total - s.real,
@@ -1220,20 +1269,29 @@ fn render(rows: &[Row], scale: &Option<Result<ScaleResult, String>>, args: &Args
                 f(s.settle_s),
                 f(s.rss_mib),
                 f(s.hwm_mib),
-                f(s.restart_ready_s),
-                f(s.resync_s),
-                s.resync_reconciles,
-                if s.resync_writes.is_empty() {
-                    "0".to_string()
-                } else {
-                    s.resync_writes.join(", ")
-                },
-                s.resync_reads,
-                f(s.resync_cpu_s),
-                f(s.resync_hwm_mib),
-                s.resync_probes,
-                s.resync_max_probes_per_s,
             ));
+            for r in &s.restarts {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |\n",
+                    r.binary,
+                    f(r.ready_s),
+                    f(r.resync_s),
+                    r.reconciles,
+                    if r.writes.is_empty() {
+                        "0".to_string()
+                    } else {
+                        r.writes.join(", ")
+                    },
+                    r.reads,
+                    f(r.cpu_s),
+                    f(r.hwm_mib),
+                    r.probes,
+                    r.max_probes_per_s,
+                ));
+                if let Some(e) = &r.error {
+                    out.push_str(&format!("\nRestart incomplete: {e}\n"));
+                }
+            }
             if let Some(e) = &s.error {
                 out.push_str(&format!("\nScale stage incomplete: {e}\n"));
             }
