@@ -53,6 +53,7 @@ struct Args {
     steady: Option<Duration>,
     scale: usize,
     scale_real: usize,
+    database_max: usize,
     baselines: Vec<String>,
     out: Option<PathBuf>,
     command: String,
@@ -68,6 +69,8 @@ fn parse_args() -> Res<Args> {
         steady: None,
         scale: 10_000,
         scale_real: 1_000,
+        // Each database costs PostgreSQL ~7.5 MB of disk, four times per N.
+        database_max: 100,
         baselines: vec!["engine".into(), "engine-probe".into(), "bare".into()],
         out: None,
         command: std::env::var("TENANTRY_BENCH_COMMAND")
@@ -95,6 +98,7 @@ fn parse_args() -> Res<Args> {
             "--steady" => a.steady = Some(humantime::parse_duration(&val()?)?),
             "--scale" => a.scale = val()?.parse()?,
             "--scale-real" => a.scale_real = val()?.parse()?,
+            "--database-max" => a.database_max = val()?.parse()?,
             "--baselines" => a.baselines = list(val()?),
             "--out" => a.out = Some(PathBuf::from(val()?)),
             other => return Err(format!("unknown argument {other}").into()),
@@ -1434,6 +1438,10 @@ async fn main_async() -> Res<()> {
     let mut rows = Vec::new();
     for mode in &args.modes {
         for &n in &args.tenants {
+            if mode == "database" && n > args.database_max {
+                eprintln!("bench: database N={n}: skipped (above --database-max)");
+                continue;
+            }
             let load_before = load();
             eprintln!("bench: {mode} N={n}: operator (load {load_before})");
             let op = run_operator(&client, &args, mode, n, port, &logs)

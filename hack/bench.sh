@@ -5,10 +5,12 @@
 #
 # Usage: hack/bench.sh [--tenants 1,100,1000] [--modes schema,database]
 #                      [--concurrency 16] [--probe-interval 20s] [--steady 45s]
-#                      [--scale 10000] [--scale-real 1000]
+#                      [--scale 10000] [--scale-real 1000] [--database-max 100]
 #                      [--baselines engine,engine-probe,bare] [--fresh]
 #   --fresh      purge the local environment first (all its data) for a clean run
 #   --scale 0    skips the scale stage; --baselines none runs the operator only
+#   --database-max  largest N run in Database mode (each database is ~7.5 MB
+#                of disk, made four times: operator, engine, engine+probe, bare)
 # Runs against 127.0.0.1 only. Long: minutes per 1,000 tenants.
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
