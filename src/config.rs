@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
-use crate::backends::kms::KmsBackend;
+use crate::backends::kms::{KmsBackend, RateLimiter};
 use crate::backends::kube::KubeSecrets;
 use crate::backends::postgres::PostgresBackend;
 use crate::backends::s3::S3Backend;
@@ -64,6 +64,13 @@ pub struct BackendArgs {
     /// On by default when AWS_ENDPOINT_URL points at an S3-compatible server.
     #[arg(long, env = "TENANTRY_S3_FORCE_PATH_STYLE")]
     pub s3_force_path_style: Option<bool>,
+
+    /// Most KMS keys created per second, on average (a token bucket with a
+    /// burst of max(1, rate)), shared by every class. AWS's CreateKey quota
+    /// is per account and Region; set this below it, minus what else in the
+    /// account creates keys. 0: no pacing.
+    #[arg(long, env = "TENANTRY_KMS_CREATE_RATE", default_value_t = 0.0)]
+    pub kms_create_rate: f64,
 }
 
 /// How the engine retries and paces itself.
@@ -222,6 +229,8 @@ pub struct BackendSettings {
     /// IAM principal the bucket and key policies allow, with `{tenant}` for
     /// the tenant's name.
     pub principal: Option<String>,
+    /// Paces KMS CreateKey; cloned settings share one bucket.
+    pub kms_create_limit: Option<Arc<RateLimiter>>,
 }
 
 impl BackendSettings {
@@ -236,6 +245,7 @@ impl BackendSettings {
             region: None,
             s3_force_path_style: args.s3_force_path_style,
             principal: None,
+            kms_create_limit: RateLimiter::new(args.kms_create_rate).map(Arc::new),
         }
     }
 
@@ -310,7 +320,11 @@ impl Backends {
             shared_tables: Arc::new(settings.shared_tables.clone()),
             probes: Arc::new(probes),
             database: postgres.clone(),
-            keys: Arc::new(KmsBackend::new(&sdk).with_principal(settings.principal.clone())),
+            keys: Arc::new(
+                KmsBackend::new(&sdk)
+                    .with_principal(settings.principal.clone())
+                    .with_create_limit(settings.kms_create_limit.clone()),
+            ),
             storage: Arc::new(
                 S3Backend::new(&sdk, path_style).with_principal(settings.principal.clone()),
             ),

@@ -7,7 +7,8 @@
 //! of making a second one.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
@@ -34,6 +35,52 @@ pub struct KmsBackend {
     /// IAM principal the key policy allows, `{tenant}` standing for the
     /// tenant's name (a TenantClass's `aws.principal`).
     principal: Option<String>,
+    /// Paces CreateKey (`--kms-create-rate`), shared by every class's client.
+    create_limit: Option<Arc<RateLimiter>>,
+}
+
+/// A token bucket that paces one kind of call to at most `per_second` on
+/// average, with a burst of `max(1, per_second)`. AWS's CreateKey quota is
+/// low and per account and Region; a bulk onboarding that ignores it gets
+/// throttled and spends its retries. Waiters are served in order.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    /// Tokens available at the instant.
+    state: tokio::sync::Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl RateLimiter {
+    /// `None` unless `per_second` is positive and finite (0 turns pacing off).
+    pub fn new(per_second: f64) -> Option<Self> {
+        (per_second.is_finite() && per_second > 0.0).then(|| {
+            let burst = per_second.max(1.0);
+            Self {
+                per_second,
+                burst,
+                state: tokio::sync::Mutex::new((burst, tokio::time::Instant::now())),
+            }
+        })
+    }
+
+    /// Waits for a token and takes it.
+    pub async fn acquire(&self) {
+        // Held while waiting: the next caller queues behind this one.
+        let mut state = self.state.lock().await;
+        let (tokens, at) = &mut *state;
+        let now = tokio::time::Instant::now();
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if *tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - *tokens) / self.per_second);
+            tokio::time::sleep(wait).await;
+            *tokens = 1.0;
+            *at = now + wait;
+        }
+        *tokens -= 1.0;
+    }
 }
 
 /// The key policy statement tenantry owns; every other statement is left
@@ -46,7 +93,14 @@ impl KmsBackend {
             client: super::aws::kms_client(config),
             uncertain: Mutex::default(),
             principal: None,
+            create_limit: None,
         }
+    }
+
+    /// Paces CreateKey with `limit` (shared with the other clients that hold it).
+    pub fn with_create_limit(mut self, limit: Option<Arc<RateLimiter>>) -> Self {
+        self.create_limit = limit;
+        self
     }
 
     /// Names in every key policy the principal that may use the key.
@@ -170,6 +224,9 @@ impl KmsBackend {
     }
 
     async fn create(&self, tenant: &TenantRef) -> Result<KeyMetadata, BackendError> {
+        if let Some(limit) = &self.create_limit {
+            limit.acquire().await;
+        }
         let out = self
             .client
             .create_key()
@@ -651,7 +708,43 @@ fn with_principal_statement(
 
 #[cfg(test)]
 mod tests {
-    use super::with_principal_statement;
+    use super::{Duration, RateLimiter, with_principal_statement};
+
+    #[tokio::test(start_paused = true)]
+    async fn key_creation_is_paced_to_the_configured_rate() {
+        let limit = RateLimiter::new(2.0).expect("a positive rate");
+        let start = tokio::time::Instant::now();
+        for _ in 0..7 {
+            limit.acquire().await;
+        }
+        // A burst of 2, then one every 500 ms: 5 more take 2.5 s.
+        assert_eq!(start.elapsed(), Duration::from_millis(2500));
+        // Idle time refills the bucket up to the burst, not beyond.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let again = tokio::time::Instant::now();
+        for _ in 0..3 {
+            limit.acquire().await;
+        }
+        assert_eq!(again.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fractional_rate_spaces_calls_evenly() {
+        let limit = RateLimiter::new(0.5).expect("a positive rate");
+        let start = tokio::time::Instant::now();
+        for _ in 0..3 {
+            limit.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_zero_or_invalid_rate_means_no_pacing() {
+        assert!(RateLimiter::new(0.0).is_none());
+        assert!(RateLimiter::new(-1.0).is_none());
+        assert!(RateLimiter::new(f64::NAN).is_none());
+        assert!(RateLimiter::new(f64::INFINITY).is_none());
+    }
 
     fn default_policy() -> serde_json::Value {
         serde_json::json!({"Version": "2012-10-17", "Id": "key-default-1", "Statement": [

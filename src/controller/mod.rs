@@ -612,6 +612,33 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(wait));
     }
 
+    let settled = current.phase == Some(TenantPhase::Ready)
+        && current.observed_generation == generation
+        && current.provisioning.as_ref().is_some_and(|j| j.provisioned)
+        && current
+            .resources
+            .as_ref()
+            .is_some_and(|r| r.key_arn.is_some())
+        && current.placement == Some(class.placement())
+        && !tenant.spec.suspended;
+    // A settled tenant measured less than a probe interval ago (after a
+    // restart, a relist, or the watch event of its own status write) waits
+    // for its turn: a resync costs no backend call, and the probes stay
+    // spread as they were instead of bursting.
+    if settled
+        && let Some(wait) = probe_not_due(
+            current
+                .isolation
+                .as_ref()
+                .and_then(|i| i.verified_at.as_deref()),
+            class.probe_interval,
+            now,
+        )
+    {
+        tracing::debug!(tenant = %name, ?wait, "measured recently; next probe later");
+        return Ok(Action::requeue(wait));
+    }
+
     let namespace = &spec.credentials.namespace;
     if !class
         .backends
@@ -645,15 +672,6 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
 
     // A settled tenant is measured before its steps run: the steps repair
     // drift as a side effect, and it must be seen and counted first.
-    let settled = current.phase == Some(TenantPhase::Ready)
-        && current.observed_generation == generation
-        && current.provisioning.as_ref().is_some_and(|j| j.provisioned)
-        && current
-            .resources
-            .as_ref()
-            .is_some_and(|r| r.key_arn.is_some())
-        && current.placement == Some(class.placement())
-        && !tenant.spec.suspended;
     let mut drift: Option<Measurement> = None;
     if settled {
         // Missing inputs (the secret gone, say) make every layer Unknown:
@@ -971,6 +989,27 @@ async fn isolation_failure(
         )
         .await;
     Verdict::new(TenantPhase::Failed, reason, message)
+}
+
+/// Time left before a settled tenant, last measured at `verified_at`, is due
+/// for its next probe; `None` when it is due now. Due from 90% of the
+/// interval on (the low end of the resync jitter, so a timer-driven resync
+/// always probes); the wait is jittered like a resync. A time in the future
+/// (clock skew) or that cannot be read makes the probe due.
+fn probe_not_due(
+    verified_at: Option<&str>,
+    interval: Duration,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    let at = DateTime::parse_from_rfc3339(verified_at?)
+        .ok()?
+        .with_timezone(&Utc);
+    let elapsed = (now - at).to_std().ok()?;
+    if elapsed >= interval.mul_f64(0.9) {
+        return None;
+    }
+    let next = jitter(interval.mul_f64(0.9), interval.mul_f64(1.1));
+    Some(next.saturating_sub(elapsed).max(Duration::from_secs(1)))
 }
 
 /// Time left before a failed tenant may be tried again, if any. A spec
@@ -1444,6 +1483,32 @@ mod tests {
         assert_eq!(err.reason, "PlacementChangeRefused");
         assert!(err.message.contains("tenantry-acme"), "{err:?}");
         assert!(check(&t, &flags()).is_ok());
+    }
+
+    #[test]
+    fn a_recently_measured_tenant_is_probed_again_only_when_due() {
+        let interval = Duration::from_secs(300);
+        let now = Utc::now();
+        let ago = |secs: i64| {
+            (now - chrono::Duration::seconds(secs))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        // Measured 100 s ago: the next probe is 170..230 s away.
+        let wait = probe_not_due(Some(&ago(100)), interval, now).expect("not due");
+        assert!(
+            wait >= Duration::from_secs(169) && wait <= Duration::from_secs(231),
+            "{wait:?}"
+        );
+        // From 90% of the interval on (where the resync timer fires), due.
+        assert_eq!(probe_not_due(Some(&ago(270)), interval, now), None);
+        assert_eq!(probe_not_due(Some(&ago(3600)), interval, now), None);
+        // Never measured, unreadable, or in the future (clock skew): due.
+        assert_eq!(probe_not_due(None, interval, now), None);
+        assert_eq!(probe_not_due(Some("yesterday"), interval, now), None);
+        assert_eq!(probe_not_due(Some(&ago(-60)), interval, now), None);
+        // Just measured (the event of its own status write): a whole interval.
+        let wait = probe_not_due(Some(&ago(0)), interval, now).expect("not due");
+        assert!(wait >= Duration::from_secs(269), "{wait:?}");
     }
 
     #[test]
