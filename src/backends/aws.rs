@@ -15,8 +15,20 @@ use super::{Backend, BackendError, TenantRef, tags};
 /// Loads the SDK configuration from the standard chain: environment
 /// (`AWS_REGION`, `AWS_ENDPOINT_URL`, keys), profile files, web identity
 /// (IRSA), container and instance metadata.
+///
+/// Every call has a deadline: a request whose answer never comes (a dropped
+/// connection, a hung endpoint) fails as a timeout, which is transient and
+/// retried, instead of holding a reconcile forever.
 pub async fn load_sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .operation_attempt_timeout(std::time::Duration::from_secs(30))
+        .operation_timeout(std::time::Duration::from_secs(120))
+        .build();
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await
 }
 
 /// The error every SDK operation returns.

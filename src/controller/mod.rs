@@ -20,6 +20,7 @@ use futures::StreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::watcher::{self, watcher};
+use kube::runtime::{Predicate, predicates};
 use kube::{Client, ResourceExt};
 use rand::Rng;
 
@@ -136,9 +137,20 @@ pub async fn run(
         watch = watch.labels(selector);
     }
     let reader = store.as_reader();
+    // The store sees every change; reconciles start only for changes a
+    // person (or the API server) made. tenantry's own status writes would
+    // otherwise start a reconcile each, and a tenant whose every pass writes
+    // its status (a probe that cannot measure, say) would never leave the
+    // queue to the others. Requeues still come from each reconcile's Action.
+    let by_people = predicates::generation
+        .combine(predicates::finalizers)
+        .combine(predicates::annotations)
+        .combine(predicates::labels)
+        .combine(deletion_requested);
     let stream = crate::shard::filter_events(shard, watcher(tenants, watch).default_backoff())
         .reflect(store)
-        .applied_objects();
+        .applied_objects()
+        .predicate_filter(by_people, Default::default());
     // A changed (or new, or deleted) class is looked at by its tenants.
     let tenant_store = reader.clone();
     let class_store = ctx.classes.store();
@@ -164,6 +176,11 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Whether deletion was requested, for the predicate filter.
+fn deletion_requested(tenant: &Tenant) -> Option<u64> {
+    Some(u64::from(tenant.metadata.deletion_timestamp.is_some()))
 }
 
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
