@@ -1,5 +1,8 @@
-//! The provisioning benchmark (`hack/bench.sh`; issue 7). Not a test: it is
-//! run by `cargo bench --bench provisioning -- ARGS`, never by `cargo test`.
+//! The provisioning benchmark (`hack/bench.sh`; issue 7). Not a test:
+//! `hack/bench.sh` builds it with the release operator and runs it; `cargo
+//! test` only compiles it. A binary rather than a `[[bench]]` target on
+//! purpose: a bench links the dev-dependencies, whose features (tokio's
+//! `test-util`) would rebuild every dependency of the release build.
 //!
 //! Against the local environment (`source .localenv/env`), for each isolation
 //! mode and tenant count N, at the same concurrency C:
@@ -76,7 +79,7 @@ fn parse_args() -> Res<Args> {
         command: std::env::var("TENANTRY_BENCH_COMMAND")
             .unwrap_or_else(|_| format!("hack/bench.sh {}", raw.join(" "))),
     };
-    let mut it = raw.iter().filter(|s| *s != "--bench");
+    let mut it = raw.iter();
     while let Some(flag) = it.next() {
         let mut val = || it.next().cloned().ok_or(format!("{flag} needs a value"));
         let list = |v: String| -> Vec<String> {
@@ -175,8 +178,7 @@ impl Operator {
         // TENANTRY_BENCH_OPERATOR: another build to compare (e.g. a saved
         // copy of the release binary before a change).
         let bin = bin.map(str::to_string).unwrap_or_else(|| {
-            std::env::var("TENANTRY_BENCH_OPERATOR")
-                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenantry").to_string())
+            std::env::var("TENANTRY_BENCH_OPERATOR").unwrap_or_else(|_| sibling_operator())
         });
         let child = tokio::process::Command::new(bin)
             .arg("run")
@@ -250,6 +252,15 @@ impl Operator {
     async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// The `tenantry` binary built next to this one.
+fn sibling_operator() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("tenantry")))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "tenantry".to_string())
 }
 
 async fn http_get(port: u16, path: &str) -> Res<(u16, String)> {
@@ -1344,17 +1355,14 @@ async fn environment(client: &Client) -> String {
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
+    // hack/localenv.sh caches moto as $TENANTRY_CACHE_DIR/moto-<version>.
     let moto = std::env::var("TENANTRY_CACHE_DIR")
         .ok()
-        .map(|d| {
-            cmd(
-                "sh",
-                &[
-                    "-c",
-                    &format!("ls -d {d}/*/lib/python*/site-packages/moto-*.dist-info 2>/dev/null | head -1 | sed 's/.*moto-//; s/.dist-info//'"),
-                ],
-            )
-        })
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find_map(|n| n.strip_prefix("moto-").map(str::to_string))
         .unwrap_or_default();
     format!(
         "- machine: {} × {cpu}, {mem} RAM, shared (load is given per run)\n\
