@@ -1355,17 +1355,14 @@ async fn environment(client: &Client) -> String {
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
+    // hack/localenv.sh caches moto as $TENANTRY_CACHE_DIR/moto-<version>.
     let moto = std::env::var("TENANTRY_CACHE_DIR")
         .ok()
-        .map(|d| {
-            cmd(
-                "sh",
-                &[
-                    "-c",
-                    &format!("ls -d {d}/*/lib/python*/site-packages/moto-*.dist-info 2>/dev/null | head -1 | sed 's/.*moto-//; s/.dist-info//'"),
-                ],
-            )
-        })
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find_map(|n| n.strip_prefix("moto-").map(str::to_string))
         .unwrap_or_default();
     format!(
         "- machine: {} × {cpu}, {mem} RAM, shared (load is given per run)\n\
