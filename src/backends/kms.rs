@@ -87,6 +87,9 @@ impl RateLimiter {
 /// as it is.
 const PRINCIPAL_SID: &str = "AllowTenantPrincipal";
 
+/// Tries of each read during a scan of every key.
+const SCAN_READ_TRIES: u32 = 6;
+
 impl KmsBackend {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
@@ -163,6 +166,26 @@ impl KmsBackend {
         }
     }
 
+    /// `tags_of`, tried again on transient errors: a scan reads the tags of
+    /// every key in the account, and one throttled read among thousands
+    /// must not fail the whole scan (and with it a rollback).
+    async fn tags_of_patiently(
+        &self,
+        key_id: &str,
+    ) -> Result<BTreeMap<String, String>, BackendError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.tags_of(key_id).await {
+                Err(e) if e.is_transient() && tries < SCAN_READ_TRIES => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(tries)))
+                        .await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     async fn tags_of(&self, key_id: &str) -> Result<BTreeMap<String, String>, BackendError> {
         let mut tags = BTreeMap::new();
         let mut marker = None;
@@ -203,7 +226,7 @@ impl KmsBackend {
                 let Some(key_id) = entry.key_id() else {
                     continue;
                 };
-                let tags = match self.tags_of(key_id).await {
+                let tags = match self.tags_of_patiently(key_id).await {
                     Ok(tags) => tags,
                     // Keys we may not read (another principal's, AWS managed)
                     // cannot be ours anyway.
