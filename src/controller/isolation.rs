@@ -62,9 +62,12 @@ impl Measurement {
     }
 
     /// Whether the database layer is broken in a way only a superuser can fix.
+    /// Only what was seen counts: a check that could not run (`Unknown`, say
+    /// the catalogs were unreachable) never cuts a customer off.
     pub fn unrepairable(&self) -> Vec<String> {
         self.database
             .failures()
+            .filter(|f| f.state == IsolationState::Broken)
             .filter(|f| UNREPAIRABLE_CHECKS.contains(&f.check.as_str()))
             .map(|f| f.detail.clone())
             .collect()
@@ -232,5 +235,19 @@ mod tests {
             encryption: report(IsolationState::Enforced),
         };
         assert_eq!(m.unrepairable(), ["ALTER ROLE \"t_a\" NOBYPASSRLS"]);
+    }
+
+    #[test]
+    fn a_superuser_check_that_could_not_run_is_not_grounds_to_fail_closed() {
+        let m = Measurement {
+            database: LayerReport::from_findings(vec![fail(
+                "role.superuser",
+                IsolationState::Unknown,
+                "could not read the catalogs as the admin",
+            )]),
+            storage: report(IsolationState::Enforced),
+            encryption: report(IsolationState::Enforced),
+        };
+        assert!(m.unrepairable().is_empty());
     }
 }
