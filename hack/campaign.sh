@@ -40,9 +40,12 @@ status=0
 for filter in "${filters[@]}"; do
   start=$(date +%s)
   # One test at a time: the figures are the campaign's, not a race's.
+  set +e
   cargo test --features failpoints --test integration "$filter" -- --nocapture --test-threads=1 2>&1 \
-    | tee -a "$out" | grep -E '^(test |test result|[A-Z ]+CAMPAIGN|ATTACK|HOSTILE)' || true
-  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+    | tee -a "$out" | grep -E '^(test |test result|[A-Z ]+CAMPAIGN|ATTACK|HOSTILE|thread .* panicked)' -A3
+  rc=${PIPESTATUS[0]}
+  set -e
+  [[ $rc == 0 ]] || status=1
   echo "campaign: $filter took $(( $(date +%s) - start )) s" >&2
 done
 echo "campaign: figures" >&2

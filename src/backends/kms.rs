@@ -260,6 +260,15 @@ impl KmsBackend {
                 tenant.name
             ))
             .set_tags(Some(kms_tags(&desired_tags(tenant))?))
+            // CreateKey is not idempotent: the SDK's own retry of a request
+            // whose answer was lost would make a second key. Without it, the
+            // failure reaches the engine, whose retry finds the first key by
+            // its tag (`uncertain`).
+            .customize()
+            .config_override(
+                aws_sdk_kms::config::Config::builder()
+                    .retry_config(aws_config::retry::RetryConfig::disabled()),
+            )
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("CreateKey for tenant {}", tenant.name), e))?;
