@@ -1079,11 +1079,13 @@ async fn finish(
     }
     apply_verdict(&mut status, verdict, tenant.metadata.generation, now);
     isolation::apply_isolation_conditions(&mut status, tenant.metadata.generation, now);
-    if Some(&status) != tenant.status.as_ref() {
-        write_status(&ctx.client, &tenant.name_any(), &status).await?;
-    }
+    // Counted before the status shows it, so whoever sees the new status
+    // finds the outcome in the metrics too.
     if let Some(outcome) = outcome {
         ctx.metrics.record_outcome(outcome);
+    }
+    if Some(&status) != tenant.status.as_ref() {
+        write_status(&ctx.client, &tenant.name_any(), &status).await?;
     }
     Ok(resync(class))
 }
