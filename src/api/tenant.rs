@@ -345,6 +345,11 @@ pub struct ProvisioningJournal {
     /// these again instead of destroying them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adopted_released: Vec<String>,
+    /// The step whose ensure a killed process left unfinished when a
+    /// teardown began: its resource may exist without tenantry's tag yet,
+    /// and its removal takes it as an interrupted ensure would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_step: Option<String>,
     /// Every step has been ensured at least once. From then on a failing step
     /// is reported and retried, never rolled back: rollback exists for
     /// onboarding, and must not destroy a live tenant's data.

@@ -607,8 +607,12 @@ impl ObjectStorage for S3Backend {
             }
         }
         let owner = tenant.ownership_of(tag_pairs(&self.tags_of(bucket).await?));
+        // Untagged and ours: this process, or a killed one, made it and
+        // never got to tag it.
         let ours = owner == Ownership::Ours
-            || (owner == Ownership::Untagged && self.uncertain().contains(bucket));
+            || (owner == Ownership::Untagged
+                && (self.uncertain().contains(bucket)
+                    || crate::provision::removing_interrupted_step()));
         if !ours {
             tracing::warn!(tenant = %tenant.name, bucket, ?owner, "not removing a bucket that is not this tenant's");
             return Ok(());

@@ -93,6 +93,16 @@ tokio::task_local! {
     /// Set by a backend while a step's ensure runs, when it takes over a
     /// released resource.
     static ADOPTED_RELEASED: Cell<bool>;
+    /// Set while the engine removes the step a killed process was ensuring.
+    static REMOVING_INTERRUPTED: bool;
+}
+
+/// Whether the removal running now is of a step whose ensure a killed
+/// process left unfinished: an untagged resource of the tenant's name may
+/// then be the one that process made, as `Attempt::interrupted` says for
+/// ensure. False outside an engine's removal.
+pub fn removing_interrupted_step() -> bool {
+    REMOVING_INTERRUPTED.try_with(|b| *b).unwrap_or(false)
 }
 
 /// Backends call this when an ensure takes over a resource that a `Retain`
@@ -260,6 +270,7 @@ impl<'a, C: Send> Engine<'a, C> {
         store: &mut dyn JournalStore,
     ) -> Result<Outcome, StepError> {
         if journal.operation != JournalOperation::Teardown {
+            journal.interrupted_step = journal.in_progress.take();
             journal.operation = JournalOperation::Teardown;
             journal.steps_done = self.steps.iter().map(|s| s.name().to_string()).collect();
             journal.in_progress = None;
@@ -291,7 +302,13 @@ impl<'a, C: Send> Engine<'a, C> {
             // (deletion with policy Delete) removes everything.
             let release = journal.operation == JournalOperation::RollBack
                 && journal.adopted_released.contains(&name);
-            let result = self.remove_with_retry(step.as_ref(), ctx, release).await;
+            let interrupted = journal.interrupted_step.as_deref() == Some(name.as_str());
+            let result = REMOVING_INTERRUPTED
+                .scope(
+                    interrupted,
+                    self.remove_with_retry(step.as_ref(), ctx, release),
+                )
+                .await;
             crash_point(&format!("remove-after-{name}"));
             if let Err(error) = result {
                 tracing::error!(step = %name, %error, "removal failed; will retry later");
@@ -302,6 +319,9 @@ impl<'a, C: Send> Engine<'a, C> {
             }
             journal.steps_done.pop();
             journal.adopted_released.retain(|s| *s != name);
+            if interrupted {
+                journal.interrupted_step = None;
+            }
             store.save(journal).await?;
         }
         Ok(None)
@@ -389,6 +409,7 @@ pub fn new_journal() -> ProvisioningJournal {
         last_failure_time: None,
         failed_generation: None,
         adopted_released: Vec::new(),
+        interrupted_step: None,
         provisioned: false,
     }
 }

@@ -57,7 +57,15 @@ impl Step<World> for Thing {
         Ok(())
     }
     async fn remove(&self, w: &mut World) -> Result<(), StepError> {
-        w.log.push(format!("remove {}", self.0));
+        w.log.push(format!(
+            "remove {}{}",
+            self.0,
+            if removing_interrupted_step() {
+                " (interrupted)"
+            } else {
+                ""
+            }
+        ));
         if let Some(i) = w.remove_failures.iter().position(|(n, _)| *n == self.0) {
             let (_, e) = w.remove_failures.remove(i);
             return Err(e);
@@ -172,6 +180,36 @@ async fn a_rollback_releases_what_the_attempt_adopted_and_removes_what_it_made()
             .any(|j| j.adopted_released == ["bucket"]
                 && j.in_progress.as_deref() == Some("database"))
     );
+}
+
+#[tokio::test]
+async fn a_teardown_tells_the_removal_of_a_step_a_killed_process_was_ensuring() {
+    let steps = steps();
+    let mut world = World::default();
+    // A process was killed while ensuring "bucket": the journal says so.
+    let mut journal = ProvisioningJournal {
+        steps_done: vec!["key".into()],
+        in_progress: Some("bucket".into()),
+        ..new_journal()
+    };
+    let mut store = SavedJournals::default();
+    let outcome = Engine::new(&steps, fast_retry())
+        .teardown(&mut world, &mut journal, &mut store)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Removed);
+    assert_eq!(
+        world.log,
+        [
+            "remove database",
+            "remove bucket (interrupted)",
+            "remove key"
+        ]
+    );
+    assert_eq!(journal.interrupted_step, None);
+    // Recorded before any removal, so a second crash keeps it.
+    let saved = store.0.lock().unwrap();
+    assert_eq!(saved[0].interrupted_step.as_deref(), Some("bucket"));
 }
 
 #[tokio::test]
