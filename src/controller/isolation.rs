@@ -109,7 +109,7 @@ pub async fn measure(ctx: &TenantContext) -> Measurement {
             &ctx.names.role,
             &ctx.tenant.name,
             credentials,
-            ctx.spec.database.isolation.unwrap_or_default(),
+            ctx.mode(),
             None,
         ),
         probes

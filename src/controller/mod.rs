@@ -472,26 +472,31 @@ impl Refusal {
 
 /// The spec with the class's defaults filled in: what the steps work from.
 fn effective_spec(tenant: &Tenant, class: &ClassRules) -> Result<TenantSpec, Refusal> {
-    let mut spec = tenant.spec.clone();
-    match spec.database.isolation {
-        None => spec.database.isolation = Some(class.default_mode),
-        Some(mode) if mode != class.default_mode && !class.allow_override => {
-            return Err(Refusal::new(
-                "IsolationModeNotAllowed",
-                format!(
-                    "TenantClass {} puts every tenant in mode {} (isolation.allowOverride is false), \
-                     so spec.database.isolation {mode} is refused: remove it, or choose another class",
-                    class.name, class.default_mode
-                ),
-            ));
-        }
-        Some(_) => {}
+    if let Some(mode) = tenant.spec.database.isolation
+        && mode != class.default_mode
+        && !class.allow_override
+    {
+        return Err(Refusal::new(
+            "IsolationModeNotAllowed",
+            format!(
+                "TenantClass {} puts every tenant in mode {} (isolation.allowOverride is false), \
+                 so spec.database.isolation {mode} is refused: remove it, or choose another class",
+                class.name, class.default_mode
+            ),
+        ));
     }
+    Ok(with_class_defaults(tenant, class))
+}
+
+/// The spec with what the Tenant leaves out taken from its class.
+fn with_class_defaults(tenant: &Tenant, class: &ClassRules) -> TenantSpec {
+    let mut spec = tenant.spec.clone();
+    spec.database.isolation.get_or_insert(class.default_mode);
     spec.deletion.policy.get_or_insert(class.deletion_policy);
     spec.deletion
         .grace_period
         .get_or_insert_with(|| class.grace_period.clone());
-    Ok(spec)
+    spec
 }
 
 fn validate(
@@ -1112,16 +1117,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         Err(action) => return Ok(action),
     };
     // A class that now forbids the tenant's mode must not stop its deletion.
-    let mut spec = tenant.spec.clone();
-    spec.database
-        .isolation
-        .get_or_insert(class.rules.default_mode);
-    spec.deletion
-        .policy
-        .get_or_insert(class.rules.deletion_policy);
-    spec.deletion
-        .grace_period
-        .get_or_insert_with(|| class.rules.grace_period.clone());
+    let spec = with_class_defaults(tenant, &class.rules);
     let names = match TenantNames::new(&name, &class.rules.bucket_prefix) {
         Ok(names) => names,
         // Nothing can have been made for a name that maps to no resource.

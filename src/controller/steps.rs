@@ -68,9 +68,15 @@ impl TenantContext {
         )
     }
 
+    /// The isolation mode (the spec the controller hands over has the
+    /// class's default filled in).
+    pub fn mode(&self) -> IsolationMode {
+        self.spec.database.isolation.unwrap_or_default()
+    }
+
     /// The database the tenant's data lives in for the spec's isolation mode.
     pub fn database_name(&self) -> String {
-        match self.spec.database.isolation.unwrap_or_default() {
+        match self.mode() {
             IsolationMode::Schema => self.backends.database.endpoint().2,
             IsolationMode::Database => self.names.database.clone(),
         }
@@ -208,7 +214,7 @@ impl Step<TenantContext> for PostgresStep {
             .ensure_tenant(
                 &ctx.tenant,
                 &ctx.names,
-                ctx.spec.database.isolation.unwrap_or_default(),
+                ctx.mode(),
                 ctx.spec.database.connection_limit,
                 &password,
                 !ctx.spec.suspended,
@@ -235,11 +241,7 @@ impl Step<TenantContext> for PostgresStep {
         Ok(ctx
             .backends
             .database
-            .remove_tenant(
-                &ctx.tenant,
-                &ctx.names,
-                ctx.spec.database.isolation.unwrap_or_default(),
-            )
+            .remove_tenant(&ctx.tenant, &ctx.names, ctx.mode())
             .await?)
     }
     async fn release(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
@@ -253,11 +255,7 @@ impl Step<TenantContext> for PostgresStep {
         Ok(ctx
             .backends
             .database
-            .release_tenant(
-                &ctx.tenant,
-                &ctx.names,
-                ctx.spec.database.isolation.unwrap_or_default(),
-            )
+            .release_tenant(&ctx.tenant, &ctx.names, ctx.mode())
             .await?)
     }
 }
