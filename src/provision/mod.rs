@@ -95,6 +95,31 @@ tokio::task_local! {
     static ADOPTED_RELEASED: Cell<bool>;
     /// Set while the engine removes the step a killed process was ensuring.
     static REMOVING_INTERRUPTED: bool;
+    /// Set while a rollback removes the step whose failure started it.
+    static REMOVING_FAILED: bool;
+}
+
+/// Runs a step's removal knowing whether a killed process left its ensure
+/// unfinished (`interrupted`) and whether its failure started this rollback
+/// (`failed`): either way the step may have made part of its resource
+/// without recording it. The engine calls it for every removal.
+pub async fn removal_scope<F: std::future::Future>(
+    interrupted: bool,
+    failed: bool,
+    removal: F,
+) -> F::Output {
+    REMOVING_INTERRUPTED
+        .scope(interrupted, REMOVING_FAILED.scope(failed, removal))
+        .await
+}
+
+/// Whether the removal running now is of the step whose failure started
+/// this rollback. Only a search that cannot take what is not the tenant's
+/// (a KMS key found by the tenant's uid tag) may act on it; an untagged
+/// resource of the tenant's name may still be a squatter's, whose conflict
+/// was the failure. False outside an engine's removal.
+pub fn removing_failed_step() -> bool {
+    REMOVING_FAILED.try_with(|b| *b).unwrap_or(false)
 }
 
 /// Whether the removal running now is of a step whose ensure a killed
@@ -184,7 +209,7 @@ impl<'a, C: Send> Engine<'a, C> {
 
         // The step a previous process started and never recorded as finished.
         let interrupted_step = journal.in_progress.clone();
-        for step in self.steps {
+        for (index, step) in self.steps.iter().enumerate() {
             let name = step.name();
             let done_before = journal.steps_done.iter().any(|s| s == name);
             let attempt = Attempt {
@@ -206,7 +231,20 @@ impl<'a, C: Send> Engine<'a, C> {
                         if !done_before {
                             journal.steps_done.push(name.to_string());
                         }
-                        journal.in_progress = None;
+                        // One write records this step done and announces the
+                        // next (or the end): "in progress" means "may have
+                        // begun", true of the next step from here on, and
+                        // each journal write is a status write to the API
+                        // server.
+                        journal.in_progress = self
+                            .steps
+                            .get(index + 1)
+                            .map(|next| next.name())
+                            .filter(|next| !journal.steps_done.iter().any(|s| s == next))
+                            .map(str::to_string);
+                        if index + 1 == self.steps.len() {
+                            mark_provisioned(journal);
+                        }
                         store.save(journal).await?;
                     }
                 }
@@ -232,6 +270,11 @@ impl<'a, C: Send> Engine<'a, C> {
                     }
                     journal.operation = JournalOperation::RollBack;
                     journal.in_progress = None;
+                    // A step a killed process left unfinished is removed as
+                    // such, as a teardown would.
+                    if journal.interrupted_step.is_none() {
+                        journal.interrupted_step = interrupted_step.clone();
+                    }
                     journal.failure = Some(format!("{name}: {error}"));
                     journal.failure_reason = Some(error.reason.to_string());
                     store.save(journal).await?;
@@ -248,14 +291,7 @@ impl<'a, C: Send> Engine<'a, C> {
             }
         }
         if journal.failed_attempts > 0 || journal.failure.is_some() || !journal.provisioned {
-            journal.provisioned = true;
-            journal.failed_attempts = 0;
-            journal.failure = None;
-            journal.failure_reason = None;
-            journal.last_failure_time = None;
-            journal.failed_generation = None;
-            // Rollback is over for this tenant: nothing to remember.
-            journal.adopted_released.clear();
+            mark_provisioned(journal);
             store.save(journal).await?;
         }
         Ok(Outcome::Provisioned)
@@ -303,12 +339,15 @@ impl<'a, C: Send> Engine<'a, C> {
             let release = journal.operation == JournalOperation::RollBack
                 && journal.adopted_released.contains(&name);
             let interrupted = journal.interrupted_step.as_deref() == Some(name.as_str());
-            let result = REMOVING_INTERRUPTED
-                .scope(
-                    interrupted,
-                    self.remove_with_retry(step.as_ref(), ctx, release),
-                )
-                .await;
+            let failed = journal.operation == JournalOperation::RollBack
+                && journal.failure.as_deref().and_then(|f| f.split(':').next())
+                    == Some(name.as_str());
+            let result = removal_scope(
+                interrupted,
+                failed,
+                self.remove_with_retry(step.as_ref(), ctx, release),
+            )
+            .await;
             crash_point(&format!("remove-after-{name}"));
             if let Err(error) = result {
                 tracing::error!(step = %name, %error, "removal failed; will retry later");
@@ -395,6 +434,18 @@ impl<'a, C: Send> Engine<'a, C> {
             reason,
         })
     }
+}
+
+/// Every step is done: what an earlier failure left in the journal is over.
+fn mark_provisioned(journal: &mut ProvisioningJournal) {
+    journal.provisioned = true;
+    journal.failed_attempts = 0;
+    journal.failure = None;
+    journal.failure_reason = None;
+    journal.last_failure_time = None;
+    journal.failed_generation = None;
+    // Rollback is over for this tenant: nothing to remember.
+    journal.adopted_released.clear();
 }
 
 /// A fresh journal for a tenant that has none yet.

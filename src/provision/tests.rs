@@ -60,10 +60,11 @@ impl Step<World> for Thing {
         w.log.push(format!(
             "remove {}{}",
             self.0,
-            if removing_interrupted_step() {
-                " (interrupted)"
-            } else {
-                ""
+            match (removing_interrupted_step(), removing_failed_step()) {
+                (true, true) => " (interrupted, failed)",
+                (true, false) => " (interrupted)",
+                (false, true) => " (failed)",
+                (false, false) => "",
             }
         ));
         if let Some(i) = w.remove_failures.iter().position(|(n, _)| *n == self.0) {
@@ -103,7 +104,7 @@ fn fast_retry() -> RetryPolicy {
 }
 
 #[tokio::test]
-async fn steps_are_ensured_in_order_and_journaled_before_and_after_each() {
+async fn steps_are_ensured_in_order_and_journaled_before_each_with_one_write_per_step() {
     let steps = steps();
     let mut world = World::default();
     let mut journal = new_journal();
@@ -120,19 +121,18 @@ async fn steps_are_ensured_in_order_and_journaled_before_and_after_each() {
     let saved = store.0.lock().unwrap();
     let trail: Vec<_> = saved
         .iter()
-        .map(|j| (j.in_progress.clone(), j.steps_done.len()))
+        .map(|j| (j.in_progress.clone(), j.steps_done.len(), j.provisioned))
         .collect();
+    // Each write after a step records it done and names the next one, which
+    // is never begun before that write; the last also marks the tenant
+    // provisioned.
     assert_eq!(
         trail,
         [
-            (Some("key".into()), 0),
-            (None, 1),
-            (Some("bucket".into()), 1),
-            (None, 2),
-            (Some("database".into()), 2),
-            (None, 3),
-            // Marked provisioned once every step is done.
-            (None, 3),
+            (Some("key".into()), 0, false),
+            (Some("bucket".into()), 1, false),
+            (Some("database".into()), 2, false),
+            (None, 3, true),
         ]
     );
 }
@@ -162,7 +162,7 @@ async fn a_rollback_releases_what_the_attempt_adopted_and_removes_what_it_made()
             "ensure key",
             "ensure bucket",
             "ensure database",
-            "remove database",
+            "remove database (failed)",
             "release bucket",
             "remove key"
         ]
@@ -298,7 +298,7 @@ async fn a_permanent_error_removes_completed_steps_in_reverse_and_leaves_nothing
     );
     assert_eq!(
         &world.log[3..],
-        ["remove database", "remove bucket", "remove key"]
+        ["remove database (failed)", "remove bucket", "remove key"]
     );
     assert_eq!(journal.failed_attempts, 1);
     assert!(journal.failure.as_deref().unwrap().contains("schema taken"));
@@ -444,4 +444,39 @@ async fn a_provisioned_tenant_is_never_rolled_back_by_a_later_failure() {
         .unwrap();
     assert_eq!(journal.failed_attempts, 0);
     assert!(journal.failure.is_none());
+}
+
+#[tokio::test]
+async fn a_rollback_after_a_killed_process_removes_its_unfinished_step_as_interrupted() {
+    let steps = steps();
+    let mut world = World {
+        ensure_failures: vec![(
+            "database",
+            StepError::permanent("Conflict", "postgres", "taken"),
+        )],
+        ..Default::default()
+    };
+    // A killed process was ensuring "bucket".
+    let mut journal = ProvisioningJournal {
+        steps_done: vec!["key".into()],
+        in_progress: Some("bucket".into()),
+        ..new_journal()
+    };
+    let outcome = Engine::new(&steps, fast_retry())
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    // The step that failed and the one a killed process left unfinished may
+    // each have made part of their resource; the others are told nothing.
+    assert_eq!(
+        &world.log[3..],
+        [
+            "remove database (failed)",
+            "remove bucket (interrupted)",
+            "remove key"
+        ]
+    );
+    assert!(world.existing.is_empty());
+    assert_eq!(journal.interrupted_step, None);
 }

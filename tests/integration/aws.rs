@@ -745,16 +745,44 @@ async fn an_interrupted_key_creation_is_found_by_its_tag_and_not_duplicated() {
 
 #[tokio::test]
 async fn removing_a_key_whose_alias_was_never_made_still_schedules_its_deletion() {
-    let aws = Aws::new().await;
-    let (tenant, names) = new_tenant("kms-orphan");
-    let orphan = aws.foreign_key(&tenant).await;
+    for (interrupted, failed) in [(true, false), (false, true)] {
+        let aws = Aws::new().await;
+        let (tenant, names) = new_tenant("kms-orphan");
+        let orphan = aws.foreign_key(&tenant).await;
 
+        // As the engine removes a step a killed process was ensuring, or
+        // the step whose failure started the rollback.
+        tenantry::provision::removal_scope(
+            interrupted,
+            failed,
+            aws.keys.remove_key(&tenant, &names.key_alias),
+        )
+        .await
+        .unwrap();
+
+        assert_eq!(aws.key_state(&orphan).await, KeyState::PendingDeletion);
+    }
+}
+
+#[tokio::test]
+async fn removing_a_finished_tenant_without_an_alias_does_not_read_every_key() {
+    let aws = Aws::new().await;
+    let (tenant, names) = new_tenant("kms-noscan");
+    aws.recorder.take();
+
+    // Nothing says a creation was left unfinished: the alias is the key.
     aws.keys
         .remove_key(&tenant, &names.key_alias)
         .await
         .unwrap();
 
-    assert_eq!(aws.key_state(&orphan).await, KeyState::PendingDeletion);
+    let calls = aws.recorder.take();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains("ListKeys") || c.contains("ListResourceTags")),
+        "{calls:?}"
+    );
 }
 
 // ======================================================================== S3
