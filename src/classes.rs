@@ -78,6 +78,12 @@ pub enum ClassError {
         #[source]
         source: ConfigError,
     },
+    #[error("TenantClass {class:?} cannot be read from the API server (retried): {source}")]
+    Unreadable {
+        class: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl ClassError {
@@ -87,7 +93,7 @@ impl ClassError {
             Self::NotFound(_) => "ClassNotFound",
             Self::SeveralDefaults(_) => "SeveralDefaultClasses",
             Self::Invalid { .. } => "ClassInvalid",
-            Self::Unavailable { .. } => "ClassUnavailable",
+            Self::Unavailable { .. } | Self::Unreadable { .. } => "ClassUnavailable",
         }
     }
 }
@@ -190,10 +196,27 @@ impl ClassRegistry {
         if name == FLAGS_CLASS {
             return Ok(self.flags.clone());
         }
-        let class = self
+        let class = match self
             .classes
             .get(&kube::runtime::reflector::ObjectRef::new(&name))
-            .ok_or_else(|| ClassError::NotFound(name.clone()))?;
+        {
+            Some(class) => class,
+            // The store follows its own watch, which may lag the one that
+            // woke this tenant for the new class: the API server decides.
+            None => match Api::<TenantClass>::all(self.client.clone())
+                .get_opt(&name)
+                .await
+            {
+                Ok(Some(class)) => Arc::new(class),
+                Ok(None) => return Err(ClassError::NotFound(name)),
+                Err(source) => {
+                    return Err(ClassError::Unreadable {
+                        class: name,
+                        source,
+                    });
+                }
+            },
+        };
         let admin_url = self.admin_url(&name, &class.spec).await?;
         let fingerprint = fingerprint(&class.spec, admin_url.as_ref());
         let cached = || {
