@@ -144,6 +144,13 @@ pub struct RunArgs {
     #[arg(long, env = "TENANTRY_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
 
+    /// Of those, how many may be isolation probes of settled tenants at once
+    /// (default: a quarter of --concurrency, at least 1), so probes never
+    /// hold up onboarding. When the tenants outgrow what these slots measure
+    /// in one probe interval, the interval stretches (tenantry_probe_round_seconds).
+    #[arg(long, env = "TENANTRY_PROBE_CONCURRENCY")]
+    pub probe_concurrency: Option<u16>,
+
     /// Manage only the Tenants whose labels match this selector (e.g.
     /// `tenantry.dev/shard=a`), so several operators can split the tenants.
     /// Empty: every Tenant.

@@ -228,6 +228,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         events,
         metrics.clone(),
         audit,
+        controller::pacing::ProbePacer::new(
+            args.probe_concurrency.map_or_else(
+                || controller::pacing::default_probe_slots(args.concurrency),
+                usize::from,
+            ),
+            store.as_reader(),
+        ),
     ));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

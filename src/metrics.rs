@@ -1,7 +1,7 @@
 //! Prometheus metrics and the health endpoints.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
@@ -46,6 +46,11 @@ pub struct Metrics {
     /// 1 while this process holds the leader Lease (or runs without leader
     /// election and has started its controller), else 0.
     pub leader: Gauge,
+    /// Probes that were due but found every probe slot busy (deferred).
+    pub probes_deferred: Counter,
+    /// The time the probe slots need to probe every tenant once, from the
+    /// probes measured so far; a class's interval never goes below it.
+    pub probe_round_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -58,6 +63,8 @@ impl Metrics {
             drift_repairs: Counter::default(),
             rollbacks: Counter::default(),
             leader: Gauge::default(),
+            probes_deferred: Counter::default(),
+            probe_round_seconds: Gauge::default(),
         };
         registry.register(
             "tenantry_reconciles",
@@ -93,6 +100,17 @@ impl Metrics {
             "tenantry_leader",
             "1 while this process leads (holds the leader Lease) and reconciles",
             m.leader.clone(),
+        );
+        registry.register(
+            "tenantry_probes_deferred",
+            "Isolation probes that were due while every probe slot was busy, tried again a little later",
+            m.probes_deferred.clone(),
+        );
+        registry.register(
+            "tenantry_probe_round_seconds",
+            "Time the probe slots need to probe every tenant once at the mean probe time; \
+             a class's probe interval stretches to it when it is longer",
+            m.probe_round_seconds.clone(),
         );
         let backend = backend_calls();
         registry.register(

@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod isolation;
+pub mod pacing;
 pub mod status;
 pub mod steps;
 
@@ -80,6 +81,9 @@ pub struct Context {
     pub events: EventPublisher,
     pub metrics: Metrics,
     pub audit: AuditLog,
+    /// Bounds the probes of settled tenants and stretches their interval
+    /// when the tenants outgrow the probe slots.
+    pub probes: pacing::ProbePacer,
     /// Consecutive reconcile errors per tenant, for a capped, jittered backoff
     /// (kube-runtime keeps none per object).
     error_counts: Mutex<HashMap<String, u32>>,
@@ -93,6 +97,7 @@ impl Context {
         events: EventPublisher,
         metrics: Metrics,
         audit: AuditLog,
+        probes: pacing::ProbePacer,
     ) -> Self {
         Self {
             client,
@@ -101,8 +106,19 @@ impl Context {
             events,
             metrics,
             audit,
+            probes,
             error_counts: Mutex::default(),
         }
+    }
+}
+
+impl Context {
+    /// The probe interval of `class`'s tenants: the class's, or the time the
+    /// probe slots need to go round every tenant once when that is longer.
+    fn probe_interval(&self, class: &ClassSettings) -> Duration {
+        let round = self.probes.round();
+        self.metrics.probe_round_seconds.set(round.as_secs_f64());
+        class.probe_interval.max(round)
     }
 }
 
@@ -249,8 +265,7 @@ fn jitter(min: Duration, max: Duration) -> Duration {
 }
 
 /// The resync delay for a settled tenant, spread so tenants do not move in step.
-fn resync(class: &ClassSettings) -> Action {
-    let base = class.probe_interval;
+fn resync(base: Duration) -> Action {
     Action::requeue(jitter(base.mul_f64(0.9), base.mul_f64(1.1)))
 }
 
@@ -584,7 +599,9 @@ async fn resolve_class(
             // Nothing is changed for a tenant whose class cannot be used; a
             // new or fixed class wakes it through the class watch.
             let retry = match error {
-                ClassError::Unavailable { .. } => Duration::from_secs(30),
+                ClassError::Unavailable { .. } | ClassError::Unreadable { .. } => {
+                    Duration::from_secs(30)
+                }
                 _ => Duration::from_secs(300),
             };
             let mut status = tenant.status.clone().unwrap_or_default();
@@ -647,19 +664,35 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     // restart, a relist, or the watch event of its own status write) waits
     // for its turn: a resync costs no backend call, and the probes stay
     // spread as they were instead of bursting.
+    let probe_interval = ctx.probe_interval(&class);
     if settled
         && let Some(wait) = probe_not_due(
             current
                 .isolation
                 .as_ref()
                 .and_then(|i| i.verified_at.as_deref()),
-            class.probe_interval,
+            probe_interval,
             now,
         )
     {
         tracing::debug!(tenant = %name, ?wait, "measured recently; next probe later");
         return Ok(Action::requeue(wait));
     }
+    // A due probe runs only in a probe slot, held to the end of this
+    // reconcile; without one it gives the reconcile slot back to onboarding.
+    let _probe_slot = if settled {
+        match ctx.probes.try_slot() {
+            Some(slot) => Some(slot),
+            None => {
+                ctx.metrics.probes_deferred.inc();
+                let wait = ctx.probes.retry_delay(probe_interval);
+                tracing::debug!(tenant = %name, ?wait, "probe due, no probe slot free; later");
+                return Ok(Action::requeue(wait));
+            }
+        }
+    } else {
+        None
+    };
 
     let namespace = &spec.credentials.namespace;
     if !class
@@ -899,7 +932,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             finish(tenant, ctx, &class, status, &verdict, Some("removal_stuck")).await?;
             Ok(Action::requeue(Duration::from_secs(30)))
         }
-        Outcome::Removed => Ok(resync(&class)),
+        Outcome::Removed => Ok(resync(ctx.probe_interval(&class))),
     }
 }
 
@@ -1092,7 +1125,7 @@ async fn finish(
     if Some(&status) != tenant.status.as_ref() {
         write_status(&ctx.client, &tenant.name_any(), &status).await?;
     }
-    Ok(resync(class))
+    Ok(resync(ctx.probe_interval(class)))
 }
 
 /// The deletion policy in force: the cancel annotation wins over the spec

@@ -489,6 +489,72 @@ async fn metrics_count_real_backend_calls_and_a_resync_without_drift_writes_noth
     assert_eq!(after.sum("tenantry_drift_repairs_total", &[]), 0.0);
 }
 
+/// When the probes of the Ready tenants come due faster than they can run,
+/// they wait for a probe slot and never take the reconcile slots new tenants
+/// need; they still all run.
+#[tokio::test]
+async fn probes_of_ready_tenants_never_hold_up_onboarding() {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "apps").await;
+    // Two reconcile slots, one of them for probes, and a probe due every
+    // second: more than one slot can measure for four Ready tenants.
+    let op = Operator::start(&[
+        ("TENANTRY_CONCURRENCY", "2"),
+        ("TENANTRY_PROBE_INTERVAL", "1s"),
+    ])
+    .await;
+    let addr = metrics_addr(&op).await;
+    let first: Vec<String> = (0..4).map(|_| unique_name("prb")).collect();
+    for name in &first {
+        create_tenant(&client, &tenant_manifest(&op, name, spec(&ns))).await;
+    }
+    for name in &first {
+        wait_for_tenant(&client, &op, name, READY, "Ready", is_ready).await;
+    }
+    eventually(
+        Duration::from_secs(60),
+        "a due probe found the probe slot busy",
+        || async {
+            let m = scrape(addr).await;
+            (m.sum("tenantry_probes_deferred_total", &[]) >= 1.0).then_some(())
+        },
+    )
+    .await;
+
+    // Onboarding goes on while the probes contend for their slot.
+    let later: Vec<String> = (0..3).map(|_| unique_name("prb")).collect();
+    for name in &later {
+        create_tenant(&client, &tenant_manifest(&op, name, spec(&ns))).await;
+    }
+    for name in &later {
+        wait_for_tenant(&client, &op, name, READY, "Ready", is_ready).await;
+    }
+
+    // And every Ready tenant is still measured, each again after that.
+    let api: Api<Tenant> = Api::all(client.clone());
+    let verified_at = |t: &Tenant| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.isolation.as_ref())
+            .and_then(|i| i.verified_at.as_deref())
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+    };
+    for name in &first {
+        let before = verified_at(&api.get(name).await.expect("get tenant"));
+        wait_for_tenant(&client, &op, name, READY, "measured again", |t| {
+            is_ready(t) && verified_at(t) > before
+        })
+        .await;
+    }
+    let m = scrape(addr).await;
+    assert!(
+        m.sum("tenantry_probe_round_seconds", &[]) > 0.0,
+        "the probe round is shown: {}",
+        m.0
+    );
+}
+
 #[tokio::test]
 async fn sigterm_during_a_step_lets_it_finish_exits_0_and_a_restart_makes_nothing_twice() {
     let client = kube_client().await;
