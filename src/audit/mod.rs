@@ -432,20 +432,19 @@ impl AuditLog {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error("lock the chain", e))?;
-        let prev: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT hash FROM {} WHERE tenant = $1 ORDER BY seq DESC LIMIT 1",
+        // A statement of its own after the lock, so its snapshot sees the row
+        // of whoever held the lock before. The seq is part of the hash, so it
+        // is taken here too, in the same round trip.
+        let (prev, seq): (Option<String>, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT (SELECT hash FROM {} WHERE tenant = $1 ORDER BY seq DESC LIMIT 1), \
+                    nextval(pg_get_serial_sequence($2, 'seq'))",
             self.table()
         )))
         .bind(&entry.tenant)
-        .fetch_optional(&mut *tx)
+        .bind(self.table())
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| db_error("read the chain head", e))?;
-        // The seq is part of the hash, so it is taken before hashing.
-        let seq: i64 = sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence($1, 'seq'))")
-            .bind(self.table())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| db_error("take a sequence number", e))?;
         let now = Utc::now();
         let at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         let mut row = AuditRow {

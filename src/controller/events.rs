@@ -70,7 +70,7 @@ impl EventPublisher {
             },
             action: Some(action.to_string()),
             reason: Some(reason.to_string()),
-            note: Some(note.chars().take(1024).collect()),
+            note: Some(within_note_limit(note).to_string()),
             type_: Some(
                 match type_ {
                     EventType::Normal => "Normal",
@@ -88,5 +88,36 @@ impl EventPublisher {
         if let Err(error) = events.create(&PostParams::default(), &event).await {
             tracing::debug!(%error, reason, "could not publish event (best effort)");
         }
+    }
+}
+
+/// The API server refuses an Event whose note is longer than 1024 bytes
+/// (not characters); a longer one is cut at the last whole character.
+fn within_note_limit(note: &str) -> &str {
+    const LIMIT: usize = 1024;
+    if note.len() <= LIMIT {
+        return note;
+    }
+    let end = (0..=LIMIT)
+        .rev()
+        .find(|&i| note.is_char_boundary(i))
+        .unwrap_or(0);
+    &note[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_note_limit;
+
+    #[test]
+    fn a_note_is_cut_to_1024_bytes_at_a_character_boundary() {
+        assert_eq!(within_note_limit("short"), "short");
+        let ascii = "a".repeat(2000);
+        assert_eq!(within_note_limit(&ascii).len(), 1024);
+        // 3-byte characters: 341 whole ones fit in 1024 bytes.
+        let wide = "\u{2192}".repeat(400);
+        let cut = within_note_limit(&wide);
+        assert_eq!(cut.len(), 1023);
+        assert_eq!(cut.chars().count(), 341);
     }
 }
