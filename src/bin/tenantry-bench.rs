@@ -159,6 +159,15 @@ fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// utime + stime of process `pid` ("self": this one), in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / clk_tck()
+}
+
 impl Operator {
     async fn start(selector: &str, port: u16, args: &Args, log: &Path) -> Res<Self> {
         Self::start_bin(None, selector, port, args, log).await
@@ -219,11 +228,7 @@ impl Operator {
 
     /// utime + stime in seconds.
     fn cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / clk_tck()
+        cpu_seconds(&self.pid.to_string())
     }
 
     /// (VmHWM, VmRSS) in MiB.
@@ -691,11 +696,15 @@ struct BaselineResult {
     total_s: f64,
     p50: f64,
     p99: f64,
+    /// CPU of this process while it drove the baseline, per tenant (it
+    /// does nothing else meanwhile).
+    cpu_ms_per_tenant: f64,
     failed: usize,
     first_error: Option<String>,
 }
 
-fn summarise(start: Instant, done: Vec<Result<Instant, String>>) -> BaselineResult {
+fn summarise(start: Instant, cpu0: f64, done: Vec<Result<Instant, String>>) -> BaselineResult {
+    let cpu_ms_per_tenant = (cpu_seconds("self") - cpu0) * 1000.0 / done.len().max(1) as f64;
     let mut lat: Vec<f64> = done
         .iter()
         .filter_map(|r| r.as_ref().ok().map(|at| (*at - start).as_secs_f64()))
@@ -705,6 +714,7 @@ fn summarise(start: Instant, done: Vec<Result<Instant, String>>) -> BaselineResu
         total_s: lat.last().copied().unwrap_or(f64::NAN),
         p50: pct(&lat, 50.0),
         p99: pct(&lat, 99.0),
+        cpu_ms_per_tenant,
         failed: done.iter().filter(|r| r.is_err()).count(),
         first_error: done.into_iter().find_map(|r| r.err()),
     }
@@ -730,6 +740,7 @@ async fn run_engine(
         max_delay: Duration::from_secs(10),
     };
     let start = Instant::now();
+    let cpu0 = cpu_seconds("self");
     let done: Vec<Result<Instant, String>> = futures::stream::iter(0..n)
         .map(|i| {
             let steps = steps.clone();
@@ -771,7 +782,7 @@ async fn run_engine(
         .buffer_unordered(args.concurrency)
         .collect()
         .await;
-    Ok(summarise(start, done))
+    Ok(summarise(start, cpu0, done))
 }
 
 struct Bare {
@@ -935,6 +946,7 @@ async fn run_bare(bare: &Arc<Bare>, args: &Args, mode: &str, n: usize) -> Res<Ba
     let namespace = format!("bench-{run}");
     create_namespace(&bare.kube, &namespace).await?;
     let start = Instant::now();
+    let cpu0 = cpu_seconds("self");
     let done: Vec<Result<Instant, String>> = futures::stream::iter(0..n)
         .map(|i| {
             let bare = bare.clone();
@@ -950,7 +962,7 @@ async fn run_bare(bare: &Arc<Bare>, args: &Args, mode: &str, n: usize) -> Res<Ba
         .buffer_unordered(args.concurrency)
         .collect()
         .await;
-    Ok(summarise(start, done))
+    Ok(summarise(start, cpu0, done))
 }
 
 // ----------------------------------------------------------------- scale --
@@ -1140,7 +1152,13 @@ fn ratio(
 fn base_total(b: &Option<Result<BaselineResult, String>>) -> String {
     match b {
         Some(Ok(b)) if b.failed == 0 => {
-            format!("{} (p50 {}, p99 {})", f(b.total_s), f(b.p50), f(b.p99))
+            format!(
+                "{} (p50 {}, p99 {}; CPU {} ms/tenant)",
+                f(b.total_s),
+                f(b.p50),
+                f(b.p99),
+                f(b.cpu_ms_per_tenant)
+            )
         }
         Some(Ok(b)) => format!("{} ({} failed)", f(b.total_s), b.failed),
         Some(Err(e)) => format!("error: {e}"),
