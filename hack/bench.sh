@@ -30,6 +30,8 @@ kubectl apply -f crds/ >/dev/null
 
 export TENANTRY_BENCH_COMMAND="hack/bench.sh $*"
 # The operator and the harness (src/bin/tenantry-bench.rs), optimised.
+# Build outputs live outside the clone, as for hack/test.sh.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${TENANTRY_CACHE_DIR:-$HOME/.cache/tenantry}/target}
 cargo build --release --bins
-target="${CARGO_TARGET_DIR:-target}"
+target="$CARGO_TARGET_DIR"
 exec "$target/release/tenantry-bench" --out docs/benchmarks.md "${args[@]}"
