@@ -981,13 +981,12 @@ impl TenantDatabase for PostgresBackend {
         // owns are made on one connection: another pooled session refused
         // CREATE SCHEMA/DATABASE ... OWNER for a role it had just been
         // granted (measured: 2 in 1,000 Schema-mode and 10 in 100
-        // Database-mode provisionings at 16 at once, plain clients alike);
-        // the session that granted it always sees its own grant.
-        let mut admin = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| classify(e, "connecting to the shared database"))?;
+        // Database-mode provisionings at 16 at once); the session that
+        // granted it always sees its own grant. Not a pooled connection:
+        // the audit rows written meanwhile take one from the pool, and
+        // reconciles each holding one while waiting for another would
+        // exhaust it (measured: a standstill in Database mode).
+        let mut admin = self.connect_to(&self.shared_database).await?;
         self.converge_role(
             &mut admin,
             tenant,
@@ -1020,6 +1019,7 @@ impl TenantDatabase for PostgresBackend {
                 names.database.clone()
             }
         };
+        let _ = admin.close().await;
         Ok(DatabaseLocation {
             database,
             schema: names.schema.clone(),

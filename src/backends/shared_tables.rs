@@ -1129,6 +1129,9 @@ pub async fn ensure_tenant_access(
     let plan = plan_access(&mut tx, tables, role, tenant, &doing).await?;
     apply_access(&mut tx, &plan, role, tenant, &doing).await?;
     tx.commit().await.map_err(|e| classify(e, &doing))?;
+    // Back to the pool before the audit row takes one: reconciles that each
+    // held one while waiting for another could exhaust it.
+    drop(conn);
     tracing::info!(role, tenant, "granted access to the shared tables");
     crate::audit::note(
         "postgres.access.grant",
@@ -1223,6 +1226,7 @@ pub async fn remove_tenant_access(
     let plan = plan_removal(&mut tx, tables, role, &doing).await?;
     apply_access(&mut tx, &plan, role, "", &doing).await?;
     tx.commit().await.map_err(|e| classify(e, &doing))?;
+    drop(conn);
     tracing::info!(role, "revoked access to the shared tables");
     crate::audit::note(
         "postgres.access.revoke",
