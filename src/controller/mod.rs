@@ -110,9 +110,7 @@ impl Context {
             error_counts: Mutex::default(),
         }
     }
-}
 
-impl Context {
     /// The probe interval of `class`'s tenants: the class's, or the time the
     /// probe slots need to go round every tenant once when that is longer.
     fn probe_interval(&self, class: &ClassSettings) -> Duration {
@@ -427,9 +425,7 @@ async fn audit_journal(
     let failure = now.failure.as_deref();
     let was_rolling_back = before.is_some_and(|j| j.operation == JournalOperation::RollBack);
     if failure.is_some() && failure != before.and_then(|j| j.failure.as_deref()) {
-        let step = failure
-            .and_then(|f| f.split(':').next())
-            .unwrap_or_default();
+        let step = crate::provision::failed_step(now).unwrap_or_default();
         let detail = serde_json::json!({"error": failure, "reason": now.failure_reason});
         record(
             "provision.step.failed",

@@ -340,8 +340,7 @@ impl<'a, C: Send> Engine<'a, C> {
                 && journal.adopted_released.contains(&name);
             let interrupted = journal.interrupted_step.as_deref() == Some(name.as_str());
             let failed = journal.operation == JournalOperation::RollBack
-                && journal.failure.as_deref().and_then(|f| f.split(':').next())
-                    == Some(name.as_str());
+                && failed_step(journal) == Some(name.as_str());
             let result = removal_scope(
                 interrupted,
                 failed,
@@ -423,7 +422,7 @@ impl<'a, C: Send> Engine<'a, C> {
         journal.last_failure_time = Some(chrono::Utc::now().to_rfc3339());
         store.save(journal).await?;
         let failure = journal.failure.clone().unwrap_or_default();
-        let failed_step = failure.split(':').next().unwrap_or_default().to_string();
+        let failed_step = failed_step(journal).unwrap_or_default().to_string();
         let reason = journal
             .failure_reason
             .clone()
@@ -434,6 +433,11 @@ impl<'a, C: Send> Engine<'a, C> {
             reason,
         })
     }
+}
+
+/// The step named by the journal's failure (recorded as "step: error").
+pub fn failed_step(journal: &ProvisioningJournal) -> Option<&str> {
+    journal.failure.as_deref().and_then(|f| f.split(':').next())
 }
 
 /// Every step is done: what an earlier failure left in the journal is over.
