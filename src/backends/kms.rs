@@ -633,6 +633,10 @@ impl KeyManager for KmsBackend {
             tracing::warn!(tenant = %tenant.name, alias, key_id = meta.key_id(), ?owner, "not removing a KMS key that is not this tenant's");
             return Ok(());
         }
+        // The key first, the alias last: a removal interrupted in between
+        // (a lost answer, a kill) still finds the key by its alias, so an
+        // alias that is gone means the key is scheduled for deletion.
+        self.schedule_deletion(tenant, &meta).await?;
         match self.client.delete_alias().alias_name(alias).send().await {
             Ok(_) => {
                 crate::audit::note(
@@ -645,7 +649,7 @@ impl KeyManager for KmsBackend {
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(classify(BACKEND, &format!("DeleteAlias {alias}"), e)),
         }
-        self.schedule_deletion(tenant, &meta).await
+        Ok(())
     }
 
     async fn release_key(&self, tenant: &TenantRef, alias: &str) -> Result<(), BackendError> {

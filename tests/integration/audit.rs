@@ -149,8 +149,10 @@ async fn a_tenant_lifecycle_leaves_a_complete_verified_trail_without_secrets() {
         "postgres.schema.drop",
         "postgres.role.drop",
         "secretsmanager.secret.delete",
-        "kms.alias.delete",
+        // The key is scheduled before its alias goes, so a removal cut
+        // short still finds the key by its alias.
         "kms.key.delete",
+        "kms.alias.delete",
         "tenant.tombstone",
     ];
     assert!(
