@@ -6,7 +6,7 @@
 //! leaves a key that the next (interrupted) attempt finds by that tag instead
 //! of making a second one.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,13 @@ pub struct KmsBackend {
     /// a failed step without `interrupted`, yet that key exists: the retry
     /// must look for it by tag as if a process had died.
     uncertain: Mutex<HashSet<String>>,
+    /// What earlier scans read of each key: the tenant uid it is tagged
+    /// with, or `None` for a key that is no tenant's. A tenantry key gets
+    /// its uid tag in CreateKey itself and keeps it, so a scan needs to read
+    /// the tags only of keys made since the last one: without this, every
+    /// scan costs one call per key in the account. Held for the whole scan,
+    /// so scans that coincide read each key once.
+    known_owners: tokio::sync::Mutex<HashMap<String, Option<String>>>,
     /// IAM principal the key policy allows, `{tenant}` standing for the
     /// tenant's name (a TenantClass's `aws.principal`).
     principal: Option<String>,
@@ -95,6 +102,7 @@ impl KmsBackend {
         Self {
             client: super::aws::kms_client(config),
             uncertain: Mutex::default(),
+            known_owners: tokio::sync::Mutex::default(),
             principal: None,
             create_limit: None,
         }
@@ -210,14 +218,18 @@ impl KmsBackend {
 
     /// Every key tagged with the tenant's uid. Lists every key of the
     /// account, so only the rare paths that follow an interrupted creation
-    /// call it.
+    /// call it; the tags of a key are read once per process (see
+    /// `known_owners`), and read again before a key is taken as the tenant's.
     async fn keys_tagged_with(&self, uid: &str) -> Result<Vec<KeyMetadata>, BackendError> {
-        let mut found = Vec::new();
+        let mut known = self.known_owners.lock().await;
+        let mut listed = HashSet::new();
+        let mut candidates = Vec::new();
         let mut marker = None;
         loop {
             let out = self
                 .client
                 .list_keys()
+                .limit(1000)
                 .set_marker(marker)
                 .send()
                 .await
@@ -226,24 +238,62 @@ impl KmsBackend {
                 let Some(key_id) = entry.key_id() else {
                     continue;
                 };
-                let tags = match self.tags_of_patiently(key_id).await {
-                    Ok(tags) => tags,
-                    // Keys we may not read (another principal's, AWS managed)
-                    // cannot be ours anyway.
-                    Err(e) if !e.is_transient() => continue,
-                    Err(e) => return Err(e),
+                listed.insert(key_id.to_string());
+                let (owner, read_now) = match known.get(key_id) {
+                    Some(owner) => (owner.clone(), false),
+                    None => (
+                        match self.tags_of_patiently(key_id).await {
+                            Ok(tags) => {
+                                let owner = tags.get(tags::TENANT_UID).cloned();
+                                // A key read without any tag may be one whose
+                                // tags KMS does not show yet (it is eventually
+                                // consistent): read it again next time.
+                                if !tags.is_empty() {
+                                    known.insert(key_id.to_string(), owner.clone());
+                                }
+                                owner
+                            }
+                            // Keys we may not read (another principal's, AWS
+                            // managed) cannot be ours anyway.
+                            Err(e) if !e.is_transient() => {
+                                known.insert(key_id.to_string(), None);
+                                None
+                            }
+                            Err(e) => return Err(e),
+                        },
+                        true,
+                    ),
                 };
-                if tags.get(tags::TENANT_UID).map(String::as_str) == Some(uid)
-                    && let Some(meta) = self.describe(key_id).await?
-                {
-                    found.push(meta);
+                if owner.as_deref() == Some(uid) {
+                    candidates.push((key_id.to_string(), read_now));
                 }
             }
             match out.next_marker() {
                 Some(m) if out.truncated() => marker = Some(m.to_string()),
-                _ => return Ok(found),
+                _ => break,
             }
         }
+        // Deleted keys leave the listing; forget them.
+        known.retain(|key_id, _| listed.contains(key_id));
+        drop(known);
+
+        let mut found = Vec::new();
+        for (key_id, read_now) in candidates {
+            // Someone may have retagged the key since an earlier scan read
+            // it; only a key that carries the uid now is the tenant's.
+            if !read_now {
+                let tags = self.tags_of_patiently(&key_id).await?;
+                let owner = tags.get(tags::TENANT_UID).cloned();
+                if owner.as_deref() != Some(uid) {
+                    self.known_owners.lock().await.insert(key_id, owner);
+                    continue;
+                }
+            }
+            if let Some(meta) = self.describe(&key_id).await? {
+                found.push(meta);
+            }
+        }
+        Ok(found)
     }
 
     async fn create(&self, tenant: &TenantRef) -> Result<KeyMetadata, BackendError> {

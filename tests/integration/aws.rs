@@ -765,6 +765,97 @@ async fn removing_a_key_whose_alias_was_never_made_still_schedules_its_deletion(
 }
 
 #[tokio::test]
+async fn a_second_scan_reads_the_tags_only_of_keys_it_has_not_read_before() {
+    let aws = Aws::new().await;
+    // Enough keys of other tenants that a full second scan would show.
+    for _ in 0..30 {
+        aws.foreign_key(&new_tenant("kms-scan-other").0).await;
+    }
+    let (first, first_names) = new_tenant("kms-scan-a");
+    let first_orphan = aws.foreign_key(&first).await;
+    aws.recorder.take();
+    tenantry::provision::removal_scope(
+        true,
+        false,
+        aws.keys.remove_key(&first, &first_names.key_alias),
+    )
+    .await
+    .unwrap();
+    let first_reads = tag_reads(&aws.recorder.take());
+
+    let (second, second_names) = new_tenant("kms-scan-b");
+    let second_orphan = aws.foreign_key(&second).await;
+    tenantry::provision::removal_scope(
+        true,
+        false,
+        aws.keys.remove_key(&second, &second_names.key_alias),
+    )
+    .await
+    .unwrap();
+    let second_reads = tag_reads(&aws.recorder.take());
+
+    assert_eq!(
+        aws.key_state(&first_orphan).await,
+        KeyState::PendingDeletion
+    );
+    assert_eq!(
+        aws.key_state(&second_orphan).await,
+        KeyState::PendingDeletion
+    );
+    assert!(
+        first_reads > 30,
+        "the first scan read {first_reads} keys' tags"
+    );
+    // The new key, any made meanwhile by other tests, and none read before.
+    assert!(
+        second_reads < first_reads / 2,
+        "the second scan read {second_reads} keys' tags, the first {first_reads}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_untagged_since_a_scan_read_it_is_not_taken_for_the_tenants() {
+    let aws = Aws::new().await;
+    let (tenant, names) = new_tenant("kms-retag");
+    let key = aws.foreign_key(&tenant).await;
+    // A scan that learns the key is the tenant's (it finds and adopts it).
+    let adopted = aws
+        .keys
+        .ensure_key(&tenant, &names.key_alias, true)
+        .await
+        .unwrap();
+    assert_eq!(adopted.key_id, key);
+    // Someone takes the key out of tenantry's hands, alias and tags.
+    aws.kms
+        .delete_alias()
+        .alias_name(&names.key_alias)
+        .send()
+        .await
+        .unwrap();
+    aws.kms
+        .untag_resource()
+        .key_id(&key)
+        .tag_keys(tags::TENANT_UID)
+        .send()
+        .await
+        .unwrap();
+
+    tenantry::provision::removal_scope(true, false, aws.keys.remove_key(&tenant, &names.key_alias))
+        .await
+        .unwrap();
+
+    assert_eq!(aws.key_state(&key).await, KeyState::Enabled);
+}
+
+/// How many ListResourceTags calls were recorded.
+fn tag_reads(calls: &[String]) -> usize {
+    calls
+        .iter()
+        .filter(|c| c.contains("ListResourceTags"))
+        .count()
+}
+
+#[tokio::test]
 async fn removing_a_finished_tenant_without_an_alias_does_not_read_every_key() {
     let aws = Aws::new().await;
     let (tenant, names) = new_tenant("kms-noscan");
