@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_kms::Client;
 use aws_sdk_kms::types::{KeyMetadata, KeySpec, KeyState, KeyUsageType, Tag};
+use futures::StreamExt;
 
 use super::aws::{
     AwsError, build_error, classify, conflict, desired_tags, error_code, tag_changes, tag_pairs,
@@ -96,6 +97,10 @@ const PRINCIPAL_SID: &str = "AllowTenantPrincipal";
 
 /// Tries of each read during a scan of every key.
 const SCAN_READ_TRIES: u32 = 6;
+
+/// Tag reads a scan has in flight at once: well within KMS's request quota
+/// for ListResourceTags, shared with every other caller in the account.
+const SCAN_READ_CONCURRENCY: usize = 16;
 
 impl KmsBackend {
     pub fn new(config: &SdkConfig) -> Self {
@@ -234,39 +239,56 @@ impl KmsBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, "ListKeys", e))?;
-            for entry in out.keys() {
-                let Some(key_id) = entry.key_id() else {
-                    continue;
-                };
+            let mut unread = Vec::new();
+            for key_id in out.keys().iter().filter_map(|k| k.key_id()) {
                 listed.insert(key_id.to_string());
-                let (owner, read_now) = match known.get(key_id) {
-                    Some(owner) => (owner.clone(), false),
-                    None => (
-                        match self.tags_of_patiently(key_id).await {
-                            Ok(tags) => {
-                                let owner = tags.get(tags::TENANT_UID).cloned();
-                                // A key read without any tag may be one whose
-                                // tags KMS does not show yet (it is eventually
-                                // consistent): read it again next time.
-                                if !tags.is_empty() {
-                                    known.insert(key_id.to_string(), owner.clone());
-                                }
-                                owner
-                            }
-                            // Keys we may not read (another principal's, AWS
-                            // managed) cannot be ours anyway.
-                            Err(e) if !e.is_transient() => {
-                                known.insert(key_id.to_string(), None);
-                                None
-                            }
-                            Err(e) => return Err(e),
-                        },
-                        true,
-                    ),
+                match known.get(key_id) {
+                    Some(owner) if owner.as_deref() == Some(uid) => {
+                        candidates.push((key_id.to_string(), false));
+                    }
+                    Some(_) => {}
+                    None => unread.push(key_id.to_string()),
+                }
+            }
+            // The keys not read before, a few at a time: one by one, the
+            // first scan of a large account takes minutes.
+            let mut reads = futures::stream::iter(unread)
+                .map(|key_id: String| async move {
+                    let read = self.tags_of_patiently(&key_id).await;
+                    (key_id, read)
+                })
+                .buffer_unordered(SCAN_READ_CONCURRENCY);
+            let mut failure = None;
+            while let Some((key_id, read)) = reads.next().await {
+                let owner = match read {
+                    Ok(tags) => {
+                        let owner = tags.get(tags::TENANT_UID).cloned();
+                        // A key read without any tag may be one whose tags
+                        // KMS does not show yet (it is eventually
+                        // consistent): read it again next time.
+                        if !tags.is_empty() {
+                            known.insert(key_id.clone(), owner.clone());
+                        }
+                        owner
+                    }
+                    // Keys we may not read (another principal's, AWS
+                    // managed) cannot be ours anyway.
+                    Err(e) if !e.is_transient() => {
+                        known.insert(key_id.clone(), None);
+                        None
+                    }
+                    // What was read is kept for the next scan.
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        continue;
+                    }
                 };
                 if owner.as_deref() == Some(uid) {
-                    candidates.push((key_id.to_string(), read_now));
+                    candidates.push((key_id, true));
                 }
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
             match out.next_marker() {
                 Some(m) if out.truncated() => marker = Some(m.to_string()),
