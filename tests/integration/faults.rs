@@ -37,6 +37,7 @@ async fn tenants_converge_through_injected_faults_leaving_no_duplicate_orphan_or
     let client = kube_client().await;
     install_crd(&client).await;
     let ns = create_namespace(&client, "flt").await;
+    let account_keys = campaign::crowd_kms_account(5000).await;
 
     let aws = FaultProxy::http(socket_of(&env("AWS_ENDPOINT_URL")), rate, seed).await;
     let db_url = env("TENANTRY_DATABASE_URL");
@@ -108,7 +109,7 @@ async fn tenants_converge_through_injected_faults_leaving_no_duplicate_orphan_or
     let pending: usize = made.tenants.values().map(|c| c.pending_keys).sum();
     println!(
         "FAULT CAMPAIGN: seed {seed}, rate {rate}, {n} tenants (Schema and Database), \
-         provisioned in {provisioned_in:.0?}, deleted in {deleted_in:.0?}\n\
+         {account_keys} KMS keys in the account before, provisioned in {provisioned_in:.0?}, deleted in {deleted_in:.0?}\n\
          FAULT CAMPAIGN: moto requests {} with {} faults {:?}\n\
          FAULT CAMPAIGN: PostgreSQL connections {} with {} faults {:?}\n\
          FAULT CAMPAIGN: rollbacks {rollbacks}, extra keys scheduled for deletion {pending}, \

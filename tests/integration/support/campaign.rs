@@ -42,6 +42,40 @@ fn scaled(fast: usize, campaign: usize, var: &str) -> usize {
         .unwrap_or(campaign)
 }
 
+/// Fills the KMS account with keys of others until it holds `target` keys
+/// (`TENANTRY_CAMPAIGN_OTHER_KEYS` in a campaign, none in the suite): a
+/// real account is not empty, and every lookup of a key by tag must stay
+/// cheap however many keys it holds. Returns how many keys it now holds.
+pub async fn crowd_kms_account(campaign: usize) -> usize {
+    use futures::StreamExt;
+    let target = scaled(0, campaign, "TENANTRY_CAMPAIGN_OTHER_KEYS");
+    let kms = readback::aws().await.kms;
+    let mut held = 0;
+    let mut pages = kms.list_keys().limit(1000).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        held += page.expect("list keys").keys().len();
+    }
+    let missing = target.saturating_sub(held);
+    futures::stream::iter(0..missing)
+        .for_each_concurrent(16, |_| {
+            let kms = kms.clone();
+            async move {
+                let tag = aws_sdk_kms::types::Tag::builder()
+                    .tag_key("team")
+                    .tag_value("another-team")
+                    .build()
+                    .expect("tag");
+                kms.create_key()
+                    .tags(tag)
+                    .send()
+                    .await
+                    .expect("create a key of others");
+            }
+        })
+        .await;
+    held + missing
+}
+
 /// A seed from `TENANTRY_FAULT_SEED`, else a fresh one (printed, so a run
 /// can be repeated with the same mix of faults).
 pub fn seed() -> u64 {
