@@ -59,6 +59,12 @@ pub enum Error {
     Step(#[from] StepError),
     #[error("Tenant has no {0}")]
     MissingField(&'static str),
+    /// A patch guarded by the resourceVersion this reconcile read was refused
+    /// because the Tenant has changed since: the watch cache is behind the
+    /// API server (a watch that just came back, or this process's own last
+    /// write not seen yet). Not a failure; the next reconcile reads anew.
+    #[error("the Tenant changed since resourceVersion {0} was read; it is read again")]
+    Stale(String),
 }
 
 impl Error {
@@ -68,6 +74,7 @@ impl Error {
             Self::Kube(_) => "kubernetes",
             Self::Step(e) => e.category,
             Self::MissingField(_) => "invalid_object",
+            Self::Stale(_) => "stale_read",
         }
     }
 }
@@ -237,12 +244,31 @@ async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Err
 }
 
 fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::Stale(_) = error {
+        // Neither a failure nor worth a warning or an alert: the store
+        // catches up within moments, and counting it would back a healthy
+        // tenant off.
+        tracing::debug!(tenant = %tenant.name_any(), %error, "reconcile deferred");
+        return Action::requeue(jitter(
+            Duration::from_millis(500),
+            Duration::from_millis(1500),
+        ));
+    }
     ctx.metrics
         .reconcile_errors
         .get_or_create(&ErrorLabels {
             category: error.category().to_string(),
         })
         .inc();
+    if let Error::Stale(_) = error {
+        // Neither a failure nor worth a warning: the store catches up within
+        // moments, and counting it would back a healthy tenant off.
+        tracing::debug!(tenant = %tenant.name_any(), %error, "reconcile deferred");
+        return Action::requeue(jitter(
+            Duration::from_millis(500),
+            Duration::from_millis(1500),
+        ));
+    }
     let failures = {
         let mut counts = ctx.error_counts.lock().expect("lock");
         let n = counts.entry(tenant.name_any()).or_default();
@@ -281,8 +307,20 @@ async fn add_finalizer(tenant: &Tenant, client: &Client) -> Result<(), Error> {
         &PatchParams::default(),
         &Patch::Json::<()>(patch),
     )
-    .await?;
+    .await
+    .map_err(|e| stale_or(e, tenant))?;
     Ok(())
+}
+
+/// The API server answers a failed JSON patch `test` with 422 `Invalid` and
+/// no causes; the patches here cannot be invalid otherwise.
+fn stale_or(error: kube::Error, tenant: &Tenant) -> Error {
+    match error {
+        kube::Error::Api(s) if s.code == 422 => {
+            Error::Stale(tenant.resource_version().unwrap_or_default())
+        }
+        e => e.into(),
+    }
 }
 
 async fn remove_finalizer(tenant: &Tenant, client: &Client) -> Result<(), Error> {
@@ -308,7 +346,7 @@ async fn remove_finalizer(tenant: &Tenant, client: &Client) -> Result<(), Error>
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(stale_or(e, tenant)),
     }
 }
 

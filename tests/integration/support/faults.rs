@@ -56,6 +56,9 @@ pub enum Fault {
     LostAnswer,
     /// PostgreSQL: every chunk of a connection delayed.
     SlowConnection,
+    /// TCP: an open connection reset by [`FaultProxy::sever_all`] (e.g. a
+    /// watch on the API server broken by the network).
+    Severed,
 }
 
 const HTTP_FAULTS: &[Fault] = &[
@@ -87,6 +90,8 @@ struct Shared {
     counts: Mutex<BTreeMap<Fault, u64>>,
     /// Requests (HTTP) or connections (TCP) seen while enabled.
     seen: AtomicU64,
+    /// Bumped to reset every open TCP connection at once.
+    severed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -117,6 +122,15 @@ impl Shared {
         } else {
             Fault::LostAnswer
         })
+    }
+
+    fn count_of(&self, fault: Fault) -> u64 {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(&fault)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn count(&self, fault: Fault) {
@@ -162,6 +176,7 @@ impl FaultProxy {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             counts: Mutex::new(BTreeMap::new()),
             seen: AtomicU64::new(0),
+            severed: tokio::sync::watch::Sender::new(0),
         });
         let sh = shared.clone();
         let task = tokio::spawn(async move {
@@ -198,6 +213,23 @@ impl FaultProxy {
     /// Requests (HTTP) or connections (TCP) that went through while enabled.
     pub fn seen(&self) -> u64 {
         self.shared.seen.load(Ordering::Relaxed)
+    }
+
+    /// Resets every connection open through a TCP proxy now, as a network
+    /// failure would, and returns how many there were. New connections go
+    /// through as before.
+    pub async fn sever_all(&self) -> u64 {
+        let before = self.shared.count_of(Fault::Severed);
+        let open = self.shared.severed.receiver_count() as u64;
+        self.shared.severed.send_modify(|n| *n += 1);
+        // Each connection counts itself as it goes.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.shared.count_of(Fault::Severed) < before + open
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.shared.count_of(Fault::Severed) - before
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -465,6 +497,7 @@ async fn serve_tcp(client: TcpStream, sh: Arc<Shared>) {
         Some(Fault::SlowConnection) => Duration::from_millis(sh.random_range(5..60)),
         _ => Duration::ZERO,
     };
+    let mut severed = sh.severed.subscribe();
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     // Client to server, one chunk (about one message) at a time; each may be
@@ -511,6 +544,7 @@ async fn serve_tcp(client: TcpStream, sh: Arc<Shared>) {
     let cut: Option<Fault> = tokio::select! {
         cut = requests => cut,
         cut = answers => cut,
+        Ok(()) = severed.changed() => Some(Fault::Severed),
     };
     if let Some(f) = cut {
         sh.count(f);

@@ -209,6 +209,33 @@ pub async fn client_from_kubeconfig(yaml: &str) -> Client {
     Client::try_from(config).expect("client")
 }
 
+/// The API server's URL in the operator's kubeconfig.
+pub fn api_server_url() -> String {
+    let kubeconfig = Kubeconfig::read_from(operator_kubeconfig()).expect("read the kubeconfig");
+    kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.server.clone())
+        .expect("the kubeconfig names a server")
+}
+
+/// A copy of the operator's kubeconfig that reaches the API server at
+/// `server` instead (e.g. through a proxy), written next to it.
+pub fn operator_kubeconfig_with_server(server: &str, tag: &str) -> PathBuf {
+    let mut kubeconfig = Kubeconfig::read_from(operator_kubeconfig()).expect("read the kubeconfig");
+    for cluster in &mut kubeconfig.clusters {
+        if let Some(c) = cluster.cluster.as_mut() {
+            c.server = Some(server.to_string());
+        }
+    }
+    let path = operator_kubeconfig().with_extension(format!("{tag}.yaml"));
+    write_private(
+        &path,
+        &serde_yaml::to_string(&kubeconfig).expect("kubeconfig YAML"),
+    );
+    path
+}
+
 /// Writes a file only its owner can read, atomically.
 fn write_private(path: &Path, text: &str) {
     use std::io::Write;
