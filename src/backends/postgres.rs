@@ -1604,10 +1604,28 @@ pub(crate) fn is_transient_sqlstate(code: &str, message: &str) -> bool {
         || (code == "42501" && message.starts_with("must be member of role"))
 }
 
+/// Whether a sqlx error is worth retrying: a lost or refused connection, or
+/// a SQLSTATE [`is_transient_sqlstate`] accepts.
+pub(crate) fn is_transient_error(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            is_transient_sqlstate(db.code().as_deref().unwrap_or_default(), db.message())
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
 /// Turns a sqlx error into a backend error that names what was being done.
 /// Statements are never part of the message (they may hold a verifier).
 pub(crate) fn classify(err: sqlx::Error, doing: &str) -> BackendError {
-    let (transient, message) = match &err {
+    let transient = is_transient_error(&err);
+    let message = match &err {
         sqlx::Error::Database(db) => {
             let code = db.code().map(Cow::into_owned).unwrap_or_default();
             let mut message = format!("{doing}: {} (SQLSTATE {code})", db.message());
@@ -1617,15 +1635,9 @@ pub(crate) fn classify(err: sqlx::Error, doing: &str) -> BackendError {
             {
                 message.push_str(&format!("; {detail}"));
             }
-            (is_transient_sqlstate(&code, db.message()), message)
+            message
         }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => (true, format!("{doing}: {err}")),
-        _ => (false, format!("{doing}: {err}")),
+        _ => format!("{doing}: {err}"),
     };
     let message = scrub(&message);
     if transient {

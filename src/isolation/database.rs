@@ -63,6 +63,8 @@ pub mod check {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries of the admin's catalog read before the database checks are `Unknown`.
+const ADMIN_READ_TRIES: u32 = 3;
 const STATEMENT_TIMEOUT: &str = "5s";
 /// The read check stops counting other tenants' rows here: one is too many,
 /// and a shared table may be large.
@@ -426,21 +428,42 @@ impl DatabaseProbe {
         findings
     }
 
+    /// The server's and the role's facts, read as the admin. A pooled
+    /// connection the network or the server dropped while idle fails its
+    /// next query; such reads are tried again, so one dead connection does
+    /// not turn every database check `Unknown`.
     async fn admin_facts(&self, role: &str) -> Result<(ServerFacts, Option<RoleFacts>), String> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.read_admin_facts(role).await {
+                Err(e)
+                    if tries < ADMIN_READ_TRIES
+                        && crate::backends::postgres::is_transient_error(&e) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;
+                }
+                result => return result.map_err(|e| describe(&e)),
+            }
+        }
+    }
+
+    async fn read_admin_facts(
+        &self,
+        role: &str,
+    ) -> Result<(ServerFacts, Option<RoleFacts>), sqlx::Error> {
         let server = crate::metrics::sql(
             crate::metrics::Sql::Select,
             sqlx::query_as::<_, ServerFacts>(SERVER_SQL).fetch_one(&self.admin),
         )
-        .await
-        .map_err(|e| describe(&e))?;
+        .await?;
         let role = crate::metrics::sql(
             crate::metrics::Sql::Select,
             sqlx::query_as::<_, RoleFacts>(ROLE_SQL)
                 .bind(role)
                 .fetch_optional(&self.admin),
         )
-        .await
-        .map_err(|e| describe(&e))?;
+        .await?;
         Ok((server, role))
     }
 
