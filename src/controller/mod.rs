@@ -26,7 +26,7 @@ use kube::{Client, ResourceExt};
 use rand::Rng;
 
 use crate::api::{
-    DeletionPolicy, DeletionStatus, IsolationMode, JournalOperation, Placement,
+    DeletionPolicy, DeletionStatus, IsolationMode, IsolationState, JournalOperation, Placement,
     ProvisioningJournal, Tenant, TenantClass, TenantPhase, TenantSpec, TenantStatus,
 };
 use crate::audit::{self, AuditLog};
@@ -830,6 +830,10 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 };
                 record(action, "tenant", audit::Outcome::Ok, serde_json::json!({})).await?;
             }
+            // A measurement that could not be taken (a backend that failed
+            // to answer) says nothing about isolation: it is taken again
+            // after the failure backoff, not a whole probe interval later.
+            let mut unmeasured = false;
             let verdict = if tenant.spec.suspended {
                 Verdict::new(
                     TenantPhase::Suspended,
@@ -872,6 +876,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                     }
                     Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE)
                 } else {
+                    unmeasured = measured.summary() == IsolationState::Unknown;
                     isolation_failure(tenant, ctx, &class, &steps_ctx, &measured).await
                 };
                 status.isolation = Some(measured.into_status(Utc::now(), repairs));
@@ -889,7 +894,13 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                     )
                     .await;
             }
-            finish(tenant, ctx, &class, status, &verdict, Some("provisioned")).await
+            let action = finish(tenant, ctx, &class, status, &verdict, Some("provisioned")).await?;
+            if unmeasured {
+                return Ok(Action::requeue(
+                    ctx.engine.failure_backoff.min(ctx.probe_interval(&class)),
+                ));
+            }
+            Ok(action)
         }
         Outcome::RolledBack { error, reason, .. } => {
             if let Some(j) = status.provisioning.as_mut() {

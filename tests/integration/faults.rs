@@ -193,3 +193,45 @@ async fn tenants_converge_after_every_connection_to_the_api_server_is_cut() {
         "stale reads reported as failures: {failed:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_tenant_whose_isolation_could_not_be_measured_is_measured_again_after_the_failure_backoff()
+ {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "unm").await;
+    // Tenants log in through a proxy: the probe's login as the tenant fails
+    // while it refuses, and nothing else goes through it.
+    let pg_addr = socket_of(&env("TENANTRY_DATABASE_URL"));
+    let tenant_side = FaultProxy::tcp(pg_addr, 0.0, 0).await;
+    tenant_side.set_refusing(true);
+    let port = tenant_side.addr.port().to_string();
+    let op = Operator::start(&[
+        ("TENANTRY_TENANT_DATABASE_HOST", "127.0.0.1"),
+        ("TENANTRY_TENANT_DATABASE_PORT", port.as_str()),
+        ("TENANTRY_FAILURE_BACKOFF", "2s"),
+        // Only the failure backoff can bring the next measurement in time.
+        ("TENANTRY_PROBE_INTERVAL", "1h"),
+    ])
+    .await;
+    let name = crate::support::unique_name("unm");
+    let spec = serde_json::json!({"credentials": {"namespace": ns}});
+    create_tenant(&client, &tenant_manifest(&op, &name, spec)).await;
+    let timeout = Duration::from_secs(120);
+    let unmeasured = wait_for_tenant(&client, &op, &name, timeout, "unmeasured", |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.reason == "IsolationUnknown")
+    })
+    .await;
+    assert_eq!(phase(&unmeasured), Some(tenantry::api::TenantPhase::Failed));
+
+    // The database is reachable again: measured and Ready long before the
+    // probe interval.
+    tenant_side.set_refusing(false);
+    wait_for_tenant(&client, &op, &name, timeout, "Ready", is_ready).await;
+    let api: kube::Api<tenantry::api::Tenant> = kube::Api::all(client.clone());
+    api.delete(&name, &Default::default()).await.unwrap();
+    wait_for_tenant_gone(&client, &op, &name, timeout).await;
+}

@@ -92,6 +92,8 @@ struct Shared {
     seen: AtomicU64,
     /// Bumped to reset every open TCP connection at once.
     severed: tokio::sync::watch::Sender<u64>,
+    /// Every new TCP connection is reset, as by a server that is down.
+    refusing: AtomicBool,
 }
 
 impl Shared {
@@ -177,6 +179,7 @@ impl FaultProxy {
             counts: Mutex::new(BTreeMap::new()),
             seen: AtomicU64::new(0),
             severed: tokio::sync::watch::Sender::new(0),
+            refusing: AtomicBool::new(false),
         });
         let sh = shared.clone();
         let task = tokio::spawn(async move {
@@ -230,6 +233,12 @@ impl FaultProxy {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.shared.count_of(Fault::Severed) - before
+    }
+
+    /// Refuses (resets) every new TCP connection while `on`, whatever the
+    /// fault rate: the server behind it looks down.
+    pub fn set_refusing(&self, on: bool) {
+        self.shared.refusing.store(on, Ordering::Relaxed);
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -476,6 +485,10 @@ async fn serve_http(mut client: TcpStream, sh: Arc<Shared>) {
 // --- TCP ----------------------------------------------------------------
 
 async fn serve_tcp(client: TcpStream, sh: Arc<Shared>) {
+    if sh.refusing.load(Ordering::Relaxed) {
+        reset(&client);
+        return;
+    }
     let fault = sh.pick(TCP_FAULTS);
     if let Some(f) = fault {
         sh.count(f);
