@@ -282,20 +282,22 @@ pub fn leaks(secrets: &[String], places: &[(&str, &str)]) -> Vec<String> {
     found
 }
 
-/// Searches a log file line by line (debug logs of a campaign are large):
-/// the number of lines, and where any of `secrets` appears.
+/// Searches a log file line by line (debug logs of a campaign are large,
+/// hundreds of MB): the number of lines, and where any of `secrets` appears.
+/// One pass for all secrets at once.
 pub fn log_leaks(path: &std::path::Path, secrets: &[String]) -> (usize, Vec<String>) {
     use std::io::BufRead;
+    let searcher = aho_corasick::AhoCorasick::new(secrets).expect("a searcher of the passwords");
     let file = std::fs::File::open(path).expect("open the operator log");
     let mut reader = std::io::BufReader::new(file);
     let (mut lines, mut found, mut line) = (0, Vec::new(), Vec::new());
     while reader.read_until(b'\n', &mut line).expect("read the log") > 0 {
         lines += 1;
-        let text = String::from_utf8_lossy(&line);
-        for (i, s) in secrets.iter().enumerate() {
-            if text.contains(s.as_str()) {
-                found.push(format!("password #{i} in the operator log, line {lines}"));
-            }
+        for hit in searcher.find_overlapping_iter(&line) {
+            found.push(format!(
+                "password #{} in the operator log, line {lines}",
+                hit.pattern().as_usize()
+            ));
         }
         line.clear();
     }

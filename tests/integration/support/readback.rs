@@ -129,37 +129,48 @@ pub async fn footprint(
     }
 }
 
-/// (key id, key state) of every KMS key tagged with `uid`.
+/// (key id, key state) of every KMS key tagged with `uid`. The tags are
+/// read 16 keys at a time: an account that holds thousands of keys (after a
+/// campaign) must not make this slower than a test's grace period.
 pub async fn keys_tagged(kms: &aws_sdk_kms::Client, uid: &str) -> Vec<(String, String)> {
-    let mut found = Vec::new();
-    let mut pages = kms.list_keys().into_paginator().send();
+    use futures::StreamExt;
+    let mut ids = Vec::new();
+    let mut pages = kms.list_keys().limit(1000).into_paginator().send();
     while let Some(page) = pages.next().await {
-        for key in page.expect("list keys").keys() {
-            let id = key.key_id().unwrap_or_default().to_string();
-            let Ok(tags_out) = kms.list_resource_tags().key_id(&id).send().await else {
-                continue;
-            };
+        ids.extend(
+            page.expect("list keys")
+                .keys()
+                .iter()
+                .filter_map(|k| k.key_id().map(str::to_string)),
+        );
+    }
+    futures::stream::iter(ids)
+        .map(|id| async move {
+            let tags_out = kms.list_resource_tags().key_id(&id).send().await.ok()?;
             let ours = tags_out
                 .tags()
                 .iter()
                 .any(|t| t.tag_key() == tags::TENANT_UID && t.tag_value() == uid);
-            if ours {
-                let state = kms
-                    .describe_key()
-                    .key_id(&id)
-                    .send()
-                    .await
-                    .ok()
-                    .and_then(|d| {
-                        d.key_metadata()
-                            .and_then(|m| m.key_state().map(|s| s.as_str().to_string()))
-                    })
-                    .unwrap_or_default();
-                found.push((id, state));
+            if !ours {
+                return None;
             }
-        }
-    }
-    found
+            let state = kms
+                .describe_key()
+                .key_id(&id)
+                .send()
+                .await
+                .ok()
+                .and_then(|d| {
+                    d.key_metadata()
+                        .and_then(|m| m.key_state().map(|s| s.as_str().to_string()))
+                })
+                .unwrap_or_default();
+            Some((id, state))
+        })
+        .buffer_unordered(16)
+        .filter_map(std::future::ready)
+        .collect()
+        .await
 }
 
 /// The decoded data of a Kubernetes Secret.
