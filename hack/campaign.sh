@@ -8,6 +8,8 @@
 #   hack/campaign.sh                      # everything
 #   TENANTRY_FAULT_SEED=42 hack/campaign.sh faults::   # one part, a given seed
 #   TENANTRY_CAMPAIGN_TENANTS=60 TENANTRY_CAMPAIGN_ROUNDS=10 hack/campaign.sh   # smaller
+#   TENANTRY_CAMPAIGN_OTHER_KEYS=0 hack/campaign.sh faults::   # skip filling the KMS
+#                                         # account to 5,000 keys of others first
 #
 # Environment: as hack/test.sh (TENANTRY_KEEP_ENV=1 keeps the local
 # environment running when this script started it).
