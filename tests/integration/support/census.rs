@@ -6,8 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use futures::StreamExt;
-
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use tenantry::backends::tags;
@@ -151,44 +149,15 @@ pub async fn census(
         }
     }
 
-    // Tags read 16 keys at a time: the account may hold thousands of keys.
-    let mut ids = Vec::new();
-    let mut keys = aws.kms.list_keys().limit(1000).into_paginator().send();
-    while let Some(page) = keys.next().await {
-        ids.extend(
-            page.expect("list keys")
-                .keys()
-                .iter()
-                .filter_map(|k| k.key_id().map(str::to_string)),
-        );
-    }
-    let kms = &aws.kms;
-    let run_keys: Vec<(String, String, bool)> = futures::stream::iter(ids)
-        .map(|id| async move {
-            let tags_out = kms.list_resource_tags().key_id(&id).send().await.ok()?;
-            let tenant = tags_out
-                .tags()
-                .iter()
-                .find(|t| t.tag_key() == tags::TENANT)
-                .map(|t| t.tag_value().to_string())
-                .filter(|tenant| tenant.starts_with(prefix))?;
-            let state = kms
-                .describe_key()
-                .key_id(&id)
-                .send()
-                .await
-                .ok()
-                .and_then(|d| d.key_metadata().and_then(|m| m.key_state().cloned()));
-            let pending = state == Some(aws_sdk_kms::types::KeyState::PendingDeletion);
-            Some((id, tenant, pending))
-        })
-        .buffer_unordered(16)
-        .filter_map(std::future::ready)
-        .collect()
-        .await;
-    for (id, tenant, pending) in run_keys {
-        match out.tenants.get_mut(&tenant) {
-            Some(c) if pending => c.pending_keys += 1,
+    let run_keys = readback::keys_where(&aws.kms, |tags| {
+        tags.get(tags::TENANT)
+            .is_some_and(|t| t.starts_with(prefix))
+    })
+    .await;
+    for (id, tags, state) in run_keys {
+        let tenant = &tags[tags::TENANT];
+        match out.tenants.get_mut(tenant) {
+            Some(c) if state == "PendingDeletion" => c.pending_keys += 1,
             Some(c) => c.live_keys += 1,
             None => out.strays.push(format!("key {id} of {tenant}")),
         }

@@ -129,10 +129,25 @@ pub async fn footprint(
     }
 }
 
-/// (key id, key state) of every KMS key tagged with `uid`. The tags are
-/// read 16 keys at a time: an account that holds thousands of keys (after a
-/// campaign) must not make this slower than a test's grace period.
+/// (key id, key state) of every KMS key tagged with `uid`.
 pub async fn keys_tagged(kms: &aws_sdk_kms::Client, uid: &str) -> Vec<(String, String)> {
+    keys_where(kms, |tags| {
+        tags.get(tags::TENANT_UID).map(String::as_str) == Some(uid)
+    })
+    .await
+    .into_iter()
+    .map(|(id, _, state)| (id, state))
+    .collect()
+}
+
+/// (key id, tags, key state) of every KMS key whose tags `select` accepts.
+/// The tags are read 16 keys at a time: an account that holds thousands of
+/// keys (after a campaign) must not make a count slower than a test's
+/// grace period.
+pub async fn keys_where(
+    kms: &aws_sdk_kms::Client,
+    select: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> Vec<(String, BTreeMap<String, String>, String)> {
     use futures::StreamExt;
     let mut ids = Vec::new();
     let mut pages = kms.list_keys().limit(1000).into_paginator().send();
@@ -144,14 +159,20 @@ pub async fn keys_tagged(kms: &aws_sdk_kms::Client, uid: &str) -> Vec<(String, S
                 .filter_map(|k| k.key_id().map(str::to_string)),
         );
     }
+    let select = &select;
     futures::stream::iter(ids)
         .map(|id| async move {
-            let tags_out = kms.list_resource_tags().key_id(&id).send().await.ok()?;
-            let ours = tags_out
+            let tags: BTreeMap<String, String> = kms
+                .list_resource_tags()
+                .key_id(&id)
+                .send()
+                .await
+                .ok()?
                 .tags()
                 .iter()
-                .any(|t| t.tag_key() == tags::TENANT_UID && t.tag_value() == uid);
-            if !ours {
+                .map(|t| (t.tag_key().to_string(), t.tag_value().to_string()))
+                .collect();
+            if !select(&tags) {
                 return None;
             }
             let state = kms
@@ -165,7 +186,7 @@ pub async fn keys_tagged(kms: &aws_sdk_kms::Client, uid: &str) -> Vec<(String, S
                         .and_then(|m| m.key_state().map(|s| s.as_str().to_string()))
                 })
                 .unwrap_or_default();
-            Some((id, state))
+            Some((id, tags, state))
         })
         .buffer_unordered(16)
         .filter_map(std::future::ready)
