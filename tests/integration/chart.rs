@@ -106,6 +106,16 @@ fn one<'a>(docs: &'a [(String, Value)], kind: &str) -> &'a Value {
     &found[0].1
 }
 
+/// The one document of `kind` named `name`.
+fn named_doc<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<_> = docs
+        .iter()
+        .filter(|(_, d)| d["kind"] == kind && d["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one {kind} {name}");
+    &found[0].1
+}
+
 fn env_of(deployment: &Value) -> BTreeMap<String, Value> {
     deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
@@ -209,8 +219,8 @@ fn the_default_chart_is_a_restricted_leader_elected_deployment_with_least_privil
         ("apps/v1 Deployment", 1),
         ("rbac.authorization.k8s.io/v1 ClusterRole", 1),
         ("rbac.authorization.k8s.io/v1 ClusterRoleBinding", 1),
-        ("rbac.authorization.k8s.io/v1 Role", 1),
-        ("rbac.authorization.k8s.io/v1 RoleBinding", 1),
+        ("rbac.authorization.k8s.io/v1 Role", 2),
+        ("rbac.authorization.k8s.io/v1 RoleBinding", 2),
     ]
     .into_iter()
     .map(|(k, n)| (k.to_string(), n))
@@ -223,11 +233,45 @@ fn the_default_chart_is_a_restricted_leader_elected_deployment_with_least_privil
         cluster_role["rules"],
         serde_json::to_value(chart_rules("clusterrole-rules.yaml")).unwrap()
     );
-    let role = one(&docs, "Role");
-    assert_eq!(role["metadata"]["namespace"], "tenantry-system");
+    // Leases and Events each in one namespace only, never cluster-wide.
+    for (role, namespace, rules) in [
+        (
+            "tenantry-leader-election",
+            "tenantry-system",
+            "leader-election-rules.yaml",
+        ),
+        ("tenantry-events", "tenantry-system", "events-rules.yaml"),
+    ] {
+        let found = named_doc(&docs, "Role", role);
+        assert_eq!(found["metadata"]["namespace"], namespace, "{role}");
+        assert_eq!(
+            found["rules"],
+            serde_json::to_value(chart_rules(rules)).unwrap(),
+            "{role}"
+        );
+        let binding = named_doc(&docs, "RoleBinding", role);
+        assert_eq!(binding["metadata"]["namespace"], namespace, "{role}");
+        assert_eq!(binding["roleRef"]["name"], role);
+    }
+    assert!(
+        !cluster_role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"] == json!(["events"])),
+        "no Events cluster-wide"
+    );
+    // A separate event namespace gets the Events Role; the lease stays.
+    let mut values = minimal_values();
+    helm::merge(&mut values, &json!({"eventNamespace": "kube-system"}));
+    let docs_elsewhere = render("tenantry", "tenantry-system", &values);
+    let events = named_doc(&docs_elsewhere, "Role", "tenantry-events");
+    assert_eq!(events["metadata"]["namespace"], "kube-system");
+    let events = named_doc(&docs_elsewhere, "RoleBinding", "tenantry-events");
+    assert_eq!(events["metadata"]["namespace"], "kube-system");
     assert_eq!(
-        role["rules"],
-        serde_json::to_value(chart_rules("leader-election-rules.yaml")).unwrap()
+        events["subjects"][0]["namespace"], "tenantry-system",
+        "the ServiceAccount stays in the release namespace"
     );
     for (_, d) in &docs {
         if let Some(subjects) = d["subjects"].as_array() {
@@ -512,12 +556,15 @@ async fn the_api_server_accepts_the_rendered_manifests_in_a_dry_run() {
         let object: DynamicObject = serde_json::from_value(doc.clone()).expect("object");
         let api: Api<DynamicObject> = match caps.scope {
             Scope::Namespaced => {
-                assert_eq!(
-                    doc["metadata"]["namespace"],
-                    namespace.as_str(),
-                    "{file}: {kind}"
-                );
-                Api::namespaced_with(client.clone(), &namespace, &resource)
+                // Everything in the release namespace but the Events' Role,
+                // which lives where the Events go.
+                let expected = if file.ends_with("events-role.yaml") {
+                    values["eventNamespace"].as_str().unwrap()
+                } else {
+                    namespace.as_str()
+                };
+                assert_eq!(doc["metadata"]["namespace"], expected, "{file}: {kind}");
+                Api::namespaced_with(client.clone(), expected, &resource)
             }
             Scope::Cluster => {
                 assert!(doc["metadata"]["namespace"].is_null(), "{file}: {kind}");

@@ -137,7 +137,7 @@ impl Operator {
                 format!("{TEST_LABEL}={}", self.run_id),
             )
             .env("TENANTRY_METRICS_ADDR", "127.0.0.1:0")
-            .env("TENANTRY_EVENT_NAMESPACE", "kube-system")
+            .env("TENANTRY_EVENT_NAMESPACE", super::rbac::EVENT_NAMESPACE)
             .env("TENANTRY_LOG", "tenantry=debug,info")
             .env("TENANTRY_RETRY_ATTEMPTS", "4")
             .env("TENANTRY_RETRY_BASE_DELAY", "50ms")

@@ -31,6 +31,8 @@ use super::env;
 pub const OPERATOR_NAMESPACE: &str = "tenantry-system";
 /// The chart's ServiceAccount (and role) name in the tests.
 pub const OPERATOR_NAME: &str = "tenantry-operator";
+/// Where the tests' operators publish Events (`--event-namespace`).
+pub const EVENT_NAMESPACE: &str = "kube-system";
 /// How long the operator's token lasts: longer than any test run.
 const TOKEN_SECONDS: i64 = 6 * 3600;
 
@@ -115,6 +117,31 @@ async fn make_operator_identity() -> PathBuf {
                 api_group: "rbac.authorization.k8s.io".into(),
                 kind: "Role".into(),
                 name: lease_role.clone(),
+            },
+            subjects: Some(subject.clone()),
+        },
+    )
+    .await;
+
+    // Events only in the namespace the tests' operators publish to, as the
+    // chart binds them.
+    let events_role = format!("{OPERATOR_NAME}-events");
+    create_or_replace(
+        &Api::<Role>::namespaced(client.clone(), EVENT_NAMESPACE),
+        Role {
+            metadata: named::<Role>(Some(EVENT_NAMESPACE), &events_role).metadata,
+            rules: Some(chart_rules("events-rules.yaml")),
+        },
+    )
+    .await;
+    create_or_replace(
+        &Api::<RoleBinding>::namespaced(client.clone(), EVENT_NAMESPACE),
+        RoleBinding {
+            metadata: named::<RoleBinding>(Some(EVENT_NAMESPACE), &events_role).metadata,
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: events_role.clone(),
             },
             subjects: Some(subject),
         },
