@@ -100,53 +100,10 @@ async fn make_operator_identity() -> PathBuf {
         },
     )
     .await;
-    let lease_role = format!("{OPERATOR_NAME}-leader-election");
-    create_or_replace(
-        &Api::<Role>::namespaced(client.clone(), ns),
-        Role {
-            metadata: named::<Role>(Some(ns), &lease_role).metadata,
-            rules: Some(chart_rules("leader-election-rules.yaml")),
-        },
-    )
-    .await;
-    create_or_replace(
-        &Api::<RoleBinding>::namespaced(client.clone(), ns),
-        RoleBinding {
-            metadata: named::<RoleBinding>(Some(ns), &lease_role).metadata,
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".into(),
-                kind: "Role".into(),
-                name: lease_role.clone(),
-            },
-            subjects: Some(subject.clone()),
-        },
-    )
-    .await;
-
-    // Events only in the namespace the tests' operators publish to, as the
-    // chart binds them.
-    let events_role = format!("{OPERATOR_NAME}-events");
-    create_or_replace(
-        &Api::<Role>::namespaced(client.clone(), EVENT_NAMESPACE),
-        Role {
-            metadata: named::<Role>(Some(EVENT_NAMESPACE), &events_role).metadata,
-            rules: Some(chart_rules("events-rules.yaml")),
-        },
-    )
-    .await;
-    create_or_replace(
-        &Api::<RoleBinding>::namespaced(client.clone(), EVENT_NAMESPACE),
-        RoleBinding {
-            metadata: named::<RoleBinding>(Some(EVENT_NAMESPACE), &events_role).metadata,
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".into(),
-                kind: "Role".into(),
-                name: events_role.clone(),
-            },
-            subjects: Some(subject),
-        },
-    )
-    .await;
+    // The lease in the operator's namespace, Events only in the namespace
+    // the tests' operators publish to, as the chart binds them.
+    bind_role(&client, ns, "leader-election", &subject).await;
+    bind_role(&client, EVENT_NAMESPACE, "events", &subject).await;
 
     let kubeconfig = service_account_kubeconfig(&client, ns, OPERATOR_NAME).await;
     let path = PathBuf::from(env("TENANTRY_LOCALENV_RUN_DIR"))
@@ -234,6 +191,33 @@ pub async fn client_from_kubeconfig(yaml: &str) -> Client {
         .await
         .expect("client config");
     Client::try_from(config).expect("client")
+}
+
+/// A Role `<operator>-<what>` in `namespace` with the chart's
+/// `files/<what>-rules.yaml`, bound to `subject`.
+async fn bind_role(client: &Client, namespace: &str, what: &str, subject: &[Subject]) {
+    let name = format!("{OPERATOR_NAME}-{what}");
+    create_or_replace(
+        &Api::<Role>::namespaced(client.clone(), namespace),
+        Role {
+            metadata: named::<Role>(Some(namespace), &name).metadata,
+            rules: Some(chart_rules(&format!("{what}-rules.yaml"))),
+        },
+    )
+    .await;
+    create_or_replace(
+        &Api::<RoleBinding>::namespaced(client.clone(), namespace),
+        RoleBinding {
+            metadata: named::<RoleBinding>(Some(namespace), &name).metadata,
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name,
+            },
+            subjects: Some(subject.to_vec()),
+        },
+    )
+    .await;
 }
 
 /// The API server's URL in the operator's kubeconfig.
