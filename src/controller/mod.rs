@@ -260,15 +260,6 @@ fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action
             category: error.category().to_string(),
         })
         .inc();
-    if let Error::Stale(_) = error {
-        // Neither a failure nor worth a warning: the store catches up within
-        // moments, and counting it would back a healthy tenant off.
-        tracing::debug!(tenant = %tenant.name_any(), %error, "reconcile deferred");
-        return Action::requeue(jitter(
-            Duration::from_millis(500),
-            Duration::from_millis(1500),
-        ));
-    }
     let failures = {
         let mut counts = ctx.error_counts.lock().expect("lock");
         let n = counts.entry(tenant.name_any()).or_default();
