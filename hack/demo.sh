@@ -4,13 +4,20 @@
 # tenants it provisioned.
 #
 #   hack/demo.sh          # run it (the operator keeps running in the background)
-#   hack/demo.sh down     # stop the operator and the local environment
+#   hack/demo.sh down     # stop the operator and the demo's local environment
+#
+# The demo has an environment of its own (run dir .localenv-demo, ports from
+# 24200; TENANTRY_DEMO_RUN_DIR and TENANTRY_DEMO_PORT_BASE change them), apart
+# from the one hack/test.sh uses (.localenv, ports from 24100): the demo's
+# default TenantClass and tenants survive `down`, and tests must never meet them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 cache=${TENANTRY_CACHE_DIR:-$HOME/.cache/tenantry}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
-run_dir=${TENANTRY_RUN_DIR:-$repo/.localenv}
+export TENANTRY_RUN_DIR=${TENANTRY_DEMO_RUN_DIR:-$repo/.localenv-demo}
+export TENANTRY_PORT_BASE=${TENANTRY_DEMO_PORT_BASE:-24200}
+run_dir=$TENANTRY_RUN_DIR
 pid_file=$run_dir/operator.pid
 log_file=$run_dir/logs/operator.log
 

@@ -10,7 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
-use tenantry::api::{Tenant, TenantPhase};
+use tenantry::api::{Tenant, TenantClass, TenantPhase};
 
 use super::{env, unique_name};
 
@@ -86,6 +86,34 @@ pub async fn create_namespace(client: &Client, prefix: &str) -> String {
     name
 }
 
+/// Fails fast when the environment holds a default TenantClass: every test
+/// Tenant without `spec.class` would get it (and its probe interval), so
+/// tests would fail far from the cause. `hack/demo.sh` keeps its classes in
+/// an environment of its own for this reason.
+async fn refuse_a_foreign_default_class() {
+    static CHECKED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    CHECKED
+        .get_or_init(|| async {
+            let classes: Api<TenantClass> = Api::all(kube_client().await);
+            let defaults: Vec<String> = classes
+                .list(&Default::default())
+                .await
+                .expect("list TenantClasses")
+                .into_iter()
+                .filter(|c| c.is_default())
+                .map(|c| c.name_any())
+                .collect();
+            assert!(
+                defaults.is_empty(),
+                "the test environment ({}) holds default TenantClass(es) {defaults:?} that \
+                 no test made; every test Tenant would get it. Delete it, or run the tests \
+                 in an environment of their own (hack/demo.sh uses .localenv-demo)",
+                env("TENANTRY_LOCALENV_RUN_DIR")
+            );
+        })
+        .await;
+}
+
 /// The operator binary, run as a child process that manages only the Tenants
 /// labelled with this test's run id. Killed when dropped.
 pub struct Operator {
@@ -118,6 +146,7 @@ impl Operator {
                 .collect(),
         };
         super::rbac::ensure_operator_identity().await;
+        refuse_a_foreign_default_class().await;
         op.spawn();
         op
     }
