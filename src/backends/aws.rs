@@ -117,10 +117,32 @@ pub(crate) fn build_error(
 /// The tags tenantry wants on every resource of `tenant`.
 pub(crate) fn desired_tags(tenant: &TenantRef) -> BTreeMap<String, String> {
     let mut tags = tenant.ownership_tags();
-    if let Some(display) = tenant.display_name.as_deref().filter(|d| !d.is_empty()) {
-        tags.insert(DISPLAY_NAME_TAG.to_string(), display.to_string());
+    if let Some(display) = tenant.display_name.as_deref().map(tag_value)
+        && !display.is_empty()
+    {
+        tags.insert(DISPLAY_NAME_TAG.to_string(), display);
     }
     tags
+}
+
+/// `text` as an AWS tag value: S3, KMS and Secrets Manager accept letters,
+/// digits, spaces and `_ . : / = + - @`, up to 256 characters, and refuse
+/// the whole request otherwise. A display name is free text ("O'Brien,
+/// Ltd."), so every other character becomes a space, runs of spaces
+/// collapse, and the result is cut to 256 characters.
+pub(crate) fn tag_value(text: &str) -> String {
+    let allowed = |c: char| c.is_alphanumeric() || " _.:/=+-@".contains(c);
+    let mapped: String = text
+        .chars()
+        .map(|c| if allowed(c) { c } else { ' ' })
+        .collect();
+    mapped
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(256)
+        .collect()
 }
 
 /// The tenant's display name, for people browsing the AWS console.
@@ -199,6 +221,15 @@ mod tests {
         }
         assert!(!is_transient(Some(403), None));
         assert!(!is_transient(None, None));
+    }
+
+    #[test]
+    fn display_names_become_tag_values_aws_accepts() {
+        assert_eq!(tag_value("O'Brien, Ltd."), "O Brien Ltd.");
+        assert_eq!(tag_value("Acme Corp"), "Acme Corp");
+        assert_eq!(tag_value("Zürich AG & Söhne"), "Zürich AG Söhne");
+        assert_eq!(tag_value("\"'<>,;"), "");
+        assert_eq!(tag_value(&"x".repeat(300)).chars().count(), 256);
     }
 
     #[test]

@@ -225,7 +225,8 @@ impl KmsBackend {
     /// account, so only the rare paths that follow an interrupted creation
     /// call it; the tags of a key are read once per process (see
     /// `known_owners`), and read again before a key is taken as the tenant's.
-    async fn keys_tagged_with(&self, uid: &str) -> Result<Vec<KeyMetadata>, BackendError> {
+    async fn keys_tagged_with(&self, tenant: &TenantRef) -> Result<Vec<KeyMetadata>, BackendError> {
+        let uid = tenant.uid.as_str();
         let mut known = self.known_owners.lock().await;
         let mut listed = HashSet::new();
         let mut candidates = Vec::new();
@@ -300,19 +301,24 @@ impl KmsBackend {
         drop(known);
 
         let mut found = Vec::new();
-        for (key_id, read_now) in candidates {
+        for (key_id, _) in candidates {
             // Someone may have retagged the key since an earlier scan read
             // it; only a key that carries the uid now is the tenant's.
-            if !read_now {
-                let tags = self.tags_of_patiently(&key_id).await?;
-                let owner = tags.get(tags::TENANT_UID).cloned();
-                if owner.as_deref() != Some(uid) {
-                    self.known_owners.lock().await.insert(key_id, owner);
-                    continue;
-                }
+            let tags = self.tags_of_patiently(&key_id).await?;
+            let owner = tags.get(tags::TENANT_UID).cloned();
+            if owner.as_deref() != Some(uid) {
+                self.known_owners.lock().await.insert(key_id, owner);
+                continue;
             }
-            if let Some(meta) = self.describe(&key_id).await? {
+            let Some(meta) = self.describe(&key_id).await? else {
+                continue;
+            };
+            // Anyone who may tag keys in the account can put the uid on a
+            // key of theirs; such a key must be neither adopted nor deleted.
+            if made_by_tenantry(&meta, &tags, tenant) {
                 found.push(meta);
+            } else {
+                tracing::warn!(tenant = %tenant.name, key_id, "a KMS key carries the tenant's uid but not tenantry's marks (description, tags): left alone");
             }
         }
         Ok(found)
@@ -327,10 +333,7 @@ impl KmsBackend {
             .create_key()
             .key_spec(KeySpec::SymmetricDefault)
             .key_usage(KeyUsageType::EncryptDecrypt)
-            .description(format!(
-                "tenantry: encryption key of tenant {}",
-                tenant.name
-            ))
+            .description(key_description(tenant))
             .set_tags(Some(kms_tags(&desired_tags(tenant))?))
             // CreateKey is not idempotent: the SDK's own retry of a request
             // whose answer was lost would make a second key. Without it, the
@@ -636,7 +639,7 @@ impl KeyManager for KmsBackend {
             }
             None => {
                 let mut earlier = if interrupted {
-                    self.keys_tagged_with(&tenant.uid).await?
+                    self.keys_tagged_with(tenant).await?
                 } else {
                     Vec::new()
                 };
@@ -693,7 +696,7 @@ impl KeyManager for KmsBackend {
                 || crate::provision::removing_interrupted_step()
                 || crate::provision::removing_failed_step();
             if unfinished {
-                for meta in self.keys_tagged_with(&tenant.uid).await? {
+                for meta in self.keys_tagged_with(tenant).await? {
                     self.schedule_deletion(tenant, &meta).await?;
                 }
                 self.uncertain().remove(&tenant.uid);
@@ -743,6 +746,26 @@ impl KeyManager for KmsBackend {
         )
         .await
     }
+}
+
+/// The description tenantry gives a tenant's key when it creates it.
+fn key_description(tenant: &TenantRef) -> String {
+    format!("tenantry: encryption key of tenant {}", tenant.name)
+}
+
+/// Whether a key found by the tenant's uid tag carries every mark tenantry
+/// gives the keys it creates (its description and all ownership tags), so
+/// that a key someone else merely tagged is never taken for the tenant's.
+fn made_by_tenantry(
+    meta: &KeyMetadata,
+    tags: &BTreeMap<String, String>,
+    tenant: &TenantRef,
+) -> bool {
+    meta.description() == Some(key_description(tenant).as_str())
+        && tenant
+            .ownership_tags()
+            .iter()
+            .all(|(k, v)| tags.get(k) == Some(v))
 }
 
 /// Only a symmetric encryption key can encrypt a bucket and a secret: an

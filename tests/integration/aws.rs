@@ -177,8 +177,23 @@ impl Aws {
     }
 
     /// A key tagged as another tenant's, made outside tenantry.
+    /// What a tenantry process that died between CreateKey and CreateAlias
+    /// leaves: a key with tenantry's description and tags, and no alias.
+    async fn orphan_key(&self, owner: &TenantRef) -> String {
+        self.tagged_key(
+            owner,
+            Some(format!("tenantry: encryption key of tenant {}", owner.name)),
+        )
+        .await
+    }
+
+    /// A key someone else made and tagged with `owner`'s tags.
     async fn foreign_key(&self, owner: &TenantRef) -> String {
-        let mut create = self.kms.create_key();
+        self.tagged_key(owner, None).await
+    }
+
+    async fn tagged_key(&self, owner: &TenantRef, description: Option<String>) -> String {
+        let mut create = self.kms.create_key().set_description(description);
         for (k, v) in owner.ownership_tags() {
             create = create.tags(
                 aws_sdk_kms::types::Tag::builder()
@@ -719,7 +734,7 @@ async fn an_interrupted_key_creation_is_found_by_its_tag_and_not_duplicated() {
     let aws = Aws::new().await;
     let (tenant, names) = new_tenant("kms-crash");
     // What a process that died between CreateKey and CreateAlias leaves.
-    let orphan = aws.foreign_key(&tenant).await;
+    let orphan = aws.orphan_key(&tenant).await;
 
     let key = aws
         .keys
@@ -748,7 +763,7 @@ async fn removing_a_key_whose_alias_was_never_made_still_schedules_its_deletion(
     for (interrupted, failed) in [(true, false), (false, true)] {
         let aws = Aws::new().await;
         let (tenant, names) = new_tenant("kms-orphan");
-        let orphan = aws.foreign_key(&tenant).await;
+        let orphan = aws.orphan_key(&tenant).await;
 
         // As the engine removes a step a killed process was ensuring, or
         // the step whose failure started the rollback.
@@ -764,6 +779,44 @@ async fn removing_a_key_whose_alias_was_never_made_still_schedules_its_deletion(
     }
 }
 
+/// Issue 15, path 2: deletion by tag. A neighbour in the account who may
+/// tag keys puts a tenant's uid (and name) tags on a key of its own. Neither
+/// the adoption after an interrupted creation nor the removal of a failed
+/// or interrupted KMS step takes it: it lacks tenantry's description.
+#[tokio::test]
+async fn a_key_a_neighbour_tagged_with_a_tenants_uid_is_neither_adopted_nor_deleted() {
+    let aws = Aws::new().await;
+    let (tenant, names) = new_tenant("kms-plant");
+    let planted = aws.foreign_key(&tenant).await;
+
+    for (interrupted, failed) in [(true, false), (false, true)] {
+        tenantry::provision::removal_scope(
+            interrupted,
+            failed,
+            aws.keys.remove_key(&tenant, &names.key_alias),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            aws.key_state(&planted).await,
+            KeyState::Enabled,
+            "the neighbour's key was scheduled for deletion"
+        );
+    }
+    let key = aws
+        .keys
+        .ensure_key(&tenant, &names.key_alias, true)
+        .await
+        .unwrap();
+    assert_ne!(key.key_id, planted, "the neighbour's key was adopted");
+    assert_eq!(aws.key_state(&planted).await, KeyState::Enabled);
+    aws.keys
+        .remove_key(&tenant, &names.key_alias)
+        .await
+        .unwrap();
+    assert_eq!(aws.key_state(&planted).await, KeyState::Enabled);
+}
+
 #[tokio::test]
 async fn a_second_scan_reads_the_tags_only_of_keys_it_has_not_read_before() {
     let aws = Aws::new().await;
@@ -772,7 +825,7 @@ async fn a_second_scan_reads_the_tags_only_of_keys_it_has_not_read_before() {
         aws.foreign_key(&new_tenant("kms-scan-other").0).await;
     }
     let (first, first_names) = new_tenant("kms-scan-a");
-    let first_orphan = aws.foreign_key(&first).await;
+    let first_orphan = aws.orphan_key(&first).await;
     aws.recorder.take();
     tenantry::provision::removal_scope(
         true,
@@ -784,7 +837,7 @@ async fn a_second_scan_reads_the_tags_only_of_keys_it_has_not_read_before() {
     let first_reads = tag_reads(&aws.recorder.take());
 
     let (second, second_names) = new_tenant("kms-scan-b");
-    let second_orphan = aws.foreign_key(&second).await;
+    let second_orphan = aws.orphan_key(&second).await;
     tenantry::provision::removal_scope(
         true,
         false,
@@ -817,7 +870,7 @@ async fn a_second_scan_reads_the_tags_only_of_keys_it_has_not_read_before() {
 async fn a_key_untagged_since_a_scan_read_it_is_not_taken_for_the_tenants() {
     let aws = Aws::new().await;
     let (tenant, names) = new_tenant("kms-retag");
-    let key = aws.foreign_key(&tenant).await;
+    let key = aws.orphan_key(&tenant).await;
     // A scan that learns the key is the tenant's (it finds and adopts it).
     let adopted = aws
         .keys
@@ -1591,4 +1644,61 @@ async fn removing_a_secret_deletes_it_at_once_so_the_name_can_be_used_again() {
         .unwrap();
     assert_eq!(stored, retry);
     assert_eq!(aws.secret_value(&names.secret_name).await, retry);
+}
+
+/// Issue 15, path 6: a display name is free text, but AWS refuses a tag
+/// value with a comma or an apostrophe (S3 `InvalidTag`), which would fail
+/// onboarding forever. moto accepts anything, so the test reads back what
+/// tenantry wrote and holds it to AWS's rules: letters, digits, spaces and
+/// `_ . : / = + - @`, at most 256 characters.
+#[tokio::test]
+async fn a_free_text_display_name_is_tagged_in_the_characters_aws_accepts() {
+    let aws = Aws::new().await;
+    let (mut tenant, names) = new_tenant("tag-text");
+    tenant.display_name = Some(format!("O'Brien, Ltd. <{}>", "x".repeat(300)));
+    let key = ensure_key(&aws, &tenant, &names).await;
+    aws.buckets
+        .ensure_bucket(&tenant, &names.bucket, &key.arn, true, false)
+        .await
+        .expect("the bucket is made");
+    aws.secrets
+        .ensure_secret(
+            &tenant,
+            &names.secret_name,
+            &key.arn,
+            &credentials("pw", "db"),
+        )
+        .await
+        .expect("the secret is made");
+    let accepted = |v: &str| {
+        v.chars().count() <= 256
+            && v.chars()
+                .all(|c| c.is_alphanumeric() || " _.:/=+-@".contains(c))
+    };
+    for (what, tags) in [
+        ("key", aws.key_tags(&key.key_id).await),
+        ("bucket", aws.bucket_tags(&names.bucket).await),
+        ("secret", aws.secret_tags(&names.secret_name).await),
+    ] {
+        let display = tags.get(DISPLAY_NAME_TAG).expect("a display-name tag");
+        assert!(display.starts_with("O Brien Ltd."), "{what}: {display:?}");
+        for (k, v) in &tags {
+            assert!(
+                accepted(v),
+                "{what} tag {k} = {v:?} would be refused by AWS"
+            );
+        }
+    }
+    aws.secrets
+        .remove_secret(&tenant, &names.secret_name)
+        .await
+        .unwrap();
+    aws.buckets
+        .remove_bucket(&tenant, &names.bucket)
+        .await
+        .unwrap();
+    aws.keys
+        .remove_key(&tenant, &names.key_alias)
+        .await
+        .unwrap();
 }

@@ -21,9 +21,9 @@ use tenantry::naming::{TenantNames, quote_ident};
 use crate::support::readback::admin_db;
 use crate::support::{bucket_prefix, env, unique_name, unique_uid};
 
-const SHARED_DB: &str = "tenantry";
+pub(crate) const SHARED_DB: &str = "tenantry";
 
-async fn backend() -> PostgresBackend {
+pub(crate) async fn backend() -> PostgresBackend {
     PostgresBackend::connect(
         &SecretString::from(env("TENANTRY_DATABASE_URL")),
         4,
@@ -36,7 +36,7 @@ async fn backend() -> PostgresBackend {
 
 /// The superuser on the shared database (the readback helper's is on
 /// `postgres`).
-async fn superuser_shared() -> PgPool {
+pub(crate) async fn superuser_shared() -> PgPool {
     let options: PgConnectOptions = env("TENANTRY_TEST_SUPERUSER_URL").parse().unwrap();
     PgPoolOptions::new()
         .max_connections(2)
@@ -45,7 +45,7 @@ async fn superuser_shared() -> PgPool {
         .expect("the superuser connects")
 }
 
-async fn run(pool: &PgPool, sql: &str) {
+pub(crate) async fn run(pool: &PgPool, sql: &str) {
     sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
         .execute(pool)
         .await
@@ -53,7 +53,7 @@ async fn run(pool: &PgPool, sql: &str) {
 }
 
 /// The SQLSTATE a statement fails with, None when it succeeds.
-async fn sqlstate(conn: &mut PgConnection, sql: &str) -> Option<String> {
+pub(crate) async fn sqlstate(conn: &mut PgConnection, sql: &str) -> Option<String> {
     match sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
         .execute(conn)
         .await
@@ -65,7 +65,7 @@ async fn sqlstate(conn: &mut PgConnection, sql: &str) -> Option<String> {
 }
 
 /// A shared table with a unique name, made (and so owned) by the admin.
-async fn shared_table(prefix: &str) -> SharedTable {
+pub(crate) async fn shared_table(prefix: &str) -> SharedTable {
     let name = unique_name(prefix).replace('-', "_");
     let mut admin = admin_db().await;
     sqlx::raw_sql(AssertSqlSafe(format!(
@@ -79,7 +79,7 @@ async fn shared_table(prefix: &str) -> SharedTable {
     format!("public.{name}:tenant_id").parse().unwrap()
 }
 
-async fn drop_table(table: &SharedTable) {
+pub(crate) async fn drop_table(table: &SharedTable) {
     let mut admin = admin_db().await;
     let _ = sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP TABLE IF EXISTS {}.{}",
@@ -91,7 +91,7 @@ async fn drop_table(table: &SharedTable) {
     let _ = admin.close().await;
 }
 
-fn qualified(table: &SharedTable) -> String {
+pub(crate) fn qualified(table: &SharedTable) -> String {
     format!(
         "{}.{}",
         quote_ident(&table.schema),
@@ -101,20 +101,20 @@ fn qualified(table: &SharedTable) -> String {
 
 /// A tenant provisioned by the real backend and given access to the shared
 /// tables.
-struct Tenant {
-    tenant: TenantRef,
-    names: TenantNames,
-    mode: IsolationMode,
-    credentials: DatabaseCredentials,
+pub(crate) struct Tenant {
+    pub(crate) tenant: TenantRef,
+    pub(crate) names: TenantNames,
+    pub(crate) mode: IsolationMode,
+    pub(crate) credentials: DatabaseCredentials,
 }
 
 impl Tenant {
-    fn role(&self) -> &str {
+    pub(crate) fn role(&self) -> &str {
         &self.names.role
     }
 
     /// Logs in to `database` as the tenant, as its application would.
-    async fn login(&self, database: &str) -> PgConnection {
+    pub(crate) async fn login(&self, database: &str) -> PgConnection {
         let options: PgConnectOptions = env("TENANTRY_DATABASE_URL").parse().unwrap();
         PgConnection::connect_with(
             &options
@@ -127,7 +127,7 @@ impl Tenant {
     }
 }
 
-async fn provision(
+pub(crate) async fn provision(
     backend: &PostgresBackend,
     prefix: &str,
     mode: IsolationMode,
@@ -165,7 +165,7 @@ async fn provision(
     }
 }
 
-async fn remove(backend: &PostgresBackend, tables: &[SharedTable], t: &Tenant) {
+pub(crate) async fn remove(backend: &PostgresBackend, tables: &[SharedTable], t: &Tenant) {
     remove_tenant_access(backend.pool(), tables, t.role())
         .await
         .expect("access removed");
@@ -175,7 +175,7 @@ async fn remove(backend: &PostgresBackend, tables: &[SharedTable], t: &Tenant) {
         .expect("tenant removed");
 }
 
-async fn probe(
+pub(crate) async fn probe(
     backend: &PostgresBackend,
     tables: &[SharedTable],
     t: &Tenant,
@@ -192,11 +192,11 @@ async fn probe(
         .await
 }
 
-fn show(report: &LayerReport) -> String {
+pub(crate) fn show(report: &LayerReport) -> String {
     serde_json::to_string_pretty(report).unwrap()
 }
 
-fn finding<'a>(report: &'a LayerReport, id: &str) -> &'a tenantry::api::Finding {
+pub(crate) fn finding<'a>(report: &'a LayerReport, id: &str) -> &'a tenantry::api::Finding {
     report
         .findings
         .iter()
@@ -204,7 +204,7 @@ fn finding<'a>(report: &'a LayerReport, id: &str) -> &'a tenantry::api::Finding 
         .unwrap_or_else(|| panic!("no finding {id} in {}", show(report)))
 }
 
-fn assert_enforced(report: &LayerReport, who: &str) {
+pub(crate) fn assert_enforced(report: &LayerReport, who: &str) {
     assert_eq!(
         report.state,
         IsolationState::Enforced,

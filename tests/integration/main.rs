@@ -20,4 +20,5 @@ mod isolation_aws;
 mod isolation_db;
 mod lifecycle;
 mod postgres;
+mod red_team;
 mod runtime;
