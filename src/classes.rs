@@ -5,13 +5,14 @@
 //! admin URL from the class's Secret. Built clients are kept per class and
 //! rebuilt only when the class or its URL changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -58,8 +59,66 @@ pub struct ClassRules {
     pub bucket_prefix: String,
     pub default_mode: IsolationMode,
     pub allow_override: bool,
+    /// The most connections a tenant's role may be given.
+    pub max_connection_limit: Option<i32>,
     pub deletion_policy: DeletionPolicy,
     pub grace_period: String,
+    /// No deletion of this class's tenants destroys data sooner.
+    pub min_grace_period: Option<Duration>,
+    /// Where its tenants' credentials Secrets may be written.
+    pub namespaces: NamespacePolicy,
+}
+
+/// Where a class's tenants may have their credentials Secret written.
+/// `kube-*` namespaces and the operator's own are never allowed: the first
+/// hold the cluster's machinery, the second the admin URLs of every class.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespacePolicy {
+    /// Allowed by name (the class's `credentials.allowedNamespaces`).
+    pub allowed: Vec<String>,
+    /// Allowed by labels (the class's `credentials.namespaceSelector`).
+    pub selector: Option<Selector>,
+    pub operator_namespace: Option<String>,
+}
+
+impl NamespacePolicy {
+    /// Why `namespace` (with `labels`) may not hold a Secret of `class`'s
+    /// tenants, or Ok.
+    pub fn check(
+        &self,
+        class: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        if namespace.starts_with("kube-") {
+            return Err(format!(
+                "namespace {namespace} (spec.credentials.namespace) is a kube-* namespace, where tenantry writes no tenant's Secret"
+            ));
+        }
+        if self.operator_namespace.as_deref() == Some(namespace) {
+            return Err(format!(
+                "namespace {namespace} (spec.credentials.namespace) is the operator's own, where tenantry writes no tenant's Secret"
+            ));
+        }
+        let restricted = !self.allowed.is_empty() || self.selector.is_some();
+        let listed = self.allowed.iter().any(|n| n == namespace);
+        let selected = self.selector.as_ref().is_some_and(|s| s.matches(labels));
+        if restricted && !listed && !selected {
+            let mut allowed = Vec::new();
+            if !self.allowed.is_empty() {
+                allowed.push(format!("the namespaces {:?}", self.allowed));
+            }
+            if let Some(selector) = &self.selector {
+                allowed.push(format!("namespaces labelled {selector}"));
+            }
+            return Err(format!(
+                "TenantClass {class} allows credentials only in {} (credentials.allowedNamespaces, \
+                 credentials.namespaceSelector); namespace {namespace} is neither",
+                allowed.join(" or ")
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +214,14 @@ impl ClassRegistry {
                 bucket_prefix: flags_backends.bucket_prefix.clone(),
                 default_mode: IsolationMode::default(),
                 allow_override: true,
+                max_connection_limit: None,
                 deletion_policy: DeletionPolicy::default(),
                 grace_period: DEFAULT_GRACE_PERIOD.to_string(),
+                min_grace_period: None,
+                namespaces: NamespacePolicy {
+                    operator_namespace: flags_settings.operator_namespace.clone(),
+                    ..NamespacePolicy::default()
+                },
             },
             backends: flags_backends,
             probe_interval: default_probe_interval,
@@ -258,6 +323,17 @@ impl ClassRegistry {
             class: class.to_string(),
             message,
         };
+        // Whoever may create a TenantClass must not make the operator read a
+        // Secret elsewhere (and use it as an admin URL, or leak its shape in
+        // an error): class Secrets live in the operator's namespace.
+        if let Some(own) = &self.flags_settings.operator_namespace
+            && reference.namespace != *own
+        {
+            return Err(invalid(format!(
+                "spec.postgres.adminUrlSecretRef names a Secret in namespace {}; a class's Secrets must be in the operator's namespace {own}",
+                reference.namespace
+            )));
+        }
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &reference.namespace);
         let secret = secrets
             .get_opt(&reference.name)
@@ -329,6 +405,17 @@ impl ClassRegistry {
             settings.bucket_prefix = prefix.clone();
         }
         settings.principal = spec.aws.principal.clone();
+        settings.role_limits = crate::backends::postgres::RoleLimits {
+            statement_timeout: spec.database.statement_timeout.clone(),
+            idle_in_transaction_session_timeout: spec
+                .database
+                .idle_in_transaction_session_timeout
+                .clone(),
+        };
+        settings
+            .role_limits
+            .validate()
+            .map_err(|e| invalid(format!("spec.database: {e}")))?;
         let probe_interval = match &spec.probe_interval {
             Some(text) => humantime::parse_duration(text)
                 .map_err(|e| invalid(format!("spec.probeInterval {text:?}: {e}")))?,
@@ -341,6 +428,33 @@ impl ClassRegistry {
             .unwrap_or_else(|| DEFAULT_GRACE_PERIOD.to_string());
         humantime::parse_duration(&grace_period)
             .map_err(|e| invalid(format!("spec.deletion.gracePeriod {grace_period:?}: {e}")))?;
+        let selector = match &spec.credentials.namespace_selector {
+            Some(selector) => Some(
+                Selector::try_from(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector::from(
+                        selector.clone(),
+                    ),
+                )
+                .map_err(|e| invalid(format!("spec.credentials.namespaceSelector: {e}")))?,
+            ),
+            None => None,
+        };
+        let namespaces = NamespacePolicy {
+            allowed: spec
+                .credentials
+                .allowed_namespaces
+                .clone()
+                .unwrap_or_default(),
+            selector,
+            operator_namespace: settings.operator_namespace.clone(),
+        };
+        let min_grace_period = match &spec.deletion.min_grace_period {
+            Some(text) => Some(
+                humantime::parse_duration(text)
+                    .map_err(|e| invalid(format!("spec.deletion.minGracePeriod {text:?}: {e}")))?,
+            ),
+            None => None,
+        };
         let server = settings.server().map_err(|e| invalid(e.to_string()))?;
         let backends = Backends::connect_with(&settings, &self.sdk, self.client.clone())
             .await
@@ -359,6 +473,9 @@ impl ClassRegistry {
                 bucket_prefix: settings.bucket_prefix.clone(),
                 default_mode: spec.isolation.default_mode,
                 allow_override: spec.isolation.allow_override,
+                max_connection_limit: spec.database.max_connection_limit,
+                min_grace_period,
+                namespaces,
                 deletion_policy: spec.deletion.policy.unwrap_or_default(),
                 grace_period,
             },
@@ -414,6 +531,72 @@ fn fingerprint(spec: &TenantClassSpec, admin_url: Option<&SecretString>) -> u64 
 mod tests {
     use super::*;
     use crate::api::{CredentialsSpec, Placement, ProvisioningJournal, TenantSpec, TenantStatus};
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn kube_namespaces_and_the_operators_own_are_never_allowed() {
+        let open = NamespacePolicy {
+            operator_namespace: Some("tenantry-system".into()),
+            ..NamespacePolicy::default()
+        };
+        assert!(open.check("c", "acme", &labels(&[])).is_ok());
+        for ns in ["kube-system", "kube-public", "tenantry-system"] {
+            let err = open.check("c", ns, &labels(&[])).unwrap_err();
+            assert!(err.contains(ns), "{err}");
+        }
+        let listing_them = NamespacePolicy {
+            allowed: vec!["kube-system".into(), "tenantry-system".into()],
+            ..open.clone()
+        };
+        assert!(
+            listing_them
+                .check("c", "kube-system", &labels(&[]))
+                .is_err()
+        );
+        assert!(
+            listing_them
+                .check("c", "tenantry-system", &labels(&[]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_class_allows_namespaces_by_name_or_by_labels_and_names_its_rule() {
+        let selector: Selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+            match_labels: Some(labels(&[("tenantry.dev/tenants", "true")])),
+            ..Default::default()
+        }
+        .try_into()
+        .unwrap();
+        let policy = NamespacePolicy {
+            allowed: vec!["apps".into()],
+            selector: Some(selector),
+            operator_namespace: None,
+        };
+        assert!(policy.check("gold", "apps", &labels(&[])).is_ok());
+        assert!(
+            policy
+                .check(
+                    "gold",
+                    "team-a",
+                    &labels(&[("tenantry.dev/tenants", "true")])
+                )
+                .is_ok()
+        );
+        let err = policy.check("gold", "team-b", &labels(&[])).unwrap_err();
+        assert!(
+            err.contains("gold")
+                && err.contains("apps")
+                && err.contains("tenantry.dev/tenants=true"),
+            "{err}"
+        );
+    }
 
     fn tenant(class: Option<&str>) -> Tenant {
         Tenant::new(

@@ -10,7 +10,7 @@ use secrecy::SecretString;
 
 use crate::backends::kms::{KmsBackend, RateLimiter};
 use crate::backends::kube::KubeSecrets;
-use crate::backends::postgres::PostgresBackend;
+use crate::backends::postgres::{PostgresBackend, RoleLimits};
 use crate::backends::s3::S3Backend;
 use crate::backends::secrets::SecretsManagerBackend;
 use crate::backends::{
@@ -59,6 +59,12 @@ pub struct BackendArgs {
         value_delimiter = ','
     )]
     pub shared_tables: Vec<SharedTable>,
+
+    /// The operator's own namespace (the chart passes the pod's). No tenant
+    /// may have its credentials Secret written there, whatever its class
+    /// allows, and a class's Secret references must point there.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
 
     /// Address S3 buckets in the path (`endpoint/bucket`) instead of by virtual host.
     /// On by default when AWS_ENDPOINT_URL points at an S3-compatible server.
@@ -238,6 +244,10 @@ pub struct BackendSettings {
     pub principal: Option<String>,
     /// Paces KMS CreateKey; cloned settings share one bucket.
     pub kms_create_limit: Option<Arc<RateLimiter>>,
+    /// Session timeouts of every tenant role (a class's `database`).
+    pub role_limits: RoleLimits,
+    /// See [`BackendArgs::operator_namespace`].
+    pub operator_namespace: Option<String>,
 }
 
 impl BackendSettings {
@@ -253,6 +263,8 @@ impl BackendSettings {
             s3_force_path_style: args.s3_force_path_style,
             principal: None,
             kms_create_limit: RateLimiter::new(args.kms_create_rate).map(Arc::new),
+            role_limits: RoleLimits::default(),
+            operator_namespace: args.operator_namespace.clone(),
         }
     }
 
@@ -296,7 +308,9 @@ impl Backends {
             settings.tenant_database_port,
         )
         .await
-        .map_err(ConfigError::Postgres)?;
+        .map_err(ConfigError::Postgres)?
+        .with_shared_tables(settings.shared_tables.clone())
+        .with_role_limits(settings.role_limits.clone());
         let postgres = Arc::new(postgres);
         let sdk = match &settings.region {
             Some(region) => sdk
@@ -319,7 +333,8 @@ impl Backends {
         .await
         .map_err(ConfigError::SharedTables)?;
         let probes = Probes {
-            database: DatabaseProbe::new(postgres.pool().clone(), settings.shared_tables.clone()),
+            database: DatabaseProbe::new(postgres.pool().clone(), settings.shared_tables.clone())
+                .with_role_limits(settings.role_limits.clone()),
             storage: StorageProbe::new(&sdk, path_style),
             encryption: EncryptionProbe::new(&sdk),
         };

@@ -398,9 +398,17 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let store = match &command {
         AuditCommand::Verify { store, .. } | AuditCommand::Log { store, .. } => store,
     };
+    let options: sqlx::postgres::PgConnectOptions = store
+        .database_url
+        .parse()
+        .context("--database-url is not a valid PostgreSQL URL")?;
+    let options = options.options([(
+        "search_path",
+        tenantry::backends::postgres::ADMIN_SEARCH_PATH,
+    )]);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
-        .connect(&store.database_url)
+        .connect_with(options)
         .await
         .context("cannot connect to PostgreSQL (--database-url)")?;
     let log = tenantry::audit::AuditLog::new(pool, &store.audit_schema, "", "")

@@ -38,6 +38,11 @@ pub struct TenantClassSpec {
     #[serde(default)]
     pub isolation: ClassIsolation,
 
+    /// Limits on what each tenant's database role may take of the server,
+    /// so that one tenant cannot starve the others.
+    #[serde(default, skip_serializing_if = "ClassDatabase::is_empty")]
+    pub database: ClassDatabase,
+
     /// Tables shared by this class's tenants that row-level security splits,
     /// as `schema.table:tenant_column`, on this class's server. Left out: the
     /// operator's `--shared-table`.
@@ -47,6 +52,11 @@ pub struct TenantClassSpec {
     /// Where the tenant's AWS resources are made and who may use them.
     #[serde(default)]
     pub aws: ClassAws,
+
+    /// Which namespaces this class's tenants may have their credentials
+    /// Secret written into (`spec.credentials.namespace`).
+    #[serde(default, skip_serializing_if = "ClassCredentials::is_empty")]
+    pub credentials: ClassCredentials,
 
     /// What happens to a tenant's resources when it is deleted, for Tenants
     /// that do not say.
@@ -125,6 +135,99 @@ impl Default for ClassIsolation {
     }
 }
 
+/// Where a class's tenants may write their credentials Secret. A namespace
+/// is allowed when it is listed or its labels match the selector. Left out
+/// (both): any namespace but `kube-*` and the operator's own.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassCredentials {
+    /// Namespaces allowed by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<Vec<String>>,
+
+    /// Namespaces allowed by their labels, e.g. `{matchLabels: {tenantry.dev/tenants: "true"}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<NamespaceSelector>,
+}
+
+/// A Kubernetes label selector (the shape of `metav1.LabelSelector`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_labels: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_expressions: Option<Vec<SelectorRequirement>>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectorRequirement {
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    #[schemars(pattern(r"^(In|NotIn|Exists|DoesNotExist)$"))]
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+}
+
+impl From<NamespaceSelector> for k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+    fn from(selector: NamespaceSelector) -> Self {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        Self {
+            match_labels: selector.match_labels,
+            match_expressions: selector.match_expressions.map(|requirements| {
+                requirements
+                    .into_iter()
+                    .map(|r| LabelSelectorRequirement {
+                        key: r.key,
+                        operator: r.operator,
+                        values: r.values,
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+impl ClassCredentials {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// Per-tenant limits on the class's PostgreSQL server.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassDatabase {
+    /// The most `spec.database.connectionLimit` a Tenant of this class may
+    /// ask for; a Tenant asking for more is refused
+    /// (`ConnectionLimitAboveClassMaximum`). Left out: no cap beyond the
+    /// schema's 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_connection_limit: Option<i32>,
+
+    /// `statement_timeout` of each tenant role in its database, e.g. `30s`
+    /// (units ms, s, min, h). Left out: the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]{1,9}(ms|s|min|h)$"))]
+    pub statement_timeout: Option<String>,
+
+    /// `idle_in_transaction_session_timeout` of each tenant role in its
+    /// database, e.g. `5min`. Left out: the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]{1,9}(ms|s|min|h)$"))]
+    pub idle_in_transaction_session_timeout: Option<String>,
+}
+
+impl ClassDatabase {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -167,6 +270,14 @@ pub struct ClassDeletion {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub grace_period: Option<String>,
+
+    /// The shortest grace period a Tenant of this class may set, e.g. `24h`:
+    /// a Tenant asking for less is refused
+    /// (`GracePeriodBelowClassMinimum`), and a deletion never destroys data
+    /// sooner, whatever the Tenant says by then. Left out: no minimum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub min_grace_period: Option<String>,
 }
 
 impl TenantClass {

@@ -422,6 +422,12 @@ pub struct LayerReport {
     pub state: IsolationState,
     #[serde(default)]
     pub findings: Vec<Finding>,
+    /// What the tenant can see of others that tenantry cannot take away
+    /// (e.g. PostgreSQL shows its catalogs to every role), measured as the
+    /// tenant and reported so that nobody assumes otherwise. Not counted in
+    /// `state`: no other tenant's data is reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposures: Vec<Finding>,
 }
 
 impl LayerReport {
@@ -431,7 +437,17 @@ impl LayerReport {
             .map(|f| f.state)
             .max_by_key(|s| s.severity())
             .unwrap_or(IsolationState::Unknown);
-        Self { state, findings }
+        Self {
+            state,
+            findings,
+            exposures: Vec::new(),
+        }
+    }
+
+    /// The report with these exposures.
+    pub fn with_exposures(mut self, exposures: Vec<Finding>) -> Self {
+        self.exposures = exposures;
+        self
     }
 
     /// The findings that did not pass, for condition messages.

@@ -59,7 +59,10 @@ fn is_not_found(error: &kube::Error) -> bool {
 
 #[async_trait]
 impl CredentialSecrets for KubeSecrets {
-    async fn namespace_exists(&self, namespace: &str) -> Result<bool, BackendError> {
+    async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, BackendError> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         match observe(
             "kubernetes",
@@ -69,7 +72,7 @@ impl CredentialSecrets for KubeSecrets {
         )
         .await
         {
-            Ok(found) => Ok(found.is_some()),
+            Ok(found) => Ok(found.map(|ns| ns.labels().clone())),
             Err(e) => Err(classify(e, &format!("reading namespace {namespace}"))),
         }
     }

@@ -369,8 +369,12 @@ pub trait TenantDatabase: Send + Sync {
 /// Kubernetes: the Secret that applications mount.
 #[async_trait]
 pub trait CredentialSecrets: Send + Sync {
-    /// Whether the namespace exists (tenantry never creates namespaces).
-    async fn namespace_exists(&self, namespace: &str) -> Result<bool, BackendError>;
+    /// The namespace's labels, or None when it does not exist (tenantry
+    /// never creates namespaces).
+    async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, BackendError>;
     /// Creates or updates the Secret with `data`; a Secret of that name that
     /// tenantry does not own is a conflict.
     async fn ensure_secret(

@@ -58,6 +58,7 @@ use crate::api::IsolationMode;
 use crate::backends::{
     Backend, BackendError, DatabaseLocation, Ownership, TenantDatabase, TenantRef, tags,
 };
+use crate::isolation::SharedTable;
 use crate::naming::{TenantNames, quote_ident, quote_literal};
 
 /// Iterations of the SCRAM verifier: what libpq and the server use by default
@@ -75,6 +76,10 @@ const TERMINATE_WAIT_MS: i64 = 5000;
 /// reconcile; the error is transient and the engine retries.
 const LOCK_TIMEOUT: &str = "10s";
 
+/// The search_path of every admin session: the catalog, then the session's
+/// own temporary schema, which is never searched for functions or operators.
+pub const ADMIN_SEARCH_PATH: &str = "pg_catalog,pg_temp";
+
 /// The PostgreSQL backend. Holds a pool to the shared database as the admin.
 pub struct PostgresBackend {
     pool: PgPool,
@@ -87,6 +92,61 @@ pub struct PostgresBackend {
     admin: String,
     admin_is_superuser: bool,
     server_version: i32,
+    /// The shared tables whose rows a destroyed tenant loses.
+    shared_tables: Vec<SharedTable>,
+    /// Session timeouts the class sets on each tenant role.
+    role_limits: RoleLimits,
+}
+
+/// Session defaults a TenantClass sets on each tenant role in its database,
+/// so that one tenant's runaway queries and abandoned transactions do not
+/// hold the server's connections and locks for everyone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleLimits {
+    pub statement_timeout: Option<String>,
+    pub idle_in_transaction_session_timeout: Option<String>,
+}
+
+impl RoleLimits {
+    /// The settings as `(name, value)`.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        [
+            ("statement_timeout", &self.statement_timeout),
+            (
+                "idle_in_transaction_session_timeout",
+                &self.idle_in_transaction_session_timeout,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.clone().map(|v| (name, v)))
+        .collect()
+    }
+
+    /// The settings `setconfig` (as `pg_db_role_setting` stores it) lacks.
+    pub fn missing_from(&self, setconfig: &[String]) -> Vec<(&'static str, String)> {
+        self.settings()
+            .into_iter()
+            .filter(|(name, value)| !setconfig.contains(&format!("{name}={value}")))
+            .collect()
+    }
+
+    /// Checks each value: digits and a unit PostgreSQL reads (ms, s, min, h).
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in self.settings() {
+            let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            let unit = &value[digits.len()..];
+            let ok = !digits.is_empty()
+                && digits.len() <= 9
+                && digits.chars().all(|c| c.is_ascii_digit())
+                && matches!(unit, "ms" | "s" | "min" | "h");
+            if !ok {
+                return Err(format!(
+                    "{name} {value:?} must be a number with a unit of ms, s, min or h, e.g. 30s"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -159,23 +219,23 @@ const ROLE_SQL_16: &str = "SELECT r.oid, r.rolsuper, r.rolinherit, r.rolcreatero
 const SCHEMA_SQL: &str = "SELECT pg_get_userbyid(n.nspowner)::text AS owner, \
        obj_description(n.oid, 'pg_namespace') AS comment, \
        EXISTS (SELECT 1 FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a \
-                WHERE a.grantee = 0) AS public_has_rights, \
+                WHERE a.grantee = 0::pg_catalog.oid) AS public_has_rights, \
        ARRAY(SELECT DISTINCT pg_get_userbyid(a.grantee)::text FROM aclexplode(n.nspacl) a \
-              WHERE a.grantee <> 0 AND a.grantee <> n.nspowner) AS other_grantees \
+              WHERE a.grantee <> 0::pg_catalog.oid AND a.grantee <> n.nspowner) AS other_grantees \
   FROM pg_namespace n WHERE n.nspname = $1";
 
 const DATABASE_SQL: &str = "SELECT pg_get_userbyid(d.datdba)::text AS owner, \
        shobj_description(d.oid, 'pg_database') AS comment, \
        EXISTS (SELECT 1 FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a \
-                WHERE a.grantee = 0) AS public_has_rights, \
+                WHERE a.grantee = 0::pg_catalog.oid) AS public_has_rights, \
        ARRAY(SELECT DISTINCT pg_get_userbyid(a.grantee)::text FROM aclexplode(d.datacl) a \
-              WHERE a.grantee <> 0 AND a.grantee <> d.datdba) AS other_grantees \
+              WHERE a.grantee <> 0::pg_catalog.oid AND a.grantee <> d.datdba) AS other_grantees \
   FROM pg_database d WHERE d.datname = $1";
 
 const PUBLIC_SCHEMA_SQL: &str = "SELECT pg_get_userbyid(n.nspowner)::text AS owner, \
        has_schema_privilege($1::oid, n.oid, 'CREATE') AS tenant_can_create, \
        EXISTS (SELECT 1 FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a \
-                WHERE a.grantee = 0 AND a.privilege_type = 'CREATE') AS public_can_create, \
+                WHERE a.grantee = 0::pg_catalog.oid AND a.privilege_type = 'CREATE') AS public_can_create, \
        EXISTS (SELECT 1 FROM aclexplode(n.nspacl) a \
                 WHERE a.grantee = $1 AND a.privilege_type = 'CREATE') AS granted_to_tenant \
   FROM pg_namespace n WHERE n.nspname = 'public'";
@@ -225,11 +285,16 @@ impl PostgresBackend {
         })?;
         let options = options
             .application_name("tenantry")
-            // Forced per session so that quote_literal() is always right,
-            // whatever a role or database default says.
+            // Forced per session (a startup option beats every database and
+            // role default): quote_literal() is always right, and in a
+            // database a tenant owns, nothing the tenant made (a schema named
+            // after the admin, a database default search_path, an operator
+            // or function with an exact-match signature) can stand in for
+            // pg_catalog's in the admin's statements.
             .options([
                 ("standard_conforming_strings", "on"),
                 ("lock_timeout", LOCK_TIMEOUT),
+                ("search_path", ADMIN_SEARCH_PATH),
             ])
             .disable_statement_logging();
         let pool = PgPoolOptions::new()
@@ -290,7 +355,21 @@ impl PostgresBackend {
             admin,
             admin_is_superuser: superuser,
             server_version: version,
+            shared_tables: Vec::new(),
+            role_limits: RoleLimits::default(),
         })
+    }
+
+    /// The timeouts each tenant role gets in its database.
+    pub fn with_role_limits(mut self, limits: RoleLimits) -> Self {
+        self.role_limits = limits;
+        self
+    }
+
+    /// The shared tables from which a destroyed tenant's rows are deleted.
+    pub fn with_shared_tables(mut self, tables: Vec<SharedTable>) -> Self {
+        self.shared_tables = tables;
+        self
     }
 
     /// The admin pool on the shared database.
@@ -683,24 +762,53 @@ impl PostgresBackend {
         )
         .await
         .map_err(|e| classify(e, &doing))?;
-        if search_path_is_set(&settings, schema) {
+        if !search_path_is_set(&settings, schema) {
+            exec(
+                &self.pool,
+                format!(
+                    "ALTER ROLE {} IN DATABASE {} SET search_path = {}",
+                    quote_ident(role),
+                    quote_ident(database),
+                    quote_ident(schema)
+                ),
+                &doing,
+            )
+            .await?;
+            crate::audit::note(
+                "postgres.role.search-path",
+                role,
+                serde_json::json!({"database": database, "searchPath": schema}),
+            )
+            .await?;
+        }
+        // The class's timeouts, in the same place: a setting for the role in
+        // its database beats one the tenant sets for its role everywhere.
+        let missing = self.role_limits.missing_from(&settings);
+        if missing.is_empty() {
             return Ok(());
         }
-        exec(
-            &self.pool,
-            format!(
-                "ALTER ROLE {} IN DATABASE {} SET search_path = {}",
-                quote_ident(role),
-                quote_ident(database),
-                quote_ident(schema)
-            ),
-            &doing,
-        )
-        .await?;
+        let doing = format!("setting the timeouts of role {role:?} in database {database:?}");
+        for (name, value) in &missing {
+            exec(
+                &self.pool,
+                format!(
+                    "ALTER ROLE {} IN DATABASE {} SET {name} = {}",
+                    quote_ident(role),
+                    quote_ident(database),
+                    quote_literal(value)
+                ),
+                &doing,
+            )
+            .await?;
+        }
+        let set: serde_json::Map<String, serde_json::Value> = missing
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value.into()))
+            .collect();
         crate::audit::note(
-            "postgres.role.search-path",
+            "postgres.role.timeouts",
             role,
-            serde_json::json!({"database": database, "searchPath": schema}),
+            serde_json::json!({"database": database, "set": set}),
         )
         .await
     }
@@ -1156,6 +1264,16 @@ impl TenantDatabase for PostgresBackend {
                 // shared database (and on databases), which DROP ROLE needs.
                 let doing = format!("dropping role {role:?}");
                 let mut tx = self.begin(&doing).await?;
+                // The tenant's rows in the shared tables go with its role, in
+                // one transaction: a later Tenant of the same name (another
+                // customer) must find none of them.
+                let purged = crate::backends::shared_tables::purge_tenant_rows(
+                    &mut tx,
+                    &self.shared_tables,
+                    role,
+                    &tenant.name,
+                )
+                .await?;
                 // DROP OWNED rewrites the shared database's ACL (the role's
                 // CONNECT): serialised with the GRANTs of other tenants.
                 query_lock(&mut tx, &doing).await?;
@@ -1163,6 +1281,18 @@ impl TenantDatabase for PostgresBackend {
                 exec(&mut *tx, format!("DROP ROLE {q}"), &doing).await?;
                 commit(tx, &doing).await?;
                 tracing::info!(tenant = %tenant.name, role, "dropped PostgreSQL role");
+                if !purged.is_empty() {
+                    let rows: serde_json::Map<String, serde_json::Value> = purged
+                        .into_iter()
+                        .map(|(table, count)| (table, count.into()))
+                        .collect();
+                    crate::audit::note(
+                        "postgres.shared-rows.delete",
+                        role,
+                        serde_json::json!({"tenant": tenant.name, "rowsPerTable": rows}),
+                    )
+                    .await?;
+                }
                 crate::audit::note(
                     "postgres.role.drop",
                     role,

@@ -27,7 +27,11 @@
 //!
 //! FORCE applies RLS to the table's owner too, so the owner (the operator's
 //! admin role) has its own policy, [`OPERATOR_POLICY`], to maintain the
-//! canary rows.
+//! canary rows, and only them: `USING (tenant_id = '__tenantry_canary__')`.
+//! A policy `USING (true)` for the admin would let every role that inherits
+//! the admin (the usual migration role), every admin-owned view a tenant may
+//! read and every admin-owned SECURITY DEFINER function see and write every
+//! tenant's rows.
 //!
 //! Requirements on the shared tables: **the operator's admin role must own
 //! every shared table** (only the owner can enable RLS and create policies,
@@ -119,9 +123,16 @@ pub fn tenant_policy_sql(table: &SharedTable) -> String {
     )
 }
 
+/// The USING and WITH CHECK expression of the operator policy: the canary
+/// rows, nothing else.
+fn operator_expression(column: &str) -> String {
+    format!("{} = {}", quote_ident(column), quote_literal(CANARY_TENANT))
+}
+
 fn operator_policy_sql(table: &SharedTable, admin: &str) -> String {
+    let expression = operator_expression(&table.tenant_column);
     format!(
-        "CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING (true) WITH CHECK (true)",
+        "CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING ({expression}) WITH CHECK ({expression})",
         quote_ident(OPERATOR_POLICY),
         qualified(table),
         quote_ident(admin)
@@ -199,12 +210,17 @@ pub fn is_tenant_policy(policy: &PolicyRow, column: &str) -> bool {
             .is_some_and(|q| expression_matches(q, column))
 }
 
-fn is_operator_policy(policy: &PolicyRow, admin: &str) -> bool {
+fn is_operator_policy(policy: &PolicyRow, admin: &str, column: &str) -> bool {
+    let canary_only = |rendered: Option<&str>| {
+        rendered.is_some_and(|r| {
+            normalize_expression(r) == normalize_expression(&operator_expression(column))
+        })
+    };
     policy.permissive == "PERMISSIVE"
         && policy.roles == [admin]
         && policy.cmd == "ALL"
-        && policy.qual.as_deref() == Some("true")
-        && policy.with_check.as_deref() == Some("true")
+        && canary_only(policy.qual.as_deref())
+        && canary_only(policy.with_check.as_deref())
 }
 
 /// Whether an expression as the server deparses it (`pg_policies.qual`, read
@@ -305,13 +321,13 @@ struct ObjectAcl {
 }
 
 const SCHEMA_ACL_SQL: &str = "SELECT pg_get_userbyid(n.nspowner)::text AS owner, \
-       ARRAY(SELECT DISTINCT CASE WHEN a.grantee = 0 THEN '' ELSE pg_get_userbyid(a.grantee)::text END \
+       ARRAY(SELECT DISTINCT CASE WHEN a.grantee = 0::pg_catalog.oid THEN '' ELSE pg_get_userbyid(a.grantee)::text END \
                FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a \
               WHERE a.grantee <> n.nspowner ORDER BY 1) AS others \
   FROM pg_namespace n WHERE n.nspname = $1";
 
 const RELATION_ACL_SQL: &str = "SELECT pg_get_userbyid(c.relowner)::text AS owner, \
-       ARRAY(SELECT DISTINCT CASE WHEN a.grantee = 0 THEN '' ELSE pg_get_userbyid(a.grantee)::text END \
+       ARRAY(SELECT DISTINCT CASE WHEN a.grantee = 0::pg_catalog.oid THEN '' ELSE pg_get_userbyid(a.grantee)::text END \
                FROM aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a \
               WHERE a.grantee <> c.relowner ORDER BY 1) AS others \
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -333,7 +349,7 @@ const FUNCTION_SQL: &str = "SELECT pg_get_userbyid(p.proowner)::text AS owner, l
        p.prosrc, p.prosecdef, p.provolatile::text, coalesce(p.proconfig, '{}') AS config, \
        p.prorettype = 'text'::regtype AS returns_text, \
        EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a \
-                WHERE a.grantee = 0) AS public_execute \
+                WHERE a.grantee = 0::pg_catalog.oid) AS public_execute \
   FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang \
  WHERE p.oid = to_regprocedure('tenantry.tenant_of(name)')";
 
@@ -592,7 +608,7 @@ async fn plan_table(
     }
     let operator_ok = found
         .policy(OPERATOR_POLICY)
-        .is_some_and(|p| is_operator_policy(p, admin));
+        .is_some_and(|p| is_operator_policy(p, admin, &table.tenant_column));
     if !operator_ok {
         plan.add(
             format!("{table}: policy {OPERATOR_POLICY} missing or different"),
@@ -720,7 +736,7 @@ pub async fn ensure_shared_security(
 
 /// One row of [`CANARY_TENANT`] in the table, when the table's other columns
 /// allow it. Runs after the policies exist: the operator policy is what lets
-/// the admin see (and write) every row under FORCE.
+/// the admin see (and write) the canary rows under FORCE.
 async fn ensure_canary_row(
     conn: &mut PgConnection,
     table: &SharedTable,
@@ -1237,6 +1253,84 @@ pub async fn remove_tenant_access(
     Ok(())
 }
 
+/// Deletes every row of `tenant` from the shared tables, as its own role
+/// `role` (`SET LOCAL ROLE`), inside the caller's transaction: the tenant
+/// policy decides which rows go, so the admin needs no policy that reaches
+/// tenants' rows, and nothing but this tenant's rows can be deleted. The
+/// mapping and the grants the deletion needs are put in place first (an
+/// earlier removal may have taken them), and the mapping is deleted after;
+/// the caller drops the role in the same transaction, which takes the
+/// grants. Returns the number of rows deleted per table (tables that do not
+/// exist are skipped).
+///
+/// Called only when the tenant is destroyed (its role dropped): the rows of
+/// a released (`Retain`) tenant stay for the next Tenant of its name, and a
+/// destroyed tenant must leave none for the next owner of its name.
+pub async fn purge_tenant_rows(
+    tx: &mut PgConnection,
+    tables: &[SharedTable],
+    role: &str,
+    tenant: &str,
+) -> Result<Vec<(String, u64)>, BackendError> {
+    let doing = format!("deleting tenant {tenant:?}'s rows from the shared tables");
+    if tables.is_empty() || !mapping_exists(tx, &doing).await? {
+        return Ok(Vec::new());
+    }
+    lock(tx, SHARED_LOCK_SQL, &doing).await?;
+    let qr = quote_ident(role);
+    let mut present = Vec::new();
+    for table in tables {
+        if read_table(tx, table, &doing).await?.is_some() {
+            present.push(table);
+        }
+    }
+    if present.is_empty() {
+        return Ok(Vec::new());
+    }
+    let plan = AccessPlan {
+        write_mapping: true,
+        ..AccessPlan::default()
+    };
+    apply_access(tx, &plan, role, tenant, &doing).await?;
+    exec(
+        tx,
+        &format!("GRANT EXECUTE ON FUNCTION {FUNCTION_SIGNATURE} TO {qr}"),
+        &doing,
+    )
+    .await?;
+    for table in &present {
+        exec(
+            tx,
+            &format!(
+                "GRANT USAGE ON SCHEMA {} TO {qr}; GRANT SELECT, DELETE ON {} TO {qr}",
+                quote_ident(&table.schema),
+                qualified(table)
+            ),
+            &doing,
+        )
+        .await?;
+    }
+    exec(tx, &format!("SET LOCAL ROLE {qr}"), &doing).await?;
+    let mut deleted = Vec::new();
+    for table in &present {
+        let result = crate::metrics::sql(
+            crate::metrics::Sql::Delete,
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", qualified(table))))
+                .execute(&mut *tx),
+        )
+        .await
+        .map_err(|e| classify(e, &doing))?;
+        deleted.push((table.to_string(), result.rows_affected()));
+    }
+    exec(tx, "RESET ROLE", &doing).await?;
+    let plan = AccessPlan {
+        delete_mapping: true,
+        ..AccessPlan::default()
+    };
+    apply_access(tx, &plan, role, tenant, &doing).await?;
+    Ok(deleted)
+}
+
 async fn lock(conn: &mut PgConnection, sql: &'static str, doing: &str) -> Result<(), BackendError> {
     crate::metrics::sql(crate::metrics::Sql::Select, sqlx::query(sql).execute(conn))
         .await
@@ -1337,13 +1431,29 @@ mod tests {
             &policy(TENANT_POLICY, &["app"], qual),
             "tenant_id"
         ));
+        // As the server deparses it for a text and a varchar column.
+        let canary = "(tenant_id = '__tenantry_canary__'::text)";
+        let canary_varchar = "((tenant_id)::text = '__tenantry_canary__'::text)";
         assert!(is_operator_policy(
-            &policy(OPERATOR_POLICY, &["admin"], "true"),
-            "admin"
+            &policy(OPERATOR_POLICY, &["admin"], canary),
+            "admin",
+            "tenant_id"
+        ));
+        assert!(is_operator_policy(
+            &policy(OPERATOR_POLICY, &["admin"], canary_varchar),
+            "admin",
+            "tenant_id"
         ));
         assert!(!is_operator_policy(
-            &policy(OPERATOR_POLICY, &["public"], "true"),
-            "admin"
+            &policy(OPERATOR_POLICY, &["public"], canary),
+            "admin",
+            "tenant_id"
+        ));
+        // What tenantry made before: every row for the admin.
+        assert!(!is_operator_policy(
+            &policy(OPERATOR_POLICY, &["admin"], "true"),
+            "admin",
+            "tenant_id"
         ));
     }
 

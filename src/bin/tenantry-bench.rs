@@ -1439,6 +1439,8 @@ async fn main_async() -> Res<()> {
         s3_force_path_style: None,
         principal: None,
         kms_create_limit: None,
+        role_limits: Default::default(),
+        operator_namespace: None,
     };
     let needs_backends = args.baselines.iter().any(|b| b.starts_with("engine"));
     let backends = if needs_backends {

@@ -525,6 +525,34 @@ fn effective_spec(tenant: &Tenant, class: &ClassRules) -> Result<TenantSpec, Ref
             ),
         ));
     }
+    if let (Some(min), Some(asked)) = (
+        class.min_grace_period,
+        tenant.spec.deletion.grace_period.as_deref(),
+    ) && parse_grace_period(asked).is_ok_and(|asked| asked < min)
+    {
+        return Err(Refusal::new(
+            "GracePeriodBelowClassMinimum",
+            format!(
+                "spec.deletion.gracePeriod {asked} is shorter than TenantClass {} allows ({}, \
+                 deletion.minGracePeriod): lengthen it, or leave it out for the class's default",
+                class.name,
+                humantime::format_duration(min)
+            ),
+        ));
+    }
+    let asked = tenant.spec.database.connection_limit;
+    if let Some(max) = class.max_connection_limit
+        && asked > max
+    {
+        return Err(Refusal::new(
+            "ConnectionLimitAboveClassMaximum",
+            format!(
+                "spec.database.connectionLimit {asked} is more than TenantClass {} allows ({max}, \
+                 database.maxConnectionLimit): set it to {max} or less, or choose another class",
+                class.name
+            ),
+        ));
+    }
     Ok(with_class_defaults(tenant, class))
 }
 
@@ -720,13 +748,25 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     };
 
     let namespace = &spec.credentials.namespace;
-    if !class
+    let labels = class
         .backends
         .kube_secrets
-        .namespace_exists(namespace)
+        .namespace_labels(namespace)
         .await
-        .map_err(StepError::from)?
+        .map_err(StepError::from)?;
+    if let Some(labels) = &labels
+        && let Err(message) = class
+            .rules
+            .namespaces
+            .check(&class.rules.name, namespace, labels)
     {
+        // Nothing is written. Read again later: the namespace's labels may
+        // change, and namespaces are not watched.
+        let verdict = Verdict::new(TenantPhase::Failed, "NamespaceNotAllowed", message);
+        finish(tenant, ctx, &class, current, &verdict, None).await?;
+        return Ok(Action::requeue(NAMESPACE_RETRY));
+    }
+    if labels.is_none() {
         let verdict = Verdict::new(
             TenantPhase::Pending,
             "NamespaceMissing",
@@ -1164,8 +1204,10 @@ async fn finish(
     Ok(resync(ctx.probe_interval(class)))
 }
 
-/// The deletion policy in force: the cancel annotation wins over the spec
-/// (which holds the class's default when the Tenant sets none).
+/// The deletion policy in force: the spec's (which holds the class's
+/// default when the Tenant sets none), unless the cancel annotation says
+/// `Retain`. The annotation only ever cancels a destruction: whoever may
+/// annotate a Tenant must not be able to turn a `Retain` into a `Delete`.
 fn effective_deletion_policy(tenant: &Tenant, spec: &TenantSpec) -> DeletionPolicy {
     match tenant
         .annotations()
@@ -1173,9 +1215,20 @@ fn effective_deletion_policy(tenant: &Tenant, spec: &TenantSpec) -> DeletionPoli
         .map(String::as_str)
     {
         Some("Retain") => DeletionPolicy::Retain,
-        Some("Delete") => DeletionPolicy::Delete,
         _ => spec.deletion.policy.unwrap_or_default(),
     }
+}
+
+/// How long a `Delete` waits before destroying data: the spec's grace
+/// period, never shorter than the class's minimum.
+fn effective_grace_period(spec: &TenantSpec, class: &ClassRules) -> Duration {
+    let grace = spec
+        .deletion
+        .grace_period
+        .as_deref()
+        .and_then(|g| parse_grace_period(g).ok())
+        .unwrap_or(Duration::from_secs(72 * 3600));
+    class.min_grace_period.map_or(grace, |min| grace.max(min))
 }
 
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
@@ -1260,8 +1313,12 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
-    let grace_period = spec.deletion.grace_period.clone().unwrap_or_default();
-    let grace = parse_grace_period(&grace_period).unwrap_or(Duration::from_secs(72 * 3600));
+    let grace = effective_grace_period(&spec, &class.rules);
+    // As the Tenant wrote it, unless the class's minimum lengthened it.
+    let grace_period = match spec.deletion.grace_period.clone() {
+        Some(asked) if parse_grace_period(&asked) == Ok(grace) => asked,
+        _ => humantime::format_duration(grace).to_string(),
+    };
     let deletion = status.deletion.clone().unwrap_or_default();
     if deletion.access_revoked_at.is_none() {
         record(
@@ -1429,8 +1486,11 @@ mod tests {
             bucket_prefix: "tenantry".into(),
             default_mode: IsolationMode::Schema,
             allow_override: true,
+            max_connection_limit: None,
             deletion_policy: DeletionPolicy::Retain,
             grace_period: "72h".into(),
+            min_grace_period: None,
+            namespaces: Default::default(),
         }
     }
 
@@ -1494,6 +1554,47 @@ mod tests {
     }
 
     #[test]
+    fn the_annotation_only_cancels_a_destruction_and_never_orders_one() {
+        let mut t = tenant("acme", IsolationMode::Schema);
+        t.spec.deletion.policy = Some(DeletionPolicy::Retain);
+        t.metadata.annotations =
+            Some([(DELETION_POLICY_ANNOTATION.to_string(), "Delete".to_string())].into());
+        assert_eq!(
+            effective_deletion_policy(&t, &t.spec),
+            DeletionPolicy::Retain
+        );
+    }
+
+    #[test]
+    fn a_class_minimum_grace_period_refuses_less_and_lengthens_a_deletion() {
+        let class = ClassRules {
+            name: "regulated".into(),
+            min_grace_period: Some(Duration::from_secs(24 * 3600)),
+            ..flags()
+        };
+        let mut t = tenant("acme", IsolationMode::Schema);
+        t.spec.deletion.policy = Some(DeletionPolicy::Delete);
+        t.spec.deletion.grace_period = Some("0s".into());
+        let err = check(&t, &class).unwrap_err();
+        assert_eq!(err.reason, "GracePeriodBelowClassMinimum");
+        assert!(err.message.contains("regulated"), "{err:?}");
+        // A Tenant that got past the check (edited just before its deletion)
+        // still waits the class's minimum.
+        let spec = with_class_defaults(&t, &class);
+        assert_eq!(
+            effective_grace_period(&spec, &class),
+            Duration::from_secs(24 * 3600)
+        );
+        t.spec.deletion.grace_period = Some("48h".into());
+        assert!(check(&t, &class).is_ok());
+        let spec = with_class_defaults(&t, &class);
+        assert_eq!(
+            effective_grace_period(&spec, &class),
+            Duration::from_secs(48 * 3600)
+        );
+    }
+
+    #[test]
     fn the_class_fills_in_what_the_tenant_leaves_out() {
         let mut t = tenant("acme", IsolationMode::Schema);
         t.spec.database.isolation = None;
@@ -1531,6 +1632,27 @@ mod tests {
         assert_eq!(err.reason, "IsolationModeNotAllowed");
         assert!(err.message.contains("enterprise"), "{err:?}");
         assert!(check(&tenant("acme", IsolationMode::Database), &class).is_ok());
+    }
+
+    #[test]
+    fn a_connection_limit_above_the_class_maximum_is_refused_with_the_maximum() {
+        let class = ClassRules {
+            name: "shared".into(),
+            max_connection_limit: Some(50),
+            ..flags()
+        };
+        let mut greedy = tenant("acme", IsolationMode::Schema);
+        greedy.spec.database.connection_limit = 10_000;
+        let err = check(&greedy, &class).unwrap_err();
+        assert_eq!(err.reason, "ConnectionLimitAboveClassMaximum");
+        assert!(
+            err.message.contains("10000") && err.message.contains("50"),
+            "{err:?}"
+        );
+        greedy.spec.database.connection_limit = 50;
+        assert!(check(&greedy, &class).is_ok());
+        greedy.spec.database.connection_limit = 10_000;
+        assert!(check(&greedy, &flags()).is_ok(), "no class, no cap");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use super::{Finding, IsolationState, LayerReport, SharedTable, fail, pass};
 use crate::api::IsolationMode;
 use crate::backends::DatabaseCredentials;
+use crate::backends::postgres::RoleLimits;
 use crate::backends::shared_tables::{
     self, CANARY_SCHEMA, CANARY_TABLE, CANARY_TENANT, TENANT_POLICY, TableSecurity, qualified,
 };
@@ -48,6 +49,14 @@ pub mod check {
     pub const MAPPING: &str = "rls.mapping";
     /// Reported alone when no shared table is configured.
     pub const TABLES: &str = "rls.tables";
+    /// The class's statement and idle-in-transaction timeouts on the role.
+    pub const TIMEOUTS: &str = "role.timeouts";
+    /// Exposure: databases beyond its own and the shared one that the
+    /// tenant may connect to.
+    pub const OTHER_DATABASES: &str = "exposure.databases";
+    /// Exposure: other tenants' names, comments and function sources in the
+    /// catalogs.
+    pub const CATALOGS: &str = "exposure.catalogs";
 
     pub const ENABLED: &str = "enabled";
     pub const FORCED: &str = "forced";
@@ -122,6 +131,7 @@ pub struct DatabaseProbe {
     /// the canary live).
     admin: PgPool,
     shared_tables: Vec<SharedTable>,
+    role_limits: RoleLimits,
 }
 
 #[derive(sqlx::FromRow)]
@@ -199,6 +209,67 @@ impl DatabaseProbe {
         Self {
             admin,
             shared_tables,
+            role_limits: RoleLimits::default(),
+        }
+    }
+
+    /// The timeouts the class sets on each tenant role, checked by the probe.
+    pub fn with_role_limits(mut self, limits: RoleLimits) -> Self {
+        self.role_limits = limits;
+        self
+    }
+
+    /// Whether the role carries the class's timeouts in its database (as
+    /// the admin reads `pg_db_role_setting`; the probe's own session pins
+    /// its statement_timeout, so asking the tenant's session would not tell).
+    async fn timeouts_finding(&self, role: &str, database: &str) -> Finding {
+        let settings = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_scalar::<_, Vec<String>>(
+                "SELECT coalesce((SELECT s.setconfig FROM pg_db_role_setting s \
+                   JOIN pg_database d ON d.oid = s.setdatabase \
+                   JOIN pg_roles r ON r.oid = s.setrole \
+                  WHERE r.rolname = $1 AND d.datname = $2), '{}'::text[])",
+            )
+            .bind(role)
+            .bind(database)
+            .fetch_one(&self.admin),
+        )
+        .await;
+        match settings {
+            Err(e) => fail(check::TIMEOUTS, IsolationState::Unknown, describe(&e)),
+            Ok(settings) => {
+                let missing = self.role_limits.missing_from(&settings);
+                if missing.is_empty() {
+                    let set: Vec<String> = self
+                        .role_limits
+                        .settings()
+                        .into_iter()
+                        .map(|(name, value)| format!("{name} = {value}"))
+                        .collect();
+                    pass(
+                        check::TIMEOUTS,
+                        format!(
+                            "role {role:?} has {} in database {database:?}",
+                            set.join(", ")
+                        ),
+                    )
+                } else {
+                    let wanted: Vec<String> = missing
+                        .iter()
+                        .map(|(name, value)| format!("{name} = {value}"))
+                        .collect();
+                    fail(
+                        check::TIMEOUTS,
+                        IsolationState::Inert,
+                        format!(
+                            "role {role:?} lacks the class's {} in database {database:?} (it has {settings:?}); \
+                             one tenant's long queries or idle transactions can hold the server for all (repaired on the next reconcile)",
+                            wanted.join(", ")
+                        ),
+                    )
+                }
+            }
         }
     }
 
@@ -216,18 +287,26 @@ impl DatabaseProbe {
         mode: IsolationMode,
         other_tenant_schema: Option<&str>,
     ) -> LayerReport {
+        let mut exposures = Vec::new();
         let mut findings = self
-            .findings(role, tenant, credentials, mode, other_tenant_schema)
+            .findings(
+                role,
+                tenant,
+                credentials,
+                mode,
+                other_tenant_schema,
+                &mut exposures,
+            )
             .await;
         let password = credentials.password.expose_secret();
         if !password.is_empty() {
-            for finding in &mut findings {
+            for finding in findings.iter_mut().chain(exposures.iter_mut()) {
                 if finding.detail.contains(password) {
                     finding.detail = finding.detail.replace(password, "[redacted]");
                 }
             }
         }
-        LayerReport::from_findings(findings)
+        LayerReport::from_findings(findings).with_exposures(exposures)
     }
 
     async fn findings(
@@ -237,6 +316,7 @@ impl DatabaseProbe {
         credentials: &DatabaseCredentials,
         mode: IsolationMode,
         other_tenant_schema: Option<&str>,
+        exposures: &mut Vec<Finding>,
     ) -> Vec<Finding> {
         let mut findings = Vec::new();
         let (server, role_facts) = match self.admin_facts(role).await {
@@ -256,6 +336,9 @@ impl DatabaseProbe {
         };
         findings.extend(role_findings(role, role_facts.as_ref()));
         findings.push(version_finding(&server.version, server.version_num));
+        if !self.role_limits.settings().is_empty() {
+            findings.push(self.timeouts_finding(role, &credentials.database).await);
+        }
 
         // Where the tenant logs in, and where the canary and shared tables are.
         let own_database = credentials.database.clone();
@@ -298,6 +381,14 @@ impl DatabaseProbe {
             }
             findings.push(public_create_finding(role, per_db));
             findings.push(schema_grants_finding(conn, &credentials.schema).await);
+            exposures.extend(
+                catalog_exposures(
+                    conn,
+                    &[&own_database, &shared_database],
+                    &credentials.schema,
+                )
+                .await,
+            );
 
             if let Some(other) = other_tenant_schema {
                 let mut per_db = vec![(own_database.clone(), other_schema(conn, other).await)];
@@ -487,7 +578,7 @@ impl DatabaseProbe {
             .application_name("tenantry-probe")
             .options([
                 ("statement_timeout", STATEMENT_TIMEOUT),
-                ("search_path", "pg_catalog,pg_temp"),
+                ("search_path", crate::backends::postgres::ADMIN_SEARCH_PATH),
             ])
             .disable_statement_logging();
         match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
@@ -827,7 +918,7 @@ async fn schema_grants_finding(conn: &mut PgConnection, schema: &str) -> Finding
         crate::metrics::Sql::Select,
         sqlx::query_scalar(
             "SELECT coalesce(array_agg(g ORDER BY g), '{}') FROM ( \
-           SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
+           SELECT DISTINCT CASE WHEN a.grantee = 0::pg_catalog.oid THEN 'PUBLIC' \
                                 ELSE pg_get_userbyid(a.grantee)::text END AS g \
              FROM pg_namespace n, aclexplode(n.nspacl) a \
             WHERE n.nspname = $1 AND a.grantee <> n.nspowner) s",
@@ -957,6 +1048,91 @@ async fn other_schema(conn: &mut PgConnection, schema: &str) -> Result<OtherSche
         create: row.create.unwrap_or(false),
         read,
     })
+}
+
+/// Where tenantry's ownership comments start: marks what is a tenant's.
+const OWNERSHIP_COMMENT_PATTERN: &str = "tenantry.dev/managed-by=tenantry;%";
+
+#[derive(sqlx::FromRow)]
+struct CatalogView {
+    databases: Vec<String>,
+    other_roles: i64,
+    other_functions: i64,
+    other_relations: i64,
+}
+
+/// What the tenant sees of others that PostgreSQL does not let tenantry
+/// take away, read as the tenant: databases it may connect to besides
+/// `own` (a PUBLIC CONNECT its owner kept, as on `postgres`), and the
+/// catalogs' view of other tenants (role names and comments in the shared
+/// catalogs; in this database, other tenants' tables and
+/// functions, with their source).
+async fn catalog_exposures(conn: &mut PgConnection, own: &[&str], schema: &str) -> Vec<Finding> {
+    let own: Vec<String> = own.iter().map(|d| d.to_string()).collect();
+    let seen = crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, CatalogView>(
+            "SELECT ARRAY(SELECT d.datname::text FROM pg_database d \
+                    WHERE d.datallowconn AND NOT d.datistemplate \
+                      AND NOT (d.datname = ANY($1)) \
+                      AND has_database_privilege(d.oid, 'CONNECT') ORDER BY 1) AS databases, \
+                    (SELECT count(*) FROM pg_roles r WHERE r.rolname <> current_user \
+                      AND shobj_description(r.oid, 'pg_authid') LIKE $2) AS other_roles, \
+                    (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                      WHERE n.nspname <> $3 AND obj_description(n.oid, 'pg_namespace') LIKE $2) AS other_functions, \
+                    (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                      WHERE n.nspname <> $3 AND obj_description(n.oid, 'pg_namespace') LIKE $2) AS other_relations",
+        )
+        .bind(&own)
+        .bind(OWNERSHIP_COMMENT_PATTERN)
+        .bind(schema)
+        .fetch_one(conn),
+    )
+    .await;
+    let seen = match seen {
+        Ok(seen) => seen,
+        Err(e) => {
+            return vec![fail(
+                check::CATALOGS,
+                IsolationState::Unknown,
+                format!(
+                    "could not read the catalogs as the tenant: {}",
+                    describe(&e)
+                ),
+            )];
+        }
+    };
+    let mut exposures = Vec::new();
+    if !seen.databases.is_empty() {
+        let revokes: Vec<String> = seen
+            .databases
+            .iter()
+            .map(|d| format!("REVOKE CONNECT ON DATABASE {} FROM PUBLIC", quote_ident(d)))
+            .collect();
+        exposures.push(fail(
+            check::OTHER_DATABASES,
+            IsolationState::Inert,
+            format!(
+                "the tenant may connect to databases {:?} (PUBLIC holds CONNECT there, and tenantry does not own them); \
+                 their owner can run: {}",
+                seen.databases,
+                revokes.join("; ")
+            ),
+        ));
+    }
+    if seen.other_roles + seen.other_functions + seen.other_relations > 0 {
+        exposures.push(fail(
+            check::CATALOGS,
+            IsolationState::Inert,
+            format!(
+                "the catalogs show the tenant {} other tenants' roles (names, and tenantry's comments with their uids), \
+                 and {} tables and {} functions (with their source) in other tenants' schemas of this database: \
+                 PostgreSQL shows its catalogs to every role, so names, comments and function bodies must hold no secret",
+                seen.other_roles, seen.other_relations, seen.other_functions
+            ),
+        ));
+    }
+    exposures
 }
 
 /// Whether the role may connect to a database named like the other

@@ -407,3 +407,94 @@ async fn a_live_tenant_is_not_moved_to_another_server() {
     patch_tenant(&client, &name, json!({"spec": {"class": here}})).await;
     wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
 }
+
+/// Issue 15, path 4, as a class author would try it: a class that points
+/// the operator at a Secret outside the operator's namespace is refused
+/// (the operator never reads it), and a class that allows credentials only
+/// in listed namespaces refuses a tenant elsewhere and serves one there.
+#[tokio::test]
+async fn a_class_cannot_reach_beyond_the_operators_namespace_and_can_narrow_its_tenants() {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let operator_ns = create_namespace(&client, "tenantry-op").await;
+    let apps = create_namespace(&client, "apps").await;
+    let elsewhere = create_namespace(&client, "elsewhere").await;
+    let op = Operator::start(&[("POD_NAMESPACE", operator_ns.as_str())]).await;
+
+    let secret = second_server_secret(&client, &apps).await;
+    let reaching = unique_name("reaching");
+    create_class(
+        &client,
+        &reaching,
+        json!({"postgres": {"adminUrlSecretRef": {"namespace": apps, "name": secret}}}),
+    )
+    .await;
+    let name = unique_name("reach");
+    let created = create_tenant(
+        &client,
+        &tenant_manifest(
+            &op,
+            &name,
+            json!({"class": reaching, "credentials": {"namespace": apps}}),
+        ),
+    )
+    .await;
+    let t = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "ClassInvalid", |t| {
+        condition(t, "Ready").is_some_and(|c| c.reason == "ClassInvalid")
+    })
+    .await;
+    let message = &condition(&t, "Ready").unwrap().message;
+    assert!(
+        message.contains(&operator_ns) && message.contains(&apps),
+        "{message}"
+    );
+    let uid = created.uid().unwrap();
+    assert!(
+        footprint(&client, &name, &uid, &apps, &format!("{name}-credentials"))
+            .await
+            .is_empty()
+    );
+
+    let narrow = unique_name("narrow");
+    create_class(
+        &client,
+        &narrow,
+        json!({"credentials": {"allowedNamespaces": [apps]}}),
+    )
+    .await;
+    let outside = unique_name("outside");
+    create_tenant(
+        &client,
+        &tenant_manifest(
+            &op,
+            &outside,
+            json!({"class": narrow, "credentials": {"namespace": elsewhere}}),
+        ),
+    )
+    .await;
+    let t = wait_for_tenant(
+        &client,
+        &op,
+        &outside,
+        READY_TIMEOUT,
+        "NamespaceNotAllowed",
+        |t| condition(t, "Ready").is_some_and(|c| c.reason == "NamespaceNotAllowed"),
+    )
+    .await;
+    let message = &condition(&t, "Stalled").unwrap().message;
+    assert!(
+        message.contains(&narrow) && message.contains(&elsewhere),
+        "{message}"
+    );
+    let inside = unique_name("inside");
+    create_tenant(
+        &client,
+        &tenant_manifest(
+            &op,
+            &inside,
+            json!({"class": narrow, "credentials": {"namespace": apps}}),
+        ),
+    )
+    .await;
+    wait_for_tenant(&client, &op, &inside, READY_TIMEOUT, "Ready", is_ready).await;
+}

@@ -133,7 +133,17 @@ pub(crate) async fn provision(
     mode: IsolationMode,
     tables: &[SharedTable],
 ) -> Tenant {
-    let name = unique_name(prefix);
+    provision_named(backend, &unique_name(prefix), mode, tables).await
+}
+
+/// Provisions a tenant of exactly this name (with a new uid).
+pub(crate) async fn provision_named(
+    backend: &PostgresBackend,
+    name: &str,
+    mode: IsolationMode,
+    tables: &[SharedTable],
+) -> Tenant {
+    let name = name.to_string();
     let names = TenantNames::new(&name, &bucket_prefix()).unwrap();
     let tenant = TenantRef {
         name,
