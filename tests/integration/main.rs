@@ -21,3 +21,4 @@ mod isolation_db;
 mod lifecycle;
 mod postgres;
 mod runtime;
+mod tls;
