@@ -81,14 +81,14 @@ pub struct PostgresBackend {
     /// Admin connect options, reused (with another database) to reach a
     /// tenant's own database.
     options: PgConnectOptions,
+    /// The sslmode and CA bundle of every connection to this server.
+    tls: super::pg_tls::EffectiveTls,
     advertised_host: String,
     advertised_port: u16,
     shared_database: String,
     admin: String,
     admin_is_superuser: bool,
     server_version: i32,
-    /// The sslmode and CA bundle of every connection to this server.
-    tls: super::pg_tls::EffectiveTls,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -319,11 +319,11 @@ impl PostgresBackend {
             advertised_host: advertised_host.unwrap_or_else(|| options.get_host().to_string()),
             advertised_port: advertised_port.unwrap_or_else(|| options.get_port()),
             options,
+            tls,
             shared_database: database,
             admin,
             admin_is_superuser: superuser,
             server_version: version,
-            tls,
         })
     }
 
