@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local test environment for tenantry: a real etcd + kube-apiserver (built from
-# Debian's kubernetes source package), two private PostgreSQL 15 clusters and a
-# moto server (S3, KMS, Secrets Manager), all on 127.0.0.1.
+# Debian's kubernetes source package), two private PostgreSQL 15 clusters with
+# TLS (server certificate for 127.0.0.1/localhost from a CA in <run dir>/pki)
+# and a moto server (S3, KMS, Secrets Manager), all on 127.0.0.1.
 #
 # Usage: hack/localenv.sh COMMAND
 #   up        install what is missing, start what is not running (idempotent;
@@ -32,6 +33,10 @@
 #   TENANTRY_DATABASE_URL, TENANTRY_DATABASE_URL_2 (tenantry_admin: LOGIN
 #     CREATEROLE CREATEDB, not superuser; database tenantry),
 #   TENANTRY_TEST_SUPERUSER_URL, TENANTRY_TEST_SUPERUSER_URL_2 (postgres),
+#     all four with ?sslmode=verify-full&sslrootcert=<TENANTRY_PG_CA_FILE>,
+#   TENANTRY_PG_CA_FILE (the CA of both clusters' server certificate),
+#   PGSSLROOTCERT (the same CA, for psql and for tenant URLs, which carry
+#     only sslmode),
 #   AWS_ENDPOINT_URL, AWS_REGION, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
 #   AWS_SECRET_ACCESS_KEY, TENANTRY_BUCKET_PREFIX, TENANTRY_OPERATOR_PORT_BASE,
 #   TENANTRY_LOCALENV (this script), TENANTRY_LOCALENV_RUN_DIR,

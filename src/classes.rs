@@ -19,8 +19,10 @@ use kube::{Api, Client, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::api::{
-    DEFAULT_GRACE_PERIOD, DeletionPolicy, IsolationMode, Tenant, TenantClass, TenantClassSpec,
+    DEFAULT_GRACE_PERIOD, DeletionPolicy, IsolationMode, SecretKeyRef, Tenant, TenantClass,
+    TenantClassSpec,
 };
+use crate::backends::pg_tls::{CaSource, DatabaseTls};
 use crate::config::{BackendSettings, Backends, ConfigError};
 use crate::isolation::SharedTable;
 
@@ -283,7 +285,8 @@ impl ClassRegistry {
             },
         };
         let admin_url = self.admin_url(&name, &class.spec).await?;
-        let fingerprint = fingerprint(&class.spec, admin_url.as_ref());
+        let ca = self.ca_bundle(&name, &class.spec).await?;
+        let fingerprint = fingerprint(&class.spec, admin_url.as_ref(), ca.as_ref());
         let cached = || {
             self.built
                 .lock()
@@ -299,7 +302,7 @@ impl ClassRegistry {
         if let Some(built) = cached() {
             return Ok(built);
         }
-        let mut settings = self.build(&name, &class.spec, admin_url).await?;
+        let mut settings = self.build(&name, &class.spec, admin_url, ca).await?;
         settings.generation = class.metadata.generation;
         let settings = Arc::new(settings);
         self.built
@@ -318,7 +321,58 @@ impl ClassRegistry {
             return Ok(None);
         };
         let reference = &postgres.admin_url_secret_ref;
-        let key = reference.key.as_deref().unwrap_or("url");
+        let value = self
+            .secret_value(class, reference, "url", "spec.postgres.adminUrlSecretRef")
+            .await?;
+        let url = String::from_utf8(value).map_err(|_| ClassError::Invalid {
+            class: class.to_string(),
+            message: format!(
+                "key {:?} of Secret {}/{} is not UTF-8",
+                reference.key.as_deref().unwrap_or("url"),
+                reference.namespace,
+                reference.name
+            ),
+        })?;
+        Ok(Some(SecretString::from(url.trim().to_string())))
+    }
+
+    /// The PEM CA bundle of the class's `spec.postgres.caSecretRef`, not yet
+    /// checked (building the class's clients does that).
+    async fn ca_bundle(
+        &self,
+        class: &str,
+        spec: &TenantClassSpec,
+    ) -> Result<Option<CaSource>, ClassError> {
+        let Some(reference) = spec
+            .postgres
+            .as_ref()
+            .and_then(|p| p.ca_secret_ref.as_ref())
+        else {
+            return Ok(None);
+        };
+        let pem = self
+            .secret_value(class, reference, "ca.crt", "spec.postgres.caSecretRef")
+            .await?;
+        Ok(Some(CaSource::Pem {
+            origin: format!(
+                "key {:?} of Secret {}/{} (spec.postgres.caSecretRef)",
+                reference.key.as_deref().unwrap_or("ca.crt"),
+                reference.namespace,
+                reference.name
+            ),
+            pem,
+        }))
+    }
+
+    /// One key of a Secret a class points at (`field`, for messages).
+    async fn secret_value(
+        &self,
+        class: &str,
+        reference: &SecretKeyRef,
+        default_key: &str,
+        field: &str,
+    ) -> Result<Vec<u8>, ClassError> {
+        let key = reference.key.as_deref().unwrap_or(default_key);
         let invalid = |message: String| ClassError::Invalid {
             class: class.to_string(),
             message,
@@ -330,7 +384,7 @@ impl ClassRegistry {
             && reference.namespace != *own
         {
             return Err(invalid(format!(
-                "spec.postgres.adminUrlSecretRef names a Secret in namespace {}; a class's Secrets must be in the operator's namespace {own}",
+                "{field} names a Secret in namespace {}; a class's Secrets must be in the operator's namespace {own}",
                 reference.namespace
             )));
         }
@@ -347,7 +401,7 @@ impl ClassRegistry {
             })?
             .ok_or_else(|| {
                 invalid(format!(
-                    "Secret {}/{} (spec.postgres.adminUrlSecretRef) does not exist",
+                    "Secret {}/{} ({field}) does not exist",
                     reference.namespace, reference.name
                 ))
             })?;
@@ -357,17 +411,11 @@ impl ClassRegistry {
             .and_then(|d| d.get(key))
             .ok_or_else(|| {
                 invalid(format!(
-                    "Secret {}/{} has no key {key:?} (spec.postgres.adminUrlSecretRef.key)",
+                    "Secret {}/{} has no key {key:?} ({field}.key)",
                     reference.namespace, reference.name
                 ))
             })?;
-        let url = String::from_utf8(value.0.clone()).map_err(|_| {
-            invalid(format!(
-                "key {key:?} of Secret {}/{} is not UTF-8",
-                reference.namespace, reference.name
-            ))
-        })?;
-        Ok(Some(SecretString::from(url.trim().to_string())))
+        Ok(value.0.clone())
     }
 
     async fn build(
@@ -375,6 +423,7 @@ impl ClassRegistry {
         name: &str,
         spec: &TenantClassSpec,
         admin_url: Option<SecretString>,
+        ca: Option<CaSource>,
     ) -> Result<ClassSettings, ClassError> {
         let invalid = |message: String| ClassError::Invalid {
             class: name.to_string(),
@@ -388,6 +437,15 @@ impl ClassRegistry {
             if let Some(max) = postgres.max_connections {
                 settings.max_connections = max;
             }
+            // Another server: what the class and its URL say wins, and the
+            // flags only fill in what neither says.
+            let flags = &self.flags_settings.database_tls;
+            settings.database_tls = DatabaseTls {
+                ssl_mode: postgres.ssl_mode,
+                ca,
+                fallback_ssl_mode: flags.ssl_mode,
+                fallback_ca: flags.ca.clone(),
+            };
         }
         if let Some(tables) = &spec.shared_tables {
             settings.shared_tables = tables
@@ -515,8 +573,13 @@ pub fn class_name_of(tenant: &Tenant, classes: &[Arc<TenantClass>]) -> Result<St
     }
 }
 
-/// Changes whenever the class or the URL it points at does; never stored.
-fn fingerprint(spec: &TenantClassSpec, admin_url: Option<&SecretString>) -> u64 {
+/// Changes whenever the class or the URL or CA bundle it points at does;
+/// never stored.
+fn fingerprint(
+    spec: &TenantClassSpec,
+    admin_url: Option<&SecretString>,
+    ca: Option<&CaSource>,
+) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_string(spec)
         .unwrap_or_default()
@@ -524,6 +587,11 @@ fn fingerprint(spec: &TenantClassSpec, admin_url: Option<&SecretString>) -> u64 
     admin_url
         .map(|u| u.expose_secret().to_string())
         .hash(&mut hasher);
+    match ca {
+        Some(CaSource::Pem { pem, .. }) => pem.hash(&mut hasher),
+        Some(CaSource::File(path)) => path.hash(&mut hasher),
+        None => 0u8.hash(&mut hasher),
+    }
     hasher.finish()
 }
 

@@ -10,6 +10,7 @@ use secrecy::SecretString;
 
 use crate::backends::kms::{KmsBackend, RateLimiter};
 use crate::backends::kube::KubeSecrets;
+use crate::backends::pg_tls::{CaSource, DatabaseTls};
 use crate::backends::postgres::{PostgresBackend, RoleLimits};
 use crate::backends::s3::S3Backend;
 use crate::backends::secrets::SecretsManagerBackend;
@@ -31,6 +32,9 @@ pub struct BackendArgs {
     /// be a superuser, and should not be.
     #[arg(long, env = "TENANTRY_DATABASE_URL", hide_env_values = true, value_parser = parse_secret)]
     pub database_url: SecretString,
+
+    #[command(flatten)]
+    pub database_tls: DatabaseTlsArgs,
 
     /// Most connections tenantry opens to PostgreSQL at once.
     #[arg(long, env = "TENANTRY_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
@@ -77,6 +81,37 @@ pub struct BackendArgs {
     /// account creates keys. 0: no pacing.
     #[arg(long, env = "TENANTRY_KMS_CREATE_RATE", default_value_t = 0.0)]
     pub kms_create_rate: f64,
+}
+
+/// Encryption in transit to the PostgreSQL server of --database-url.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DatabaseTlsArgs {
+    /// TLS to PostgreSQL: disable, prefer, require, verify-ca or
+    /// verify-full (checks the server's certificate and that it names the
+    /// URL's host). Wins over the URL's `sslmode`; left out: the URL's, else
+    /// `prefer`. Tenants' credentials carry the same sslmode. A class's
+    /// server whose URL and class say nothing gets this too.
+    #[arg(long, env = "TENANTRY_DATABASE_SSL_MODE", value_enum)]
+    pub database_ssl_mode: Option<crate::api::SslMode>,
+
+    /// PEM file of the CA certificate(s) the server's certificate must chain
+    /// to (e.g. the RDS CA bundle), trusted besides the Mozilla roots. Wins
+    /// over the URL's `sslrootcert`; needs sslmode verify-ca or verify-full.
+    /// Tenants' credentials Secrets get it as `ca.crt`.
+    #[arg(long, env = "TENANTRY_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<std::path::PathBuf>,
+}
+
+impl DatabaseTlsArgs {
+    /// The settings of the flags' own server: the flags win over its URL.
+    pub fn settings(&self) -> DatabaseTls {
+        DatabaseTls {
+            ssl_mode: self.database_ssl_mode,
+            ca: self.database_ca_file.clone().map(CaSource::File),
+            fallback_ssl_mode: None,
+            fallback_ca: None,
+        }
+    }
 }
 
 /// How the engine retries and paces itself.
@@ -218,10 +253,12 @@ pub struct Probes {
 pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    // The cause is in the message, not also a `source`: `{:#}` would print
+    // it twice.
     #[error("cannot reach PostgreSQL: {0}")]
-    Postgres(#[source] crate::backends::BackendError),
+    Postgres(crate::backends::BackendError),
     #[error("cannot set up row-level security on the shared tables: {0}")]
-    SharedTables(#[source] crate::backends::BackendError),
+    SharedTables(crate::backends::BackendError),
     #[error("no AWS region: set AWS_REGION (or a profile with a region)")]
     NoRegion,
 }
@@ -231,6 +268,8 @@ pub enum ConfigError {
 #[derive(Clone, Debug)]
 pub struct BackendSettings {
     pub database_url: SecretString,
+    /// The sslmode and CA bundle, laid over the URL's.
+    pub database_tls: DatabaseTls,
     pub max_connections: u32,
     pub tenant_database_host: Option<String>,
     pub tenant_database_port: Option<u16>,
@@ -254,6 +293,7 @@ impl BackendSettings {
     pub fn from_args(args: &BackendArgs) -> Self {
         Self {
             database_url: args.database_url.clone(),
+            database_tls: args.database_tls.settings(),
             max_connections: args.database_max_connections,
             tenant_database_host: args.tenant_database_host.clone(),
             tenant_database_port: args.tenant_database_port,
@@ -301,11 +341,20 @@ impl Backends {
     ) -> Result<Self, ConfigError> {
         crate::naming::validate_bucket_prefix(&settings.bucket_prefix)
             .map_err(ConfigError::Invalid)?;
-        let postgres = PostgresBackend::connect(
+        {
+            use secrecy::ExposeSecret;
+            // A bad bundle or mode is the configuration's fault, not the server's.
+            settings
+                .database_tls
+                .resolve(settings.database_url.expose_secret())
+                .map_err(ConfigError::Invalid)?;
+        }
+        let postgres = PostgresBackend::connect_with_tls(
             &settings.database_url,
             settings.max_connections,
             settings.tenant_database_host.clone(),
             settings.tenant_database_port,
+            &settings.database_tls,
         )
         .await
         .map_err(ConfigError::Postgres)?

@@ -81,6 +81,8 @@ struct AuditStoreArgs {
     /// --database-url; any role that may read the trail will do).
     #[arg(long, env = "TENANTRY_DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    #[command(flatten)]
+    database_tls: tenantry::config::DatabaseTlsArgs,
     #[arg(long, env = "TENANTRY_AUDIT_SCHEMA", default_value = tenantry::audit::DEFAULT_SCHEMA)]
     audit_schema: String,
 }
@@ -401,15 +403,24 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let options: sqlx::postgres::PgConnectOptions = store
         .database_url
         .parse()
-        .context("--database-url is not a valid PostgreSQL URL")?;
+        .map_err(|_| anyhow::anyhow!("--database-url is not a valid PostgreSQL URL"))?;
     let options = options.options([(
         "search_path",
         tenantry::backends::postgres::ADMIN_SEARCH_PATH,
     )]);
+    let tls = store
+        .database_tls
+        .settings()
+        .resolve(&store.database_url)
+        .map_err(anyhow::Error::msg)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
-        .connect_with(options)
+        .connect_with(tls.apply(options))
         .await
+        .map_err(|e| match tenantry::backends::pg_tls::tls_failure(&e) {
+            Some(problem) => anyhow::anyhow!("{problem}"),
+            None => anyhow::Error::new(e),
+        })
         .context("cannot connect to PostgreSQL (--database-url)")?;
     let log = tenantry::audit::AuditLog::new(pool, &store.audit_schema, "", "")
         .map_err(anyhow::Error::msg)?;

@@ -492,6 +492,56 @@ EOF
   write_kubeconfig "$RUN/kubeconfig-developer" tenantry-local-developer developer "$dev"
 }
 
+# The PostgreSQL clusters' TLS: a CA of their own (not the API server's, so a
+# client given the wrong one of the two fails verification) and one server
+# certificate for 127.0.0.1/localhost that both clusters present. Made once
+# per run dir and kept across `up`s; a server certificate that its CA does not
+# verify (the CA was replaced) is made again.
+PG_CA_CERT() { printf '%s/postgres-ca.crt' "$PKI"; }
+
+ensure_pg_pki() {
+  step pki "$LOGS/pki.log"
+  local ca_crt ca_key crt key ext
+  ca_crt="$(PG_CA_CERT)"
+  ca_key="$PKI/postgres-ca.key"
+  crt="$PKI/postgres-server.crt"
+  key="$PKI/postgres-server.key"
+  if [[ ! -s $ca_crt || ! -s $ca_key ]]; then
+    rm -f "$crt" "$key"
+    (umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
+      -keyout "$ca_key" -out "$ca_crt.tmp" -subj "/CN=tenantry-local-postgres-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -addext "subjectKeyIdentifier=hash") >>"$LOGS/pki.log" 2>&1 || die "openssl: cannot make the PostgreSQL CA"
+    chmod 644 "$ca_crt.tmp"
+    mv "$ca_crt.tmp" "$ca_crt"
+  fi
+  if [[ -s $crt && -s $key ]] && ! openssl verify -CAfile "$ca_crt" "$crt" >>"$LOGS/pki.log" 2>&1; then
+    say "the PostgreSQL server certificate is not signed by $ca_crt; making a new one"
+    rm -f "$crt" "$key"
+  fi
+  if [[ ! -s $crt || ! -s $key ]]; then
+    ext="$PKI/postgres-server.ext"
+    cat >"$ext" <<'EOF2'
+basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectKeyIdentifier=hash
+authorityKeyIdentifier=keyid
+subjectAltName=IP:127.0.0.1,DNS:localhost
+EOF2
+    (umask 077 && openssl req -newkey rsa:2048 -nodes -sha256 -keyout "$key.tmp" \
+      -out "$PKI/postgres-server.csr" -subj "/CN=localhost") >>"$LOGS/pki.log" 2>&1 ||
+      die "openssl: cannot make the PostgreSQL server key"
+    openssl x509 -req -sha256 -days 3650 -in "$PKI/postgres-server.csr" -CA "$ca_crt" -CAkey "$ca_key" \
+      -set_serial "0x$(openssl rand -hex 8)" -extfile "$ext" -out "$crt.tmp" >>"$LOGS/pki.log" 2>&1 ||
+      die "openssl: cannot sign the PostgreSQL server certificate"
+    rm -f "$PKI/postgres-server.csr"
+    mv "$key.tmp" "$key"
+    mv "$crt.tmp" "$crt"
+  fi
+}
+
 write_kubeconfig() {
   local file=$1 context=$2 user=$3 token=$4 ca
   ca="$(base64 -w0 <"$PKI/ca.crt")"
@@ -671,6 +721,10 @@ pg_prepare_home() {
   fi
 }
 
+# pg_hba: `host` (TLS or not) on loopback, not `hostssl`: the clients this
+# environment serves ask for verify-full (see write_env), and a server that
+# would still take plaintext is what shows that a client refuses a
+# downgrade by itself (tests/integration/tls.rs).
 pg_write_config() {
   local owner
   cat >"$PG_DATA/tenantry.conf" <<EOF
@@ -712,19 +766,22 @@ start_pg() {
   step "$PG_NAME" "$PG_LOG"
   [[ -x $PG_BIN/postgres ]] || die "$PG_BIN/postgres not found (Debian package postgresql-$PG_MAJOR)"
   local pid
+  ensure_pg_pki
+  step "$PG_NAME" "$PG_LOG"
   pid="$(pg_server_pid)"
   if [[ -n $pid ]]; then
-    if [[ "$(pg_server_port)" == "$PG_PORT" ]]; then
+    if [[ "$(pg_server_port)" == "$PG_PORT" ]] && pid_matches "$pid" "$(PG_TLS_MARKER)"; then
       wait_ready "$PG_NAME" "$pid" 30 pg_accepting
       printf '%s\n' "$pid" >"$PIDS/$PG_NAME.pid"
       return 0
     fi
-    say "$PG_NAME runs on another port; restarting it on $PG_PORT"
+    say "$PG_NAME runs on another port or without TLS; restarting it on $PG_PORT with TLS"
     stop_pg "$PG_NAME"
     step "$PG_NAME" "$PG_LOG"
   fi
   require_port_free "$PG_PORT"
   pg_prepare_home
+  pg_install_tls
   if [[ ! -s $PG_DATA/PG_VERSION ]]; then
     say "initdb $PG_NAME ($PG_DATA)"
     rm -rf "$PG_HOME/data.tmp"
@@ -739,14 +796,31 @@ start_pg() {
   printf '\n=== localenv %s: pg_ctl start %s\n' "$(date -Is)" "$PG_DATA" >>"$PG_LOG"
   # Without -l, the postmaster keeps pg_ctl's stdout/stderr: our log file,
   # opened here (by root if need be) so the postgres user needs no access to it.
-  if ! as_pg 60 "$PG_BIN/pg_ctl" -D "$PG_DATA" -w -t 30 -s start \
-    </dev/null >>"$PG_LOG" 2>&1 8>&- 9>&-; then
+  # TLS is switched on by options, not by the config files, so that a data
+  # dir made before TLS came in gets it too, and a running server's command
+  # line shows whether it has it (PG_TLS_MARKER).
+  if ! as_pg 60 "$PG_BIN/pg_ctl" -D "$PG_DATA" -w -t 30 -s \
+    -o "-c ssl=on -c ssl_cert_file='$PG_HOME/tls/server.crt' -c ssl_key_file='$PG_HOME/tls/server.key' -c ssl_min_protocol_version=TLSv1.2" \
+    start </dev/null >>"$PG_LOG" 2>&1 8>&- 9>&-; then
     die "pg_ctl start failed"
   fi
   pid="$(pg_server_pid)"
   [[ -n $pid ]] || die "postgres started but its pid is not found in $PG_DATA/postmaster.pid"
   printf '%s\n' "$pid" >"$PIDS/$PG_NAME.pid"
   wait_ready "$PG_NAME" "$pid" 30 pg_accepting
+}
+
+PG_TLS_MARKER() { printf -- '-c ssl=on -c ssl_cert_file=%s/tls/server.crt' "$PG_HOME"; }
+
+# pg_install_tls: the server certificate and its key, where the
+# server's user can read them (the run dir may be closed to it), the key
+# owned by that user with mode 0600 as PostgreSQL requires.
+pg_install_tls() {
+  local owner=() dir="$PG_HOME/tls"
+  ((IS_ROOT)) && owner=(-o postgres -g postgres)
+  install -d -m 700 "${owner[@]}" "$dir"
+  install -m 644 "${owner[@]}" "$PKI/postgres-server.crt" "$dir/server.crt"
+  install -m 600 "${owner[@]}" "$PKI/postgres-server.key" "$dir/server.key"
 }
 
 pg_accepting() {
@@ -793,9 +867,33 @@ ALTER DATABASE tenantry OWNER TO tenantry_admin;
 \connect tenantry
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 EOF
-  PGCONNECT_TIMEOUT=5 timeout 30 "$PG_BIN/psql" -X -q -At \
-    "postgres://tenantry_admin:$admin_pw@127.0.0.1:$PG_PORT/tenantry" -c 'select 1' \
-    >>"$LOGS/$PG_NAME-setup.log" 2>&1 || die "tenantry_admin cannot log in over TCP"
+  local ssl
+  ssl="$(PGCONNECT_TIMEOUT=5 timeout 30 "$PG_BIN/psql" -X -q -At \
+    "$(pg_url tenantry_admin "$admin_pw" "$PG_PORT" tenantry)" \
+    -c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()' 2>>"$LOGS/$PG_NAME-setup.log")" ||
+    die "tenantry_admin cannot log in over TCP with sslmode=verify-full"
+  [[ $ssl == t ]] || die "tenantry_admin's session is not encrypted (pg_stat_ssl.ssl = '$ssl')"
+}
+
+# urlencode STRING: percent-encodes all but unreserved characters and '/'.
+urlencode() {
+  local LC_ALL=C
+  local s=$1 out="" c i
+  for ((i = 0; i < ${#s}; i++)); do
+    c=${s:i:1}
+    case "$c" in
+      [A-Za-z0-9._~/-]) out+=$c ;;
+      *) out+="$(printf '%%%02X' "'$c")" ;;
+    esac
+  done
+  printf '%s\n' "$out"
+}
+
+# pg_url USER PASSWORD PORT DATABASE: a URL that verifies the server's
+# certificate against the environment's PostgreSQL CA (libpq and sqlx alike).
+pg_url() {
+  printf 'postgres://%s:%s@127.0.0.1:%s/%s?sslmode=verify-full&sslrootcert=%s\n' \
+    "$1" "$2" "$3" "$4" "$(urlencode "$(PG_CA_CERT)")"
 }
 
 # ---------------------------------------------------------------------------
@@ -857,10 +955,14 @@ write_env() {
     e TENANTRY_SA_PUBLIC_KEY_FILE "$PKI/sa.pub"
     e TENANTRY_ETCD_URL "http://127.0.0.1:$ETCD_PORT"
     e TENANTRY_PG_BIN "$PG_BIN"
-    e TENANTRY_DATABASE_URL "postgres://tenantry_admin:$pw1@127.0.0.1:$PG_PORT_1/tenantry"
-    e TENANTRY_DATABASE_URL_2 "postgres://tenantry_admin:$pw2@127.0.0.1:$PG_PORT_2/tenantry"
-    e TENANTRY_TEST_SUPERUSER_URL "postgres://postgres:$su1@127.0.0.1:$PG_PORT_1/postgres"
-    e TENANTRY_TEST_SUPERUSER_URL_2 "postgres://postgres:$su2@127.0.0.1:$PG_PORT_2/postgres"
+    e TENANTRY_DATABASE_URL "$(pg_url tenantry_admin "$pw1" "$PG_PORT_1" tenantry)"
+    e TENANTRY_DATABASE_URL_2 "$(pg_url tenantry_admin "$pw2" "$PG_PORT_2" tenantry)"
+    e TENANTRY_TEST_SUPERUSER_URL "$(pg_url postgres "$su1" "$PG_PORT_1" postgres)"
+    e TENANTRY_TEST_SUPERUSER_URL_2 "$(pg_url postgres "$su2" "$PG_PORT_2" postgres)"
+    e TENANTRY_PG_CA_FILE "$(PG_CA_CERT)"
+    # What an application given a tenant's Secret does: the Secret's url
+    # says sslmode=verify-full, the CA comes from the mounted ca.crt.
+    e PGSSLROOTCERT "$(PG_CA_CERT)"
     e AWS_ENDPOINT_URL "http://127.0.0.1:$MOTO_PORT"
     e AWS_REGION us-east-1
     e AWS_DEFAULT_REGION us-east-1
@@ -937,6 +1039,7 @@ cmd_up() {
   ensure_moto
   ensure_kube
   ensure_pki
+  ensure_pg_pki
   start_etcd
   start_apiserver
   start_pg postgres

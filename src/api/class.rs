@@ -94,6 +94,68 @@ pub struct ClassPostgres {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_connections: Option<u32>,
+
+    /// How tenantry's connections to this server are encrypted, and the
+    /// `sslmode` written into the tenants' credentials: `verify-full`
+    /// checks the server's certificate and name. Wins over the admin URL's
+    /// `sslmode`. Left out: the URL's, else `--database-ssl-mode`, else
+    /// `prefer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_mode: Option<SslMode>,
+
+    /// The Secret key (default `ca.crt`) that holds the PEM CA bundle this
+    /// server's certificate is checked against (the RDS bundle, say); given
+    /// to tenants as `ca.crt` in their credentials Secret. Wins over the
+    /// admin URL's `sslrootcert`. Left out: the URL's, else
+    /// `--database-ca-file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+// PostgreSQL's `sslmode`, as libpq spells it (`allow` is left out: it
+// encrypts only when the server insists, which no server here does). Plain
+// comments, not doc comments: a documented enum's text would replace the
+// description of the fields that use it in the CRD.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    // No TLS.
+    Disable,
+    // TLS when the server offers it, with no check of its certificate:
+    // a network attacker can read or downgrade the connection.
+    Prefer,
+    // TLS or no connection, with no check of the server's certificate.
+    Require,
+    // TLS, and the certificate must chain to the CA bundle (any name).
+    VerifyCa,
+    // TLS, the certificate must chain to the CA bundle and name the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// libpq's name: what a URL's `sslmode` says.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the server's certificate is checked against a CA bundle.
+    pub fn verifies(self) -> bool {
+        matches!(self, Self::VerifyCa | Self::VerifyFull)
+    }
+}
+
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A key of a Secret in a namespace.
@@ -107,7 +169,8 @@ pub struct SecretKeyRef {
         pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// The key within the Secret's data; `url` when left out.
+    /// The key within the Secret's data. Left out: `url` in
+    /// `adminUrlSecretRef`, `ca.crt` in `caSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub key: Option<String>,

@@ -12,6 +12,7 @@
 pub mod aws;
 pub mod kms;
 pub mod kube;
+pub mod pg_tls;
 pub mod postgres;
 pub mod s3;
 pub mod secrets;
@@ -207,8 +208,12 @@ fn expose<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S:
 }
 
 impl DatabaseCredentials {
-    /// A `postgres://` URL with the password, for the Kubernetes Secret.
-    pub fn url(&self) -> SecretString {
+    /// A `postgres://` URL with the password, for the Kubernetes Secret,
+    /// asking for `ssl_mode` (libpq's name, e.g. `verify-full`): the mode
+    /// the operator itself uses with this server. It names no CA file: the
+    /// application points `sslrootcert` (or `PGSSLROOTCERT`) at the
+    /// Secret's `ca.crt` where it mounts it.
+    pub fn url(&self, ssl_mode: &str) -> SecretString {
         let mut url = url::Url::parse("postgres://localhost").expect("static URL parses");
         let _ = url.set_host(Some(&self.host));
         let _ = url.set_port(Some(self.port));
@@ -216,7 +221,8 @@ impl DatabaseCredentials {
         let _ = url.set_password(Some(self.password.expose_secret()));
         url.set_path(&self.database);
         url.query_pairs_mut()
-            .append_pair("options", &format!("-csearch_path={}", self.schema));
+            .append_pair("options", &format!("-csearch_path={}", self.schema))
+            .append_pair("sslmode", ssl_mode);
         SecretString::from(url.to_string())
     }
 }
@@ -465,11 +471,25 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"));
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("hunter2-very-secret"));
-        let url = c.url();
+        let url = c.url("verify-full");
         assert!(
             url.expose_secret()
-                .starts_with("postgres://t_acme:hunter2-very-secret@db:5432/app")
+                .starts_with("postgres://t_acme:hunter2-very-secret@db:5432/app?")
         );
+        let parsed = url::Url::parse(url.expose_secret()).unwrap();
+        let query: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+        assert_eq!(
+            query,
+            [
+                ("options".to_string(), "-csearch_path=t_acme".to_string()),
+                ("sslmode".to_string(), "verify-full".to_string())
+            ]
+        );
+        let options: sqlx::postgres::PgConnectOptions = url.expose_secret().parse().unwrap();
+        assert!(matches!(
+            options.get_ssl_mode(),
+            sqlx::postgres::PgSslMode::VerifyFull
+        ));
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct PostgresBackend {
     /// Admin connect options, reused (with another database) to reach a
     /// tenant's own database.
     options: PgConnectOptions,
+    /// The sslmode and CA bundle of every connection to this server.
+    tls: super::pg_tls::EffectiveTls,
     advertised_host: String,
     advertised_port: u16,
     shared_database: String,
@@ -276,6 +278,27 @@ impl PostgresBackend {
         advertised_host: Option<String>,
         advertised_port: Option<u16>,
     ) -> Result<Self, BackendError> {
+        let tls = super::pg_tls::DatabaseTls::default();
+        Self::connect_with_tls(
+            admin_url,
+            max_connections,
+            advertised_host,
+            advertised_port,
+            &tls,
+        )
+        .await
+    }
+
+    /// [`Self::connect`] with TLS settings laid over the URL's (see
+    /// [`super::pg_tls`]). A certificate that fails verification is a
+    /// permanent error; nothing falls back to plaintext.
+    pub async fn connect_with_tls(
+        admin_url: &SecretString,
+        max_connections: u32,
+        advertised_host: Option<String>,
+        advertised_port: Option<u16>,
+        tls: &super::pg_tls::DatabaseTls,
+    ) -> Result<Self, BackendError> {
         let url = admin_url.expose_secret();
         let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
             rejected(format!(
@@ -283,6 +306,8 @@ impl PostgresBackend {
                 scrub_url_secret(&e.to_string(), url)
             ))
         })?;
+        let tls = tls.resolve(url).map_err(rejected)?;
+        let options = tls.apply(options);
         let options = options
             .application_name("tenantry")
             // Forced per session (a startup option beats every database and
@@ -302,7 +327,15 @@ impl PostgresBackend {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone())
             .await
-            .map_err(|e| classify(e, "connecting to the shared database as the admin"))?;
+            .map_err(|e| {
+                let doing = format!(
+                    "connecting to the shared database at {}:{} (sslmode={}) as the admin",
+                    options.get_host(),
+                    options.get_port(),
+                    tls.mode_name()
+                );
+                classify(e, &doing)
+            })?;
 
         let (admin, database, version, superuser, createrole, createdb, scs): (
             String,
@@ -351,6 +384,7 @@ impl PostgresBackend {
             advertised_host: advertised_host.unwrap_or_else(|| options.get_host().to_string()),
             advertised_port: advertised_port.unwrap_or_else(|| options.get_port()),
             options,
+            tls,
             shared_database: database,
             admin,
             admin_is_superuser: superuser,
@@ -375,6 +409,12 @@ impl PostgresBackend {
     /// The admin pool on the shared database.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The sslmode and CA bundle of the connections to this server, which
+    /// tenants are given too.
+    pub fn tls(&self) -> &super::pg_tls::EffectiveTls {
+        &self.tls
     }
 
     async fn read_role(&self, role: &str) -> Result<Option<RoleRow>, BackendError> {
@@ -1741,8 +1781,12 @@ pub(crate) fn is_transient_error(err: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             is_transient_sqlstate(db.code().as_deref().unwrap_or_default(), db.message())
         }
+        // A certificate that fails verification, or a server that refuses
+        // TLS, fails the same way next time (and is never worked around).
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) if super::pg_tls::tls_failure(err).is_some() => {
+            false
+        }
         sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
@@ -1767,7 +1811,10 @@ pub(crate) fn classify(err: sqlx::Error, doing: &str) -> BackendError {
             }
             message
         }
-        _ => format!("{doing}: {err}"),
+        _ => match super::pg_tls::tls_failure(&err) {
+            Some(tls) => format!("{doing}: {tls}"),
+            None => format!("{doing}: {err}"),
+        },
     };
     let message = scrub(&message);
     if transient {

@@ -1430,6 +1430,7 @@ async fn main_async() -> Res<()> {
     let sdk = tenantry::backends::aws::load_sdk_config().await;
     let settings = BackendSettings {
         database_url: SecretString::from(env("TENANTRY_DATABASE_URL")?),
+        database_tls: Default::default(),
         max_connections: 10,
         tenant_database_host: None,
         tenant_database_port: None,

@@ -366,7 +366,10 @@ fn kube_secret_data(ctx: &TenantContext) -> Result<BTreeMap<String, SecretString
         .as_ref()
         .ok_or_else(|| missing("the database"))?;
     let plain = |v: &str| SecretString::from(v.to_string());
-    Ok(BTreeMap::from([
+    // The server's TLS as the operator meets it: the same sslmode, and the
+    // CA bundle (when there is one) for the app to mount as sslrootcert.
+    let tls = ctx.backends.postgres.tls();
+    let mut data = BTreeMap::from([
         ("username".to_string(), plain(&creds.username)),
         (
             "password".to_string(),
@@ -376,7 +379,7 @@ fn kube_secret_data(ctx: &TenantContext) -> Result<BTreeMap<String, SecretString
         ("port".to_string(), plain(&creds.port.to_string())),
         ("database".to_string(), plain(&location.database)),
         ("schema".to_string(), plain(&location.schema)),
-        ("url".to_string(), creds.url()),
+        ("url".to_string(), creds.url(tls.mode_name())),
         ("bucket".to_string(), plain(&ctx.names.bucket)),
         ("region".to_string(), plain(&ctx.backends.region)),
         ("kmsKeyArn".to_string(), plain(&ctx.key_arn()?)),
@@ -388,5 +391,9 @@ fn kube_secret_data(ctx: &TenantContext) -> Result<BTreeMap<String, SecretString
                     .ok_or_else(|| missing("the secret ARN"))?,
             ),
         ),
-    ]))
+    ]);
+    if let Some(ca) = &tls.ca {
+        data.insert("ca.crt".to_string(), plain(ca.pem()));
+    }
+    Ok(data)
 }

@@ -45,7 +45,10 @@ fn minimal_values() -> Value {
 /// Static AWS credentials, monitoring, sharding and two classes.
 fn full_values() -> Value {
     json!({
-        "database": {"existingSecret": "tenantry-db", "urlKey": "admin-url", "tenantHost": "db.example"},
+        "database": {
+            "existingSecret": "tenantry-db", "urlKey": "admin-url", "tenantHost": "db.example",
+            "sslMode": "verify-full", "caSecret": {"name": "rds-ca", "key": "global-bundle.pem"},
+        },
         "aws": {
             "region": "eu-west-1",
             "endpointUrl": "https://s3.example",
@@ -71,7 +74,9 @@ fn full_values() -> Value {
                 "probeInterval": "5m",
             }},
             {"name": "dedicated", "spec": {
-                "postgres": {"adminUrlSecretRef": {"namespace": "tenantry-system", "name": "pg-b", "key": "url"}},
+                "postgres": {"adminUrlSecretRef": {"namespace": "tenantry-system", "name": "pg-b", "key": "url"},
+                             "sslMode": "verify-full",
+                             "caSecretRef": {"namespace": "tenantry-system", "name": "pg-b-ca"}},
                 "isolation": {"defaultMode": "Database", "allowOverride": false},
                 "deletion": {"policy": "Delete", "gracePeriod": "168h"},
             }},
@@ -416,6 +421,27 @@ fn static_credentials_monitoring_sharding_and_classes_render() {
     assert_eq!(env["TENANTRY_SHARD_COUNT"]["value"], "3");
     assert_eq!(env["TENANTRY_SHARD_INDEX"]["value"], "1");
     assert_eq!(env["TENANTRY_AUDIT_ACTOR"]["value"], "platform");
+    // The CA bundle: its Secret mounted read-only, the file named by the flag.
+    assert_eq!(env["TENANTRY_DATABASE_SSL_MODE"]["value"], "verify-full");
+    assert_eq!(
+        env["TENANTRY_DATABASE_CA_FILE"]["value"],
+        "/etc/tenantry/database-ca/global-bundle.pem"
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "database-ca", "secret": {"secretName": "rds-ca"}})),
+        "{pod}"
+    );
+    assert!(
+        pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "database-ca", "mountPath": "/etc/tenantry/database-ca", "readOnly": true})),
+        "{pod}"
+    );
     assert_deployment_options_exist(deployment);
 
     let monitor = one(&docs, "ServiceMonitor");

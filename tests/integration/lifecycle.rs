@@ -67,6 +67,7 @@ async fn a_schema_tenant_becomes_ready_with_every_resource_and_working_credentia
         keys,
         [
             "bucket",
+            "ca.crt",
             "database",
             "host",
             "kmsKeyArn",
@@ -82,6 +83,12 @@ async fn a_schema_tenant_becomes_ready_with_every_resource_and_working_credentia
     assert_eq!(data["username"], ident);
     assert_eq!(data["kmsKeyArn"], resources.key_arn.clone().unwrap());
     assert_eq!(data["secretArn"], resources.secret_arn.clone().unwrap());
+    // The local servers' TLS: the operator's sslmode and CA bundle.
+    assert_eq!(
+        data["ca.crt"],
+        std::fs::read_to_string(crate::support::env("TENANTRY_PG_CA_FILE")).unwrap()
+    );
+    assert!(data["url"].contains("sslmode=verify-full"));
     let mut conn = sqlx::PgConnection::connect(&data["url"])
         .await
         .expect("tenant logs in with its url");

@@ -22,3 +22,4 @@ mod lifecycle;
 mod postgres;
 mod red_team;
 mod runtime;
+mod tls;
