@@ -658,6 +658,66 @@ pub fn current() -> Option<Scope> {
     SCOPE.try_with(Scope::clone).ok()
 }
 
+/// Releases as the backends record them: an action of its own, or a tag
+/// write that sets `tenantry.dev/released=true`.
+const RELEASE_ACTIONS: [&str; 2] = ["kubernetes.secret.release", "postgres.release"];
+const TAG_ACTIONS: [&str; 3] = ["kms.key.tag", "s3.bucket.tag", "secretsmanager.secret.tag"];
+
+impl AuditLog {
+    /// Whether this trail records the release of `target` by a Tenant named
+    /// `tenant`: what a `Retain` deletion wrote, which no tag in AWS or
+    /// Kubernetes can forge. Trails written before this check existed hold
+    /// the same rows, so their releases are honoured too.
+    pub async fn release_recorded(&self, tenant: &str, target: &str) -> Result<bool, BackendError> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} \
+              WHERE tenant = $1 AND target = $2 \
+                AND (action = ANY($3) \
+                     OR (action = ANY($4) AND detail->'tags'->>'{}' = 'true')))",
+            self.table(),
+            crate::backends::tags::RELEASED
+        );
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(target)
+            .bind(&RELEASE_ACTIONS[..])
+            .bind(&TAG_ACTIONS[..])
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("look for a release", e))
+    }
+}
+
+/// Refuses to adopt a resource whose tags say "released for this tenant's
+/// name" unless this installation's audit trail records that release:
+/// whoever may tag resources in the account (or write Secrets in the
+/// namespace) could otherwise plant one, with its own password, key policy
+/// or replication, for the next Tenant of that name to take over.
+///
+/// Outside an audit scope (a backend driven directly, as some tests do)
+/// there is no trail to ask, and the tags decide as before.
+pub async fn require_recorded_release(
+    backend: Backend,
+    resource: &str,
+    target: &str,
+) -> Result<(), BackendError> {
+    let Some(scope) = current() else {
+        return Ok(());
+    };
+    if scope.log.release_recorded(&scope.tenant, target).await? {
+        return Ok(());
+    }
+    Err(BackendError::Conflict {
+        backend,
+        resource: resource.to_string(),
+        detail: format!(
+            "it is tagged as released for a tenant named {:?}, but this installation's audit trail records no such release; \
+             a tag anyone may write is no proof, so tenantry does not adopt it (delete or rename it, or untag it if it is yours)",
+            scope.tenant
+        ),
+    })
+}
+
 /// Records a successful change for the tenant being reconciled. Call it
 /// right after the change and return its error: a change whose record
 /// cannot be written is not reported done.

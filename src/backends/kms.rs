@@ -618,7 +618,15 @@ impl KeyManager for KmsBackend {
                 let tags = self.tags_of(meta.key_id()).await?;
                 match tenant.ownership_of(tag_pairs(&tags)) {
                     Ownership::Ours => {}
-                    Ownership::Released => crate::provision::note_adopted_release(),
+                    Ownership::Released => {
+                        crate::audit::require_recorded_release(
+                            BACKEND,
+                            &format!("alias {alias}"),
+                            meta.key_id(),
+                        )
+                        .await?;
+                        crate::provision::note_adopted_release()
+                    }
                     Ownership::Untagged if interrupted => {}
                     Ownership::Untagged => {
                         return Err(conflict(

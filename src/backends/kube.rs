@@ -112,7 +112,11 @@ impl CredentialSecrets for KubeSecrets {
                 .filter(|(k, _)| k.starts_with("tenantry.dev/"));
             match tenant.ownership_of(owner_tags) {
                 super::Ownership::Ours => {}
-                super::Ownership::Released => crate::provision::note_adopted_release(),
+                super::Ownership::Released => {
+                    crate::audit::require_recorded_release(Backend::Kubernetes, &what, &what)
+                        .await?;
+                    crate::provision::note_adopted_release()
+                }
                 super::Ownership::Foreign(detail) => {
                     return Err(BackendError::Conflict {
                         backend: Backend::Kubernetes,

@@ -211,7 +211,15 @@ impl S3Backend {
     ) -> Result<(), BackendError> {
         match tenant.ownership_of(tag_pairs(&current)) {
             Ownership::Ours => {}
-            Ownership::Released => crate::provision::note_adopted_release(),
+            Ownership::Released => {
+                crate::audit::require_recorded_release(
+                    BACKEND,
+                    &format!("bucket {bucket}"),
+                    bucket,
+                )
+                .await?;
+                crate::provision::note_adopted_release()
+            }
             Ownership::Untagged if interrupted => {
                 tracing::info!(tenant = %tenant.name, bucket, "adopting the untagged bucket of an interrupted creation");
             }

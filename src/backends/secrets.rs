@@ -131,7 +131,11 @@ impl SecretsManagerBackend {
         let current_tags = tag_map(&described);
         match tenant.ownership_of(tag_pairs(&current_tags)) {
             Ownership::Ours => {}
-            Ownership::Released => crate::provision::note_adopted_release(),
+            Ownership::Released => {
+                crate::audit::require_recorded_release(BACKEND, &format!("secret {name}"), name)
+                    .await?;
+                crate::provision::note_adopted_release()
+            }
             // CreateSecret tags at creation, so an untagged secret was never
             // made by tenantry, interrupted or not.
             Ownership::Untagged => {

@@ -1702,3 +1702,121 @@ async fn a_free_text_display_name_is_tagged_in_the_characters_aws_accepts() {
         .await
         .unwrap();
 }
+
+/// An audit trail of its own in the shared database, and a scope on it for
+/// `tenant`, as the operator's reconcile of that Tenant has.
+async fn audit_scope(tenant: &TenantRef) -> (tenantry::audit::Scope, String) {
+    let schema = unique_name("audit_aws").replace('-', "_");
+    let pool = sqlx::PgPool::connect(&crate::support::env("TENANTRY_DATABASE_URL"))
+        .await
+        .expect("admin pool");
+    let log = tenantry::audit::AuditLog::new(pool, &schema, "tenantry", "test").unwrap();
+    log.ensure_schema().await.expect("the audit store");
+    let scope = tenantry::audit::Scope {
+        log,
+        tenant: tenant.name.clone(),
+        tenant_uid: Some(tenant.uid.clone()),
+        generation: Some(1),
+        resource_version: None,
+    };
+    (scope, schema)
+}
+
+/// Issue 15, path 1: adoption on a tag anyone can write. A neighbour in the
+/// account plants a secret under a tenant's name, tagged "released" for
+/// that name, holding a password of its choosing. The next Tenant of that
+/// name must not adopt it (and hand the neighbour's password to its role):
+/// this installation's audit trail records no such release. A release the
+/// trail does record is adopted as before.
+#[tokio::test]
+async fn a_planted_released_secret_is_a_conflict_and_a_recorded_release_is_adopted() {
+    let aws = Aws::new().await;
+    let (tenant, names) = new_tenant("sm-plant");
+    let key = ensure_key(&aws, &tenant, &names).await;
+    let neighbour = successor(&tenant);
+    let mut planted_tags = neighbour.ownership_tags();
+    planted_tags.insert(tags::RELEASED.to_string(), "true".to_string());
+    let mut create = aws
+        .sm
+        .create_secret()
+        .name(&names.secret_name)
+        .secret_string(r#"{"username":"t_x","password":"the-neighbours-password","host":"db","port":5432,"dbname":"tenantry","schema":"t_x","engine":"postgres"}"#);
+    for (k, v) in &planted_tags {
+        create = create.tags(
+            aws_sdk_secretsmanager::types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build(),
+        );
+    }
+    create.send().await.expect("the neighbour plants a secret");
+
+    let (scope, schema) = audit_scope(&tenant).await;
+    let planted = tenantry::audit::in_scope(
+        scope.clone(),
+        aws.secrets.ensure_secret(
+            &tenant,
+            &names.secret_name,
+            &key.arn,
+            &credentials("the-tenants-password", "db"),
+        ),
+    )
+    .await;
+    assert_conflict(planted, &names.secret_name);
+    assert_eq!(
+        aws.secret_value(&names.secret_name)
+            .await
+            .password
+            .expose_secret(),
+        "the-neighbours-password",
+        "the planted secret was changed"
+    );
+    aws.sm
+        .delete_secret()
+        .secret_id(&names.secret_name)
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+
+    // The same, released by a Tenant of this name under this trail.
+    tenantry::audit::in_scope(scope.clone(), async {
+        aws.secrets
+            .ensure_secret(
+                &neighbour,
+                &names.secret_name,
+                &key.arn,
+                &credentials("first-password", "db"),
+            )
+            .await?;
+        aws.secrets
+            .release_secret(&neighbour, &names.secret_name)
+            .await
+    })
+    .await
+    .unwrap();
+    let (_, stored) = tenantry::audit::in_scope(
+        scope,
+        aws.secrets.ensure_secret(
+            &tenant,
+            &names.secret_name,
+            &key.arn,
+            &credentials("another-password", "db"),
+        ),
+    )
+    .await
+    .expect("a recorded release is adopted");
+    assert_eq!(stored.password.expose_secret(), "first-password");
+    assert_owned_by(&aws.secret_tags(&names.secret_name).await, &tenant);
+    aws.secrets
+        .remove_secret(&tenant, &names.secret_name)
+        .await
+        .unwrap();
+    let mut su = crate::support::readback::superuser_db_in("tenantry").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&mut su)
+    .await
+    .unwrap();
+}
