@@ -62,6 +62,8 @@ pub mod check {
     pub const FORCED: &str = "forced";
     pub const POLICY: &str = "policy";
     pub const PRIVILEGES: &str = "privileges";
+    /// No view or function shows the table's rows past its policies.
+    pub const EXPOSED: &str = "exposed";
     pub const READ: &str = "read";
     pub const WRITE: &str = "write";
 
@@ -693,7 +695,63 @@ impl DatabaseProbe {
             policy_finding(table, &found, role),
         ];
         findings.push(self.privileges_finding(table, &found, role).await);
+        findings.push(self.exposed_finding(table, &found).await);
         findings
+    }
+
+    /// Views, materialized views and SECURITY DEFINER functions that show
+    /// the table's rows past its policies: a materialized view is a copy no
+    /// policy guards; a view or function runs the table's policies as its
+    /// owner, and a superuser or BYPASSRLS owner skips them. (A view or
+    /// function of the admin sees only the canary rows; one of a tenant only
+    /// what the tenant policy gives the querying role.) Functions are found
+    /// by their body naming the table, since PostgreSQL records no
+    /// dependency for a function body.
+    async fn exposed_finding(&self, table: &SharedTable, found: &TableSecurity) -> Finding {
+        let id = check::table(table, check::EXPOSED);
+        let exposing = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_scalar::<_, String>(
+                "SELECT DISTINCT format('%s %I.%I (owner %s)', \
+                        CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END, \
+                        vn.nspname, v.relname, pg_get_userbyid(v.relowner)) \
+                   FROM pg_depend d \
+                   JOIN pg_rewrite w ON w.oid = d.objid AND d.classid = 'pg_rewrite'::regclass \
+                   JOIN pg_class v ON v.oid = w.ev_class \
+                   JOIN pg_namespace vn ON vn.oid = v.relnamespace \
+                   JOIN pg_roles o ON o.oid = v.relowner \
+                  WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = $1 AND v.oid <> $1 \
+                    AND (v.relkind = 'm' OR (v.relkind = 'v' AND (o.rolsuper OR o.rolbypassrls))) \
+                 UNION \
+                 SELECT format('SECURITY DEFINER function %I.%I (owner %s)', pn.nspname, p.proname, o.rolname) \
+                   FROM pg_proc p \
+                   JOIN pg_namespace pn ON pn.oid = p.pronamespace \
+                   JOIN pg_roles o ON o.oid = p.proowner \
+                  WHERE p.prosecdef AND (o.rolsuper OR o.rolbypassrls) \
+                    AND strpos(lower(p.prosrc), lower($2)) > 0 \
+                 ORDER BY 1",
+            )
+            .bind(found.oid)
+            .bind(&table.table)
+            .fetch_all(&self.admin),
+        )
+        .await;
+        match exposing {
+            Err(e) => fail(&id, IsolationState::Unknown, describe(&e)),
+            Ok(objects) if objects.is_empty() => pass(
+                &id,
+                "no materialized view, and no view or SECURITY DEFINER function of a superuser or BYPASSRLS role, reads the table",
+            ),
+            Ok(objects) => fail(
+                &id,
+                IsolationState::Inert,
+                format!(
+                    "{} read the table past its row-level security: whoever may use them sees every tenant's rows \
+                     (drop them, give them to a role without BYPASSRLS, or make views security_invoker)",
+                    objects.join(", ")
+                ),
+            ),
+        }
     }
 
     async fn privileges_finding(

@@ -549,3 +549,76 @@ async fn a_tenant_cannot_have_its_secret_written_into_kube_system_or_the_operato
         wait_for_tenant_gone(&client, &op, &name, TIMEOUT).await;
     }
 }
+
+/// Path 2 of the PostgreSQL red team, what the policy cannot stop: a view
+/// of a superuser (or BYPASSRLS role) and a materialized view over a shared
+/// table show every tenant's rows to whoever may read them. The database
+/// probe names both (`rls.<schema>.<table>.exposed`, Inert).
+#[tokio::test]
+async fn views_that_read_a_shared_table_past_its_policy_are_named_by_the_probe() {
+    let backend = backend().await;
+    let table = shared_table("rt-exposed").await;
+    let tables = vec![table.clone()];
+    ensure_shared_security(backend.pool(), &tables)
+        .await
+        .expect("the shared table is secured");
+    let tenant = provision(&backend, "rt-exposed", IsolationMode::Schema, &tables).await;
+    let check = format!("rls.{}.{}.exposed", table.schema, table.table);
+    let report = crate::isolation_db::probe(&backend, &tables, &tenant, None).await;
+    assert_eq!(
+        finding(&report, &check).state,
+        IsolationState::Enforced,
+        "{}",
+        show_report(&report)
+    );
+
+    let q = qualified(&table);
+    let view = format!("{}_all", table.table);
+    let copy = format!("{}_copy", table.table);
+    let su = superuser_shared().await;
+    run(
+        &su,
+        &format!(
+            "CREATE VIEW public.{} AS SELECT * FROM {q}",
+            quote_ident(&view)
+        ),
+    )
+    .await;
+    let mut admin = crate::support::readback::admin_db().await;
+    exec(
+        &mut admin,
+        "the admin",
+        &format!(
+            "CREATE MATERIALIZED VIEW public.{} AS SELECT * FROM {q}",
+            quote_ident(&copy)
+        ),
+    )
+    .await;
+    let report = crate::isolation_db::probe(&backend, &tables, &tenant, None).await;
+    let exposed = finding(&report, &check);
+    assert_eq!(
+        exposed.state,
+        IsolationState::Inert,
+        "{}",
+        show_report(&report)
+    );
+    assert!(
+        exposed.detail.contains(&format!("view public.{view}"))
+            && exposed
+                .detail
+                .contains(&format!("materialized view public.{copy}")),
+        "{}",
+        exposed.detail
+    );
+
+    exec(
+        &mut admin,
+        "the admin",
+        &format!("DROP MATERIALIZED VIEW public.{}", quote_ident(&copy)),
+    )
+    .await;
+    let _ = admin.close().await;
+    run(&su, &format!("DROP VIEW public.{}", quote_ident(&view))).await;
+    remove(&backend, &tables, &tenant).await;
+    drop_table(&table).await;
+}
