@@ -129,12 +129,13 @@ impl SecretsManagerBackend {
         described: DescribeSecretOutput,
     ) -> Result<(String, DatabaseCredentials), BackendError> {
         let current_tags = tag_map(&described);
-        match tenant.ownership_of(tag_pairs(&current_tags)) {
-            Ownership::Ours => {}
+        let adopting = match tenant.ownership_of(tag_pairs(&current_tags)) {
+            Ownership::Ours => false,
             Ownership::Released => {
                 crate::audit::require_recorded_release(BACKEND, &format!("secret {name}"), name)
                     .await?;
-                crate::provision::note_adopted_release()
+                crate::provision::note_adopted_release();
+                true
             }
             // CreateSecret tags at creation, so an untagged secret was never
             // made by tenantry, interrupted or not.
@@ -148,7 +149,7 @@ impl SecretsManagerBackend {
             Ownership::Foreign(detail) => {
                 return Err(conflict(BACKEND, format!("secret {name}"), detail));
             }
-        }
+        };
         let arn = described.arn().unwrap_or_default().to_string();
 
         // Before anything else: a secret scheduled for deletion refuses tags
@@ -156,6 +157,30 @@ impl SecretsManagerBackend {
         if described.deleted_date().is_some() {
             self.restore(name).await?;
             tracing::info!(tenant = %tenant.name, secret = name, "restored the tenant's secret from scheduled deletion");
+        }
+
+        // An adopted secret's password was known to whoever held the name
+        // before (and to anyone who could read the secret since): the new
+        // Tenant gets the password it brought. Written before the released
+        // tag goes, so a retry after a crash in between rotates again.
+        let mut under_key = described.kms_key_id() == Some(key_arn);
+        if adopting {
+            self.client
+                .update_secret()
+                .secret_id(name)
+                .kms_key_id(key_arn)
+                .secret_string(serialize(initial)?.expose_secret())
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
+            crate::audit::note(
+                "secretsmanager.secret.rotate",
+                name,
+                serde_json::json!({"why": "adopted a released secret", "kmsKeyArn": key_arn}),
+            )
+            .await?;
+            tracing::info!(tenant = %tenant.name, secret = name, "adopted the released secret with a new password");
+            under_key = true;
         }
 
         let (set, drop_released) = tag_changes(&current_tags, &desired_tags(tenant));
@@ -187,7 +212,7 @@ impl SecretsManagerBackend {
             None
         };
 
-        if described.kms_key_id() != Some(key_arn) {
+        if !under_key {
             // UpdateSecret with a value writes a new current version, which
             // is what moves the value under the tenant's key; a bare KmsKeyId
             // change would only apply to later versions.

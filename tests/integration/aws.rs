@@ -1527,7 +1527,7 @@ async fn a_secret_with_the_tenants_name_and_another_uid_is_a_conflict_and_left_a
 }
 
 #[tokio::test]
-async fn a_released_secret_is_adopted_with_its_password_by_a_new_tenant_of_the_same_name() {
+async fn a_released_secret_is_adopted_with_a_new_password_by_a_new_tenant_of_the_same_name() {
     let aws = Aws::new().await;
     let (tenant, names) = new_tenant("sm-adopt");
     let key = ensure_key(&aws, &tenant, &names).await;
@@ -1564,7 +1564,15 @@ async fn a_released_secret_is_adopted_with_its_password_by_a_new_tenant_of_the_s
         .await
         .unwrap();
 
-    assert_eq!(stored.password.expose_secret(), "first-password");
+    // Whoever held the name before knew the old password.
+    assert_eq!(stored.password.expose_secret(), "another-password");
+    assert_eq!(
+        aws.secret_value(&names.secret_name)
+            .await
+            .password
+            .expose_secret(),
+        "another-password"
+    );
     assert_owned_by(&aws.secret_tags(&names.secret_name).await, &next);
 }
 
@@ -1806,7 +1814,7 @@ async fn a_planted_released_secret_is_a_conflict_and_a_recorded_release_is_adopt
     )
     .await
     .expect("a recorded release is adopted");
-    assert_eq!(stored.password.expose_secret(), "first-password");
+    assert_eq!(stored.password.expose_secret(), "another-password");
     assert_owned_by(&aws.secret_tags(&names.secret_name).await, &tenant);
     aws.secrets
         .remove_secret(&tenant, &names.secret_name)
