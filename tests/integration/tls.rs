@@ -22,15 +22,13 @@ use sqlx::{ConnectOptions, Connection};
 use tenantry::api::{IsolationMode, SslMode, TenantClass};
 use tenantry::backends::pg_tls::{CaSource, DatabaseTls};
 use tenantry::backends::postgres::PostgresBackend;
-use tenantry::backends::{
-    BackendError, DatabaseCredentials, TenantDatabase, TenantRef, generate_password,
-};
+use tenantry::backends::{BackendError, DatabaseCredentials, TenantDatabase, TenantRef};
 use tenantry::naming::TenantNames;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::cluster::*;
-use crate::support::{bucket_prefix, env, unique_name, unique_uid};
+use crate::support::{env, unique_name};
 
 /// PostgreSQL's SSLRequest: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
@@ -259,37 +257,8 @@ async fn a_server_that_answers_no_tls_is_refused_and_never_used_in_plaintext() {
 /// A tenant provisioned by the real backend, and its credentials as the
 /// Secrets Manager step would store them.
 async fn provision(backend: &PostgresBackend) -> (TenantRef, TenantNames, DatabaseCredentials) {
-    let name = unique_name("tls");
-    let names = TenantNames::new(&name, &bucket_prefix()).unwrap();
-    let tenant = TenantRef {
-        name,
-        uid: unique_uid(),
-        display_name: None,
-    };
-    let password = generate_password();
-    let location = backend
-        .ensure_tenant(
-            &tenant,
-            &names,
-            IsolationMode::Schema,
-            5,
-            &password,
-            true,
-            false,
-        )
-        .await
-        .expect("the backend provisions the tenant");
-    let (host, port, _) = backend.endpoint();
-    let credentials = DatabaseCredentials {
-        username: location.role.clone(),
-        password,
-        host,
-        port,
-        database: location.database,
-        schema: location.schema,
-        engine: "postgres".into(),
-    };
-    (tenant, names, credentials)
+    let t = crate::isolation_db::provision(backend, "tls", IsolationMode::Schema, &[]).await;
+    (t.tenant, t.names, t.credentials)
 }
 
 /// Runs psql from the environment's PostgreSQL with `conninfo`, the
