@@ -164,6 +164,69 @@ impl KmsBackend {
         Ok(())
     }
 
+    /// What others may have given themselves on a released key while no
+    /// Tenant held it: statements in its key policy and grants. The key
+    /// policy goes back to the one KMS gives a new key (the account's IAM
+    /// decides; the tenant's principal statement is added again by
+    /// `converge_policy`), and every grant is revoked (tenantry makes none).
+    /// Runs while the key is still tagged released, so a retry after a
+    /// crash resets again.
+    async fn reset_released(
+        &self,
+        tenant: &TenantRef,
+        meta: &KeyMetadata,
+    ) -> Result<(), BackendError> {
+        let key_id = meta.key_id();
+        let arn = meta.arn().unwrap_or_default();
+        let policy = default_key_policy(arn).ok_or_else(|| BackendError::Rejected {
+            backend: BACKEND,
+            message: format!("KMS key {key_id} has no ARN to read its account from"),
+        })?;
+        self.client
+            .put_key_policy()
+            .key_id(key_id)
+            .policy_name("default")
+            .policy(policy.to_string())
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("PutKeyPolicy {key_id}"), e))?;
+        let mut revoked = Vec::new();
+        loop {
+            let out = self
+                .client
+                .list_grants()
+                .key_id(key_id)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("ListGrants {key_id}"), e))?;
+            let grants: Vec<String> = out
+                .grants()
+                .iter()
+                .filter_map(|g| g.grant_id().map(str::to_string))
+                .collect();
+            if grants.is_empty() {
+                break;
+            }
+            for grant in grants {
+                self.client
+                    .revoke_grant()
+                    .key_id(key_id)
+                    .grant_id(&grant)
+                    .send()
+                    .await
+                    .map_err(|e| classify(BACKEND, &format!("RevokeGrant {key_id}"), e))?;
+                revoked.push(grant);
+            }
+        }
+        tracing::info!(tenant = %tenant.name, key_id, grants = revoked.len(), "reset the key policy and grants of a released key");
+        crate::audit::note(
+            "kms.key.reset",
+            key_id,
+            serde_json::json!({"why": "adopted a released key", "policy": "default", "grantsRevoked": revoked}),
+        )
+        .await
+    }
+
     fn uncertain(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.uncertain
             .lock()
@@ -625,6 +688,7 @@ impl KeyManager for KmsBackend {
                             meta.key_id(),
                         )
                         .await?;
+                        self.reset_released(tenant, &meta).await?;
                         crate::provision::note_adopted_release()
                     }
                     Ownership::Untagged if interrupted => {}
@@ -756,6 +820,35 @@ impl KeyManager for KmsBackend {
     }
 }
 
+/// The key policy KMS gives a key made without one: the account's IAM
+/// policies decide who may use it. None when `arn` is not a KMS key ARN.
+fn default_key_policy(arn: &str) -> Option<serde_json::Value> {
+    let mut parts = arn.split(':');
+    let (Some("arn"), Some(partition), Some("kms"), Some(_region), Some(account)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    if account.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({
+        "Version": "2012-10-17",
+        "Id": "key-default-1",
+        "Statement": [{
+            "Sid": "Enable IAM User Permissions",
+            "Effect": "Allow",
+            "Principal": {"AWS": format!("arn:{partition}:iam::{account}:root")},
+            "Action": "kms:*",
+            "Resource": "*",
+        }],
+    }))
+}
+
 /// The description tenantry gives a tenant's key when it creates it.
 fn key_description(tenant: &TenantRef) -> String {
     format!("tenantry: encryption key of tenant {}", tenant.name)
@@ -858,6 +951,19 @@ fn with_principal_statement(
 #[cfg(test)]
 mod tests {
     use super::{Duration, RateLimiter, with_principal_statement};
+
+    #[test]
+    fn the_default_key_policy_names_the_keys_account() {
+        let policy = super::default_key_policy(
+            "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        )
+        .unwrap();
+        assert_eq!(
+            policy["Statement"][0]["Principal"]["AWS"],
+            "arn:aws:iam::111122223333:root"
+        );
+        assert!(super::default_key_policy("not-an-arn").is_none());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn key_creation_is_paced_to_the_configured_rate() {

@@ -110,6 +110,51 @@ impl SecretsManagerBackend {
         Ok(())
     }
 
+    /// Takes from a released secret what tenantry never sets and someone
+    /// may have added while no Tenant held it: a resource policy (another
+    /// principal reading every new value) and a rotation schedule (a Lambda
+    /// of theirs handed each new password).
+    async fn reset_released(
+        &self,
+        name: &str,
+        described: &DescribeSecretOutput,
+    ) -> Result<(), BackendError> {
+        let policy = self
+            .client
+            .get_resource_policy()
+            .secret_id(name)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("GetResourcePolicy {name}"), e))?;
+        let had_policy = policy.resource_policy().is_some_and(|p| !p.is_empty());
+        if had_policy {
+            self.client
+                .delete_resource_policy()
+                .secret_id(name)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("DeleteResourcePolicy {name}"), e))?;
+        }
+        let had_rotation = described.rotation_enabled() == Some(true);
+        if had_rotation {
+            self.client
+                .cancel_rotate_secret()
+                .secret_id(name)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("CancelRotateSecret {name}"), e))?;
+        }
+        if had_policy || had_rotation {
+            crate::audit::note(
+                "secretsmanager.secret.reset",
+                name,
+                serde_json::json!({"why": "adopted a released secret", "resourcePolicyDeleted": had_policy, "rotationCancelled": had_rotation}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// The current value, or `None` when the secret has none (or only a
     /// binary one).
     async fn current_value(&self, name: &str) -> Result<Option<SecretString>, BackendError> {
@@ -165,6 +210,9 @@ impl SecretsManagerBackend {
         // tag goes, so a retry after a crash in between rotates again.
         let mut under_key = described.kms_key_id() == Some(key_arn);
         if adopting {
+            // First what others may have added while no Tenant held it, so
+            // that none of them reads the new password.
+            self.reset_released(name, &described).await?;
             self.client
                 .update_secret()
                 .secret_id(name)

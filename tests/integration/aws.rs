@@ -1730,6 +1730,156 @@ async fn audit_scope(tenant: &TenantRef) -> (tenantry::audit::Scope, String) {
     (scope, schema)
 }
 
+/// Issue 15, path 1, what a released resource may have gathered while no
+/// Tenant held it: someone in the account added a key-policy statement and a
+/// grant for another account to the tenant's released key, and a resource
+/// policy and a rotation schedule to its released secret. The next Tenant of
+/// the name adopts both (their release is recorded) and finds none of that:
+/// whoever added it would otherwise decrypt the new tenant's data and read
+/// its new password.
+#[tokio::test]
+async fn what_others_added_to_a_released_key_and_secret_is_taken_away_on_adoption() {
+    let aws = Aws::new().await;
+    let (tenant, names) = new_tenant("adopt-reset");
+    let (scope, schema) = audit_scope(&tenant).await;
+    let key = tenantry::audit::in_scope(scope.clone(), async {
+        let key = aws
+            .keys
+            .ensure_key(&tenant, &names.key_alias, false)
+            .await?;
+        aws.secrets
+            .ensure_secret(
+                &tenant,
+                &names.secret_name,
+                &key.arn,
+                &credentials("first", "db"),
+            )
+            .await?;
+        aws.keys.release_key(&tenant, &names.key_alias).await?;
+        aws.secrets
+            .release_secret(&tenant, &names.secret_name)
+            .await?;
+        Ok::<_, BackendError>(key)
+    })
+    .await
+    .unwrap();
+
+    // Someone else's additions while the resources wait for their tenant.
+    let outsider = "arn:aws:iam::111122223333:root";
+    let policy = aws
+        .kms
+        .get_key_policy()
+        .key_id(&key.key_id)
+        .policy_name("default")
+        .send()
+        .await
+        .unwrap()
+        .policy
+        .unwrap();
+    let mut policy: serde_json::Value = serde_json::from_str(&policy).unwrap();
+    policy["Statement"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "Sid": "Outsider", "Effect": "Allow", "Principal": {"AWS": outsider},
+            "Action": "kms:Decrypt", "Resource": "*"
+        }));
+    aws.kms
+        .put_key_policy()
+        .key_id(&key.key_id)
+        .policy_name("default")
+        .policy(policy.to_string())
+        .send()
+        .await
+        .unwrap();
+    aws.kms
+        .create_grant()
+        .key_id(&key.key_id)
+        .grantee_principal(outsider)
+        .operations(aws_sdk_kms::types::GrantOperation::Decrypt)
+        .send()
+        .await
+        .unwrap();
+    aws.sm
+        .put_resource_policy()
+        .secret_id(&names.secret_name)
+        .resource_policy(
+            serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Principal": {"AWS": outsider}, "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let next = successor(&tenant);
+    tenantry::audit::in_scope(scope, async {
+        aws.keys.ensure_key(&next, &names.key_alias, false).await?;
+        aws.secrets
+            .ensure_secret(
+                &next,
+                &names.secret_name,
+                &key.arn,
+                &credentials("second", "db"),
+            )
+            .await
+    })
+    .await
+    .expect("the recorded releases are adopted");
+
+    let policy = aws
+        .kms
+        .get_key_policy()
+        .key_id(&key.key_id)
+        .policy_name("default")
+        .send()
+        .await
+        .unwrap()
+        .policy
+        .unwrap();
+    assert!(
+        !policy.contains(outsider),
+        "the outsider's statement stayed: {policy}"
+    );
+    let grants = aws
+        .kms
+        .list_grants()
+        .key_id(&key.key_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        grants.grants().is_empty(),
+        "the outsider's grant stayed: {grants:?}"
+    );
+    let resource_policy = aws
+        .sm
+        .get_resource_policy()
+        .secret_id(&names.secret_name)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resource_policy
+            .resource_policy()
+            .is_none_or(|p| !p.contains(outsider)),
+        "the outsider's resource policy stayed: {resource_policy:?}"
+    );
+
+    aws.secrets
+        .remove_secret(&next, &names.secret_name)
+        .await
+        .unwrap();
+    aws.keys.remove_key(&next, &names.key_alias).await.unwrap();
+    let mut su = crate::support::readback::superuser_db_in("tenantry").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&mut su)
+    .await
+    .unwrap();
+}
+
 /// Issue 15, path 1: adoption on a tag anyone can write. A neighbour in the
 /// account plants a secret under a tenant's name, tagged "released" for
 /// that name, holding a password of its choosing. The next Tenant of that
