@@ -29,7 +29,7 @@ fn private_schema() -> String {
     unique_name("audit_t").replace('-', "_")
 }
 
-async fn drop_schema(schema: &str) {
+pub(crate) async fn drop_schema(schema: &str) {
     let mut su = readback::superuser_db_in("tenantry").await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE"

@@ -1871,13 +1871,7 @@ async fn what_others_added_to_a_released_key_and_secret_is_taken_away_on_adoptio
         .await
         .unwrap();
     aws.keys.remove_key(&next, &names.key_alias).await.unwrap();
-    let mut su = crate::support::readback::superuser_db_in("tenantry").await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(&mut su)
-    .await
-    .unwrap();
+    crate::audit::drop_schema(&schema).await;
 }
 
 /// Issue 15, path 1: adoption on a tag anyone can write. A neighbour in the
@@ -1970,11 +1964,5 @@ async fn a_planted_released_secret_is_a_conflict_and_a_recorded_release_is_adopt
         .remove_secret(&tenant, &names.secret_name)
         .await
         .unwrap();
-    let mut su = crate::support::readback::superuser_db_in("tenantry").await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(&mut su)
-    .await
-    .unwrap();
+    crate::audit::drop_schema(&schema).await;
 }
