@@ -57,6 +57,8 @@ pub mod check {
     /// Exposure: other tenants' names, comments and function sources in the
     /// catalogs.
     pub const CATALOGS: &str = "exposure.catalogs";
+    /// Exposure: roles that can act as the operator's admin.
+    pub const ADMIN_MEMBERS: &str = "exposure.admin-members";
 
     pub const ENABLED: &str = "enabled";
     pub const FORCED: &str = "forced";
@@ -143,6 +145,11 @@ struct ServerFacts {
     version_num: i32,
     canary_exists: bool,
     mapping_exists: bool,
+    /// The admin role's name.
+    admin: String,
+    /// Roles other than superusers that are members of the admin, directly
+    /// or through other roles.
+    admin_members: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, sqlx::FromRow)]
@@ -160,7 +167,14 @@ const SERVER_SQL: &str = "SELECT current_database()::text AS shared_database, \
        current_setting('server_version') AS version, \
        current_setting('server_version_num')::int AS version_num, \
        to_regclass('tenantry_canary.canary') IS NOT NULL AS canary_exists, \
-       to_regclass('tenantry.tenant_roles') IS NOT NULL AS mapping_exists";
+       to_regclass('tenantry.tenant_roles') IS NOT NULL AS mapping_exists, \
+       current_user::text AS admin, \
+       ARRAY(WITH RECURSIVE members(oid) AS ( \
+               SELECT m.member FROM pg_auth_members m \
+                WHERE m.roleid = (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user) \
+               UNION SELECT m.member FROM pg_auth_members m JOIN members ON m.roleid = members.oid) \
+             SELECT r.rolname::text FROM members JOIN pg_roles r ON r.oid = members.oid \
+              WHERE NOT r.rolsuper ORDER BY 1) AS admin_members";
 
 const ROLE_SQL: &str = "SELECT r.rolsuper, r.rolbypassrls, r.rolreplication, r.rolcreaterole, \
        r.rolcreatedb, r.rolcanlogin, \
@@ -338,6 +352,7 @@ impl DatabaseProbe {
         };
         findings.extend(role_findings(role, role_facts.as_ref()));
         findings.push(version_finding(&server.version, server.version_num));
+        exposures.extend(admin_members_exposure(&server.admin, &server.admin_members));
         if !self.role_limits.settings().is_empty() {
             findings.push(self.timeouts_finding(role, &credentials.database).await);
         }
@@ -1117,6 +1132,31 @@ struct CatalogView {
     other_roles: i64,
     other_functions: i64,
     other_relations: i64,
+}
+
+/// Roles that can act as the operator's admin. The admin may make itself a
+/// member of any tenant role (it has to, to make a role an owner), so each
+/// of them can reach every tenant's schema and rows, and no change in
+/// tenantry can take that away: only not granting the admin to anyone can.
+/// Reported on every tenant, as what stands outside its fence.
+fn admin_members_exposure(admin: &str, members: &[String]) -> Option<Finding> {
+    if members.is_empty() {
+        return None;
+    }
+    let revokes: Vec<String> = members
+        .iter()
+        .map(|m| format!("REVOKE {} FROM {}", quote_ident(admin), quote_ident(m)))
+        .collect();
+    Some(fail(
+        check::ADMIN_MEMBERS,
+        IsolationState::Inert,
+        format!(
+            "roles {members:?} are members of the operator's admin role {admin:?}: each can act as the admin, \
+             which can make itself a member of this tenant's role and read its data; \
+             use the admin for tenantry alone ({})",
+            revokes.join("; ")
+        ),
+    ))
 }
 
 /// What the tenant sees of others that PostgreSQL does not let tenantry

@@ -270,6 +270,98 @@ async fn a_role_inheriting_the_admin_and_admin_owned_views_see_no_tenant_rows() 
     drop_table(&table).await;
 }
 
+/// What path 2 cannot close: a role that is a member of the admin can act
+/// as the admin, and the admin can always make itself a member of a tenant
+/// role (it must, to make the role an owner). Such a role reads the
+/// tenant's own schema; tenantry cannot prevent it, so every tenant's
+/// attestation names the role (`exposure.admin-members`) with the REVOKE
+/// that ends it, and stops naming it once it is revoked.
+#[tokio::test]
+async fn a_role_that_can_act_as_the_admin_is_named_in_every_tenants_attestation() {
+    let backend = backend().await;
+    let tenant = provision(&backend, "rt-admin-member", IsolationMode::Schema, &[]).await;
+    let schema = quote_ident(&tenant.credentials.schema);
+    let mut as_tenant = tenant.login(SHARED_DB).await;
+    exec(
+        &mut as_tenant,
+        "the tenant",
+        &format!("CREATE TABLE {schema}.orders (body text); INSERT INTO {schema}.orders VALUES ('private')"),
+    )
+    .await;
+    let _ = as_tenant.close().await;
+
+    let member = format!("rt_admin_member_{}", std::process::id());
+    let password = "member-password-not-a-secret";
+    let su = superuser_shared().await;
+    run(
+        &su,
+        &format!(
+            "DROP ROLE IF EXISTS {m}; CREATE ROLE {m} LOGIN PASSWORD {p} IN ROLE {admin}",
+            m = quote_ident(&member),
+            p = tenantry::naming::quote_literal(password),
+            admin = quote_ident(&admin_role()),
+        ),
+    )
+    .await;
+    // Why it is reported rather than prevented: acting as the admin, the
+    // member becomes the tenant and reads its table.
+    let options: PgConnectOptions = env("TENANTRY_DATABASE_URL").parse().unwrap();
+    let mut as_member = PgConnection::connect_with(
+        &options
+            .username(&member)
+            .password(password)
+            .database(SHARED_DB),
+    )
+    .await
+    .expect("the admin's member logs in");
+    exec(
+        &mut as_member,
+        "the admin's member",
+        &format!(
+            "SET ROLE {admin}; GRANT {role} TO {admin}; SET ROLE {role}",
+            admin = quote_ident(&admin_role()),
+            role = quote_ident(tenant.role()),
+        ),
+    )
+    .await;
+    let read: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT body FROM {schema}.orders"
+    )))
+    .fetch_all(&mut as_member)
+    .await
+    .expect("a member of the admin reaches the tenant's table");
+    let _ = as_member.close().await;
+    assert_eq!(read, vec!["private".to_string()]);
+
+    let named = |report: &tenantry::api::LayerReport| {
+        report
+            .exposures
+            .iter()
+            .any(|f| f.check == "exposure.admin-members" && f.detail.contains(&member))
+    };
+    let report = crate::isolation_db::probe(&backend, &[], &tenant, None).await;
+    assert!(named(&report), "{}", show_report(&report));
+    let exposure = report
+        .exposures
+        .iter()
+        .find(|f| f.check == "exposure.admin-members")
+        .expect("the exposure");
+    assert!(
+        exposure.detail.contains(&format!(
+            "REVOKE {} FROM {}",
+            quote_ident(&admin_role()),
+            quote_ident(&member)
+        )),
+        "{}",
+        exposure.detail
+    );
+
+    run(&su, &format!("DROP ROLE {}", quote_ident(&member))).await;
+    let report = crate::isolation_db::probe(&backend, &[], &tenant, None).await;
+    assert!(!named(&report), "{}", show_report(&report));
+    remove(&backend, &[], &tenant).await;
+}
+
 /// Path 3 of the PostgreSQL red team: the next owner of a name. A tenant
 /// with rows in a shared table is destroyed (`Delete`); another customer
 /// then gets a Tenant of the same name (a new uid). The rows of the first
