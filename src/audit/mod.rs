@@ -21,6 +21,8 @@
 //! during a tenant's reconcile is recorded; outside a scope (backend tests,
 //! probes) `note` records nothing.
 
+pub mod anchor;
+
 use std::future::Future;
 
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -9,6 +9,7 @@ mod support;
 mod atomicity;
 mod attacks;
 mod audit;
+mod audit_anchor;
 mod aws;
 mod chart;
 mod classes;
