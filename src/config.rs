@@ -209,12 +209,71 @@ pub struct RunArgs {
     pub audit_actor: String,
 
     /// Schema of the audit trail in the database of --database-url, created on
-    /// first start and owned by the admin role.
+    /// first start and owned by a NOLOGIN role `<schema>_owner` (the admin
+    /// may only read and append).
     #[arg(long, env = "TENANTRY_AUDIT_SCHEMA", default_value = crate::audit::DEFAULT_SCHEMA)]
     pub audit_schema: String,
 
     #[command(flatten)]
+    pub audit_anchor: AuditAnchorArgs,
+
+    /// How often the audit store's guards are checked again and, with an
+    /// anchor, a checkpoint is written (when any chain moved).
+    #[arg(long, env = "TENANTRY_AUDIT_CHECKPOINT_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub audit_checkpoint_interval: Duration,
+
+    #[command(flatten)]
     pub runtime: crate::runtime::RuntimeArgs,
+}
+
+/// Where the audit trail's checkpoints are anchored, outside the database.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AuditAnchorArgs {
+    /// S3 bucket that holds the audit trail's checkpoints under Object Lock
+    /// (created with Object Lock when absent). Without it the trail is
+    /// checked only against itself, which a database superuser can rewrite.
+    #[arg(long = "audit-anchor-bucket", env = "TENANTRY_AUDIT_ANCHOR_BUCKET")]
+    pub bucket: Option<String>,
+
+    /// KMS HMAC key that MACs each checkpoint: a key id, ARN, or
+    /// `alias/...` (created as an HMAC_256 key when absent).
+    #[arg(
+        long = "audit-mac-key",
+        env = "TENANTRY_AUDIT_MAC_KEY",
+        default_value = "alias/tenantry-audit"
+    )]
+    pub mac_key: String,
+
+    /// How long each checkpoint stays locked (COMPLIANCE mode: nobody can
+    /// delete it before then).
+    #[arg(
+        long = "audit-anchor-retention",
+        env = "TENANTRY_AUDIT_ANCHOR_RETENTION",
+        default_value = "365days",
+        value_parser = humantime::parse_duration
+    )]
+    pub retention: Duration,
+
+    /// Address the anchor bucket in the path (as --s3-force-path-style).
+    #[arg(long = "audit-anchor-path-style", env = "TENANTRY_S3_FORCE_PATH_STYLE")]
+    pub force_path_style: Option<bool>,
+}
+
+impl AuditAnchorArgs {
+    /// The anchor, when a bucket is configured.
+    pub fn anchor(&self, sdk: &aws_config::SdkConfig) -> Option<crate::audit::anchor::Anchor> {
+        let bucket = self.bucket.as_deref().filter(|b| !b.is_empty())?;
+        let path_style = self
+            .force_path_style
+            .unwrap_or_else(|| sdk.endpoint_url().is_some());
+        Some(crate::audit::anchor::Anchor::new(
+            sdk,
+            path_style,
+            bucket,
+            &self.mac_key,
+            self.retention,
+        ))
+    }
 }
 
 fn parse_secret(value: &str) -> Result<SecretString, String> {

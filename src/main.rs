@@ -66,6 +66,10 @@ enum AuditCommand {
         tenant: Option<String>,
         #[command(flatten)]
         store: AuditStoreArgs,
+        /// With an anchor bucket, every chain is also checked against the
+        /// MAC'd checkpoints there, which a database superuser cannot forge.
+        #[command(flatten)]
+        anchor: tenantry::config::AuditAnchorArgs,
     },
     /// Print a tenant's trail as JSON lines, oldest first.
     Log {
@@ -213,7 +217,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     metrics.leader.set(1);
 
-    let audit = start_audit(&args, &client, &backends, shard).await?;
+    let audit = start_audit(&args, &client, &backends, &sdk, shard).await?;
     let classes = tenantry::classes::ClassRegistry::start(
         client.clone(),
         flags,
@@ -354,6 +358,7 @@ async fn start_audit(
     args: &RunArgs,
     client: &kube::Client,
     backends: &Backends,
+    sdk: &aws_config::SdkConfig,
     shard: tenantry::shard::Shard,
 ) -> anyhow::Result<tenantry::audit::AuditLog> {
     use kube::ResourceExt;
@@ -393,6 +398,27 @@ async fn start_audit(
         .await
         .context("the audit trail failed verification")?;
     tracing::info!(schema = %args.audit_schema, tenants = tenants.len(), "audit trail verified");
+    let anchor = args
+        .audit_anchor
+        .anchor(sdk)
+        .map(|anchor| anchor.for_trail(&args.audit_schema));
+    match &anchor {
+        Some(anchor) => anchor
+            .ensure()
+            .await
+            .context("the audit anchor is not usable")?,
+        None => tracing::warn!(
+            "no --audit-anchor-bucket: the audit trail is checked only against itself, which a database superuser can rewrite"
+        ),
+    }
+    // The first round anchors what is already there (a trail written by an
+    // earlier version included) before any change is made.
+    let mut checkpointer = tenantry::audit::checkpoint::Checkpointer::new(log.clone(), anchor);
+    checkpointer
+        .tick()
+        .await
+        .context("cannot write the first audit checkpoint")?;
+    tokio::spawn(checkpointer.run(args.audit_checkpoint_interval));
     Ok(log)
 }
 
@@ -431,7 +457,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        AuditCommand::Verify { tenant, .. } => {
+        AuditCommand::Verify { tenant, anchor, .. } => {
             let breaks = log.verify(tenant.as_deref()).await?;
             for broken in &breaks {
                 print_line(&broken.to_string());
@@ -441,11 +467,43 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             for message in &truncated {
                 print_line(message);
             }
-            if breaks.is_empty() && truncated.is_empty() {
+            let sdk = tenantry::backends::aws::load_sdk_config().await;
+            let anchor = anchor
+                .anchor(&sdk)
+                .map(|anchor| anchor.for_trail(log.schema()));
+            let anchored = match anchor {
+                Some(anchor) => {
+                    let report =
+                        tenantry::audit::checkpoint::verify(&log, &anchor, tenant.as_deref())
+                            .await?;
+                    for problem in &report.problems {
+                        print_line(problem);
+                    }
+                    eprintln!(
+                        "tenantry: {} checkpoint(s) in {}, the latest at {}; {} row(s) newer than it are covered by the unkeyed chain only",
+                        report.checkpoints,
+                        anchor.bucket(),
+                        report.latest_at.as_deref().unwrap_or("(none)"),
+                        report.rows_after_latest
+                    );
+                    report.problems
+                }
+                None => {
+                    eprintln!(
+                        "tenantry: no --audit-anchor-bucket: the trail was checked against itself only, which a database superuser can rewrite"
+                    );
+                    Vec::new()
+                }
+            };
+            if breaks.is_empty() && truncated.is_empty() && anchored.is_empty() {
                 print_line("audit trail intact");
                 return Ok(());
             }
-            anyhow::bail!("{} audit chain(s) broken", breaks.len() + truncated.len())
+            anyhow::bail!(
+                "{} audit chain(s) broken, {} problem(s) against the anchor",
+                breaks.len() + truncated.len(),
+                anchored.len()
+            )
         }
     }
 }

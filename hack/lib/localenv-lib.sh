@@ -969,6 +969,9 @@ write_env() {
     e AWS_ACCESS_KEY_ID testing
     e AWS_SECRET_ACCESS_KEY testing
     e TENANTRY_BUCKET_PREFIX tenantry-local
+    # The audit trail's checkpoints, MAC'd by KMS, under Object Lock.
+    e TENANTRY_AUDIT_ANCHOR_BUCKET tenantry-local-audit-anchor
+    e TENANTRY_AUDIT_ANCHOR_RETENTION 1day
   } >"$f.tmp"
   unset -f e
   chmod 600 "$f.tmp"

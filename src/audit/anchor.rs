@@ -127,6 +127,8 @@ pub struct Anchor {
     /// Key id, key ARN, `alias/...` or alias ARN, as configured.
     mac_key: String,
     retention: Duration,
+    /// Where this trail's checkpoints live in the bucket.
+    prefix: String,
 }
 
 impl std::fmt::Debug for Anchor {
@@ -137,6 +139,21 @@ impl std::fmt::Debug for Anchor {
             .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
+}
+
+fn key_for(prefix: &str, seq: i64) -> String {
+    format!(
+        "{prefix}{seq:0width$}{CHECKPOINT_SUFFIX}",
+        width = SEQ_DIGITS
+    )
+}
+
+fn parse_key(prefix: &str, key: &str) -> Option<i64> {
+    let digits = key.strip_prefix(prefix)?.strip_suffix(CHECKPOINT_SUFFIX)?;
+    if digits.len() != SEQ_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 impl Anchor {
@@ -164,6 +181,7 @@ impl Anchor {
             bucket: bucket.to_string(),
             mac_key: mac_key.to_string(),
             retention,
+            prefix: CHECKPOINT_PREFIX.to_string(),
         }
     }
 
@@ -175,23 +193,22 @@ impl Anchor {
         &self.mac_key
     }
 
+    /// The same anchor for one trail: its checkpoints under
+    /// `checkpoints/<trail>/`, so trails in several schemas (or several
+    /// installations) can share a bucket without sharing a sequence.
+    pub fn for_trail(mut self, trail: &str) -> Self {
+        self.prefix = format!("{CHECKPOINT_PREFIX}{trail}/");
+        self
+    }
+
     /// The object key of checkpoint `seq`.
-    pub fn checkpoint_key(seq: i64) -> String {
-        format!(
-            "{CHECKPOINT_PREFIX}{seq:0width$}{CHECKPOINT_SUFFIX}",
-            width = SEQ_DIGITS
-        )
+    pub fn checkpoint_key(&self, seq: i64) -> String {
+        key_for(&self.prefix, seq)
     }
 
     /// The seq of a checkpoint object key; `None` for any other key.
-    pub fn parse_checkpoint_key(key: &str) -> Option<i64> {
-        let digits = key
-            .strip_prefix(CHECKPOINT_PREFIX)?
-            .strip_suffix(CHECKPOINT_SUFFIX)?;
-        if digits.len() != SEQ_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        digits.parse().ok()
+    pub fn parse_checkpoint_key(&self, key: &str) -> Option<i64> {
+        parse_key(&self.prefix, key)
     }
 
     /// Creates what is missing, and checks what exists: the bucket with
@@ -489,7 +506,7 @@ impl Anchor {
             )));
         }
         let bucket = &self.bucket;
-        let key = Self::checkpoint_key(seq);
+        let key = self.checkpoint_key(seq);
         let until = retain_until(SystemTime::now(), self.retention);
         let put = self
             .s3
@@ -562,11 +579,11 @@ impl Anchor {
     /// ignored for the same reason, and objects under the prefix whose name
     /// is not a checkpoint's are skipped.
     pub async fn checkpoints(&self) -> Result<Vec<(i64, Vec<u8>)>, AnchorError> {
-        let oldest = self.oldest_versions(CHECKPOINT_PREFIX).await?;
+        let oldest = self.oldest_versions(&self.prefix).await?;
         let mut out = Vec::with_capacity(oldest.len());
         let mut by_seq = BTreeMap::new();
         for (key, version) in oldest {
-            match Self::parse_checkpoint_key(&key) {
+            match self.parse_checkpoint_key(&key) {
                 Some(seq) => {
                     by_seq.insert(seq, (key, version));
                 }
@@ -720,21 +737,21 @@ mod tests {
     #[test]
     fn checkpoint_keys_are_zero_padded_and_parse_back() {
         assert_eq!(
-            Anchor::checkpoint_key(42),
+            key_for(CHECKPOINT_PREFIX, 42),
             "checkpoints/00000000000000000042.json"
         );
         assert_eq!(
-            Anchor::checkpoint_key(i64::MAX),
+            key_for(CHECKPOINT_PREFIX, i64::MAX),
             "checkpoints/09223372036854775807.json"
         );
         for seq in [0, 1, 42, i64::MAX] {
             assert_eq!(
-                Anchor::parse_checkpoint_key(&Anchor::checkpoint_key(seq)),
+                parse_key(CHECKPOINT_PREFIX, &key_for(CHECKPOINT_PREFIX, seq)),
                 Some(seq)
             );
         }
         // Keys sort like their seqs.
-        assert!(Anchor::checkpoint_key(9) < Anchor::checkpoint_key(10));
+        assert!(key_for(CHECKPOINT_PREFIX, 9) < key_for(CHECKPOINT_PREFIX, 10));
         for other in [
             "checkpoints/42.json",
             "checkpoints/0000000000000000004x.json",
@@ -743,7 +760,7 @@ mod tests {
             "other/00000000000000000042.json",
             "checkpoints/99999999999999999999.json",
         ] {
-            assert_eq!(Anchor::parse_checkpoint_key(other), None, "{other}");
+            assert_eq!(parse_key(CHECKPOINT_PREFIX, other), None, "{other}");
         }
     }
 

@@ -22,8 +22,11 @@
 //! probes) `note` records nothing.
 
 pub mod anchor;
+pub mod checkpoint;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -31,6 +34,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
 use crate::backends::{Backend, BackendError};
+use crate::naming::quote_ident;
 
 /// `prev_hash` of the first row of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -39,6 +43,63 @@ pub const DEFAULT_SCHEMA: &str = "tenantry_audit";
 /// Version tag at the start of the canonical encoding, so a future format
 /// can never be confused with this one.
 const ENCODING_VERSION: &str = "tenantry-audit-v1";
+
+/// The owner role's name is the schema's with this suffix.
+const OWNER_SUFFIX: &str = "_owner";
+
+/// The store's objects, created as the owner role. The owner revokes its
+/// own UPDATE, DELETE and TRUNCATE too: nobody can log in as it, but a
+/// superuser acting as it must still take a visible step to get them back.
+fn store_ddl(s: &str) -> Vec<String> {
+    vec![
+        format!(
+            "CREATE TABLE {s}.events (
+                seq bigserial PRIMARY KEY,
+                at timestamptz NOT NULL,
+                tenant text NOT NULL,
+                tenant_uid text,
+                actor text NOT NULL,
+                pod text NOT NULL,
+                generation bigint,
+                resource_version text,
+                action text NOT NULL,
+                target text NOT NULL,
+                outcome text NOT NULL,
+                detail jsonb NOT NULL,
+                prev_hash text NOT NULL,
+                hash text NOT NULL)"
+        ),
+        format!("CREATE INDEX events_tenant_seq ON {s}.events (tenant, seq)"),
+        format!(
+            "CREATE FUNCTION {s}.refuse_change() RETURNS trigger LANGUAGE plpgsql
+             SET search_path = pg_catalog AS $$
+             BEGIN
+               RAISE EXCEPTION 'tenantry audit rows are append-only: % refused', TG_OP
+                 USING ERRCODE = 'insufficient_privilege';
+             END $$"
+        ),
+        format!(
+            "CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {s}.events
+             FOR EACH ROW EXECUTE FUNCTION {s}.refuse_change()"
+        ),
+        format!(
+            "CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON {s}.events
+             FOR EACH STATEMENT EXECUTE FUNCTION {s}.refuse_change()"
+        ),
+        format!("REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM PUBLIC, CURRENT_USER"),
+    ]
+}
+
+#[derive(sqlx::FromRow)]
+struct GuardFacts {
+    table_exists: bool,
+    schema_owner: Option<String>,
+    table_owner: Option<String>,
+    function_owner: Option<String>,
+    owner_can_login: Option<bool>,
+    admin_acts_as_owner: bool,
+    admin_is_superuser: Option<bool>,
+}
 
 /// What happened, as the caller knows it; the log adds time, actor and chain.
 #[derive(Clone, Debug)]
@@ -213,7 +274,7 @@ fn db_error(what: &str, e: sqlx::Error) -> BackendError {
 /// A valid unquoted identifier, so the schema can be put into SQL as is.
 pub fn validate_schema_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= 63
+        && name.len() <= 63 - OWNER_SUFFIX.len()
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && name
             .chars()
@@ -222,7 +283,7 @@ pub fn validate_schema_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "audit schema {name:?} must be a lowercase identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"
+            "audit schema {name:?} must be a lowercase identifier ([a-z_][a-z0-9_]*, at most 57 bytes: its owner role adds {OWNER_SUFFIX:?})"
         ))
     }
 }
@@ -234,6 +295,9 @@ pub struct AuditLog {
     schema: String,
     actor: String,
     pod: String,
+    /// Why the store failed a guard check while running, if it did: every
+    /// later write is refused with it (fail closed).
+    tampered: Arc<Mutex<Option<String>>>,
 }
 
 impl AuditLog {
@@ -244,6 +308,7 @@ impl AuditLog {
             schema: schema.to_string(),
             actor: actor.to_string(),
             pod: pod.to_string(),
+            tampered: Arc::default(),
         })
     }
 
@@ -271,78 +336,134 @@ impl AuditLog {
         &self.schema
     }
 
-    /// Creates the store on first start. When the schema already exists it
-    /// is only checked: a table or trigger that went missing is tampering,
-    /// not something to quietly recreate.
+    /// The NOLOGIN role that owns the store. The operator's admin is not a
+    /// member of it, so it cannot alter, disable or drop what guards the
+    /// trail; it may only read and append.
+    pub fn owner_role(&self) -> String {
+        format!("{}{OWNER_SUFFIX}", self.schema)
+    }
+
+    /// Creates the store on first start, and moves a store of an earlier
+    /// version (owned by the admin itself) to the owner role. When the store
+    /// exists it is only checked: a table or trigger that went missing is
+    /// tampering, not something to quietly recreate.
     pub async fn ensure_schema(&self) -> Result<(), BackendError> {
         let s = &self.schema;
+        let owner = self.owner_role();
         let mut tx = self.pool.begin().await.map_err(|e| db_error("begin", e))?;
         // Operators starting together must not race on CREATE.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tenantry-audit-schema'))")
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error("lock", e))?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-                .bind(s)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| db_error("look for the schema", e))?;
-        if !exists {
-            let statements = [
-                format!("CREATE SCHEMA {s}"),
-                format!(
-                    "CREATE TABLE {s}.events (
-                        seq bigserial PRIMARY KEY,
-                        at timestamptz NOT NULL,
-                        tenant text NOT NULL,
-                        tenant_uid text,
-                        actor text NOT NULL,
-                        pod text NOT NULL,
-                        generation bigint,
-                        resource_version text,
-                        action text NOT NULL,
-                        target text NOT NULL,
-                        outcome text NOT NULL,
-                        detail jsonb NOT NULL,
-                        prev_hash text NOT NULL,
-                        hash text NOT NULL)"
-                ),
-                format!("CREATE INDEX events_tenant_seq ON {s}.events (tenant, seq)"),
-                format!(
-                    "CREATE FUNCTION {s}.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
-                     BEGIN
-                       RAISE EXCEPTION 'tenantry audit rows are append-only: % refused', TG_OP
-                         USING ERRCODE = 'insufficient_privilege';
-                     END $$"
-                ),
-                format!(
-                    "CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {s}.events
-                     FOR EACH ROW EXECUTE FUNCTION {s}.refuse_change()"
-                ),
-                format!(
-                    "CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON {s}.events
-                     FOR EACH STATEMENT EXECUTE FUNCTION {s}.refuse_change()"
-                ),
-                // The owner revokes its own rights too: the operator's
-                // connection then cannot change rows even before the trigger.
-                format!("REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM PUBLIC, CURRENT_USER"),
-            ];
-            for sql in &statements {
-                sqlx::query(AssertSqlSafe(sql.as_str()))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| db_error("create the audit store", e))?;
+        let (schema_owner, role_exists, version): (Option<String>, bool, i32) = sqlx::query_as(
+            "SELECT (SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1), \
+                    EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2), \
+                    current_setting('server_version_num')::int",
+        )
+        .bind(s)
+        .bind(&owner)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error("look for the store", e))?;
+        let admin: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db_error("read the admin's name", e))?;
+        // Membership only for the length of this transaction: enough to
+        // make the owner own things, never visible to anyone else.
+        let join = if version >= 160_000 {
+            format!("GRANT {owner} TO CURRENT_USER WITH INHERIT FALSE, SET TRUE")
+        } else {
+            format!("GRANT {owner} TO CURRENT_USER")
+        };
+        let leave = format!("REVOKE {owner} FROM CURRENT_USER");
+        let grants = [
+            format!(
+                "GRANT USAGE ON SCHEMA {s} TO {admin}",
+                admin = quote_ident(&admin)
+            ),
+            format!(
+                "GRANT SELECT, INSERT ON {s}.events TO {admin}",
+                admin = quote_ident(&admin)
+            ),
+            format!(
+                "GRANT USAGE ON SEQUENCE {s}.events_seq_seq TO {admin}",
+                admin = quote_ident(&admin)
+            ),
+        ];
+        let mut statements: Vec<String> = Vec::new();
+        if !role_exists {
+            statements.push(format!("CREATE ROLE {owner} NOLOGIN"));
+            statements.push(format!(
+                "COMMENT ON ROLE {owner} IS 'tenantry: owns the audit trail in schema {s}; nobody logs in as it'"
+            ));
+        }
+        match schema_owner.as_deref() {
+            None => {
+                statements.push(join.clone());
+                statements.push(format!("CREATE SCHEMA {s} AUTHORIZATION {owner}"));
+                statements.push(format!("SET LOCAL ROLE {owner}"));
+                statements.extend(store_ddl(s));
+                statements.extend(grants.iter().cloned());
+                statements.push("RESET ROLE".to_string());
+                statements.push(leave.clone());
             }
-            tracing::info!(schema = %s, "created the audit trail store");
+            // Written by a version whose admin owned the store: hand it to
+            // the owner. Ownership changes carry the old owner's privileges
+            // to the new one, so the admin is left with none until granted.
+            Some(current) if current == admin => {
+                statements.push(join.clone());
+                statements.push(format!("ALTER SCHEMA {s} OWNER TO {owner}"));
+                statements.push(format!("ALTER TABLE {s}.events OWNER TO {owner}"));
+                statements.push(format!(
+                    "ALTER FUNCTION {s}.refuse_change() OWNER TO {owner}"
+                ));
+                statements.push(format!("SET LOCAL ROLE {owner}"));
+                statements.push(format!(
+                    "REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM PUBLIC, {owner}"
+                ));
+                statements.extend(grants.iter().cloned());
+                statements.push("RESET ROLE".to_string());
+                statements.push(leave.clone());
+                tracing::info!(schema = %s, owner = %owner, "moved the audit trail to its own owner role");
+            }
+            Some(_) => {}
+        }
+        for sql in &statements {
+            sqlx::query(AssertSqlSafe(sql.as_str()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error("create the audit store", e))?;
+        }
+        if schema_owner.is_none() {
+            tracing::info!(schema = %s, owner = %owner, "created the audit trail store");
         }
         tx.commit().await.map_err(|e| db_error("commit", e))?;
         self.check_guards().await
     }
 
-    /// The table exists, both triggers exist and fire, and the connection
-    /// has no right to change rows.
+    /// The store is as [`ensure_schema`](Self::ensure_schema) made it: the
+    /// table exists, both triggers exist and fire, everything is owned by
+    /// the owner role, which nobody logs in as and the operator cannot act
+    /// as, and the operator's connection has no right to change rows.
+    ///
+    /// Checked at start and again every checkpoint interval; a failure stops
+    /// every later audit write (and so every change) until the store is
+    /// repaired and the operator restarted.
     pub async fn check_guards(&self) -> Result<(), BackendError> {
+        let result = self.read_guards().await;
+        if let Err(BackendError::Rejected { message, .. }) = &result {
+            let mut tampered = self
+                .tampered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tampered.get_or_insert_with(|| message.clone());
+        }
+        result
+    }
+
+    async fn read_guards(&self) -> Result<(), BackendError> {
         let refuse = |message: String| BackendError::Rejected {
             backend: Backend::Postgres,
             message: format!(
@@ -352,15 +473,51 @@ impl AuditLog {
             ),
         };
         let table = self.table();
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(&table)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error("look for the table", e))?;
-        if !exists {
+        let owner = self.owner_role();
+        let facts: GuardFacts = sqlx::query_as(
+            "SELECT to_regclass($1) IS NOT NULL AS table_exists, \
+                    (SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $2) AS schema_owner, \
+                    (SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = to_regclass($1)) AS table_owner, \
+                    (SELECT pg_get_userbyid(p.proowner)::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                      WHERE n.nspname = $2 AND p.proname = 'refuse_change') AS function_owner, \
+                    (SELECT rolcanlogin FROM pg_roles WHERE rolname = $3) AS owner_can_login, \
+                    CASE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $3) THEN false \
+                         WHEN current_setting('server_version_num')::int >= 160000 \
+                           THEN pg_has_role(current_user, $3, 'USAGE') OR pg_has_role(current_user, $3, 'SET') \
+                         ELSE pg_has_role(current_user, $3, 'MEMBER') END AS admin_acts_as_owner, \
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS admin_is_superuser",
+        )
+        .bind(&table)
+        .bind(&self.schema)
+        .bind(&owner)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("read the store's guards", e))?;
+        if !facts.table_exists {
             return Err(refuse(
                 "the schema exists but its events table is missing".into(),
             ));
+        }
+        for (what, found) in [
+            ("schema", &facts.schema_owner),
+            ("table", &facts.table_owner),
+            ("function refuse_change", &facts.function_owner),
+        ] {
+            if found.as_deref() != Some(owner.as_str()) {
+                return Err(refuse(format!(
+                    "its {what} is owned by {found:?}, not by the owner role {owner:?}"
+                )));
+            }
+        }
+        if facts.owner_can_login != Some(false) {
+            return Err(refuse(format!(
+                "the owner role {owner:?} may log in (or is missing)"
+            )));
+        }
+        if facts.admin_acts_as_owner {
+            return Err(refuse(format!(
+                "the operator's role is a member of the owner role {owner:?}"
+            )));
         }
         let triggers: Vec<(String, String)> = sqlx::query_as(
             "SELECT tgname::text, tgenabled::text FROM pg_trigger
@@ -383,15 +540,14 @@ impl AuditLog {
         // A superuser passes every privilege check (only the trigger holds
         // it back); the backend already warns against running as one.
         let writable: bool = sqlx::query_scalar(
-            "SELECT NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-                 AND (has_table_privilege($1, 'UPDATE') OR has_table_privilege($1, 'DELETE')
-                      OR has_table_privilege($1, 'TRUNCATE'))",
+            "SELECT has_table_privilege($1, 'UPDATE') OR has_table_privilege($1, 'DELETE') \
+                 OR has_table_privilege($1, 'TRUNCATE')",
         )
         .bind(&table)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("read the privileges", e))?;
-        if writable {
+        if writable && !facts.admin_is_superuser.unwrap_or(false) {
             return Err(refuse(
                 "the operator's role was granted UPDATE, DELETE or TRUNCATE".into(),
             ));
@@ -424,8 +580,22 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Why the store is no longer trusted, once a guard check failed.
+    pub fn distrusted(&self) -> Option<String> {
+        self.tampered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Appends one row to the tenant's chain and returns it.
     pub async fn record(&self, entry: AuditEntry) -> Result<AuditRow, BackendError> {
+        if let Some(why) = self.distrusted() {
+            return Err(BackendError::Rejected {
+                backend: Backend::Postgres,
+                message: why,
+            });
+        }
         let mut tx = self.pool.begin().await.map_err(|e| db_error("begin", e))?;
         // One writer per chain at a time, across operator replicas, so two
         // rows never claim the same predecessor.
@@ -696,15 +866,15 @@ impl AuditLog {
 /// namespace) could otherwise plant one, with its own password, key policy
 /// or replication, for the next Tenant of that name to take over.
 ///
-/// Outside an audit scope (a backend driven directly, as some tests do)
-/// there is no trail to ask, and the tags decide as before.
+/// Outside an audit scope there is no trail to ask: refused, unless
+/// [`allow_unrecorded_changes`] was called (then the tags decide).
 pub async fn require_recorded_release(
     backend: Backend,
     resource: &str,
     target: &str,
 ) -> Result<(), BackendError> {
     let Some(scope) = current() else {
-        return Ok(());
+        return outside_scope(&format!("the adoption of released {target} was asked"));
     };
     if scope.log.release_recorded(&scope.tenant, target).await? {
         return Ok(());
@@ -720,9 +890,35 @@ pub async fn require_recorded_release(
     })
 }
 
+/// Set by [`allow_unrecorded_changes`].
+static UNRECORDED_ALLOWED: AtomicBool = AtomicBool::new(false);
+
+/// Lets changes made outside any audit scope through, unrecorded: for
+/// tests and tools that drive a backend directly, with no Tenant and no
+/// trail behind it. The operator never calls it, so in the operator a
+/// change that escaped its reconcile's scope (a spawned task does not
+/// inherit it) fails instead of going unrecorded.
+pub fn allow_unrecorded_changes() {
+    UNRECORDED_ALLOWED.store(true, Ordering::Relaxed);
+}
+
+fn outside_scope(what: &str) -> Result<(), BackendError> {
+    if UNRECORDED_ALLOWED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    Err(BackendError::Rejected {
+        backend: Backend::Postgres,
+        message: format!(
+            "audit trail: {what} outside any tenant's audit scope, so it cannot be recorded; \
+             an unrecorded change is treated as failed"
+        ),
+    })
+}
+
 /// Records a successful change for the tenant being reconciled. Call it
 /// right after the change and return its error: a change whose record
-/// cannot be written is not reported done.
+/// cannot be written is not reported done, and neither is one made outside
+/// an audit scope.
 pub async fn note(
     action: &str,
     target: &str,
@@ -730,7 +926,7 @@ pub async fn note(
 ) -> Result<(), BackendError> {
     match current() {
         Some(scope) => scope.record(action, target, Outcome::Ok, detail).await,
-        None => Ok(()),
+        None => outside_scope(&format!("{action} on {target} was made")),
     }
 }
 
@@ -806,6 +1002,24 @@ mod tests {
         };
         let b = verify_chain(&swapped).unwrap();
         assert_eq!(b.seq, 5);
+    }
+
+    #[tokio::test]
+    async fn a_change_outside_any_audit_scope_is_refused() {
+        // This unit-test binary never calls allow_unrecorded_changes.
+        let refused = note("kms.key.create", "alias/x", serde_json::json!({})).await;
+        let Err(BackendError::Rejected { message, .. }) = refused else {
+            panic!("an unscoped change was let through: {refused:?}");
+        };
+        assert!(
+            message.contains("outside any tenant's audit scope"),
+            "{message}"
+        );
+        assert!(
+            require_recorded_release(Backend::Kms, "key", "alias/x")
+                .await
+                .is_err()
+        );
     }
 
     #[test]

@@ -699,6 +699,13 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
+    // A store that failed its guards while running records nothing more, so
+    // nothing more is changed: refused before any backend is touched.
+    if let Some(why) = ctx.audit.distrusted() {
+        let verdict = Verdict::new(TenantPhase::Failed, "AuditTrailDistrusted", why);
+        return finish(tenant, ctx, &class, current, &verdict, None).await;
+    }
+
     if let Some(wait) = backoff_remaining(&current, generation, &ctx.engine, now) {
         tracing::debug!(tenant = %name, ?wait, "failed tenant still in backoff");
         return Ok(Action::requeue(wait));

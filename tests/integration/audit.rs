@@ -9,7 +9,9 @@ use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use sqlx::{Connection, PgPool};
 use tenantry::api::Tenant;
-use tenantry::audit::{AuditEntry, AuditLog, Outcome};
+use tenantry::audit::anchor::Anchor;
+use tenantry::audit::checkpoint::Checkpointer;
+use tenantry::audit::{AuditEntry, AuditLog, AuditRow, Outcome};
 
 use crate::support::cluster::*;
 use crate::support::readback;
@@ -32,7 +34,7 @@ fn private_schema() -> String {
 pub(crate) async fn drop_schema(schema: &str) {
     let mut su = readback::superuser_db_in("tenantry").await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; DROP ROLE IF EXISTS {schema}_owner"
     )))
     .execute(&mut su)
     .await
@@ -256,7 +258,9 @@ async fn edited_deleted_and_reordered_rows_are_reported_at_their_row_and_the_adm
     let (ok, out) = cli_without_cluster(&["verify"], &schema).await;
     assert!(ok, "{out}");
 
-    // The operator's own role: no UPDATE, DELETE or TRUNCATE, even as owner.
+    // The operator's own role may read and append, nothing else: every
+    // rewrite, and every way around the guards, is refused.
+    let owner = log.owner_role();
     for sql in [
         format!(
             "UPDATE {schema}.events SET target = 'x' WHERE seq = {}",
@@ -264,30 +268,51 @@ async fn edited_deleted_and_reordered_rows_are_reported_at_their_row_and_the_adm
         ),
         format!("DELETE FROM {schema}.events WHERE seq = {}", e[0]),
         format!("TRUNCATE {schema}.events"),
+        format!("ALTER TABLE {schema}.events DISABLE TRIGGER append_only"),
+        format!("ALTER TABLE {schema}.events DISABLE TRIGGER ALL"),
+        format!("DROP TRIGGER append_only ON {schema}.events"),
+        format!("ALTER TABLE {schema}.events OWNER TO CURRENT_USER"),
+        format!("DROP TABLE {schema}.events"),
+        format!("DROP SCHEMA {schema} CASCADE"),
+        format!(
+            "CREATE OR REPLACE FUNCTION {schema}.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+        ),
+        format!("SET ROLE {owner}"),
     ] {
         let refused = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
             .execute(&pool)
             .await;
         assert!(refused.is_err(), "admin was allowed: {sql}");
     }
-    // Even with the privilege back, the trigger refuses.
+    // It cannot grant itself a privilege back: a GRANT by a role that does
+    // not own the table only warns, and nothing changes.
     let mut admin = readback::admin_db().await;
-    let mut tx = admin.begin().await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "GRANT UPDATE, DELETE ON {schema}.events TO CURRENT_USER"
     )))
-    .execute(&mut *tx)
+    .execute(&mut admin)
     .await
     .unwrap();
+    let refused = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.events SET target = 'x' WHERE seq = {}",
+        e[0]
+    )))
+    .execute(&mut admin)
+    .await;
+    assert!(
+        refused.is_err(),
+        "admin updated a row after granting itself UPDATE"
+    );
+    // Even for a superuser, the trigger refuses until switched off.
+    let mut su = readback::superuser_db_in("tenantry").await;
     let err = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "UPDATE {schema}.events SET target = 'x' WHERE seq = {}",
         e[0]
     )))
-    .execute(&mut *tx)
+    .execute(&mut su)
     .await
     .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    tx.rollback().await.unwrap();
     assert_eq!(log.verify(None).await.unwrap(), vec![]);
 
     as_superuser(
@@ -354,13 +379,12 @@ async fn the_operator_refuses_to_start_when_the_audit_trigger_was_dropped() {
     }
     op.kill().await;
 
-    // The owner may drop the trigger (privileges cannot stop an owner):
-    // the operator must notice and refuse.
-    let mut admin = readback::admin_db().await;
+    // A superuser may drop the trigger: the operator must notice and refuse.
+    let mut su = readback::superuser_db_in("tenantry").await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP TRIGGER append_only ON {schema}.events"
     )))
-    .execute(&mut admin)
+    .execute(&mut su)
     .await
     .unwrap();
     op.restart_with(&[("TENANTRY_AUDIT_SCHEMA", &schema)]).await;
@@ -386,11 +410,16 @@ async fn a_change_whose_audit_row_cannot_be_written_fails_its_step() {
         assert!(tokio::time::Instant::now() < deadline, "{}", op.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut admin = readback::admin_db().await;
+    // Only the store's owner (or a superuser) can take the admin's INSERT.
+    let admin_name = url::Url::parse(&env("TENANTRY_DATABASE_URL"))
+        .unwrap()
+        .username()
+        .to_string();
+    let mut su = readback::superuser_db_in("tenantry").await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "REVOKE INSERT ON {schema}.events FROM CURRENT_USER"
+        "REVOKE INSERT ON {schema}.events FROM {admin_name}"
     )))
-    .execute(&mut admin)
+    .execute(&mut su)
     .await
     .unwrap();
 
@@ -431,9 +460,9 @@ async fn a_change_whose_audit_row_cannot_be_written_fails_its_step() {
     // Once rows can be written again, provisioning resumes, adopting the key
     // whose creation went unrecorded, and the trail says so.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "GRANT INSERT ON {schema}.events TO CURRENT_USER"
+        "GRANT INSERT ON {schema}.events TO {admin_name}"
     )))
-    .execute(&mut admin)
+    .execute(&mut su)
     .await
     .unwrap();
     wait_for_tenant(&client, &op, &name, TIMEOUT, "Ready", is_ready).await;
@@ -540,5 +569,305 @@ async fn a_removed_tombstone_of_a_deleted_tenant_is_caught() {
     assert!(out.contains("the Tenant is gone"), "{out}");
     let (ok, out) = cli(&["verify", "--tenant", &kept], &schema).await;
     assert!(ok, "a Retain deletion ends its chain on purpose too: {out}");
+    drop_schema(&schema).await;
+}
+
+/// A trail written by a version whose admin owned the store.
+async fn create_store_of_the_previous_version(schema: &str) {
+    let mut admin = readback::admin_db().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.events (
+             seq bigserial PRIMARY KEY, at timestamptz NOT NULL, tenant text NOT NULL,
+             tenant_uid text, actor text NOT NULL, pod text NOT NULL, generation bigint,
+             resource_version text, action text NOT NULL, target text NOT NULL,
+             outcome text NOT NULL, detail jsonb NOT NULL, prev_hash text NOT NULL,
+             hash text NOT NULL);
+         CREATE INDEX events_tenant_seq ON {schema}.events (tenant, seq);
+         CREATE FUNCTION {schema}.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'tenantry audit rows are append-only: % refused', TG_OP
+           USING ERRCODE = 'insufficient_privilege'; END $$;
+         CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {schema}.events
+           FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_change();
+         CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON {schema}.events
+           FOR EACH STATEMENT EXECUTE FUNCTION {schema}.refuse_change();
+         REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.events FROM PUBLIC, CURRENT_USER"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("the previous version's store");
+}
+
+/// Issue 15, path 3, migration: a store the admin owned (as every version
+/// before this one made it) is handed to the owner role on the next start,
+/// its rows kept and still verified, and from then on the admin can no
+/// longer change what guards it.
+#[tokio::test]
+async fn a_trail_of_the_previous_version_is_handed_to_its_owner_role_with_its_rows() {
+    let schema = private_schema();
+    create_store_of_the_previous_version(&schema).await;
+    let pool = admin_pool().await;
+    // The admin owns it: it can switch its guard off, as the attack needs.
+    let mut admin = readback::admin_db().await;
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {schema}.events DISABLE TRIGGER append_only"
+    )))
+    .execute(&mut *tx)
+    .await
+    .expect("the previous version's admin owns the trail");
+    tx.rollback().await.unwrap();
+
+    let log = AuditLog::new(pool.clone(), &schema, "tenantry", "test-pod").unwrap();
+    // Rows written by the previous version (same row format).
+    let tenant = unique_name("aud-mig");
+    let before = seed(&log, &tenant, 3).await;
+    log.ensure_schema().await.expect("the store is migrated");
+    log.ensure_schema().await.expect("and then only checked");
+
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1 \
+         UNION ALL SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = to_regclass($2)",
+    )
+    .bind(&schema)
+    .bind(format!("{schema}.events"))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(owners, vec![log.owner_role(), log.owner_role()]);
+    let refused = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {schema}.events DISABLE TRIGGER append_only"
+    )))
+    .execute(&pool)
+    .await;
+    assert!(refused.is_err(), "the admin still owns the migrated trail");
+    let after = seed(&log, &tenant, 1).await;
+    let rows = log.log(&tenant).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [before, after].concat()
+    );
+    assert_eq!(log.verify(None).await.unwrap(), vec![]);
+    drop_schema(&schema).await;
+}
+
+fn anchor_for(schema: &str, config: &aws_config::SdkConfig) -> Anchor {
+    Anchor::new(
+        config,
+        true,
+        &env("TENANTRY_AUDIT_ANCHOR_BUCKET"),
+        "alias/tenantry-audit",
+        Duration::from_secs(86_400),
+    )
+    .for_trail(schema)
+}
+
+/// What a superuser who knows the row format does: rewrite a tenant's chain
+/// and recompute every hash, so that the chain verifies again.
+async fn rewrite_chain(
+    schema: &str,
+    log: &AuditLog,
+    tenant: &str,
+    change: impl FnOnce(&mut Vec<AuditRow>),
+) {
+    let mut rows = log.log(tenant).await.unwrap();
+    change(&mut rows);
+    let mut prev = tenantry::audit::GENESIS.to_string();
+    for row in &mut rows {
+        row.prev_hash = prev.clone();
+        row.hash = tenantry::audit::row_hash(row);
+        prev = row.hash.clone();
+    }
+    let mut su = readback::superuser_db_in("tenantry").await;
+    let mut tx = su.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {schema}.events DISABLE TRIGGER ALL"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {schema}.events WHERE tenant = $1"
+    )))
+    .bind(tenant)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    for r in &rows {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {schema}.events (seq, at, tenant, tenant_uid, actor, pod, generation, resource_version,
+                 action, target, outcome, detail, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        )))
+        .bind(r.seq)
+        .bind(r.at)
+        .bind(&r.tenant)
+        .bind(&r.tenant_uid)
+        .bind(&r.actor)
+        .bind(&r.pod)
+        .bind(r.generation)
+        .bind(&r.resource_version)
+        .bind(&r.action)
+        .bind(&r.target)
+        .bind(&r.outcome)
+        .bind(&r.detail)
+        .bind(&r.prev_hash)
+        .bind(&r.hash)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {schema}.events ENABLE TRIGGER ALL"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Issue 15, path 3: a superuser rewrites the trail and recomputes every
+/// hash, so each chain verifies on its own. Against the checkpoints in the
+/// anchor (MAC'd by KMS, under Object Lock), `tenantry audit verify` still
+/// finds each: a row edited, a row removed, a whole tenant's chain removed,
+/// the tail cut; and a checkpoint planted in the bucket fails its MAC.
+#[tokio::test]
+async fn verify_against_the_anchor_finds_what_a_superuser_rewrote_with_recomputed_hashes() {
+    let schema = private_schema();
+    let pool = admin_pool().await;
+    let log = AuditLog::new(pool.clone(), &schema, "tenantry", "test-pod").unwrap();
+    log.ensure_schema().await.unwrap();
+    let config = tenantry::backends::aws::load_sdk_config().await;
+    let anchor = anchor_for(&schema, &config);
+    anchor.ensure().await.expect("the anchor");
+    let [edited, removed, gone, cut, untouched] =
+        ["aud-edit", "aud-rm", "aud-gone", "aud-cut", "aud-ok"].map(unique_name);
+    for tenant in [&edited, &removed, &gone, &cut, &untouched] {
+        seed(&log, tenant, 4).await;
+    }
+    let mut checkpointer = Checkpointer::new(log.clone(), Some(anchor_for(&schema, &config)));
+    let first = checkpointer.tick().await.unwrap();
+    assert_eq!(first, Some(1));
+    assert_eq!(checkpointer.tick().await.unwrap(), None, "nothing moved");
+    let (ok, out) = cli_without_cluster(&["verify"], &schema).await;
+    assert!(ok && out.contains("1 checkpoint(s)"), "{out}");
+
+    rewrite_chain(&schema, &log, &edited, |rows| {
+        rows[1].target = "somewhere-else".into();
+    })
+    .await;
+    rewrite_chain(&schema, &log, &removed, |rows| {
+        rows.remove(1);
+    })
+    .await;
+    rewrite_chain(&schema, &log, &gone, Vec::clear).await;
+    rewrite_chain(&schema, &log, &cut, |rows| {
+        rows.pop();
+    })
+    .await;
+    // Each chain is consistent on its own: without the anchor, nothing shows.
+    assert_eq!(log.verify(None).await.unwrap(), vec![]);
+
+    let (ok, out) = cli_without_cluster(&["verify"], &schema).await;
+    assert!(!ok, "verify passed a rewritten trail: {out}");
+    for (tenant, says) in [
+        (&edited, "its hashes recomputed"),
+        // A row taken out of the middle changes every hash after it.
+        (&removed, "its hashes recomputed"),
+        (&gone, "its whole chain is gone"),
+        (&cut, "is missing: rows were removed"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(&format!("tenant {tenant}:")) && l.contains(says)),
+            "{tenant}: not reported as {says:?}: {out}"
+        );
+    }
+    assert!(!out.contains(&format!("tenant {untouched}:")), "{out}");
+    assert!(out.contains("4 problem(s) against the anchor"), "{out}");
+
+    // Whoever may write the bucket plants a checkpoint of its own: its MAC
+    // cannot be made without the key.
+    let forged = tenantry::audit::checkpoint::encode(b"{}", &[0u8; 32]);
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.put_object()
+        .bucket(env("TENANTRY_AUDIT_ANCHOR_BUCKET"))
+        .key(anchor.checkpoint_key(2))
+        .body(forged.into())
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+        .send()
+        .await
+        .expect("plant an object");
+    let (ok, out) = cli_without_cluster(&["verify", "--tenant", &untouched], &schema).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("checkpoint 2 cannot be read")
+            || out.contains("checkpoint 2: its MAC does not verify"),
+        "{out}"
+    );
+    drop_schema(&schema).await;
+}
+
+/// Issue 15, path 3: the guards are checked while the operator runs, not
+/// only at start. The admin can still take a step PostgreSQL allows a
+/// CREATEROLE role (making itself a member of the owner role); at the next
+/// round the operator notices, and from then on refuses every change,
+/// because none could be recorded in a trail it can no longer trust.
+#[tokio::test]
+async fn a_store_tampered_with_while_the_operator_runs_stops_every_change() {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "aud").await;
+    let schema = private_schema();
+    let op = Operator::start(&[
+        ("TENANTRY_AUDIT_SCHEMA", &schema),
+        ("TENANTRY_AUDIT_CHECKPOINT_INTERVAL", "1s"),
+    ])
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !op.log().contains("audit trail verified") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", op.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = AuditLog::new(admin_pool().await, &schema, "", "").unwrap();
+    let mut admin = readback::admin_db().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT {} TO CURRENT_USER",
+        log.owner_role()
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("CREATEROLE lets the admin join the owner role");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !op.log().contains("member of the owner role") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            tail(&op.log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let name = unique_name("aud-tamper");
+    let spec = json!({"credentials": {"namespace": ns}});
+    create_tenant(&client, &tenant_manifest(&op, &name, spec)).await;
+    let t = wait_for_tenant(&client, &op, &name, TIMEOUT, "refused for the trail", |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "False" && c.message.contains("tampered with"))
+    })
+    .await;
+    assert!(!is_ready(&t));
+    assert_eq!(
+        log.log(&name).await.unwrap(),
+        vec![],
+        "a change was recorded in a distrusted trail"
+    );
+    drop(op);
     drop_schema(&schema).await;
 }

@@ -320,7 +320,7 @@ async fn checkpoints_come_back_in_seq_order_locked_in_compliance_mode() {
         .s3
         .head_object()
         .bucket(&bucket)
-        .key(Anchor::checkpoint_key(2))
+        .key(anchor.checkpoint_key(2))
         .send()
         .await
         .unwrap();
@@ -358,7 +358,7 @@ async fn a_checkpoint_cannot_be_deleted_or_replaced_with_the_same_credentials() 
             .await
             .unwrap();
     }
-    let key = Anchor::checkpoint_key(2);
+    let key = anchor.checkpoint_key(2);
     let versions = aws
         .s3
         .list_object_versions()
@@ -428,7 +428,7 @@ async fn a_checkpoint_cannot_be_deleted_or_replaced_with_the_same_credentials() 
     aws.s3
         .delete_object()
         .bucket(&bucket)
-        .key(Anchor::checkpoint_key(3))
+        .key(anchor.checkpoint_key(3))
         .send()
         .await
         .unwrap();
@@ -481,7 +481,7 @@ async fn a_seq_is_written_once_and_a_retry_of_the_same_write_succeeds() {
     aws.s3
         .delete_object()
         .bucket(&bucket)
-        .key(Anchor::checkpoint_key(7))
+        .key(anchor.checkpoint_key(7))
         .send()
         .await
         .unwrap();
@@ -497,7 +497,7 @@ async fn a_seq_is_written_once_and_a_retry_of_the_same_write_succeeds() {
     );
 
     // A seq someone else wrote first (a planted version) is not taken over.
-    let planted = Anchor::checkpoint_key(8);
+    let planted = anchor.checkpoint_key(8);
     aws.s3
         .put_object()
         .bucket(&bucket)

@@ -90,6 +90,7 @@ struct Aws {
 
 impl Aws {
     async fn new() -> Self {
+        crate::support::unaudited();
         crate::support::env("AWS_ENDPOINT_URL");
         let config = load_sdk_config().await;
         let endpoint = config.endpoint_url().expect("AWS_ENDPOINT_URL names moto");

@@ -24,6 +24,7 @@ use crate::support::{bucket_prefix, env, unique_name, unique_uid};
 pub(crate) const SHARED_DB: &str = "tenantry";
 
 pub(crate) async fn backend() -> PostgresBackend {
+    crate::support::unaudited();
     PostgresBackend::connect(
         &SecretString::from(env("TENANTRY_DATABASE_URL")),
         4,

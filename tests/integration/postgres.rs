@@ -18,6 +18,7 @@ use crate::support::{bucket_prefix, env, unique_name, unique_uid};
 const SHARED_DB: &str = "tenantry";
 
 async fn backend() -> PostgresBackend {
+    crate::support::unaudited();
     PostgresBackend::connect(
         &SecretString::from(env("TENANTRY_DATABASE_URL")),
         4,

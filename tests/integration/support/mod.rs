@@ -5,6 +5,13 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// Backend tests drive a backend directly, with no Tenant reconcile and so
+/// no audit scope around its changes; the operator refuses such changes,
+/// these tests let them through unrecorded.
+pub fn unaudited() {
+    tenantry::audit::allow_unrecorded_changes();
+}
+
 /// Reads a variable that `hack/localenv.sh` exports, failing loudly when the
 /// tests were started without the local environment.
 pub fn env(name: &str) -> String {
