@@ -23,7 +23,7 @@ use aws_sdk_s3::types::{
 use serde_json::{Value, json};
 
 use super::aws::{
-    AwsError, build_error, classify, conflict, desired_tags, error_code, http_status, is_transient,
+    AwsError, build_error, conflict, desired_tags, error_code, http_status, is_transient,
     tag_changes, tag_pairs,
 };
 use super::{Backend, BackendError, ObjectStorage, Ownership, TenantRef, tags};
@@ -35,6 +35,13 @@ const DELETE_BATCH: usize = 1000;
 
 pub struct S3Backend {
     client: Client,
+    sts: aws_sdk_sts::Client,
+    /// The AWS account every bucket must belong to, sent as
+    /// `ExpectedBucketOwner` on every bucket and object call: a 200 from a
+    /// bucket of another account that lets this one in (its policy can) is
+    /// otherwise indistinguishable from one of ours. Set by
+    /// [`S3Backend::with_account_id`], or read once from STS.
+    account: tokio::sync::OnceCell<String>,
     region: Option<String>,
     /// The endpoint is plain HTTP (a local S3 such as moto): the tenant's own
     /// deny-non-TLS policy then refuses tenantry's object deletions too.
@@ -65,9 +72,12 @@ impl S3Backend {
         let s3_config = super::aws::count_s3_calls(
             aws_sdk_s3::config::Builder::from(config).force_path_style(force_path_style),
         )
+        .interceptor(RequireExpectedOwner)
         .build();
         Self {
             client: Client::from_conf(s3_config),
+            sts: aws_sdk_sts::Client::new(config),
+            account: tokio::sync::OnceCell::new(),
             region: config.region().map(|r| r.to_string()),
             plain_http: config
                 .endpoint_url()
@@ -83,6 +93,39 @@ impl S3Backend {
         self
     }
 
+    /// The account the buckets must belong to, when it is known (a class or
+    /// the deployment names it): saves the STS call, and holds even where
+    /// STS is not reachable.
+    pub fn with_account_id(mut self, account: Option<String>) -> Self {
+        if let Some(account) = account {
+            self.account = tokio::sync::OnceCell::from(account);
+        }
+        self
+    }
+
+    /// The expected bucket owner: the configured account, or the one the
+    /// credentials belong to. A failed look-up is not kept, so a transient
+    /// STS error is tried again on the next call.
+    async fn account(&self) -> Result<&str, BackendError> {
+        let account =
+            self.account
+                .get_or_try_init(|| async {
+                    let out =
+                        self.sts.get_caller_identity().send().await.map_err(|e| {
+                            super::aws::classify(BACKEND, "sts:GetCallerIdentity", e)
+                        })?;
+                    match out.account() {
+                        Some(account) if !account.is_empty() => Ok(account.to_string()),
+                        _ => Err(BackendError::Rejected {
+                            backend: BACKEND,
+                            message: "sts:GetCallerIdentity named no account".to_string(),
+                        }),
+                    }
+                })
+                .await?;
+        Ok(account)
+    }
+
     fn uncertain(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.uncertain
             .lock()
@@ -96,7 +139,15 @@ impl S3Backend {
     }
 
     async fn head(&self, bucket: &str) -> Result<Presence, BackendError> {
-        let err = match self.client.head_bucket().bucket(bucket).send().await {
+        let owner = self.account().await?;
+        let err = match self
+            .client
+            .head_bucket()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await
+        {
             Ok(_) => return Ok(Presence::InAccount),
             Err(e) => e,
         };
@@ -116,7 +167,15 @@ impl S3Backend {
 
     /// The bucket's tags; empty when it has none.
     async fn tags_of(&self, bucket: &str) -> Result<BTreeMap<String, String>, BackendError> {
-        match self.client.get_bucket_tagging().bucket(bucket).send().await {
+        let owner = self.account().await?;
+        match self
+            .client
+            .get_bucket_tagging()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await
+        {
             Ok(out) => Ok(out
                 .tag_set()
                 .iter()
@@ -132,6 +191,7 @@ impl S3Backend {
         bucket: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let tag_set = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -144,6 +204,7 @@ impl S3Backend {
         self.client
             .put_bucket_tagging()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .tagging(tagging)
             .send()
             .await
@@ -245,10 +306,12 @@ impl S3Backend {
     }
 
     async fn converge_public_access_block(&self, bucket: &str) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let current = match self
             .client
             .get_public_access_block()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .send()
             .await
         {
@@ -280,6 +343,7 @@ impl S3Backend {
         self.client
             .put_public_access_block()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .public_access_block_configuration(config)
             .send()
             .await
@@ -294,7 +358,8 @@ impl S3Backend {
     }
 
     async fn converge_ownership_controls(&self, bucket: &str) -> Result<(), BackendError> {
-        let enforced = match self.client.get_bucket_ownership_controls().bucket(bucket).send().await {
+        let owner = self.account().await?;
+        let enforced = match self.client.get_bucket_ownership_controls().bucket(bucket).expected_bucket_owner(owner).send().await {
             Ok(out) => out.ownership_controls.is_some_and(|c| {
                 matches!(c.rules(), [rule] if *rule.object_ownership() == ObjectOwnership::BucketOwnerEnforced)
             }),
@@ -315,6 +380,7 @@ impl S3Backend {
         self.client
             .put_bucket_ownership_controls()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .ownership_controls(controls)
             .send()
             .await
@@ -329,7 +395,8 @@ impl S3Backend {
     }
 
     async fn converge_encryption(&self, bucket: &str, key_arn: &str) -> Result<(), BackendError> {
-        let done = match self.client.get_bucket_encryption().bucket(bucket).send().await {
+        let owner = self.account().await?;
+        let done = match self.client.get_bucket_encryption().bucket(bucket).expected_bucket_owner(owner).send().await {
             Ok(out) => out.server_side_encryption_configuration.is_some_and(|c| {
                 matches!(c.rules(), [rule] if rule.bucket_key_enabled() == Some(true)
                     && rule.apply_server_side_encryption_by_default().is_some_and(|d| {
@@ -359,6 +426,7 @@ impl S3Backend {
         self.client
             .put_bucket_encryption()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .server_side_encryption_configuration(config)
             .send()
             .await
@@ -377,10 +445,12 @@ impl S3Backend {
         bucket: &str,
         versioning: bool,
     ) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let status = match self
             .client
             .get_bucket_versioning()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .send()
             .await
         {
@@ -407,6 +477,7 @@ impl S3Backend {
         self.client
             .put_bucket_versioning()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .versioning_configuration(
                 VersioningConfiguration::builder()
                     .status(wanted.clone())
@@ -430,12 +501,20 @@ impl S3Backend {
         bucket: &str,
         key_arn: &str,
     ) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let principal = self
             .principal
             .as_deref()
             .map(|p| super::principal_for(p, &tenant.name));
         let desired = bucket_policy(bucket, partition_of(key_arn), principal.as_deref());
-        let current = match self.client.get_bucket_policy().bucket(bucket).send().await {
+        let current = match self
+            .client
+            .get_bucket_policy()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await
+        {
             Ok(out) => out.policy,
             Err(e) if error_code(&e) == Some("NoSuchBucketPolicy") => None,
             Err(e) => return Err(classify(BACKEND, &format!("GetBucketPolicy {bucket}"), e)),
@@ -446,6 +525,7 @@ impl S3Backend {
         self.client
             .put_bucket_policy()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .policy(desired.to_string())
             .send()
             .await
@@ -460,12 +540,14 @@ impl S3Backend {
     /// version that is gone is positional in S3, but moto looks it up and
     /// then lists nothing, which would leave the bucket half full.
     async fn empty(&self, bucket: &str) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let mut previous_first = None;
         loop {
             let page = self
                 .client
                 .list_object_versions()
                 .bucket(bucket)
+                .expected_bucket_owner(owner)
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("ListObjectVersions {bucket}"), e))?;
@@ -516,6 +598,7 @@ impl S3Backend {
         bucket: &str,
         ids: Vec<ObjectIdentifier>,
     ) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let count = ids.len();
         let delete = Delete::builder()
             .set_objects(Some(ids))
@@ -526,6 +609,7 @@ impl S3Backend {
             .client
             .delete_objects()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .delete(delete)
             .send()
             .await
@@ -606,6 +690,7 @@ impl ObjectStorage for S3Backend {
     }
 
     async fn remove_bucket(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError> {
+        let account = self.account().await?;
         match self.head(bucket).await? {
             Presence::Absent => return Ok(()),
             Presence::InAccount => {}
@@ -632,13 +717,21 @@ impl ObjectStorage for S3Backend {
             self.client
                 .delete_bucket_policy()
                 .bucket(bucket)
+                .expected_bucket_owner(account)
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("DeleteBucketPolicy {bucket}"), e))?;
             crate::audit::note("s3.bucket.policy.delete", bucket, serde_json::json!({"why": "plain HTTP endpoint; the deny-non-TLS policy would refuse emptying"})).await?;
         }
         self.empty(bucket).await?;
-        match self.client.delete_bucket().bucket(bucket).send().await {
+        match self
+            .client
+            .delete_bucket()
+            .bucket(bucket)
+            .expected_bucket_owner(account)
+            .send()
+            .await
+        {
             Ok(_) => {}
             Err(e) if error_code(&e) == Some("NoSuchBucket") => {}
             // Something wrote while we emptied it: another pass will do.
@@ -685,8 +778,76 @@ fn other_account(bucket: &str) -> BackendError {
     conflict(
         BACKEND,
         format!("bucket {bucket}"),
-        "it exists and this account may not access it (another account's bucket)",
+        "it exists and is owned by another account (S3 refused it to this one, or it is not owned by the expected bucket owner)",
     )
+}
+
+/// Every S3 operation the backend sends names the expected bucket owner,
+/// except these, which do not take one.
+const WITHOUT_EXPECTED_OWNER: &[&str] = &["CreateBucket", "ListBuckets"];
+
+const EXPECTED_OWNER_HEADER: &str = "x-amz-expected-bucket-owner";
+
+/// Refuses to send an S3 request that lacks `ExpectedBucketOwner`, so a
+/// call added without it fails in every test that reaches it instead of
+/// quietly trusting whichever account answers.
+#[derive(Debug)]
+struct RequireExpectedOwner;
+
+/// The refusal of [`RequireExpectedOwner`]: a bug in tenantry, never worth
+/// retrying.
+#[derive(Debug, thiserror::Error)]
+#[error("tenantry bug: S3 {operation} was about to be sent without ExpectedBucketOwner")]
+struct MissingExpectedOwner {
+    operation: String,
+}
+
+fn lacks_expected_owner(operation: &str, header: Option<&str>) -> bool {
+    !WITHOUT_EXPECTED_OWNER.contains(&operation) && header.is_none_or(str::is_empty)
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for RequireExpectedOwner {
+    fn name(&self) -> &'static str {
+        "tenantry::RequireExpectedOwner"
+    }
+
+    fn read_before_signing(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map_or("unknown", |m| m.name());
+        let header = context.request().headers().get(EXPECTED_OWNER_HEADER);
+        if lacks_expected_owner(operation, header) {
+            return Err(Box::new(MissingExpectedOwner {
+                operation: operation.to_string(),
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// [`super::aws::classify`], except that a request [`RequireExpectedOwner`]
+/// stopped is a permanent refusal: the SDK reports it as a dispatch failure,
+/// which would otherwise be retried as transient.
+fn classify<E>(backend: Backend, context: &str, err: AwsError<E>) -> BackendError
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(missing) = e.downcast_ref::<MissingExpectedOwner>() {
+            return BackendError::Rejected {
+                backend,
+                message: format!("{context}: {missing}"),
+            };
+        }
+        source = e.source();
+    }
+    super::aws::classify(backend, context, err)
 }
 
 /// moto (5.2) answers GetBucketVersioning with a `<GetBucketVersioningResponse>`
@@ -976,6 +1137,151 @@ mod tests {
             parse_moto_versioning(200, "<Error><Code>AccessDenied</Code></Error>"),
             None
         );
+    }
+
+    /// Notes, for every request about to go out, its operation and the
+    /// expected bucket owner it carries.
+    #[derive(Clone, Debug, Default)]
+    struct SeenOwners(std::sync::Arc<Mutex<Vec<Sent>>>);
+
+    /// An operation and the expected owner it carried.
+    type Sent = (String, Option<String>);
+
+    impl aws_smithy_runtime_api::client::interceptors::Intercept for SeenOwners {
+        fn name(&self) -> &'static str {
+            "test::SeenOwners"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+            _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+            cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+        ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+            let operation = cfg
+                .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+                .map_or("unknown", |m| m.name())
+                .to_string();
+            let owner = context
+                .request()
+                .headers()
+                .get(EXPECTED_OWNER_HEADER)
+                .map(str::to_string);
+            self.0.lock().unwrap().push((operation, owner));
+            Ok(())
+        }
+    }
+
+    const ACCOUNT: &str = "111122223333";
+
+    /// A backend whose requests go nowhere (nothing listens on port 1 of
+    /// loopback), so each call fails at once after showing what it was
+    /// about to send. No server answers for S3.
+    fn offline_backend(seen: &SeenOwners) -> S3Backend {
+        let sdk = SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .endpoint_url("http://127.0.0.1:1")
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+                aws_sdk_s3::config::Credentials::new("AKID", "not-a-secret", None, None, "test"),
+            ))
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
+        let mut backend = S3Backend::new(&sdk, true).with_account_id(Some(ACCOUNT.to_string()));
+        backend.client = Client::from_conf(
+            backend
+                .client
+                .config()
+                .to_builder()
+                .interceptor(seen.clone())
+                .build(),
+        );
+        backend
+    }
+
+    #[tokio::test]
+    async fn bucket_and_object_calls_name_the_configured_account_as_expected_owner() {
+        let seen = SeenOwners::default();
+        let backend = offline_backend(&seen);
+        let tenant = TenantRef {
+            name: "acme".into(),
+            uid: "uid".into(),
+            display_name: None,
+        };
+        let key = "arn:aws:kms:eu-west-1:111122223333:key/k";
+        let id = ObjectIdentifier::builder().key("o").build().unwrap();
+        // Each fails on the refused connection; only what was sent matters.
+        assert!(backend.head("b").await.is_err());
+        assert!(backend.tags_of("b").await.is_err());
+        assert!(backend.put_tags("b", &BTreeMap::new()).await.is_err());
+        assert!(backend.converge_public_access_block("b").await.is_err());
+        assert!(backend.converge_ownership_controls("b").await.is_err());
+        assert!(backend.converge_encryption("b", key).await.is_err());
+        assert!(backend.converge_versioning("b", true).await.is_err());
+        assert!(backend.converge_policy(&tenant, "b", key).await.is_err());
+        assert!(backend.empty("b").await.is_err());
+        assert!(backend.delete_batch("b", vec![id]).await.is_err());
+        let seen = seen.0.lock().unwrap().clone();
+        let operations: Vec<&str> = seen.iter().map(|(op, _)| op.as_str()).collect();
+        assert_eq!(
+            operations,
+            [
+                "HeadBucket",
+                "GetBucketTagging",
+                "PutBucketTagging",
+                "GetPublicAccessBlock",
+                "GetBucketOwnershipControls",
+                "GetBucketEncryption",
+                "GetBucketVersioning",
+                "GetBucketPolicy",
+                "ListObjectVersions",
+                "DeleteObjects",
+            ]
+        );
+        for (operation, owner) in &seen {
+            assert_eq!(owner.as_deref(), Some(ACCOUNT), "{operation}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bucket_call_without_an_expected_owner_is_never_sent_and_not_retried() {
+        let seen = SeenOwners::default();
+        let backend = offline_backend(&seen);
+        let err = backend
+            .client
+            .get_bucket_tagging()
+            .bucket("b")
+            .send()
+            .await
+            .unwrap_err();
+        let err = classify(BACKEND, "GetBucketTagging b", err);
+        assert!(
+            matches!(err, BackendError::Rejected { .. }),
+            "a bug, not a transient error: {err:?}"
+        );
+        assert!(err.to_string().contains("ExpectedBucketOwner"), "{err}");
+        assert!(seen.0.lock().unwrap().is_empty(), "it was sent");
+
+        // CreateBucket takes no expected owner: it goes out (and meets the
+        // closed port).
+        let created = backend.create("b").await;
+        assert!(
+            matches!(created, Err(BackendError::Unavailable { .. })),
+            "{created:?}"
+        );
+        assert_eq!(
+            seen.0.lock().unwrap()[0],
+            ("CreateBucket".to_string(), None)
+        );
+    }
+
+    #[test]
+    fn only_create_and_list_buckets_go_without_an_expected_owner() {
+        assert!(lacks_expected_owner("HeadBucket", None));
+        assert!(lacks_expected_owner("DeleteBucket", Some("")));
+        assert!(!lacks_expected_owner("DeleteBucket", Some(ACCOUNT)));
+        assert!(!lacks_expected_owner("CreateBucket", None));
+        assert!(!lacks_expected_owner("ListBuckets", None));
     }
 
     #[test]
