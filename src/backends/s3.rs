@@ -15,10 +15,10 @@ use aws_config::SdkConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, Delete,
-    ObjectIdentifier, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
-    PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
-    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
-    VersioningConfiguration,
+    NotificationConfiguration, ObjectIdentifier, ObjectOwnership, OwnershipControls,
+    OwnershipControlsRule, PublicAccessBlockConfiguration, ServerSideEncryption,
+    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
+    Tag, Tagging, VersioningConfiguration,
 };
 use serde_json::{Value, json};
 
@@ -35,6 +35,8 @@ const DELETE_BATCH: usize = 1000;
 
 pub struct S3Backend {
     client: Client,
+    /// S3 Control, for the access points that name a tenant's bucket.
+    control: aws_sdk_s3control::Client,
     sts: aws_sdk_sts::Client,
     /// The AWS account every bucket must belong to, sent as
     /// `ExpectedBucketOwner` on every bucket and object call: a 200 from a
@@ -74,8 +76,13 @@ impl S3Backend {
         )
         .interceptor(RequireExpectedOwner)
         .build();
+        let mut control = aws_sdk_s3control::config::Builder::from(config);
+        if force_path_style {
+            control = control.endpoint_resolver(UnprefixedControlEndpoint::default());
+        }
         Self {
             client: Client::from_conf(s3_config),
+            control: aws_sdk_s3control::Client::from_conf(control.build()),
             sts: aws_sdk_sts::Client::new(config),
             account: tokio::sync::OnceCell::new(),
             region: config.region().map(|r| r.to_string()),
@@ -279,6 +286,7 @@ impl S3Backend {
                     bucket,
                 )
                 .await?;
+                self.reset_released(tenant, bucket).await?;
                 crate::provision::note_adopted_release()
             }
             Ownership::Untagged if interrupted => {
@@ -303,6 +311,203 @@ impl S3Backend {
         wanted.remove(tags::RELEASED);
         wanted.extend(set);
         self.put_tags(bucket, &wanted).await
+    }
+
+    /// What others may have set up on a released bucket while no Tenant held
+    /// it, and tenantry never sets: replication (a copy of every new object
+    /// in a bucket of their choosing), event notifications (every key
+    /// written, told to their queue, topic or function) and access points (a
+    /// second door with a policy of its own). The bucket policy, Block
+    /// Public Access, ownership, encryption and versioning are converged
+    /// after the claim anyway. Runs while the bucket is still tagged
+    /// released, so a retry after a crash resets again.
+    async fn reset_released(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError> {
+        let owner = self.account().await?;
+        let replication = match self
+            .client
+            .get_bucket_replication()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await
+        {
+            Ok(out) => out.replication_configuration,
+            Err(e) if error_code(&e) == Some("ReplicationConfigurationNotFoundError") => None,
+            Err(e) => {
+                return Err(classify(
+                    BACKEND,
+                    &format!("GetBucketReplication {bucket}"),
+                    e,
+                ));
+            }
+        };
+        // Kept for the audit row: where the objects were being copied to.
+        let destinations: Vec<String> = replication
+            .iter()
+            .flat_map(|c| c.rules())
+            .filter_map(|r| r.destination().map(|d| d.bucket().to_string()))
+            .collect();
+        if replication.is_some() {
+            self.client
+                .delete_bucket_replication()
+                .bucket(bucket)
+                .expected_bucket_owner(owner)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("DeleteBucketReplication {bucket}"), e))?;
+        }
+        let notifications = match self
+            .client
+            .get_bucket_notification_configuration()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if moto_no_notifications(&e) => {
+                aws_sdk_s3::operation::get_bucket_notification_configuration::GetBucketNotificationConfigurationOutput::builder().build()
+            }
+            Err(e) => {
+                return Err(classify(
+                    BACKEND,
+                    &format!("GetBucketNotificationConfiguration {bucket}"),
+                    e,
+                ));
+            }
+        };
+        let mut targets: Vec<String> = notifications
+            .topic_configurations()
+            .iter()
+            .map(|c| c.topic_arn().to_string())
+            .chain(
+                notifications
+                    .queue_configurations()
+                    .iter()
+                    .map(|c| c.queue_arn().to_string()),
+            )
+            .chain(
+                notifications
+                    .lambda_function_configurations()
+                    .iter()
+                    .map(|c| c.lambda_function_arn().to_string()),
+            )
+            .collect();
+        if notifications.event_bridge_configuration().is_some() {
+            targets.push("EventBridge".to_string());
+        }
+        // Written even when the read showed none: a configuration the
+        // reader does not know (or an endpoint that does not return it, as
+        // moto leaves out EventBridge) must go too, and the write is cheap
+        // and idempotent.
+        self.client
+            .put_bucket_notification_configuration()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .notification_configuration(NotificationConfiguration::builder().build())
+            .send()
+            .await
+            .map_err(|e| {
+                classify(
+                    BACKEND,
+                    &format!("PutBucketNotificationConfiguration {bucket}"),
+                    e,
+                )
+            })?;
+        let access_points = self.delete_access_points(bucket, owner).await?;
+        tracing::info!(
+            tenant = %tenant.name,
+            bucket,
+            replication = replication.is_some(),
+            notifications = targets.len(),
+            access_points = access_points.len(),
+            "reset the replication, notifications and access points of a released bucket"
+        );
+        crate::audit::note(
+            "s3.bucket.reset",
+            bucket,
+            serde_json::json!({
+                "why": "adopted a released bucket",
+                "replicationDeleted": replication.is_some(),
+                "replicationDestinations": destinations,
+                "notificationsCleared": targets,
+                "accessPointsDeleted": access_points,
+            }),
+        )
+        .await
+    }
+
+    /// Deletes the access points of this account that open `bucket`, and
+    /// returns their names. Access points of other accounts are out of
+    /// reach; they need the bucket policy to delegate to them, and the
+    /// policy is rewritten to tenantry's own on adoption.
+    async fn delete_access_points(
+        &self,
+        bucket: &str,
+        owner: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        let mut names = Vec::new();
+        let mut next_token = None;
+        loop {
+            let listed = self
+                .control
+                .list_access_points()
+                .account_id(owner)
+                .bucket(bucket)
+                .set_next_token(next_token.take())
+                .send()
+                .await;
+            let page = match listed {
+                Ok(page) => MotoAccessPoints {
+                    access_points: page
+                        .access_point_list()
+                        .iter()
+                        .map(|ap| (ap.name().to_string(), ap.bucket().to_string()))
+                        .collect(),
+                    next_token: page.next_token().map(str::to_string),
+                },
+                Err(e) => match moto_access_points(&e) {
+                    Some(page) => page,
+                    None => {
+                        return Err(classify(BACKEND, &format!("ListAccessPoints {bucket}"), e));
+                    }
+                },
+            };
+            names.extend(
+                page.access_points
+                    .into_iter()
+                    // The filter is the service's; the bucket is checked
+                    // again here so a wider answer never deletes another
+                    // bucket's access point.
+                    .filter(|(_, of)| of == bucket)
+                    .map(|(name, _)| name),
+            );
+            match page.next_token {
+                Some(token) if !token.is_empty() => next_token = Some(token),
+                _ => break,
+            }
+        }
+        for name in &names {
+            match self
+                .control
+                .delete_access_point()
+                .account_id(owner)
+                .name(name)
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if error_code(&e) == Some("NoSuchAccessPoint") => {}
+                Err(e) => {
+                    return Err(classify(
+                        BACKEND,
+                        &format!("DeleteAccessPoint {name} of bucket {bucket}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(names)
     }
 
     async fn converge_public_access_block(&self, bucket: &str) -> Result<(), BackendError> {
@@ -850,6 +1055,45 @@ where
     super::aws::classify(backend, context, err)
 }
 
+/// The S3 Control endpoint for an S3-compatible endpoint without
+/// virtual-host addressing (the same setting as `force_path_style`): the
+/// standard rules put the account id in front of the endpoint's host
+/// (`123456789012.127.0.0.1`), a name that does not resolve; the account
+/// still travels in the `x-amz-account-id` header. Real S3 Control keeps
+/// the standard rules.
+#[derive(Debug, Default)]
+struct UnprefixedControlEndpoint(aws_sdk_s3control::config::endpoint::DefaultResolver);
+
+impl aws_sdk_s3control::config::endpoint::ResolveEndpoint for UnprefixedControlEndpoint {
+    fn resolve_endpoint<'a>(
+        &'a self,
+        params: &'a aws_sdk_s3control::config::endpoint::Params,
+    ) -> aws_sdk_s3control::config::endpoint::EndpointFuture<'a> {
+        let resolved = self.0.resolve_endpoint(params);
+        aws_sdk_s3control::config::endpoint::EndpointFuture::new(async move {
+            let endpoint = resolved.await?;
+            let url = unprefixed(endpoint.url(), params.account_id());
+            Ok(endpoint.into_builder().url(url).build())
+        })
+    }
+}
+
+/// `url` without a leading `<account>.` on its host.
+fn unprefixed(url: &str, account: Option<&str>) -> String {
+    let Some(account) = account.filter(|a| !a.is_empty()) else {
+        return url.to_string();
+    };
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            match rest.strip_prefix(account).and_then(|r| r.strip_prefix('.')) {
+                Some(host) => format!("{scheme}://{host}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 /// moto (5.2) answers GetBucketVersioning with a `<GetBucketVersioningResponse>`
 /// root where S3 sends `<VersioningConfiguration>`, and the SDK refuses to
 /// parse it. Reads the status from such an answer; `None` for any other error.
@@ -873,6 +1117,76 @@ pub(crate) fn parse_moto_versioning(
         .and_then(|(_, rest)| rest.split_once("</Status>"))
         .map(|(s, _)| BucketVersioningStatus::from(s.trim()));
     Some(versioning)
+}
+
+/// moto (5.2) answers GetBucketNotificationConfiguration for a bucket
+/// without notifications with an empty `<GetBucketNotificationResponse/>`
+/// where S3 sends an empty `<NotificationConfiguration/>`, and the SDK
+/// refuses to parse it.
+fn moto_no_notifications<E>(e: &AwsError<E>) -> bool {
+    e.raw_response().is_some_and(|raw| {
+        raw.status().as_u16() == 200
+            && raw
+                .body()
+                .bytes()
+                .is_some_and(|body| is_moto_empty_notifications(&String::from_utf8_lossy(body)))
+    })
+}
+
+pub(crate) fn is_moto_empty_notifications(body: &str) -> bool {
+    body.contains("<GetBucketNotificationResponse") && !body.contains("Configuration")
+}
+
+/// One page of access points: (name, bucket) pairs and the next page's token.
+#[derive(Debug, PartialEq)]
+pub(crate) struct MotoAccessPoints {
+    access_points: Vec<(String, String)>,
+    next_token: Option<String>,
+}
+
+/// moto (5.2) answers ListAccessPoints with a `<ListAccessPointsResponse>`
+/// root where S3 Control sends `<ListAccessPointsResult>`, and the SDK
+/// refuses to parse it. Reads the page from such an answer; `None` for any
+/// other error.
+fn moto_access_points<E>(e: &AwsError<E>) -> Option<MotoAccessPoints> {
+    let raw = e.raw_response()?;
+    parse_moto_access_points(
+        raw.status().as_u16(),
+        &String::from_utf8_lossy(raw.body().bytes()?),
+    )
+}
+
+pub(crate) fn parse_moto_access_points(status: u16, body: &str) -> Option<MotoAccessPoints> {
+    if status != 200 || !body.contains("<ListAccessPointsResponse") {
+        return None;
+    }
+    let element = |xml: &str, name: &str| -> Option<String> {
+        let (_, rest) = xml.split_once(&format!("<{name}>"))?;
+        let (value, _) = rest.split_once(&format!("</{name}>"))?;
+        Some(unescape_xml(value.trim()))
+    };
+    let mut access_points = Vec::new();
+    let mut rest = body;
+    while let Some((_, after)) = rest.split_once("<AccessPoint>") {
+        let (entry, next) = after.split_once("</AccessPoint>")?;
+        access_points.push((element(entry, "Name")?, element(entry, "Bucket")?));
+        rest = next;
+    }
+    // The token follows the list; reading it from what is left keeps an
+    // element of an access point from being taken for it.
+    let next_token = element(rest, "NextToken");
+    Some(MotoAccessPoints {
+        access_points,
+        next_token,
+    })
+}
+
+fn unescape_xml(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 /// The ARN partition (`aws`, `aws-cn`, `aws-us-gov`) of the tenant's key,
@@ -1214,6 +1528,7 @@ mod tests {
         assert!(backend.head("b").await.is_err());
         assert!(backend.tags_of("b").await.is_err());
         assert!(backend.put_tags("b", &BTreeMap::new()).await.is_err());
+        assert!(backend.reset_released(&tenant, "b").await.is_err());
         assert!(backend.converge_public_access_block("b").await.is_err());
         assert!(backend.converge_ownership_controls("b").await.is_err());
         assert!(backend.converge_encryption("b", key).await.is_err());
@@ -1229,6 +1544,7 @@ mod tests {
                 "HeadBucket",
                 "GetBucketTagging",
                 "PutBucketTagging",
+                "GetBucketReplication",
                 "GetPublicAccessBlock",
                 "GetBucketOwnershipControls",
                 "GetBucketEncryption",
@@ -1282,6 +1598,70 @@ mod tests {
         assert!(!lacks_expected_owner("DeleteBucket", Some(ACCOUNT)));
         assert!(!lacks_expected_owner("CreateBucket", None));
         assert!(!lacks_expected_owner("ListBuckets", None));
+    }
+
+    #[test]
+    fn the_local_control_endpoint_loses_only_the_account_prefix() {
+        assert_eq!(
+            unprefixed("http://123456789012.127.0.0.1:4566", Some("123456789012")),
+            "http://127.0.0.1:4566"
+        );
+        assert_eq!(
+            unprefixed("http://127.0.0.1:4566", Some("123456789012")),
+            "http://127.0.0.1:4566"
+        );
+        assert_eq!(
+            unprefixed("https://1234567890123.example.com", Some("123456789012")),
+            "https://1234567890123.example.com"
+        );
+        assert_eq!(
+            unprefixed("https://1.example.com", None),
+            "https://1.example.com"
+        );
+    }
+
+    #[test]
+    fn motos_access_point_and_notification_answers_are_understood() {
+        let root = r#"<?xml version="1.0" encoding="utf-8"?>"#;
+        let page = format!(
+            "{root}<ListAccessPointsResponse xmlns=\"x\"><AccessPointList>\
+             <AccessPoint><Name>a&amp;1</Name><NetworkOrigin>Internet</NetworkOrigin><Bucket>b</Bucket></AccessPoint>\
+             <AccessPoint><Name>a2</Name><Bucket>other</Bucket></AccessPoint>\
+             </AccessPointList><NextToken>t</NextToken></ListAccessPointsResponse>"
+        );
+        assert_eq!(
+            parse_moto_access_points(200, &page),
+            Some(MotoAccessPoints {
+                access_points: vec![
+                    ("a&1".to_string(), "b".to_string()),
+                    ("a2".to_string(), "other".to_string())
+                ],
+                next_token: Some("t".to_string()),
+            })
+        );
+        let empty = format!(
+            "{root}<ListAccessPointsResponse xmlns=\"x\"><AccessPointList/></ListAccessPointsResponse>"
+        );
+        assert_eq!(
+            parse_moto_access_points(200, &empty),
+            Some(MotoAccessPoints {
+                access_points: vec![],
+                next_token: None
+            })
+        );
+        assert_eq!(parse_moto_access_points(403, &page), None);
+        assert_eq!(
+            parse_moto_access_points(200, "<Error><Code>AccessDenied</Code></Error>"),
+            None
+        );
+
+        assert!(is_moto_empty_notifications(&format!(
+            "{root}<GetBucketNotificationResponse xmlns=\"x\"/>"
+        )));
+        assert!(!is_moto_empty_notifications(&format!(
+            "{root}<GetBucketNotificationResponse><QueueConfiguration/></GetBucketNotificationResponse>"
+        )));
+        assert!(!is_moto_empty_notifications("<NotificationConfiguration/>"));
     }
 
     #[test]
