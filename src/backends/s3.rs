@@ -15,15 +15,15 @@ use aws_config::SdkConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, Delete,
-    ObjectIdentifier, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
-    PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
-    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
-    VersioningConfiguration,
+    NotificationConfiguration, ObjectIdentifier, ObjectOwnership, OwnershipControls,
+    OwnershipControlsRule, PublicAccessBlockConfiguration, ServerSideEncryption,
+    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
+    Tag, Tagging, VersioningConfiguration,
 };
 use serde_json::{Value, json};
 
 use super::aws::{
-    AwsError, build_error, classify, conflict, desired_tags, error_code, http_status, is_transient,
+    AwsError, build_error, conflict, desired_tags, error_code, http_status, is_transient,
     tag_changes, tag_pairs,
 };
 use super::{Backend, BackendError, ObjectStorage, Ownership, TenantRef, tags};
@@ -35,6 +35,15 @@ const DELETE_BATCH: usize = 1000;
 
 pub struct S3Backend {
     client: Client,
+    /// S3 Control, for the access points that name a tenant's bucket.
+    control: aws_sdk_s3control::Client,
+    sts: aws_sdk_sts::Client,
+    /// The AWS account every bucket must belong to, sent as
+    /// `ExpectedBucketOwner` on every bucket and object call: a 200 from a
+    /// bucket of another account that lets this one in (its policy can) is
+    /// otherwise indistinguishable from one of ours. Set by
+    /// [`S3Backend::with_account_id`], or read once from STS.
+    account: tokio::sync::OnceCell<String>,
     region: Option<String>,
     /// The endpoint is plain HTTP (a local S3 such as moto): the tenant's own
     /// deny-non-TLS policy then refuses tenantry's object deletions too.
@@ -65,9 +74,17 @@ impl S3Backend {
         let s3_config = super::aws::count_s3_calls(
             aws_sdk_s3::config::Builder::from(config).force_path_style(force_path_style),
         )
+        .interceptor(RequireExpectedOwner)
         .build();
+        let mut control = aws_sdk_s3control::config::Builder::from(config);
+        if force_path_style {
+            control = control.endpoint_resolver(UnprefixedControlEndpoint::default());
+        }
         Self {
             client: Client::from_conf(s3_config),
+            control: aws_sdk_s3control::Client::from_conf(control.build()),
+            sts: aws_sdk_sts::Client::new(config),
+            account: tokio::sync::OnceCell::new(),
             region: config.region().map(|r| r.to_string()),
             plain_http: config
                 .endpoint_url()
@@ -83,6 +100,39 @@ impl S3Backend {
         self
     }
 
+    /// The account the buckets must belong to, when it is known (a class or
+    /// the deployment names it): saves the STS call, and holds even where
+    /// STS is not reachable.
+    pub fn with_account_id(mut self, account: Option<String>) -> Self {
+        if let Some(account) = account {
+            self.account = tokio::sync::OnceCell::from(account);
+        }
+        self
+    }
+
+    /// The expected bucket owner: the configured account, or the one the
+    /// credentials belong to. A failed look-up is not kept, so a transient
+    /// STS error is tried again on the next call.
+    async fn account(&self) -> Result<&str, BackendError> {
+        let account =
+            self.account
+                .get_or_try_init(|| async {
+                    let out =
+                        self.sts.get_caller_identity().send().await.map_err(|e| {
+                            super::aws::classify(BACKEND, "sts:GetCallerIdentity", e)
+                        })?;
+                    match out.account() {
+                        Some(account) if !account.is_empty() => Ok(account.to_string()),
+                        _ => Err(BackendError::Rejected {
+                            backend: BACKEND,
+                            message: "sts:GetCallerIdentity named no account".to_string(),
+                        }),
+                    }
+                })
+                .await?;
+        Ok(account)
+    }
+
     fn uncertain(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.uncertain
             .lock()
@@ -96,7 +146,15 @@ impl S3Backend {
     }
 
     async fn head(&self, bucket: &str) -> Result<Presence, BackendError> {
-        let err = match self.client.head_bucket().bucket(bucket).send().await {
+        let owner = self.account().await?;
+        let err = match self
+            .client
+            .head_bucket()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await
+        {
             Ok(_) => return Ok(Presence::InAccount),
             Err(e) => e,
         };
@@ -116,7 +174,15 @@ impl S3Backend {
 
     /// The bucket's tags; empty when it has none.
     async fn tags_of(&self, bucket: &str) -> Result<BTreeMap<String, String>, BackendError> {
-        match self.client.get_bucket_tagging().bucket(bucket).send().await {
+        let owner = self.account().await?;
+        match self
+            .client
+            .get_bucket_tagging()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await
+        {
             Ok(out) => Ok(out
                 .tag_set()
                 .iter()
@@ -132,6 +198,7 @@ impl S3Backend {
         bucket: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let tag_set = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -144,6 +211,7 @@ impl S3Backend {
         self.client
             .put_bucket_tagging()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .tagging(tagging)
             .send()
             .await
@@ -218,6 +286,7 @@ impl S3Backend {
                     bucket,
                 )
                 .await?;
+                self.reset_released(tenant, bucket).await?;
                 crate::provision::note_adopted_release()
             }
             Ownership::Untagged if interrupted => {
@@ -244,11 +313,210 @@ impl S3Backend {
         self.put_tags(bucket, &wanted).await
     }
 
+    /// What others may have set up on a released bucket while no Tenant held
+    /// it, and tenantry never sets: replication (a copy of every new object
+    /// in a bucket of their choosing), event notifications (every key
+    /// written, told to their queue, topic or function) and access points (a
+    /// second door with a policy of its own). The bucket policy, Block
+    /// Public Access, ownership, encryption and versioning are converged
+    /// after the claim anyway. Runs while the bucket is still tagged
+    /// released, so a retry after a crash resets again.
+    async fn reset_released(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError> {
+        let owner = self.account().await?;
+        let replication = match self
+            .client
+            .get_bucket_replication()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await
+        {
+            Ok(out) => out.replication_configuration,
+            Err(e) if error_code(&e) == Some("ReplicationConfigurationNotFoundError") => None,
+            Err(e) => {
+                return Err(classify(
+                    BACKEND,
+                    &format!("GetBucketReplication {bucket}"),
+                    e,
+                ));
+            }
+        };
+        // Kept for the audit row: where the objects were being copied to.
+        let destinations: Vec<String> = replication
+            .iter()
+            .flat_map(|c| c.rules())
+            .filter_map(|r| r.destination().map(|d| d.bucket().to_string()))
+            .collect();
+        if replication.is_some() {
+            self.client
+                .delete_bucket_replication()
+                .bucket(bucket)
+                .expected_bucket_owner(owner)
+                .send()
+                .await
+                .map_err(|e| classify(BACKEND, &format!("DeleteBucketReplication {bucket}"), e))?;
+        }
+        let notifications = match self
+            .client
+            .get_bucket_notification_configuration()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if moto_no_notifications(&e) => {
+                aws_sdk_s3::operation::get_bucket_notification_configuration::GetBucketNotificationConfigurationOutput::builder().build()
+            }
+            Err(e) => {
+                return Err(classify(
+                    BACKEND,
+                    &format!("GetBucketNotificationConfiguration {bucket}"),
+                    e,
+                ));
+            }
+        };
+        let mut targets: Vec<String> = notifications
+            .topic_configurations()
+            .iter()
+            .map(|c| c.topic_arn().to_string())
+            .chain(
+                notifications
+                    .queue_configurations()
+                    .iter()
+                    .map(|c| c.queue_arn().to_string()),
+            )
+            .chain(
+                notifications
+                    .lambda_function_configurations()
+                    .iter()
+                    .map(|c| c.lambda_function_arn().to_string()),
+            )
+            .collect();
+        if notifications.event_bridge_configuration().is_some() {
+            targets.push("EventBridge".to_string());
+        }
+        // Written even when the read showed none: a configuration the
+        // reader does not know (or an endpoint that does not return it, as
+        // moto leaves out EventBridge) must go too, and the write is cheap
+        // and idempotent.
+        self.client
+            .put_bucket_notification_configuration()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .notification_configuration(NotificationConfiguration::builder().build())
+            .send()
+            .await
+            .map_err(|e| {
+                classify(
+                    BACKEND,
+                    &format!("PutBucketNotificationConfiguration {bucket}"),
+                    e,
+                )
+            })?;
+        let access_points = self.delete_access_points(bucket, owner).await?;
+        tracing::info!(
+            tenant = %tenant.name,
+            bucket,
+            replication = replication.is_some(),
+            notifications = targets.len(),
+            access_points = access_points.len(),
+            "reset the replication, notifications and access points of a released bucket"
+        );
+        crate::audit::note(
+            "s3.bucket.reset",
+            bucket,
+            serde_json::json!({
+                "why": "adopted a released bucket",
+                "replicationDeleted": replication.is_some(),
+                "replicationDestinations": destinations,
+                "notificationsCleared": targets,
+                "accessPointsDeleted": access_points,
+            }),
+        )
+        .await
+    }
+
+    /// Deletes the access points of this account that open `bucket`, and
+    /// returns their names. Access points of other accounts are out of
+    /// reach; they need the bucket policy to delegate to them, and the
+    /// policy is rewritten to tenantry's own on adoption.
+    async fn delete_access_points(
+        &self,
+        bucket: &str,
+        owner: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        let mut names = Vec::new();
+        let mut next_token = None;
+        loop {
+            let listed = self
+                .control
+                .list_access_points()
+                .account_id(owner)
+                .bucket(bucket)
+                .set_next_token(next_token.take())
+                .send()
+                .await;
+            let page = match listed {
+                Ok(page) => MotoAccessPoints {
+                    access_points: page
+                        .access_point_list()
+                        .iter()
+                        .map(|ap| (ap.name().to_string(), ap.bucket().to_string()))
+                        .collect(),
+                    next_token: page.next_token().map(str::to_string),
+                },
+                Err(e) => match moto_access_points(&e) {
+                    Some(page) => page,
+                    None => {
+                        return Err(classify(BACKEND, &format!("ListAccessPoints {bucket}"), e));
+                    }
+                },
+            };
+            names.extend(
+                page.access_points
+                    .into_iter()
+                    // The filter is the service's; the bucket is checked
+                    // again here so a wider answer never deletes another
+                    // bucket's access point.
+                    .filter(|(_, of)| of == bucket)
+                    .map(|(name, _)| name),
+            );
+            match page.next_token {
+                Some(token) if !token.is_empty() => next_token = Some(token),
+                _ => break,
+            }
+        }
+        for name in &names {
+            match self
+                .control
+                .delete_access_point()
+                .account_id(owner)
+                .name(name)
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if error_code(&e) == Some("NoSuchAccessPoint") => {}
+                Err(e) => {
+                    return Err(classify(
+                        BACKEND,
+                        &format!("DeleteAccessPoint {name} of bucket {bucket}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(names)
+    }
+
     async fn converge_public_access_block(&self, bucket: &str) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let current = match self
             .client
             .get_public_access_block()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .send()
             .await
         {
@@ -280,6 +548,7 @@ impl S3Backend {
         self.client
             .put_public_access_block()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .public_access_block_configuration(config)
             .send()
             .await
@@ -294,7 +563,8 @@ impl S3Backend {
     }
 
     async fn converge_ownership_controls(&self, bucket: &str) -> Result<(), BackendError> {
-        let enforced = match self.client.get_bucket_ownership_controls().bucket(bucket).send().await {
+        let owner = self.account().await?;
+        let enforced = match self.client.get_bucket_ownership_controls().bucket(bucket).expected_bucket_owner(owner).send().await {
             Ok(out) => out.ownership_controls.is_some_and(|c| {
                 matches!(c.rules(), [rule] if *rule.object_ownership() == ObjectOwnership::BucketOwnerEnforced)
             }),
@@ -315,6 +585,7 @@ impl S3Backend {
         self.client
             .put_bucket_ownership_controls()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .ownership_controls(controls)
             .send()
             .await
@@ -329,7 +600,8 @@ impl S3Backend {
     }
 
     async fn converge_encryption(&self, bucket: &str, key_arn: &str) -> Result<(), BackendError> {
-        let done = match self.client.get_bucket_encryption().bucket(bucket).send().await {
+        let owner = self.account().await?;
+        let done = match self.client.get_bucket_encryption().bucket(bucket).expected_bucket_owner(owner).send().await {
             Ok(out) => out.server_side_encryption_configuration.is_some_and(|c| {
                 matches!(c.rules(), [rule] if rule.bucket_key_enabled() == Some(true)
                     && rule.apply_server_side_encryption_by_default().is_some_and(|d| {
@@ -359,6 +631,7 @@ impl S3Backend {
         self.client
             .put_bucket_encryption()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .server_side_encryption_configuration(config)
             .send()
             .await
@@ -377,10 +650,12 @@ impl S3Backend {
         bucket: &str,
         versioning: bool,
     ) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let status = match self
             .client
             .get_bucket_versioning()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .send()
             .await
         {
@@ -407,6 +682,7 @@ impl S3Backend {
         self.client
             .put_bucket_versioning()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .versioning_configuration(
                 VersioningConfiguration::builder()
                     .status(wanted.clone())
@@ -430,12 +706,20 @@ impl S3Backend {
         bucket: &str,
         key_arn: &str,
     ) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let principal = self
             .principal
             .as_deref()
             .map(|p| super::principal_for(p, &tenant.name));
         let desired = bucket_policy(bucket, partition_of(key_arn), principal.as_deref());
-        let current = match self.client.get_bucket_policy().bucket(bucket).send().await {
+        let current = match self
+            .client
+            .get_bucket_policy()
+            .bucket(bucket)
+            .expected_bucket_owner(owner)
+            .send()
+            .await
+        {
             Ok(out) => out.policy,
             Err(e) if error_code(&e) == Some("NoSuchBucketPolicy") => None,
             Err(e) => return Err(classify(BACKEND, &format!("GetBucketPolicy {bucket}"), e)),
@@ -446,6 +730,7 @@ impl S3Backend {
         self.client
             .put_bucket_policy()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .policy(desired.to_string())
             .send()
             .await
@@ -460,12 +745,14 @@ impl S3Backend {
     /// version that is gone is positional in S3, but moto looks it up and
     /// then lists nothing, which would leave the bucket half full.
     async fn empty(&self, bucket: &str) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let mut previous_first = None;
         loop {
             let page = self
                 .client
                 .list_object_versions()
                 .bucket(bucket)
+                .expected_bucket_owner(owner)
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("ListObjectVersions {bucket}"), e))?;
@@ -516,6 +803,7 @@ impl S3Backend {
         bucket: &str,
         ids: Vec<ObjectIdentifier>,
     ) -> Result<(), BackendError> {
+        let owner = self.account().await?;
         let count = ids.len();
         let delete = Delete::builder()
             .set_objects(Some(ids))
@@ -526,6 +814,7 @@ impl S3Backend {
             .client
             .delete_objects()
             .bucket(bucket)
+            .expected_bucket_owner(owner)
             .delete(delete)
             .send()
             .await
@@ -606,6 +895,7 @@ impl ObjectStorage for S3Backend {
     }
 
     async fn remove_bucket(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError> {
+        let account = self.account().await?;
         match self.head(bucket).await? {
             Presence::Absent => return Ok(()),
             Presence::InAccount => {}
@@ -632,13 +922,21 @@ impl ObjectStorage for S3Backend {
             self.client
                 .delete_bucket_policy()
                 .bucket(bucket)
+                .expected_bucket_owner(account)
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("DeleteBucketPolicy {bucket}"), e))?;
             crate::audit::note("s3.bucket.policy.delete", bucket, serde_json::json!({"why": "plain HTTP endpoint; the deny-non-TLS policy would refuse emptying"})).await?;
         }
         self.empty(bucket).await?;
-        match self.client.delete_bucket().bucket(bucket).send().await {
+        match self
+            .client
+            .delete_bucket()
+            .bucket(bucket)
+            .expected_bucket_owner(account)
+            .send()
+            .await
+        {
             Ok(_) => {}
             Err(e) if error_code(&e) == Some("NoSuchBucket") => {}
             // Something wrote while we emptied it: another pass will do.
@@ -685,8 +983,115 @@ fn other_account(bucket: &str) -> BackendError {
     conflict(
         BACKEND,
         format!("bucket {bucket}"),
-        "it exists and this account may not access it (another account's bucket)",
+        "it exists and is owned by another account (S3 refused it to this one, or it is not owned by the expected bucket owner)",
     )
+}
+
+/// Every S3 operation the backend sends names the expected bucket owner,
+/// except these, which do not take one.
+const WITHOUT_EXPECTED_OWNER: &[&str] = &["CreateBucket", "ListBuckets"];
+
+const EXPECTED_OWNER_HEADER: &str = "x-amz-expected-bucket-owner";
+
+/// Refuses to send an S3 request that lacks `ExpectedBucketOwner`, so a
+/// call added without it fails in every test that reaches it instead of
+/// quietly trusting whichever account answers.
+#[derive(Debug)]
+struct RequireExpectedOwner;
+
+/// The refusal of [`RequireExpectedOwner`]: a bug in tenantry, never worth
+/// retrying.
+#[derive(Debug, thiserror::Error)]
+#[error("tenantry bug: S3 {operation} was about to be sent without ExpectedBucketOwner")]
+struct MissingExpectedOwner {
+    operation: String,
+}
+
+fn lacks_expected_owner(operation: &str, header: Option<&str>) -> bool {
+    !WITHOUT_EXPECTED_OWNER.contains(&operation) && header.is_none_or(str::is_empty)
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for RequireExpectedOwner {
+    fn name(&self) -> &'static str {
+        "tenantry::RequireExpectedOwner"
+    }
+
+    fn read_before_signing(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map_or("unknown", |m| m.name());
+        let header = context.request().headers().get(EXPECTED_OWNER_HEADER);
+        if lacks_expected_owner(operation, header) {
+            return Err(Box::new(MissingExpectedOwner {
+                operation: operation.to_string(),
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// [`super::aws::classify`], except that a request [`RequireExpectedOwner`]
+/// stopped is a permanent refusal: the SDK reports it as a dispatch failure,
+/// which would otherwise be retried as transient.
+fn classify<E>(backend: Backend, context: &str, err: AwsError<E>) -> BackendError
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(missing) = e.downcast_ref::<MissingExpectedOwner>() {
+            return BackendError::Rejected {
+                backend,
+                message: format!("{context}: {missing}"),
+            };
+        }
+        source = e.source();
+    }
+    super::aws::classify(backend, context, err)
+}
+
+/// The S3 Control endpoint for an S3-compatible endpoint without
+/// virtual-host addressing (the same setting as `force_path_style`): the
+/// standard rules put the account id in front of the endpoint's host
+/// (`123456789012.127.0.0.1`), a name that does not resolve; the account
+/// still travels in the `x-amz-account-id` header. Real S3 Control keeps
+/// the standard rules.
+#[derive(Debug, Default)]
+struct UnprefixedControlEndpoint(aws_sdk_s3control::config::endpoint::DefaultResolver);
+
+impl aws_sdk_s3control::config::endpoint::ResolveEndpoint for UnprefixedControlEndpoint {
+    fn resolve_endpoint<'a>(
+        &'a self,
+        params: &'a aws_sdk_s3control::config::endpoint::Params,
+    ) -> aws_sdk_s3control::config::endpoint::EndpointFuture<'a> {
+        let resolved = self.0.resolve_endpoint(params);
+        aws_sdk_s3control::config::endpoint::EndpointFuture::new(async move {
+            let endpoint = resolved.await?;
+            let url = unprefixed(endpoint.url(), params.account_id());
+            Ok(endpoint.into_builder().url(url).build())
+        })
+    }
+}
+
+/// `url` without a leading `<account>.` on its host.
+fn unprefixed(url: &str, account: Option<&str>) -> String {
+    let Some(account) = account.filter(|a| !a.is_empty()) else {
+        return url.to_string();
+    };
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            match rest.strip_prefix(account).and_then(|r| r.strip_prefix('.')) {
+                Some(host) => format!("{scheme}://{host}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
 }
 
 /// moto (5.2) answers GetBucketVersioning with a `<GetBucketVersioningResponse>`
@@ -712,6 +1117,76 @@ pub(crate) fn parse_moto_versioning(
         .and_then(|(_, rest)| rest.split_once("</Status>"))
         .map(|(s, _)| BucketVersioningStatus::from(s.trim()));
     Some(versioning)
+}
+
+/// moto (5.2) answers GetBucketNotificationConfiguration for a bucket
+/// without notifications with an empty `<GetBucketNotificationResponse/>`
+/// where S3 sends an empty `<NotificationConfiguration/>`, and the SDK
+/// refuses to parse it.
+fn moto_no_notifications<E>(e: &AwsError<E>) -> bool {
+    e.raw_response().is_some_and(|raw| {
+        raw.status().as_u16() == 200
+            && raw
+                .body()
+                .bytes()
+                .is_some_and(|body| is_moto_empty_notifications(&String::from_utf8_lossy(body)))
+    })
+}
+
+pub(crate) fn is_moto_empty_notifications(body: &str) -> bool {
+    body.contains("<GetBucketNotificationResponse") && !body.contains("Configuration")
+}
+
+/// One page of access points: (name, bucket) pairs and the next page's token.
+#[derive(Debug, PartialEq)]
+pub(crate) struct MotoAccessPoints {
+    access_points: Vec<(String, String)>,
+    next_token: Option<String>,
+}
+
+/// moto (5.2) answers ListAccessPoints with a `<ListAccessPointsResponse>`
+/// root where S3 Control sends `<ListAccessPointsResult>`, and the SDK
+/// refuses to parse it. Reads the page from such an answer; `None` for any
+/// other error.
+fn moto_access_points<E>(e: &AwsError<E>) -> Option<MotoAccessPoints> {
+    let raw = e.raw_response()?;
+    parse_moto_access_points(
+        raw.status().as_u16(),
+        &String::from_utf8_lossy(raw.body().bytes()?),
+    )
+}
+
+pub(crate) fn parse_moto_access_points(status: u16, body: &str) -> Option<MotoAccessPoints> {
+    if status != 200 || !body.contains("<ListAccessPointsResponse") {
+        return None;
+    }
+    let element = |xml: &str, name: &str| -> Option<String> {
+        let (_, rest) = xml.split_once(&format!("<{name}>"))?;
+        let (value, _) = rest.split_once(&format!("</{name}>"))?;
+        Some(unescape_xml(value.trim()))
+    };
+    let mut access_points = Vec::new();
+    let mut rest = body;
+    while let Some((_, after)) = rest.split_once("<AccessPoint>") {
+        let (entry, next) = after.split_once("</AccessPoint>")?;
+        access_points.push((element(entry, "Name")?, element(entry, "Bucket")?));
+        rest = next;
+    }
+    // The token follows the list; reading it from what is left keeps an
+    // element of an access point from being taken for it.
+    let next_token = element(rest, "NextToken");
+    Some(MotoAccessPoints {
+        access_points,
+        next_token,
+    })
+}
+
+fn unescape_xml(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 /// The ARN partition (`aws`, `aws-cn`, `aws-us-gov`) of the tenant's key,
@@ -976,6 +1451,217 @@ mod tests {
             parse_moto_versioning(200, "<Error><Code>AccessDenied</Code></Error>"),
             None
         );
+    }
+
+    /// Notes, for every request about to go out, its operation and the
+    /// expected bucket owner it carries.
+    #[derive(Clone, Debug, Default)]
+    struct SeenOwners(std::sync::Arc<Mutex<Vec<Sent>>>);
+
+    /// An operation and the expected owner it carried.
+    type Sent = (String, Option<String>);
+
+    impl aws_smithy_runtime_api::client::interceptors::Intercept for SeenOwners {
+        fn name(&self) -> &'static str {
+            "test::SeenOwners"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+            _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+            cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+        ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+            let operation = cfg
+                .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+                .map_or("unknown", |m| m.name())
+                .to_string();
+            let owner = context
+                .request()
+                .headers()
+                .get(EXPECTED_OWNER_HEADER)
+                .map(str::to_string);
+            self.0.lock().unwrap().push((operation, owner));
+            Ok(())
+        }
+    }
+
+    const ACCOUNT: &str = "111122223333";
+
+    /// A backend whose requests go nowhere (nothing listens on port 1 of
+    /// loopback), so each call fails at once after showing what it was
+    /// about to send. No server answers for S3.
+    fn offline_backend(seen: &SeenOwners) -> S3Backend {
+        let sdk = SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .endpoint_url("http://127.0.0.1:1")
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+                aws_sdk_s3::config::Credentials::new("AKID", "not-a-secret", None, None, "test"),
+            ))
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
+        let mut backend = S3Backend::new(&sdk, true).with_account_id(Some(ACCOUNT.to_string()));
+        backend.client = Client::from_conf(
+            backend
+                .client
+                .config()
+                .to_builder()
+                .interceptor(seen.clone())
+                .build(),
+        );
+        backend
+    }
+
+    #[tokio::test]
+    async fn bucket_and_object_calls_name_the_configured_account_as_expected_owner() {
+        let seen = SeenOwners::default();
+        let backend = offline_backend(&seen);
+        let tenant = TenantRef {
+            name: "acme".into(),
+            uid: "uid".into(),
+            display_name: None,
+        };
+        let key = "arn:aws:kms:eu-west-1:111122223333:key/k";
+        let id = ObjectIdentifier::builder().key("o").build().unwrap();
+        // Each fails on the refused connection; only what was sent matters.
+        assert!(backend.head("b").await.is_err());
+        assert!(backend.tags_of("b").await.is_err());
+        assert!(backend.put_tags("b", &BTreeMap::new()).await.is_err());
+        assert!(backend.reset_released(&tenant, "b").await.is_err());
+        assert!(backend.converge_public_access_block("b").await.is_err());
+        assert!(backend.converge_ownership_controls("b").await.is_err());
+        assert!(backend.converge_encryption("b", key).await.is_err());
+        assert!(backend.converge_versioning("b", true).await.is_err());
+        assert!(backend.converge_policy(&tenant, "b", key).await.is_err());
+        assert!(backend.empty("b").await.is_err());
+        assert!(backend.delete_batch("b", vec![id]).await.is_err());
+        let seen = seen.0.lock().unwrap().clone();
+        let operations: Vec<&str> = seen.iter().map(|(op, _)| op.as_str()).collect();
+        assert_eq!(
+            operations,
+            [
+                "HeadBucket",
+                "GetBucketTagging",
+                "PutBucketTagging",
+                "GetBucketReplication",
+                "GetPublicAccessBlock",
+                "GetBucketOwnershipControls",
+                "GetBucketEncryption",
+                "GetBucketVersioning",
+                "GetBucketPolicy",
+                "ListObjectVersions",
+                "DeleteObjects",
+            ]
+        );
+        for (operation, owner) in &seen {
+            assert_eq!(owner.as_deref(), Some(ACCOUNT), "{operation}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bucket_call_without_an_expected_owner_is_never_sent_and_not_retried() {
+        let seen = SeenOwners::default();
+        let backend = offline_backend(&seen);
+        let err = backend
+            .client
+            .get_bucket_tagging()
+            .bucket("b")
+            .send()
+            .await
+            .unwrap_err();
+        let err = classify(BACKEND, "GetBucketTagging b", err);
+        assert!(
+            matches!(err, BackendError::Rejected { .. }),
+            "a bug, not a transient error: {err:?}"
+        );
+        assert!(err.to_string().contains("ExpectedBucketOwner"), "{err}");
+        assert!(seen.0.lock().unwrap().is_empty(), "it was sent");
+
+        // CreateBucket takes no expected owner: it goes out (and meets the
+        // closed port).
+        let created = backend.create("b").await;
+        assert!(
+            matches!(created, Err(BackendError::Unavailable { .. })),
+            "{created:?}"
+        );
+        assert_eq!(
+            seen.0.lock().unwrap()[0],
+            ("CreateBucket".to_string(), None)
+        );
+    }
+
+    #[test]
+    fn only_create_and_list_buckets_go_without_an_expected_owner() {
+        assert!(lacks_expected_owner("HeadBucket", None));
+        assert!(lacks_expected_owner("DeleteBucket", Some("")));
+        assert!(!lacks_expected_owner("DeleteBucket", Some(ACCOUNT)));
+        assert!(!lacks_expected_owner("CreateBucket", None));
+        assert!(!lacks_expected_owner("ListBuckets", None));
+    }
+
+    #[test]
+    fn the_local_control_endpoint_loses_only_the_account_prefix() {
+        assert_eq!(
+            unprefixed("http://123456789012.127.0.0.1:4566", Some("123456789012")),
+            "http://127.0.0.1:4566"
+        );
+        assert_eq!(
+            unprefixed("http://127.0.0.1:4566", Some("123456789012")),
+            "http://127.0.0.1:4566"
+        );
+        assert_eq!(
+            unprefixed("https://1234567890123.example.com", Some("123456789012")),
+            "https://1234567890123.example.com"
+        );
+        assert_eq!(
+            unprefixed("https://1.example.com", None),
+            "https://1.example.com"
+        );
+    }
+
+    #[test]
+    fn motos_access_point_and_notification_answers_are_understood() {
+        let root = r#"<?xml version="1.0" encoding="utf-8"?>"#;
+        let page = format!(
+            "{root}<ListAccessPointsResponse xmlns=\"x\"><AccessPointList>\
+             <AccessPoint><Name>a&amp;1</Name><NetworkOrigin>Internet</NetworkOrigin><Bucket>b</Bucket></AccessPoint>\
+             <AccessPoint><Name>a2</Name><Bucket>other</Bucket></AccessPoint>\
+             </AccessPointList><NextToken>t</NextToken></ListAccessPointsResponse>"
+        );
+        assert_eq!(
+            parse_moto_access_points(200, &page),
+            Some(MotoAccessPoints {
+                access_points: vec![
+                    ("a&1".to_string(), "b".to_string()),
+                    ("a2".to_string(), "other".to_string())
+                ],
+                next_token: Some("t".to_string()),
+            })
+        );
+        let empty = format!(
+            "{root}<ListAccessPointsResponse xmlns=\"x\"><AccessPointList/></ListAccessPointsResponse>"
+        );
+        assert_eq!(
+            parse_moto_access_points(200, &empty),
+            Some(MotoAccessPoints {
+                access_points: vec![],
+                next_token: None
+            })
+        );
+        assert_eq!(parse_moto_access_points(403, &page), None);
+        assert_eq!(
+            parse_moto_access_points(200, "<Error><Code>AccessDenied</Code></Error>"),
+            None
+        );
+
+        assert!(is_moto_empty_notifications(&format!(
+            "{root}<GetBucketNotificationResponse xmlns=\"x\"/>"
+        )));
+        assert!(!is_moto_empty_notifications(&format!(
+            "{root}<GetBucketNotificationResponse><QueueConfiguration/></GetBucketNotificationResponse>"
+        )));
+        assert!(!is_moto_empty_notifications("<NotificationConfiguration/>"));
     }
 
     #[test]

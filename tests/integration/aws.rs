@@ -1967,3 +1967,244 @@ async fn a_planted_released_secret_is_a_conflict_and_a_recorded_release_is_adopt
         .unwrap();
     crate::audit::drop_schema(&schema).await;
 }
+
+/// An S3 Control client for the local endpoint. The standard endpoint
+/// rules put the account id in front of the endpoint's host, a name that
+/// does not resolve on loopback; moto reads the account from the
+/// `x-amz-account-id` header instead.
+fn local_s3control(config: &SdkConfig) -> aws_sdk_s3control::Client {
+    #[derive(Debug, Default)]
+    struct Unprefixed(aws_sdk_s3control::config::endpoint::DefaultResolver);
+    impl aws_sdk_s3control::config::endpoint::ResolveEndpoint for Unprefixed {
+        fn resolve_endpoint<'a>(
+            &'a self,
+            params: &'a aws_sdk_s3control::config::endpoint::Params,
+        ) -> aws_sdk_s3control::config::endpoint::EndpointFuture<'a> {
+            let resolved = self.0.resolve_endpoint(params);
+            aws_sdk_s3control::config::endpoint::EndpointFuture::new(async move {
+                let endpoint = resolved.await?;
+                let prefix = format!("{}.", params.account_id().unwrap_or_default());
+                let url = endpoint.url().replacen(&prefix, "", 1);
+                Ok(endpoint.into_builder().url(url).build())
+            })
+        }
+    }
+    aws_sdk_s3control::Client::from_conf(
+        aws_sdk_s3control::config::Builder::from(config)
+            .endpoint_resolver(Unprefixed::default())
+            .build(),
+    )
+}
+
+/// Issue 15, path 1, for buckets: what a released bucket may have gathered
+/// while no Tenant held it. Someone in the account made it copy every new
+/// object to a bucket of theirs (replication), tell a function of theirs
+/// every key written (notifications), and opened a second door to it (an
+/// access point). The next Tenant of the name adopts the bucket (its
+/// release is recorded) and finds none of that, and the trail says what
+/// was taken away.
+#[tokio::test]
+async fn what_others_added_to_a_released_bucket_is_taken_away_on_adoption() {
+    let aws = Aws::new().await;
+    let (tenant, names) = new_tenant("s3-reset");
+    let bucket = &names.bucket;
+    let (scope, schema) = audit_scope(&tenant).await;
+    let key = tenantry::audit::in_scope(scope.clone(), async {
+        let key = aws
+            .keys
+            .ensure_key(&tenant, &names.key_alias, false)
+            .await?;
+        aws.buckets
+            .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+            .await?;
+        aws.buckets.release_bucket(&tenant, bucket).await?;
+        Ok::<_, BackendError>(key)
+    })
+    .await
+    .unwrap();
+
+    // The neighbour's additions while the bucket waits for its tenant.
+    let config = load_sdk_config().await;
+    let region = config.region().expect("AWS_REGION").to_string();
+    let account = aws_sdk_sts::Client::new(&config)
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap()
+        .account
+        .unwrap();
+    let outsider_copies = "arn:aws:s3:::outsider-copies";
+    let outsider_function = format!("arn:aws:lambda:{region}:111122223333:function:outsider");
+    use aws_sdk_s3::types::{
+        Destination, Event, LambdaFunctionConfiguration, NotificationConfiguration,
+        ReplicationConfiguration, ReplicationRule, ReplicationRuleFilter, ReplicationRuleStatus,
+    };
+    aws.s3
+        .put_bucket_replication()
+        .bucket(bucket)
+        .replication_configuration(
+            ReplicationConfiguration::builder()
+                .role("arn:aws:iam::111122223333:role/outsider")
+                .rules(
+                    ReplicationRule::builder()
+                        .id("outsider")
+                        .priority(1)
+                        .status(ReplicationRuleStatus::Enabled)
+                        .filter(ReplicationRuleFilter::builder().prefix("").build())
+                        .destination(
+                            Destination::builder()
+                                .bucket(outsider_copies)
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("the neighbour sets up replication");
+    aws.s3
+        .put_bucket_notification_configuration()
+        .bucket(bucket)
+        .notification_configuration(
+            NotificationConfiguration::builder()
+                .lambda_function_configurations(
+                    LambdaFunctionConfiguration::builder()
+                        .id("outsider")
+                        .lambda_function_arn(&outsider_function)
+                        .events(Event::from("s3:ObjectCreated:*"))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("the neighbour sets up notifications");
+    let control = local_s3control(&config);
+    let access_point = unique_name("outsider-ap");
+    // moto 5.2.5 answers CreateAccessPoint under a `CreateAccessPointResponse`
+    // root where S3 Control sends `CreateAccessPointResult`, which the SDK
+    // cannot parse: a 200 is the success, and the listing below shows it.
+    let created = control
+        .create_access_point()
+        .account_id(&account)
+        .name(&access_point)
+        .bucket(bucket)
+        .send()
+        .await;
+    if let Err(e) = created {
+        assert_eq!(
+            e.raw_response().map(|r| r.status().as_u16()),
+            Some(200),
+            "the neighbour opens an access point: {e:?}"
+        );
+    }
+    let access_points = |control: aws_sdk_s3control::Client| {
+        let account = account.clone();
+        async move {
+            let listed = control
+                .list_access_points()
+                .account_id(account)
+                .bucket(bucket)
+                .send()
+                .await;
+            match listed {
+                Ok(out) => out
+                    .access_point_list()
+                    .iter()
+                    .map(|ap| ap.name().to_string())
+                    .collect::<Vec<_>>(),
+                // moto's `ListAccessPointsResponse` root, as for CreateAccessPoint.
+                Err(e) => {
+                    let raw = e.raw_response().expect("an answer");
+                    assert_eq!(raw.status().as_u16(), 200, "ListAccessPoints: {e:?}");
+                    let body = String::from_utf8_lossy(raw.body().bytes().unwrap()).into_owned();
+                    body.split("<Name>")
+                        .skip(1)
+                        .filter_map(|rest| rest.split_once("</Name>"))
+                        .map(|(name, _)| name.to_string())
+                        .collect()
+                }
+            }
+        }
+    };
+    assert_eq!(
+        access_points(control.clone()).await,
+        vec![access_point.clone()]
+    );
+
+    let next = successor(&tenant);
+    tenantry::audit::in_scope(
+        scope.clone(),
+        aws.buckets
+            .ensure_bucket(&next, bucket, &key.arn, true, false),
+    )
+    .await
+    .expect("the recorded release is adopted");
+
+    assert_owned_by(&aws.bucket_tags(bucket).await, &next);
+    match aws.s3.get_bucket_replication().bucket(bucket).send().await {
+        Err(e) if e.code() == Some("ReplicationConfigurationNotFoundError") => {}
+        other => panic!("the neighbour's replication stayed: {other:?}"),
+    }
+    match aws
+        .s3
+        .get_bucket_notification_configuration()
+        .bucket(bucket)
+        .send()
+        .await
+    {
+        Ok(notifications) => assert!(
+            notifications.lambda_function_configurations().is_empty()
+                && notifications.queue_configurations().is_empty()
+                && notifications.topic_configurations().is_empty()
+                && notifications.event_bridge_configuration().is_none(),
+            "the neighbour's notifications stayed: {notifications:?}"
+        ),
+        // moto answers "none" with an empty `<GetBucketNotificationResponse/>`
+        // the SDK cannot parse; anything with a configuration in it fails.
+        Err(e) => {
+            let raw = e.raw_response().expect("an answer");
+            let body = String::from_utf8_lossy(raw.body().bytes().unwrap()).into_owned();
+            assert!(
+                raw.status().as_u16() == 200
+                    && body.contains("<GetBucketNotificationResponse")
+                    && !body.contains("Configuration"),
+                "the neighbour's notifications stayed: {body}"
+            );
+        }
+    }
+    assert_eq!(
+        access_points(control).await,
+        Vec::<String>::new(),
+        "the neighbour's access point stayed"
+    );
+    let reset = scope
+        .log
+        .log(&tenant.name)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|row| row.action == "s3.bucket.reset" && row.target == *bucket)
+        .expect("the reset is in the audit trail");
+    assert_eq!(
+        reset.detail["replicationDestinations"],
+        serde_json::json!([outsider_copies])
+    );
+    assert_eq!(
+        reset.detail["notificationsCleared"],
+        serde_json::json!([outsider_function])
+    );
+    assert_eq!(
+        reset.detail["accessPointsDeleted"],
+        serde_json::json!([access_point])
+    );
+
+    aws.buckets.remove_bucket(&next, bucket).await.unwrap();
+    aws.keys.remove_key(&next, &names.key_alias).await.unwrap();
+    crate::audit::drop_schema(&schema).await;
+}
