@@ -411,13 +411,10 @@ async fn start_audit(
             "no --audit-anchor-bucket: the audit trail is checked only against itself, which a database superuser can rewrite"
         ),
     }
-    // The first round anchors what is already there (a trail written by an
-    // earlier version included) before any change is made.
-    let mut checkpointer = tenantry::audit::checkpoint::Checkpointer::new(log.clone(), anchor);
-    checkpointer
-        .tick()
-        .await
-        .context("cannot write the first audit checkpoint")?;
+    // The first round runs at once and anchors what is already there (a
+    // trail written by an earlier version included). It does not hold up
+    // the start: replicas sharing the trail take turns writing it.
+    let checkpointer = tenantry::audit::checkpoint::Checkpointer::new(log.clone(), anchor);
     tokio::spawn(checkpointer.run(args.audit_checkpoint_interval));
     Ok(log)
 }

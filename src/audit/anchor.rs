@@ -579,8 +579,31 @@ impl Anchor {
     /// ignored for the same reason, and objects under the prefix whose name
     /// is not a checkpoint's are skipped.
     pub async fn checkpoints(&self) -> Result<Vec<(i64, Vec<u8>)>, AnchorError> {
+        let by_seq = self.checkpoint_versions().await?;
+        let mut out = Vec::with_capacity(by_seq.len());
+        for (seq, (key, version)) in by_seq {
+            out.push((seq, self.get_version(&key, version.as_deref()).await?));
+        }
+        Ok(out)
+    }
+
+    /// The newest checkpoint, as [`checkpoints`](Self::checkpoints) reads
+    /// it, reading one body instead of all: what a writer needs to go on.
+    pub async fn latest_checkpoint(&self) -> Result<Option<(i64, Vec<u8>)>, AnchorError> {
+        let Some((seq, (key, version))) = self.checkpoint_versions().await?.pop_last() else {
+            return Ok(None);
+        };
+        Ok(Some((
+            seq,
+            self.get_version(&key, version.as_deref()).await?,
+        )))
+    }
+
+    /// Key and oldest version of every checkpoint, by seq.
+    async fn checkpoint_versions(
+        &self,
+    ) -> Result<BTreeMap<i64, (String, Option<String>)>, AnchorError> {
         let oldest = self.oldest_versions(&self.prefix).await?;
-        let mut out = Vec::with_capacity(oldest.len());
         let mut by_seq = BTreeMap::new();
         for (key, version) in oldest {
             match self.parse_checkpoint_key(&key) {
@@ -594,10 +617,7 @@ impl Anchor {
                 ),
             }
         }
-        for (seq, (key, version)) in by_seq {
-            out.push((seq, self.get_version(&key, version.as_deref()).await?));
-        }
-        Ok(out)
+        Ok(by_seq)
     }
 
     /// The oldest version id of one key; `None` when the key has none.

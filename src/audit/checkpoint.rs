@@ -227,11 +227,10 @@ impl Checkpointer {
 }
 
 async fn read_latest(anchor: &Anchor) -> Result<Option<Latest>, BackendError> {
-    let objects = anchor.checkpoints().await.map_err(anchor_error)?;
-    let Some((seq, body)) = objects.last() else {
+    let Some((seq, body)) = anchor.latest_checkpoint().await.map_err(anchor_error)? else {
         return Ok(None);
     };
-    let (checkpoint, _, _) = decode(body).map_err(|why| BackendError::Rejected {
+    let (checkpoint, _, _) = decode(&body).map_err(|why| BackendError::Rejected {
         backend: Backend::S3,
         message: format!(
             "audit anchor {}: checkpoint {seq} cannot be read ({why}); run `tenantry audit verify`",
@@ -239,8 +238,8 @@ async fn read_latest(anchor: &Anchor) -> Result<Option<Latest>, BackendError> {
         ),
     })?;
     Ok(Some(Latest {
-        seq: *seq,
-        object_hash: sha256_hex(body),
+        seq,
+        object_hash: sha256_hex(&body),
         heads: checkpoint.heads,
     }))
 }
