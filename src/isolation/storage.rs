@@ -66,17 +66,20 @@ impl StorageProbe {
     /// versioned when `versioning`. A missing (or unreachable) bucket yields
     /// `bucket.exists` alone, since every other check would only repeat it.
     pub async fn probe(&self, bucket: &str, key_arn: &str, versioning: bool) -> LayerReport {
-        let (exists, go_on) = self.check_exists(bucket).await;
+        // The bucket must be in the account of the tenant's key (the
+        // operator's): a bucket of another account that answers is not it.
+        let owner = key_arn.split(':').nth(4).filter(|a| !a.is_empty());
+        let (exists, go_on) = self.check_exists(bucket, owner).await;
         if !go_on {
             return LayerReport::from_findings(vec![exists]);
         }
         let (public_access, ownership, encryption, versioned, policy, transport) = tokio::join!(
-            self.check_public_access_block(bucket),
-            self.check_ownership(bucket),
-            self.check_encryption(bucket, key_arn),
-            self.check_versioning(bucket, versioning),
-            self.check_policy(bucket, key_arn),
-            self.check_insecure_transport(bucket),
+            self.check_public_access_block(bucket, owner),
+            self.check_ownership(bucket, owner),
+            self.check_encryption(bucket, owner, key_arn),
+            self.check_versioning(bucket, owner, versioning),
+            self.check_policy(bucket, owner, key_arn),
+            self.check_insecure_transport(bucket, owner),
         );
         let mut findings = vec![
             exists,
@@ -91,8 +94,15 @@ impl StorageProbe {
     }
 
     /// The finding, and whether the other checks can tell anything more.
-    async fn check_exists(&self, bucket: &str) -> (Finding, bool) {
-        let err = match self.s3.head_bucket().bucket(bucket).send().await {
+    async fn check_exists(&self, bucket: &str, owner: Option<&str>) -> (Finding, bool) {
+        let err = match self
+            .s3
+            .head_bucket()
+            .bucket(bucket)
+            .set_expected_bucket_owner(owner.map(str::to_string))
+            .send()
+            .await
+        {
             Ok(_) => return (pass(check::EXISTS, format!("bucket {bucket} exists")), true),
             Err(e) => e,
         };
@@ -119,11 +129,12 @@ impl StorageProbe {
         }
     }
 
-    async fn check_public_access_block(&self, bucket: &str) -> Finding {
+    async fn check_public_access_block(&self, bucket: &str, owner: Option<&str>) -> Finding {
         match self
             .s3
             .get_public_access_block()
             .bucket(bucket)
+            .set_expected_bucket_owner(owner.map(str::to_string))
             .send()
             .await
         {
@@ -139,11 +150,12 @@ impl StorageProbe {
         }
     }
 
-    async fn check_ownership(&self, bucket: &str) -> Finding {
+    async fn check_ownership(&self, bucket: &str, owner: Option<&str>) -> Finding {
         let rules = match self
             .s3
             .get_bucket_ownership_controls()
             .bucket(bucket)
+            .set_expected_bucket_owner(owner.map(str::to_string))
             .send()
             .await
         {
@@ -168,8 +180,15 @@ impl StorageProbe {
         ownership_finding(bucket, &rules)
     }
 
-    async fn check_encryption(&self, bucket: &str, key_arn: &str) -> Finding {
-        let config = match self.s3.get_bucket_encryption().bucket(bucket).send().await {
+    async fn check_encryption(&self, bucket: &str, owner: Option<&str>, key_arn: &str) -> Finding {
+        let config = match self
+            .s3
+            .get_bucket_encryption()
+            .bucket(bucket)
+            .set_expected_bucket_owner(owner.map(str::to_string))
+            .send()
+            .await
+        {
             Ok(out) => out.server_side_encryption_configuration,
             Err(e) if error_code(&e) == Some("ServerSideEncryptionConfigurationNotFoundError") => {
                 None
@@ -193,8 +212,15 @@ impl StorageProbe {
         encryption_finding(bucket, key_arn, &default, &matched)
     }
 
-    async fn check_versioning(&self, bucket: &str, desired: bool) -> Finding {
-        let status = match self.s3.get_bucket_versioning().bucket(bucket).send().await {
+    async fn check_versioning(&self, bucket: &str, owner: Option<&str>, desired: bool) -> Finding {
+        let status = match self
+            .s3
+            .get_bucket_versioning()
+            .bucket(bucket)
+            .set_expected_bucket_owner(owner.map(str::to_string))
+            .send()
+            .await
+        {
             Ok(out) => out.status,
             Err(e) => match moto_versioning_status(&e) {
                 Some(status) => status,
@@ -210,8 +236,15 @@ impl StorageProbe {
         versioning_finding(bucket, desired, status.as_ref())
     }
 
-    async fn check_policy(&self, bucket: &str, key_arn: &str) -> Finding {
-        match self.s3.get_bucket_policy().bucket(bucket).send().await {
+    async fn check_policy(&self, bucket: &str, owner: Option<&str>, key_arn: &str) -> Finding {
+        match self
+            .s3
+            .get_bucket_policy()
+            .bucket(bucket)
+            .set_expected_bucket_owner(owner.map(str::to_string))
+            .send()
+            .await
+        {
             Ok(out) => policy_finding(bucket, partition_of(key_arn), out.policy()),
             Err(e) if error_code(&e) == Some("NoSuchBucketPolicy") => {
                 policy_finding(bucket, partition_of(key_arn), None)
@@ -222,7 +255,7 @@ impl StorageProbe {
 
     /// Over HTTPS there is no plain request to make, and nothing is reported:
     /// `bucket.policy` alone tells whether plain requests would be refused.
-    async fn check_insecure_transport(&self, bucket: &str) -> Option<Finding> {
+    async fn check_insecure_transport(&self, bucket: &str, owner: Option<&str>) -> Option<Finding> {
         if !self.plain_http {
             return None;
         }
@@ -230,6 +263,7 @@ impl StorageProbe {
             .s3
             .put_object()
             .bucket(bucket)
+            .set_expected_bucket_owner(owner.map(str::to_string))
             .key(PROBE_OBJECT)
             .body(ByteStream::from_static(PROBE_BODY))
             .send()
@@ -256,6 +290,7 @@ impl StorageProbe {
             .s3
             .delete_object()
             .bucket(bucket)
+            .set_expected_bucket_owner(owner.map(str::to_string))
             .key(PROBE_OBJECT)
             .set_version_id(out.version_id)
             .send()
