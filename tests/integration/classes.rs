@@ -498,3 +498,75 @@ async fn a_class_cannot_reach_beyond_the_operators_namespace_and_can_narrow_its_
     .await;
     wait_for_tenant(&client, &op, &inside, READY_TIMEOUT, "Ready", is_ready).await;
 }
+
+/// Issue 15, path 5: deletion safety against whoever may write a Tenant. A
+/// class's minimum grace period cannot be undercut (`gracePeriod: 0s` is
+/// refused with the minimum, before anything is made), and the
+/// `tenantry.dev/deletion-policy` annotation may cancel destruction but
+/// never ask for it: a Retain tenant annotated `Delete` is released, its
+/// data kept, when deleted.
+#[tokio::test]
+async fn a_tenant_author_cannot_undercut_the_grace_period_or_turn_retain_into_delete() {
+    let (client, op, ns) = setup().await;
+    let careful = unique_name("careful");
+    create_class(
+        &client,
+        &careful,
+        json!({"deletion": {"minGracePeriod": "1h"}}),
+    )
+    .await;
+    let hasty = unique_name("hasty");
+    let refused = create_tenant(
+        &client,
+        &tenant_manifest(
+            &op,
+            &hasty,
+            json!({"class": careful, "credentials": {"namespace": ns},
+                   "deletion": {"policy": "Delete", "gracePeriod": "0s"}}),
+        ),
+    )
+    .await;
+    let t = wait_for_tenant(&client, &op, &hasty, READY_TIMEOUT, "refused", |t| {
+        condition(t, "Ready").is_some_and(|c| c.reason == "GracePeriodBelowClassMinimum")
+    })
+    .await;
+    let message = condition(&t, "Ready").unwrap().message.clone();
+    assert!(message.contains("1h"), "{message}");
+    let fp = footprint(
+        &client,
+        &hasty,
+        &refused.uid().unwrap(),
+        &ns,
+        &format!("{hasty}-credentials"),
+    )
+    .await;
+    assert!(fp.is_empty(), "a refused tenant was provisioned: {fp:?}");
+
+    let kept = unique_name("kept");
+    let mut manifest = tenant_manifest(
+        &op,
+        &kept,
+        json!({"credentials": {"namespace": ns}, "deletion": {"policy": "Retain"}}),
+    );
+    manifest
+        .annotations_mut()
+        .insert("tenantry.dev/deletion-policy".into(), "Delete".into());
+    let created = create_tenant(&client, &manifest).await;
+    wait_for_tenant(&client, &op, &kept, READY_TIMEOUT, "Ready", is_ready).await;
+    let api: Api<Tenant> = Api::all(client.clone());
+    api.delete(&kept, &Default::default()).await.unwrap();
+    wait_for_tenant_gone(&client, &op, &kept, READY_TIMEOUT).await;
+    let fp = footprint(
+        &client,
+        &kept,
+        &created.uid().unwrap(),
+        &ns,
+        &format!("{kept}-credentials"),
+    )
+    .await;
+    assert_eq!(
+        (fp.roles, fp.schemas, fp.buckets, fp.live_keys, fp.secrets),
+        (1, 1, 1, 1, 1),
+        "the annotation turned Retain into Delete: {fp:?}"
+    );
+}
