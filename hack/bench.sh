@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The provisioning benchmark of issue 7: starts the local environment, builds
-# the release operator and runs src/bin/tenantry-bench.rs, which prints a table
+# the release operator and runs bench/src/main.rs (the workspace member
+# tenantry-bench, not shipped with the operator), which prints a table
 # and rewrites the results section of docs/benchmarks.md.
 #
 # Usage: hack/bench.sh [--tenants 1,100,1000] [--modes schema,database]
@@ -29,9 +30,9 @@ source .localenv/env
 kubectl apply -f crds/ >/dev/null
 
 export TENANTRY_BENCH_COMMAND="hack/bench.sh $*"
-# The operator and the harness (src/bin/tenantry-bench.rs), optimised.
+# The operator and the harness (bench/), optimised.
 # Build outputs live outside the clone, as for hack/test.sh.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${TENANTRY_CACHE_DIR:-$HOME/.cache/tenantry}/target}
-cargo build --release --bins
+cargo build --release -p tenantry -p tenantry-bench
 target="$CARGO_TARGET_DIR"
 exec "$target/release/tenantry-bench" --out docs/benchmarks.md "${args[@]}"

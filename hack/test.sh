@@ -32,14 +32,14 @@ source "${TENANTRY_RUN_DIR:-$repo/.localenv}/env"
 
 echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
-echo "test: cargo clippy --all-targets -- -D warnings" >&2
-cargo clippy --all-targets --features failpoints -- -D warnings
+echo "test: cargo clippy --workspace --all-targets -- -D warnings" >&2
+cargo clippy --workspace --all-targets --features failpoints -- -D warnings
 echo "test: cargo test (unit and integration, against the local environment)" >&2
 # Integration tests wait on servers, not on the CPU: run more at once.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-8}
 results=$(mktemp)
 set +e
-cargo test --features failpoints "$@" 2>&1 | tee "$results"
+cargo test --workspace --features failpoints "$@" 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one per test binary).

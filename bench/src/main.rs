@@ -771,7 +771,7 @@ async fn run_engine(
                     return Err(format!("{outcome:?}"));
                 }
                 if probe {
-                    let m = tenantry::controller::isolation::measure(&ctx).await;
+                    let m = tenantry::controller::attestation::measure(&ctx).await;
                     if !m.all_enforced() {
                         return Err(format!("not enforced: {}", m.failures()));
                     }
