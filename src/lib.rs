@@ -4,7 +4,7 @@
 pub mod api;
 pub mod audit;
 pub mod backends;
-pub mod classes;
+pub mod class_registry;
 pub mod config;
 pub mod controller;
 pub mod isolation;

@@ -218,7 +218,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.leader.set(1);
 
     let audit = start_audit(&args, &client, &backends, &sdk, shard).await?;
-    let classes = tenantry::classes::ClassRegistry::start(
+    let classes = tenantry::class_registry::ClassRegistry::start(
         client.clone(),
         flags,
         backends,

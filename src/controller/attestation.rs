@@ -1,5 +1,6 @@
-//! Measuring a tenant's isolation and turning the reports into status: the
-//! attestation in `status.isolation` and one condition per layer.
+//! Measuring a tenant's isolation and turning the reports into its attestation:
+//! `status.isolation` and one condition per layer. (The probes themselves live
+//! in `crate::isolation`, one module per layer.)
 
 use chrono::{DateTime, Utc};
 

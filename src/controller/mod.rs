@@ -5,8 +5,8 @@
 //! the journal kept in the status, then derive the status from the outcome.
 //! Deletion is handled here too, behind the `tenantry.dev/cleanup` finalizer.
 
+pub mod attestation;
 pub mod events;
-pub mod isolation;
 pub mod pacing;
 pub mod status;
 pub mod steps;
@@ -31,13 +31,13 @@ use crate::api::{
 };
 use crate::audit::{self, AuditLog};
 use crate::backends::TenantRef;
-use crate::classes::{ClassError, ClassRegistry, ClassRules, ClassSettings, class_name_of};
+use crate::class_registry::{ClassError, ClassRegistry, ClassRules, ClassSettings, class_name_of};
 use crate::config::{EngineArgs, UnrepairableDrift};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::naming::TenantNames;
 use crate::provision::{Engine, JournalStore, Outcome, StepError, new_journal};
+use attestation::{Measurement, measure};
 use events::{EventPublisher, EventType};
-use isolation::{Measurement, measure};
 use status::{Verdict, apply_verdict, failure_backoff};
 use steps::{TenantContext, tenant_steps};
 
@@ -1199,7 +1199,7 @@ async fn finish(
         Err(error) => tracing::warn!(%error, "cannot read the audit chain head"),
     }
     apply_verdict(&mut status, verdict, tenant.metadata.generation, now);
-    isolation::apply_isolation_conditions(&mut status, tenant.metadata.generation, now);
+    attestation::apply_isolation_conditions(&mut status, tenant.metadata.generation, now);
     // Counted before the status shows it, so whoever sees the new status
     // finds the outcome in the metrics too.
     if let Some(outcome) = outcome {
@@ -1488,7 +1488,7 @@ mod tests {
 
     fn flags() -> ClassRules {
         ClassRules {
-            name: crate::classes::FLAGS_CLASS.into(),
+            name: crate::class_registry::FLAGS_CLASS.into(),
             server: "db:5432/app".into(),
             bucket_prefix: "tenantry".into(),
             default_mode: IsolationMode::Schema,
