@@ -312,6 +312,10 @@ pub enum JournalOperation {
     RollBack,
     /// Removing every step, in reverse, for a deletion with policy `Delete`.
     Teardown,
+    /// Releasing every step, in reverse, for a deletion with policy
+    /// `Retain`: each resource is let go, still tagged, for a Tenant of the
+    /// same name to adopt.
+    Release,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -319,7 +323,7 @@ pub enum JournalOperation {
 pub struct ProvisioningJournal {
     pub operation: JournalOperation,
     /// Steps whose `ensure` finished (Provision) or whose `remove` is still to
-    /// run (RollBack, Teardown), in provisioning order.
+    /// run (RollBack, Teardown, Release), in provisioning order.
     #[serde(default)]
     pub steps_done: Vec<String>,
     /// The step that was started and not yet recorded as finished.

@@ -395,7 +395,7 @@ impl JournalStore for StatusJournal<'_> {
             JournalOperation::Provision if rolled_back => TenantPhase::Failed,
             JournalOperation::Provision => self.working_phase,
             JournalOperation::RollBack => TenantPhase::RollingBack,
-            JournalOperation::Teardown => TenantPhase::Deleting,
+            JournalOperation::Teardown | JournalOperation::Release => TenantPhase::Deleting,
         };
         // Keep the visible phase while a Ready tenant is only being re-checked.
         if self.status.phase != Some(phase) || phase != TenantPhase::Ready {
@@ -1015,7 +1015,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             finish(tenant, ctx, &class, status, &verdict, Some("removal_stuck")).await?;
             Ok(Action::requeue(Duration::from_secs(30)))
         }
-        Outcome::Removed => Ok(resync(ctx.probe_interval(&class))),
+        Outcome::Removed | Outcome::Released => Ok(resync(ctx.probe_interval(&class))),
     }
 }
 
@@ -1262,62 +1262,35 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         .secret_name
         .clone()
         .unwrap_or_else(|| format!("{name}-credentials"));
-    let mode = spec.database.isolation.unwrap_or_default();
     let mut status = tenant.status.clone().unwrap_or_default();
 
     if effective_deletion_policy(tenant, &spec) == DeletionPolicy::Retain {
-        record(
-            "tenant.delete",
-            "tenant",
-            audit::Outcome::Ok,
-            serde_json::json!({"policy": "Retain"}),
-        )
-        .await?;
-        // Let go of everything, still tagged, so a Tenant of this name can adopt it.
-        b.database
-            .release_tenant(&tref, &names, mode)
-            .await
-            .map_err(StepError::from)?;
-        b.kube_secrets
-            .release_secret(&tref, ns, &secret_name)
-            .await
-            .map_err(StepError::from)?;
-        b.storage
-            .release_bucket(&tref, &names.bucket)
-            .await
-            .map_err(StepError::from)?;
-        b.secrets
-            .release_secret(&tref, &names.secret_name)
-            .await
-            .map_err(StepError::from)?;
-        b.keys
-            .release_key(&tref, &names.key_alias)
-            .await
-            .map_err(StepError::from)?;
-        // The chain ends on purpose here, as with a tombstone: `audit verify`
-        // expects a gone tenant's chain to end with one of the two.
-        let ended = ctx.audit.head(&name).await.map_err(StepError::from)?
-            == Some(("tenant.released".to_string(), tenant.uid()));
-        if !ended {
+        if status
+            .provisioning
+            .as_ref()
+            .is_none_or(|j| j.operation != JournalOperation::Release)
+        {
             record(
-                "tenant.released",
+                "tenant.delete",
                 "tenant",
                 audit::Outcome::Ok,
                 serde_json::json!({"policy": "Retain"}),
             )
             .await?;
         }
-        ctx.events
-            .publish(
-                tenant,
-                EventType::Normal,
-                "Retained",
-                "Delete",
-                "Tenant deleted with policy Retain: resources kept and released for adoption; login disabled",
-            )
-            .await;
-        remove_finalizer(tenant, &ctx.client).await?;
-        return Ok(Action::await_change());
+        // Let go of everything, still tagged, so a Tenant of this name can
+        // adopt it: through the engine, journaled, in reverse order.
+        return finish_deletion(
+            tenant,
+            ctx,
+            tref,
+            names,
+            spec,
+            &class,
+            status,
+            DeletionPolicy::Retain,
+        )
+        .await;
     }
 
     let grace = effective_grace_period(&spec, &class.rules);
@@ -1394,7 +1367,35 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         ));
     }
 
-    let mut steps_ctx = TenantContext::new(tref, names, spec.clone(), class.backends.clone());
+    finish_deletion(
+        tenant,
+        ctx,
+        tref,
+        names,
+        spec,
+        &class,
+        status,
+        DeletionPolicy::Delete,
+    )
+    .await
+}
+
+/// The last part of a deletion, through the engine: every step released
+/// (`Retain`) or removed (`Delete`), in reverse order, journaled and retried;
+/// then the chain ends on purpose and the finalizer goes.
+#[allow(clippy::too_many_arguments)]
+async fn finish_deletion(
+    tenant: &Tenant,
+    ctx: &Context,
+    tref: TenantRef,
+    names: TenantNames,
+    spec: TenantSpec,
+    class: &ClassSettings,
+    status: TenantStatus,
+    policy: DeletionPolicy,
+) -> Result<Action, Error> {
+    let name = tenant.name_any();
+    let mut steps_ctx = TenantContext::new(tref, names, spec, class.backends.clone());
     let steps = tenant_steps();
     let engine = Engine::new(&steps, ctx.engine.retry_policy());
     let mut journal = status.provisioning.clone().unwrap_or_else(new_journal);
@@ -1405,63 +1406,79 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         status,
         working_phase: TenantPhase::Deleting,
     };
-    match engine
-        .teardown(&mut steps_ctx, &mut journal, &mut store)
-        .await?
-    {
-        Outcome::RemovalStuck { step, error } => {
-            let mut status = store.status;
-            let verdict = Verdict::new(
-                TenantPhase::Deleting,
+    let outcome = match policy {
+        DeletionPolicy::Retain => {
+            engine
+                .release(&mut steps_ctx, &mut journal, &mut store)
+                .await?
+        }
+        DeletionPolicy::Delete => {
+            engine
+                .teardown(&mut steps_ctx, &mut journal, &mut store)
+                .await?
+        }
+    };
+    if let Outcome::RemovalStuck { step, error } = outcome {
+        let mut status = store.status;
+        let verdict = Verdict::new(
+            TenantPhase::Deleting,
+            "DeletionStuck",
+            format!("could not remove {step}, will retry: {error}"),
+        );
+        apply_verdict(
+            &mut status,
+            &verdict,
+            tenant.metadata.generation,
+            Utc::now(),
+        );
+        write_status(&ctx.client, &name, &status).await?;
+        ctx.events
+            .publish(
+                tenant,
+                EventType::Warning,
                 "DeletionStuck",
-                format!("could not remove {step}, will retry: {error}"),
-            );
-            apply_verdict(
-                &mut status,
-                &verdict,
-                tenant.metadata.generation,
-                Utc::now(),
-            );
-            write_status(&ctx.client, &name, &status).await?;
-            ctx.events
-                .publish(
-                    tenant,
-                    EventType::Warning,
-                    "DeletionStuck",
-                    "Delete",
-                    &verdict.message,
-                )
-                .await;
-            Ok(Action::requeue(Duration::from_secs(30)))
-        }
-        _ => {
-            // The trail outlives the tenant (it holds no customer data); the
-            // tombstone says the chain ended on purpose.
-            // A retry after a failed finalizer removal must not end the chain twice.
-            let ended = ctx.audit.head(&name).await.map_err(StepError::from)?
-                == Some(("tenant.tombstone".to_string(), tenant.uid()));
-            if !ended {
-                record(
-                    "tenant.tombstone",
-                    "tenant",
-                    audit::Outcome::Ok,
-                    serde_json::json!({"policy": "Delete"}),
-                )
-                .await?;
-            }
-            ctx.events
-                .publish(
-                    tenant,
-                    EventType::Normal,
-                    "Deleted",
-                    "Delete",
-                    "every resource of the tenant was removed (the KMS key is scheduled for deletion)",
-                )
-                .await;
-            remove_finalizer(tenant, &ctx.client).await?;
-            Ok(Action::await_change())
-        }
+                "Delete",
+                &verdict.message,
+            )
+            .await;
+        return Ok(Action::requeue(Duration::from_secs(30)));
     }
+    // The trail outlives the tenant (it holds no customer data); its last
+    // row says the chain ended on purpose, and `audit verify` expects a gone
+    // tenant's chain to end with one of the two. A retry after a failed
+    // finalizer removal must not end the chain twice.
+    let (last_action, reason, message) = match policy {
+        DeletionPolicy::Retain => (
+            "tenant.released",
+            "Retained",
+            "Tenant deleted with policy Retain: resources kept and released for adoption; login disabled",
+        ),
+        DeletionPolicy::Delete => (
+            "tenant.tombstone",
+            "Deleted",
+            "every resource of the tenant was removed (the KMS key is scheduled for deletion)",
+        ),
+    };
+    let ended = ctx.audit.head(&name).await.map_err(StepError::from)?
+        == Some((last_action.to_string(), tenant.uid()));
+    if !ended {
+        let policy = match policy {
+            DeletionPolicy::Retain => "Retain",
+            DeletionPolicy::Delete => "Delete",
+        };
+        record(
+            last_action,
+            "tenant",
+            audit::Outcome::Ok,
+            serde_json::json!({"policy": policy}),
+        )
+        .await?;
+    }
+    ctx.events
+        .publish(tenant, EventType::Normal, reason, "Delete", message)
+        .await;
+    remove_finalizer(tenant, &ctx.client).await?;
+    Ok(Action::await_change())
 }
 
 #[cfg(test)]

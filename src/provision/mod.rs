@@ -164,6 +164,8 @@ pub enum Outcome {
     },
     /// Every step removed (teardown).
     Removed,
+    /// Every step released (a deletion with policy `Retain`).
+    Released,
     /// A removal failed for good; the journal still lists what remains.
     RemovalStuck { step: String, error: String },
 }
@@ -318,6 +320,28 @@ impl<'a, C: Send> Engine<'a, C> {
         Ok(Outcome::Removed)
     }
 
+    /// Releases every step in reverse (a deletion with policy `Retain`):
+    /// journaled and retried like a teardown, each step letting go of its
+    /// resource instead of removing it.
+    pub async fn release(
+        &self,
+        ctx: &mut C,
+        journal: &mut ProvisioningJournal,
+        store: &mut dyn JournalStore,
+    ) -> Result<Outcome, StepError> {
+        if journal.operation != JournalOperation::Release {
+            journal.interrupted_step = journal.in_progress.take();
+            journal.operation = JournalOperation::Release;
+            journal.steps_done = self.steps.iter().map(|s| s.name().to_string()).collect();
+            journal.in_progress = None;
+            store.save(journal).await?;
+        }
+        if let Some(stuck) = self.remove_remaining(ctx, journal, store).await? {
+            return Ok(stuck);
+        }
+        Ok(Outcome::Released)
+    }
+
     /// Removes the steps listed in the journal, last first, recording each.
     async fn remove_remaining(
         &self,
@@ -334,10 +358,12 @@ impl<'a, C: Send> Engine<'a, C> {
                 continue;
             };
             crash_point(&format!("remove-before-{name}"));
-            // A rollback gives back what the attempt adopted; a teardown
-            // (deletion with policy Delete) removes everything.
-            let release = journal.operation == JournalOperation::RollBack
-                && journal.adopted_released.contains(&name);
+            // A rollback gives back what the attempt adopted and a release
+            // gives back everything; a teardown (deletion with policy
+            // Delete) removes everything.
+            let release = journal.operation == JournalOperation::Release
+                || (journal.operation == JournalOperation::RollBack
+                    && journal.adopted_released.contains(&name));
             let interrupted = journal.interrupted_step.as_deref() == Some(name.as_str());
             let failed = journal.operation == JournalOperation::RollBack
                 && failed_step(journal) == Some(name.as_str());

@@ -15,6 +15,7 @@ struct World {
     /// Step name -> errors to return from its next ensure calls.
     ensure_failures: Vec<(&'static str, StepError)>,
     remove_failures: Vec<(&'static str, StepError)>,
+    release_failures: Vec<(&'static str, StepError)>,
     /// Resources a Retain deletion released: ensure adopts them.
     released: BTreeSet<&'static str>,
 }
@@ -52,6 +53,10 @@ impl Step<World> for Thing {
     }
     async fn release(&self, w: &mut World) -> Result<(), StepError> {
         w.log.push(format!("release {}", self.0));
+        if let Some(i) = w.release_failures.iter().position(|(n, _)| *n == self.0) {
+            let (_, e) = w.release_failures.remove(i);
+            return Err(e);
+        }
         w.existing.remove(self.0);
         w.released.insert(self.0);
         Ok(())
@@ -479,4 +484,55 @@ async fn a_rollback_after_a_killed_process_removes_its_unfinished_step_as_interr
     );
     assert!(world.existing.is_empty());
     assert_eq!(journal.interrupted_step, None);
+}
+
+#[tokio::test]
+async fn a_retain_deletion_releases_every_step_in_reverse_through_the_journal_and_resumes() {
+    let steps = steps();
+    let mut world = World {
+        release_failures: vec![(
+            "bucket",
+            StepError::permanent("AccessDenied", "s3", "denied"),
+        )],
+        ..Default::default()
+    };
+    let mut journal = new_journal();
+    let engine = Engine::new(&steps, fast_retry());
+    engine
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    world.log.clear();
+    let store = SavedJournals::default();
+    let outcome = engine
+        .release(&mut world, &mut journal, &mut store.clone())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RemovalStuck { ref step, .. } if step == "bucket"));
+    assert_eq!(journal.operation, JournalOperation::Release);
+    assert_eq!(journal.steps_done, ["key", "bucket"]);
+    // Journaled before the first release, so a crash resumes the release.
+    assert_eq!(
+        store.0.lock().unwrap()[0].operation,
+        JournalOperation::Release
+    );
+    let outcome = engine
+        .release(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Released);
+    assert_eq!(
+        world.log,
+        [
+            "release database",
+            "release bucket",
+            "release bucket",
+            "release key"
+        ]
+    );
+    assert!(world.existing.is_empty());
+    assert_eq!(
+        world.released,
+        ["bucket", "database", "key"].into_iter().collect()
+    );
 }
