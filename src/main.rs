@@ -552,7 +552,9 @@ async fn check_recorded_heads(
         if only.is_some_and(|o| o != name) || live.contains(&name) {
             continue;
         }
-        if action != "tenant.tombstone" && action != "tenant.released" {
+        if action != tenantry::audit::Action::TenantTombstone.as_str()
+            && action != tenantry::audit::Action::TenantReleased.as_str()
+        {
             problems.push(format!(
                 "tenant {name}: the Tenant is gone but its chain ends with {action}, not tenant.tombstone or \
                  tenant.released (rows were removed from the end of the chain, or it was deleted without tenantry)"

@@ -21,6 +21,7 @@
 //! during a tenant's reconcile is recorded; outside a scope (backend tests,
 //! probes) `note` records nothing.
 
+pub mod action;
 pub mod anchor;
 pub mod checkpoint;
 
@@ -35,6 +36,7 @@ use sqlx::{AssertSqlSafe, PgPool, Row};
 
 use crate::backends::{Backend, BackendError};
 use crate::naming::quote_ident;
+pub use action::Action;
 
 /// `prev_hash` of the first row of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -795,7 +797,7 @@ pub struct Scope {
 impl Scope {
     pub async fn record(
         &self,
-        action: &str,
+        action: Action,
         target: &str,
         outcome: Outcome,
         detail: serde_json::Value,
@@ -806,7 +808,7 @@ impl Scope {
                 tenant_uid: self.tenant_uid.clone(),
                 generation: self.generation,
                 resource_version: self.resource_version.clone(),
-                action: action.to_string(),
+                action: action.as_str().to_string(),
                 target: target.to_string(),
                 outcome,
                 detail,
@@ -832,8 +834,12 @@ pub fn current() -> Option<Scope> {
 
 /// Releases as the backends record them: an action of its own, or a tag
 /// write that sets `tenantry.dev/released=true`.
-const RELEASE_ACTIONS: [&str; 2] = ["kubernetes.secret.release", "postgres.release"];
-const TAG_ACTIONS: [&str; 3] = ["kms.key.tag", "s3.bucket.tag", "secretsmanager.secret.tag"];
+const RELEASE_ACTIONS: [Action; 2] = [Action::KubernetesSecretRelease, Action::PostgresRelease];
+const TAG_ACTIONS: [Action; 3] = [
+    Action::KmsKeyTag,
+    Action::S3BucketTag,
+    Action::SecretsmanagerSecretTag,
+];
 
 impl AuditLog {
     /// Whether this trail records the release of `target` by a Tenant named
@@ -852,8 +858,8 @@ impl AuditLog {
         sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(tenant)
             .bind(target)
-            .bind(&RELEASE_ACTIONS[..])
-            .bind(&TAG_ACTIONS[..])
+            .bind(RELEASE_ACTIONS.map(Action::as_str).to_vec())
+            .bind(TAG_ACTIONS.map(Action::as_str).to_vec())
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error("look for a release", e))
@@ -920,7 +926,7 @@ fn outside_scope(what: &str) -> Result<(), BackendError> {
 /// cannot be written is not reported done, and neither is one made outside
 /// an audit scope.
 pub async fn note(
-    action: &str,
+    action: Action,
     target: &str,
     detail: serde_json::Value,
 ) -> Result<(), BackendError> {
@@ -944,7 +950,7 @@ mod tests {
             pod: "pod-0".into(),
             generation: Some(1),
             resource_version: None,
-            action: "kms.key.create".into(),
+            action: Action::KmsKeyCreate.as_str().into(),
             target: "alias/x".into(),
             outcome: "ok".into(),
             detail: serde_json::json!({"b": 1, "a": "x"}),
@@ -1007,7 +1013,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_outside_any_audit_scope_is_refused() {
         // This unit-test binary never calls allow_unrecorded_changes.
-        let refused = note("kms.key.create", "alias/x", serde_json::json!({})).await;
+        let refused = note(Action::KmsKeyCreate, "alias/x", serde_json::json!({})).await;
         let Err(BackendError::Rejected { message, .. }) = refused else {
             panic!("an unscoped change was let through: {refused:?}");
         };

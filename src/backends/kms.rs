@@ -20,6 +20,7 @@ use super::aws::{
     AwsError, build_error, classify, conflict, desired_tags, error_code, tag_changes, tag_pairs,
 };
 use super::{Backend, BackendError, KeyInfo, KeyManager, Ownership, TenantRef, tags};
+use crate::audit::Action;
 
 const BACKEND: Backend = Backend::Kms;
 
@@ -156,7 +157,7 @@ impl KmsBackend {
             .await
             .map_err(|e| classify(BACKEND, &format!("PutKeyPolicy {key_id}"), e))?;
         crate::audit::note(
-            "kms.key.policy",
+            Action::KmsKeyPolicy,
             key_id,
             serde_json::json!({"principal": principal}),
         )
@@ -220,7 +221,7 @@ impl KmsBackend {
         }
         tracing::info!(tenant = %tenant.name, key_id, grants = revoked.len(), "reset the key policy and grants of a released key");
         crate::audit::note(
-            "kms.key.reset",
+            Action::KmsKeyReset,
             key_id,
             serde_json::json!({"why": "adopted a released key", "policy": "default", "grantsRevoked": revoked}),
         )
@@ -416,7 +417,7 @@ impl KmsBackend {
         })?;
         tracing::info!(tenant = %tenant.name, key_id = meta.key_id(), "created KMS key");
         crate::audit::note(
-            "kms.key.create",
+            Action::KmsKeyCreate,
             meta.arn().unwrap_or(meta.key_id()),
             serde_json::json!({"keyId": meta.key_id()}),
         )
@@ -443,7 +444,7 @@ impl KmsBackend {
         match created {
             Ok(_) => {
                 crate::audit::note(
-                    "kms.alias.create",
+                    Action::KmsAliasCreate,
                     alias,
                     serde_json::json!({"keyId": key_id}),
                 )
@@ -477,7 +478,7 @@ impl KmsBackend {
             .await
             .map_err(|e| classify(BACKEND, &format!("UpdateAlias {alias}"), e))?;
         crate::audit::note(
-            "kms.alias.update",
+            Action::KmsAliasUpdate,
             alias,
             serde_json::json!({"keyId": key_id, "previousKeyId": target}),
         )
@@ -517,7 +518,7 @@ impl KmsBackend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("TagResource {key_id}"), e))?;
-        crate::audit::note("kms.key.tag", key_id, serde_json::json!({"tags": set})).await?;
+        crate::audit::note(Action::KmsKeyTag, key_id, serde_json::json!({"tags": set})).await?;
         Ok(())
     }
 
@@ -539,7 +540,7 @@ impl KmsBackend {
                 .await
                 .map_err(|e| classify(BACKEND, &format!("CancelKeyDeletion {key_id}"), e))?;
             tracing::info!(tenant = %tenant.name, key_id, "cancelled the deletion of the tenant's KMS key");
-            crate::audit::note("kms.key.cancel-deletion", key_id, serde_json::json!({})).await?;
+            crate::audit::note(Action::KmsKeyCancelDeletion, key_id, serde_json::json!({})).await?;
             // A cancelled deletion leaves the key disabled.
             state = Some(KeyState::Disabled);
         }
@@ -559,7 +560,7 @@ impl KmsBackend {
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UntagResource {key_id}"), e))?;
             crate::audit::note(
-                "kms.key.untag",
+                Action::KmsKeyUntag,
                 key_id,
                 serde_json::json!({"tags": [tags::RELEASED]}),
             )
@@ -575,7 +576,7 @@ impl KmsBackend {
                     .send()
                     .await
                     .map_err(|e| classify(BACKEND, &format!("EnableKey {key_id}"), e))?;
-                crate::audit::note("kms.key.enable", key_id, serde_json::json!({})).await?;
+                crate::audit::note(Action::KmsKeyEnable, key_id, serde_json::json!({})).await?;
             }
             Some(KeyState::Creating | KeyState::Updating) => {
                 return Err(BackendError::Unavailable {
@@ -609,7 +610,7 @@ impl KmsBackend {
                 .await
                 .map_err(|e| classify(BACKEND, &format!("EnableKeyRotation {key_id}"), e))?;
             crate::audit::note(
-                "kms.key.enable-rotation",
+                Action::KmsKeyEnableRotation,
                 key_id,
                 serde_json::json!({"newKey": new_key}),
             )
@@ -651,7 +652,7 @@ impl KmsBackend {
         }
         tracing::info!(tenant = %tenant.name, key_id, days = PENDING_WINDOW_DAYS, "scheduled the deletion of the tenant's KMS key");
         crate::audit::note(
-            "kms.key.delete",
+            Action::KmsKeyDelete,
             meta.arn().unwrap_or(key_id),
             serde_json::json!({"keyId": key_id, "pendingWindowDays": PENDING_WINDOW_DAYS}),
         )
@@ -723,7 +724,7 @@ impl KeyManager for KmsBackend {
                         tracing::info!(tenant = %tenant.name, key_id = meta.key_id(), "found the key of an interrupted creation");
                         // Its creation may never have been recorded.
                         crate::audit::note(
-                            "kms.key.adopt",
+                            Action::KmsKeyAdopt,
                             meta.arn().unwrap_or(meta.key_id()),
                             serde_json::json!({"keyId": meta.key_id(), "why": "interrupted creation"}),
                         )
@@ -787,7 +788,7 @@ impl KeyManager for KmsBackend {
         match self.client.delete_alias().alias_name(alias).send().await {
             Ok(_) => {
                 crate::audit::note(
-                    "kms.alias.delete",
+                    Action::KmsAliasDelete,
                     alias,
                     serde_json::json!({"keyId": meta.key_id()}),
                 )

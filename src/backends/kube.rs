@@ -10,6 +10,7 @@ use kube::{Client, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{Backend, BackendError, CredentialSecrets, TenantRef, tags};
+use crate::audit::Action;
 use crate::metrics::{CallKind, observe};
 
 /// Field manager of every write tenantry makes with server-side apply.
@@ -180,7 +181,7 @@ impl CredentialSecrets for KubeSecrets {
                 classify(e, &format!("writing {what}"))
             }
         })?;
-        crate::audit::note("kubernetes.secret.write", &what, audit_detail).await?;
+        crate::audit::note(Action::KubernetesSecretWrite, &what, audit_detail).await?;
         let was_released = existing
             .as_ref()
             .is_some_and(|e| e.annotations().contains_key(tags::RELEASED));
@@ -195,7 +196,7 @@ impl CredentialSecrets for KubeSecrets {
             )
             .await
             .map_err(|e| classify(e, &format!("adopting {what}")))?;
-            crate::audit::note("kubernetes.secret.adopt", &what, serde_json::json!({})).await?;
+            crate::audit::note(Action::KubernetesSecretAdopt, &what, serde_json::json!({})).await?;
         }
         Ok(())
     }
@@ -242,7 +243,8 @@ impl CredentialSecrets for KubeSecrets {
         .await
         {
             Ok(_) => {
-                crate::audit::note("kubernetes.secret.delete", &what, serde_json::json!({})).await
+                crate::audit::note(Action::KubernetesSecretDelete, &what, serde_json::json!({}))
+                    .await
             }
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(classify(e, &format!("deleting {what}"))),
@@ -287,7 +289,12 @@ impl CredentialSecrets for KubeSecrets {
         )
         .await
         .map_err(|e| classify(e, &format!("releasing {what}")))?;
-        crate::audit::note("kubernetes.secret.release", &what, serde_json::json!({})).await
+        crate::audit::note(
+            Action::KubernetesSecretRelease,
+            &what,
+            serde_json::json!({}),
+        )
+        .await
     }
 }
 

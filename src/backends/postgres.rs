@@ -55,6 +55,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPool, Pg
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgExecutor};
 
 use crate::api::IsolationMode;
+use crate::audit::Action;
 use crate::backends::{
     Backend, BackendError, DatabaseLocation, Ownership, TenantDatabase, TenantRef, tags,
 };
@@ -529,7 +530,7 @@ impl PostgresBackend {
                 }
                 commit(tx, &doing).await?;
                 tracing::info!(tenant = %tenant.name, role, "created PostgreSQL role");
-                crate::audit::note("postgres.role.create", role, serde_json::json!({"login": login, "connectionLimit": connection_limit, "passwordSet": true})).await?;
+                crate::audit::note(Action::PostgresRoleCreate, role, serde_json::json!({"login": login, "connectionLimit": connection_limit, "passwordSet": true})).await?;
                 return Ok(());
             }
             Found::Ours(row) => (row, false),
@@ -584,10 +585,10 @@ impl PostgresBackend {
         commit(tx, &doing).await?;
         let action = if adopting {
             tracing::info!(tenant = %tenant.name, role, "adopted released PostgreSQL role");
-            "postgres.role.adopt"
+            Action::PostgresRoleAdopt
         } else {
             tracing::info!(tenant = %tenant.name, role, "converged PostgreSQL role");
-            "postgres.role.alter"
+            Action::PostgresRoleAlter
         };
         let detail = serde_json::json!({"changes": changes, "passwordSet": set_password, "grantedToAdmin": need_grant, "commentSet": need_comment});
         crate::audit::note(action, role, detail).await?;
@@ -701,9 +702,9 @@ impl PostgresBackend {
         commit(tx, &doing).await?;
         tracing::info!(tenant = %tenant.name, schema, database, "{doing}");
         let action = if doing.starts_with("creating") {
-            "postgres.schema.create"
+            Action::PostgresSchemaCreate
         } else {
-            "postgres.schema.alter"
+            Action::PostgresSchemaAlter
         };
         crate::audit::note(action, schema, detail).await?;
         Ok(())
@@ -770,7 +771,7 @@ impl PostgresBackend {
                 exec(&mut *tx, statement, &doing).await?;
             }
             commit(tx, &doing).await?;
-            crate::audit::note("postgres.public-schema.secure", database, detail).await?;
+            crate::audit::note(Action::PostgresPublicSchemaSecure, database, detail).await?;
         }
         // REVOKE by a role without the grant option only warns: read back.
         let after = read_public_schema(conn, role_oid, &doing).await?;
@@ -815,7 +816,7 @@ impl PostgresBackend {
             )
             .await?;
             crate::audit::note(
-                "postgres.role.search-path",
+                Action::PostgresRoleSearchPath,
                 role,
                 serde_json::json!({"database": database, "searchPath": schema}),
             )
@@ -846,7 +847,7 @@ impl PostgresBackend {
             .map(|(name, value)| (name.to_string(), value.into()))
             .collect();
         crate::audit::note(
-            "postgres.role.timeouts",
+            Action::PostgresRoleTimeouts,
             role,
             serde_json::json!({"database": database, "set": set}),
         )
@@ -940,7 +941,7 @@ impl PostgresBackend {
                 .await?;
                 tracing::info!(tenant = %tenant.name, database = %db, "created PostgreSQL database");
                 crate::audit::note(
-                    "postgres.database.create",
+                    Action::PostgresDatabaseCreate,
                     db,
                     serde_json::json!({"owner": role}),
                 )
@@ -988,7 +989,7 @@ impl PostgresBackend {
                 }
                 return Err(e);
             }
-            crate::audit::note("postgres.database.alter", db, detail).await?;
+            crate::audit::note(Action::PostgresDatabaseAlter, db, detail).await?;
         }
 
         let mut conn = self.connect_to(db).await?;
@@ -1050,7 +1051,12 @@ impl PostgresBackend {
                 &format!("disabling login of role {role:?}"),
             )
             .await?;
-            crate::audit::note("postgres.role.login.disable", role, serde_json::json!({})).await?;
+            crate::audit::note(
+                Action::PostgresRoleLoginDisable,
+                role,
+                serde_json::json!({}),
+            )
+            .await?;
         }
         self.terminate_sessions(row.oid, role).await
     }
@@ -1201,7 +1207,7 @@ impl TenantDatabase for PostgresBackend {
                     &format!("enabling login of role {role:?}"),
                 )
                 .await?;
-                crate::audit::note("postgres.role.login.enable", role, serde_json::json!({}))
+                crate::audit::note(Action::PostgresRoleLoginEnable, role, serde_json::json!({}))
                     .await?;
             }
             Ok(())
@@ -1282,8 +1288,8 @@ impl TenantDatabase for PostgresBackend {
             }
             tracing::info!(tenant = %tenant.name, "dropped {resource}");
             let action = match mode {
-                IsolationMode::Schema => "postgres.schema.drop",
-                IsolationMode::Database => "postgres.database.drop",
+                IsolationMode::Schema => Action::PostgresSchemaDrop,
+                IsolationMode::Database => Action::PostgresDatabaseDrop,
             };
             crate::audit::note(action, &resource, serde_json::json!({})).await?;
         }
@@ -1327,14 +1333,14 @@ impl TenantDatabase for PostgresBackend {
                         .map(|(table, count)| (table, count.into()))
                         .collect();
                     crate::audit::note(
-                        "postgres.shared-rows.delete",
+                        Action::PostgresSharedRowsDelete,
                         role,
                         serde_json::json!({"tenant": tenant.name, "rowsPerTable": rows}),
                     )
                     .await?;
                 }
                 crate::audit::note(
-                    "postgres.role.drop",
+                    Action::PostgresRoleDrop,
                     role,
                     serde_json::json!({"dropOwned": true}),
                 )
@@ -1475,7 +1481,7 @@ impl TenantDatabase for PostgresBackend {
         }
         tracing::info!(tenant = %tenant.name, role, "released PostgreSQL objects");
         crate::audit::note(
-            "postgres.release",
+            Action::PostgresRelease,
             role,
             serde_json::json!({"mode": mode.to_string()}),
         )

@@ -27,6 +27,7 @@ use super::aws::{
     tag_changes, tag_pairs,
 };
 use super::{Backend, BackendError, ObjectStorage, Ownership, TenantRef, tags};
+use crate::audit::Action;
 
 const BACKEND: Backend = Backend::S3;
 
@@ -216,7 +217,12 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketTagging {bucket}"), e))?;
-        crate::audit::note("s3.bucket.tag", bucket, serde_json::json!({"tags": tags})).await?;
+        crate::audit::note(
+            Action::S3BucketTag,
+            bucket,
+            serde_json::json!({"tags": tags}),
+        )
+        .await?;
         Ok(())
     }
 
@@ -247,7 +253,7 @@ impl S3Backend {
                 self.uncertain().insert(bucket.to_string());
                 tracing::info!(bucket, "created S3 bucket");
                 crate::audit::note(
-                    "s3.bucket.create",
+                    Action::S3BucketCreate,
                     bucket,
                     serde_json::json!({"region": self.region}),
                 )
@@ -424,7 +430,7 @@ impl S3Backend {
             "reset the replication, notifications and access points of a released bucket"
         );
         crate::audit::note(
-            "s3.bucket.reset",
+            Action::S3BucketReset,
             bucket,
             serde_json::json!({
                 "why": "adopted a released bucket",
@@ -554,7 +560,7 @@ impl S3Backend {
             .await
             .map_err(|e| classify(BACKEND, &format!("PutPublicAccessBlock {bucket}"), e))?;
         crate::audit::note(
-            "s3.bucket.block-public-access",
+            Action::S3BucketBlockPublicAccess,
             bucket,
             serde_json::json!({}),
         )
@@ -591,7 +597,7 @@ impl S3Backend {
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketOwnershipControls {bucket}"), e))?;
         crate::audit::note(
-            "s3.bucket.ownership-controls",
+            Action::S3BucketOwnershipControls,
             bucket,
             serde_json::json!({"objectOwnership": "BucketOwnerEnforced"}),
         )
@@ -637,7 +643,7 @@ impl S3Backend {
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketEncryption {bucket}"), e))?;
         crate::audit::note(
-            "s3.bucket.encryption",
+            Action::S3BucketEncryption,
             bucket,
             serde_json::json!({"sseAlgorithm": "aws:kms", "kmsKeyArn": key_arn, "bucketKey": true}),
         )
@@ -692,7 +698,7 @@ impl S3Backend {
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketVersioning {bucket}"), e))?;
         crate::audit::note(
-            "s3.bucket.versioning",
+            Action::S3BucketVersioning,
             bucket,
             serde_json::json!({"status": wanted.as_str()}),
         )
@@ -735,7 +741,7 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketPolicy {bucket}"), e))?;
-        crate::audit::note("s3.bucket.policy", bucket, serde_json::json!({})).await?;
+        crate::audit::note(Action::S3BucketPolicy, bucket, serde_json::json!({})).await?;
         Ok(())
     }
 
@@ -877,7 +883,7 @@ impl ObjectStorage for S3Backend {
             .await?;
         if adopting {
             crate::audit::note(
-                "s3.bucket.adopt",
+                Action::S3BucketAdopt,
                 bucket,
                 serde_json::json!({"why": "interrupted creation"}),
             )
@@ -926,7 +932,7 @@ impl ObjectStorage for S3Backend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("DeleteBucketPolicy {bucket}"), e))?;
-            crate::audit::note("s3.bucket.policy.delete", bucket, serde_json::json!({"why": "plain HTTP endpoint; the deny-non-TLS policy would refuse emptying"})).await?;
+            crate::audit::note(Action::S3BucketPolicyDelete, bucket, serde_json::json!({"why": "plain HTTP endpoint; the deny-non-TLS policy would refuse emptying"})).await?;
         }
         self.empty(bucket).await?;
         match self
@@ -953,7 +959,7 @@ impl ObjectStorage for S3Backend {
         self.uncertain().remove(bucket);
         tracing::info!(tenant = %tenant.name, bucket, "deleted S3 bucket");
         crate::audit::note(
-            "s3.bucket.delete",
+            Action::S3BucketDelete,
             bucket,
             serde_json::json!({"emptied": true}),
         )

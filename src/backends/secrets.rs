@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::aws::{classify, conflict, desired_tags, error_code, tag_changes, tag_pairs};
 use super::{Backend, BackendError, DatabaseCredentials, Ownership, SecretStore, TenantRef, tags};
+use crate::audit::Action;
 
 const BACKEND: Backend = Backend::SecretsManager;
 
@@ -70,7 +71,7 @@ impl SecretsManagerBackend {
                 tracing::info!(tenant = %tenant.name, secret = name, "created Secrets Manager secret");
                 let arn = out.arn.unwrap_or_default();
                 // Never the value: only where it is and what encrypts it.
-                crate::audit::note("secretsmanager.secret.create", &arn, serde_json::json!({"name": name, "kmsKeyArn": key_arn, "username": initial.username})).await?;
+                crate::audit::note(Action::SecretsmanagerSecretCreate, &arn, serde_json::json!({"name": name, "kmsKeyArn": key_arn, "username": initial.username})).await?;
                 Ok(Some(arn))
             }
             Err(e) if error_code(&e) == Some("ResourceExistsException") => Ok(None),
@@ -85,7 +86,12 @@ impl SecretsManagerBackend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("RestoreSecret {name}"), e))?;
-        crate::audit::note("secretsmanager.secret.restore", name, serde_json::json!({})).await?;
+        crate::audit::note(
+            Action::SecretsmanagerSecretRestore,
+            name,
+            serde_json::json!({}),
+        )
+        .await?;
         Ok(())
     }
 
@@ -102,7 +108,7 @@ impl SecretsManagerBackend {
             .await
             .map_err(|e| classify(BACKEND, &format!("TagResource {name}"), e))?;
         crate::audit::note(
-            "secretsmanager.secret.tag",
+            Action::SecretsmanagerSecretTag,
             name,
             serde_json::json!({"tags": set}),
         )
@@ -146,7 +152,7 @@ impl SecretsManagerBackend {
         }
         if had_policy || had_rotation {
             crate::audit::note(
-                "secretsmanager.secret.reset",
+                Action::SecretsmanagerSecretReset,
                 name,
                 serde_json::json!({"why": "adopted a released secret", "resourcePolicyDeleted": had_policy, "rotationCancelled": had_rotation}),
             )
@@ -222,7 +228,7 @@ impl SecretsManagerBackend {
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
             crate::audit::note(
-                "secretsmanager.secret.rotate",
+                Action::SecretsmanagerSecretRotate,
                 name,
                 serde_json::json!({"why": "adopted a released secret", "kmsKeyArn": key_arn}),
             )
@@ -244,7 +250,7 @@ impl SecretsManagerBackend {
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UntagResource {name}"), e))?;
             crate::audit::note(
-                "secretsmanager.secret.untag",
+                Action::SecretsmanagerSecretUntag,
                 name,
                 serde_json::json!({"tags": [tags::RELEASED]}),
             )
@@ -278,7 +284,7 @@ impl SecretsManagerBackend {
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
             crate::audit::note(
-                "secretsmanager.secret.re-encrypt",
+                Action::SecretsmanagerSecretReEncrypt,
                 name,
                 serde_json::json!({"kmsKeyArn": key_arn, "valueRewritten": rewrite}),
             )
@@ -293,7 +299,7 @@ impl SecretsManagerBackend {
                 .await
                 .map_err(|e| classify(BACKEND, &format!("PutSecretValue {name}"), e))?;
             crate::audit::note(
-                "secretsmanager.secret.update",
+                Action::SecretsmanagerSecretUpdate,
                 name,
                 serde_json::json!({"why": "connection details changed; password kept"}),
             )
@@ -377,7 +383,7 @@ impl SecretStore for SecretsManagerBackend {
         }
         tracing::info!(tenant = %tenant.name, secret = name, "deleted Secrets Manager secret");
         crate::audit::note(
-            "secretsmanager.secret.delete",
+            Action::SecretsmanagerSecretDelete,
             described.arn().unwrap_or(name),
             serde_json::json!({"name": name, "recoveryWindow": false}),
         )

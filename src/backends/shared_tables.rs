@@ -53,6 +53,7 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{AssertSqlSafe, Connection};
 
+use crate::audit::Action;
 use crate::backends::postgres::{classify, rejected};
 use crate::backends::{Backend, BackendError};
 use crate::isolation::SharedTable;
@@ -1150,7 +1151,7 @@ pub async fn ensure_tenant_access(
     drop(conn);
     tracing::info!(role, tenant, "granted access to the shared tables");
     crate::audit::note(
-        "postgres.access.grant",
+        Action::PostgresAccessGrant,
         role,
         serde_json::json!({"statements": plan.statements, "grantConnect": plan.grant_connect}),
     )
@@ -1245,7 +1246,7 @@ pub async fn remove_tenant_access(
     drop(conn);
     tracing::info!(role, "revoked access to the shared tables");
     crate::audit::note(
-        "postgres.access.revoke",
+        Action::PostgresAccessRevoke,
         role,
         serde_json::json!({"statements": plan.statements}),
     )

@@ -29,7 +29,7 @@ use crate::api::{
     DeletionPolicy, DeletionStatus, IsolationMode, IsolationState, JournalOperation, Placement,
     ProvisioningJournal, Tenant, TenantClass, TenantPhase, TenantSpec, TenantStatus,
 };
-use crate::audit::{self, AuditLog};
+use crate::audit::{self, Action as AuditAction, AuditLog};
 use crate::backends::TenantRef;
 use crate::class_registry::{ClassError, ClassRegistry, ClassRules, ClassSettings, class_name_of};
 use crate::config::{EngineArgs, UnrepairableDrift};
@@ -457,7 +457,7 @@ async fn audit_journal(
         let step = crate::provision::failed_step(now).unwrap_or_default();
         let detail = serde_json::json!({"error": failure, "reason": now.failure_reason});
         record(
-            "provision.step.failed",
+            AuditAction::ProvisionStepFailed,
             step,
             audit::Outcome::Failed,
             detail,
@@ -466,11 +466,17 @@ async fn audit_journal(
     }
     if now.operation == JournalOperation::RollBack && !was_rolling_back {
         let detail = serde_json::json!({"undo": now.steps_done});
-        record("rollback.start", "tenant", audit::Outcome::Ok, detail).await?;
+        record(
+            AuditAction::RollbackStart,
+            "tenant",
+            audit::Outcome::Ok,
+            detail,
+        )
+        .await?;
     }
     if rolled_back && was_rolling_back {
         record(
-            "rollback.done",
+            AuditAction::RollbackDone,
             "tenant",
             audit::Outcome::Ok,
             serde_json::json!({}),
@@ -482,7 +488,7 @@ async fn audit_journal(
 
 /// Records a controller-level event for the tenant being reconciled.
 async fn record(
-    action: &str,
+    action: AuditAction,
     target: &str,
     outcome: audit::Outcome,
     detail: serde_json::Value,
@@ -816,7 +822,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         tracing::warn!(tenant = %name, drift = %found, "isolation drift detected; repairing");
         repair_shared_security(&class).await;
         record(
-            "drift.detected",
+            AuditAction::DriftDetected,
             "tenant",
             audit::Outcome::Ok,
             serde_json::json!({"found": found}),
@@ -862,9 +868,9 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             status.placement = Some(class.placement());
             if spec.suspended != (current.phase == Some(TenantPhase::Suspended)) {
                 let action = if tenant.spec.suspended {
-                    "tenant.suspend"
+                    AuditAction::TenantSuspend
                 } else {
-                    "tenant.resume"
+                    AuditAction::TenantResume
                 };
                 record(action, "tenant", audit::Outcome::Ok, serde_json::json!({})).await?;
             }
@@ -895,7 +901,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                         ctx.metrics.drift_repairs.inc();
                         let message = format!("repaired and verified: {}", before.failures());
                         record(
-                            "drift.repair",
+                            AuditAction::DriftRepair,
                             "tenant",
                             audit::Outcome::Ok,
                             serde_json::json!({"repaired": before.failures()}),
@@ -1271,7 +1277,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             .is_none_or(|j| j.operation != JournalOperation::Release)
         {
             record(
-                "tenant.delete",
+                AuditAction::TenantDelete,
                 "tenant",
                 audit::Outcome::Ok,
                 serde_json::json!({"policy": "Retain"}),
@@ -1302,7 +1308,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let deletion = status.deletion.clone().unwrap_or_default();
     if deletion.access_revoked_at.is_none() {
         record(
-            "tenant.delete",
+            AuditAction::TenantDelete,
             "tenant",
             audit::Outcome::Ok,
             serde_json::json!({"policy": "Delete", "gracePeriod": grace_period}),
@@ -1449,12 +1455,12 @@ async fn finish_deletion(
     // finalizer removal must not end the chain twice.
     let (last_action, reason, message) = match policy {
         DeletionPolicy::Retain => (
-            "tenant.released",
+            AuditAction::TenantReleased,
             "Retained",
             "Tenant deleted with policy Retain: resources kept and released for adoption; login disabled",
         ),
         DeletionPolicy::Delete => (
-            "tenant.tombstone",
+            AuditAction::TenantTombstone,
             "Deleted",
             "every resource of the tenant was removed (the KMS key is scheduled for deletion)",
         ),
