@@ -685,11 +685,7 @@ async fn resolve_class(
 }
 
 async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
-    let name = tenant.name_any();
-    let generation = tenant.metadata.generation;
     let current = tenant.status.clone().unwrap_or_default();
-    let now = Utc::now();
-
     let class = match resolve_class(tenant, ctx).await? {
         Ok(class) => class,
         Err(action) => return Ok(action),
@@ -704,92 +700,29 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             return finish(tenant, ctx, &class, current, &verdict, None).await;
         }
     };
-
     // A store that failed its guards while running records nothing more, so
     // nothing more is changed: refused before any backend is touched.
     if let Some(why) = ctx.audit.distrusted() {
         let verdict = Verdict::new(TenantPhase::Failed, "AuditTrailDistrusted", why);
         return finish(tenant, ctx, &class, current, &verdict, None).await;
     }
-
-    if let Some(wait) = backoff_remaining(&current, generation, &ctx.engine, now) {
-        tracing::debug!(tenant = %name, ?wait, "failed tenant still in backoff");
+    if let Some(wait) = backoff_remaining(
+        &current,
+        tenant.metadata.generation,
+        &ctx.engine,
+        Utc::now(),
+    ) {
+        tracing::debug!(tenant = %tenant.name_any(), ?wait, "failed tenant still in backoff");
         return Ok(Action::requeue(wait));
     }
-
-    let settled = current.phase == Some(TenantPhase::Ready)
-        && current.observed_generation == generation
-        && current.provisioning.as_ref().is_some_and(|j| j.provisioned)
-        && current
-            .resources
-            .as_ref()
-            .is_some_and(|r| r.key_arn.is_some())
-        && current.placement == Some(class.placement())
-        && !tenant.spec.suspended;
-    // A settled tenant measured less than a probe interval ago (after a
-    // restart, a relist, or the watch event of its own status write) waits
-    // for its turn: a resync costs no backend call, and the probes stay
-    // spread as they were instead of bursting.
-    let probe_interval = ctx.probe_interval(&class);
-    if settled
-        && let Some(wait) = probe_not_due(
-            current
-                .isolation
-                .as_ref()
-                .and_then(|i| i.verified_at.as_deref()),
-            probe_interval,
-            now,
-        )
-    {
-        tracing::debug!(tenant = %name, ?wait, "measured recently; next probe later");
-        return Ok(Action::requeue(wait));
-    }
-    // A due probe runs only in a probe slot, held to the end of this
-    // reconcile; without one it gives the reconcile slot back to onboarding.
-    let _probe_slot = if settled {
-        match ctx.probes.try_slot() {
-            Some(slot) => Some(slot),
-            None => {
-                ctx.metrics.probes_deferred.inc();
-                let wait = ctx.probes.retry_delay(probe_interval);
-                tracing::debug!(tenant = %name, ?wait, "probe due, no probe slot free; later");
-                return Ok(Action::requeue(wait));
-            }
-        }
-    } else {
-        None
+    let settled = is_settled(tenant, &current, &class);
+    // Held to the end of this reconcile.
+    let _probe_slot = match probe_turn(tenant, ctx, &class, &current, settled) {
+        Ok(slot) => slot,
+        Err(wait) => return Ok(Action::requeue(wait)),
     };
-
-    let namespace = &spec.credentials.namespace;
-    let labels = class
-        .backends
-        .kube_secrets
-        .namespace_labels(namespace)
-        .await
-        .map_err(StepError::from)?;
-    if let Some(labels) = &labels
-        && let Err(message) = class
-            .rules
-            .namespaces
-            .check(&class.rules.name, namespace, labels)
-    {
-        // Nothing is written. Read again later: the namespace's labels may
-        // change, and namespaces are not watched.
-        let verdict = Verdict::new(TenantPhase::Failed, "NamespaceNotAllowed", message);
-        finish(tenant, ctx, &class, current, &verdict, None).await?;
-        return Ok(Action::requeue(NAMESPACE_RETRY));
-    }
-    if labels.is_none() {
-        let verdict = Verdict::new(
-            TenantPhase::Pending,
-            "NamespaceMissing",
-            format!(
-                "namespace {namespace} (spec.credentials.namespace) does not exist; tenantry does not create \
-                 namespaces and will retry"
-            ),
-        );
-        finish(tenant, ctx, &class, current, &verdict, None).await?;
-        return Ok(Action::requeue(NAMESPACE_RETRY));
+    if let Some(action) = namespace_gate(tenant, ctx, &class, &current, &spec).await? {
+        return Ok(action);
     }
 
     let mut steps_ctx = TenantContext::new(
@@ -805,212 +738,36 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
 
     // A settled tenant is measured before its steps run: the steps repair
     // drift as a side effect, and it must be seen and counted first.
-    let mut drift: Option<Measurement> = None;
-    if settled {
-        // Missing inputs (the secret gone, say) make every layer Unknown:
-        // that too is drift, repaired below.
-        read_probe_inputs(&mut steps_ctx, &current).await;
-        let measured = Box::pin(measure(&steps_ctx)).await;
-        if measured.all_enforced() {
-            let mut status = current.clone();
-            let repairs = status.isolation.as_ref().map_or(0, |i| i.drift_repairs);
-            status.isolation = Some(measured.into_status(Utc::now(), repairs));
-            let verdict = Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE);
-            return finish(tenant, ctx, &class, status, &verdict, None).await;
+    let drift = if settled {
+        match measure_settled(tenant, ctx, &class, &current, &mut steps_ctx).await? {
+            Ok(drift) => Some(drift),
+            Err(action) => return Ok(action),
         }
-        let found = measured.failures();
-        tracing::warn!(tenant = %name, drift = %found, "isolation drift detected; repairing");
-        repair_shared_security(&class).await;
-        record(
-            AuditAction::DriftDetected,
-            "tenant",
-            audit::Outcome::Ok,
-            serde_json::json!({"found": found}),
-        )
-        .await?;
-        ctx.events
-            .publish(tenant, EventType::Warning, "DriftDetected", "Probe", &found)
-            .await;
-        drift = Some(measured);
-    }
-
-    let steps = tenant_steps();
-    let engine = Engine::new(&steps, ctx.engine.retry_policy());
-    let mut journal = current.provisioning.clone().unwrap_or_else(new_journal);
-    // The placement is recorded with the first journal write, before any
-    // resource exists, so a crash cannot leave a tenant on an unknown server.
-    let mut placed = current.clone();
-    placed.placement.get_or_insert_with(|| Placement {
-        class_generation: None,
-        ..class.placement()
-    });
-    let mut store = StatusJournal {
-        client: &ctx.client,
-        name: name.clone(),
-        generation,
-        status: placed,
-        working_phase: match current.phase {
-            Some(TenantPhase::Ready) if current.observed_generation == generation => {
-                TenantPhase::Ready
-            }
-            _ => TenantPhase::Provisioning,
-        },
+    } else {
+        None
     };
-    let outcome = engine
-        .provision(&mut steps_ctx, &mut journal, &mut store)
-        .await?;
-    let mut status = store.status;
-    status.provisioning = Some(journal);
+
+    let (outcome, status) = run_provisioning(tenant, ctx, &class, &current, &mut steps_ctx).await?;
     match outcome {
         Outcome::Provisioned => {
-            status.resources = Some(steps_ctx.resources());
-            // Every step ran with this class as it is now.
-            status.placement = Some(class.placement());
-            if spec.suspended != (current.phase == Some(TenantPhase::Suspended)) {
-                let action = if tenant.spec.suspended {
-                    AuditAction::TenantSuspend
-                } else {
-                    AuditAction::TenantResume
-                };
-                record(action, "tenant", audit::Outcome::Ok, serde_json::json!({})).await?;
-            }
-            // A measurement that could not be taken (a backend that failed
-            // to answer) says nothing about isolation: it is taken again
-            // after the failure backoff, not a whole probe interval later.
-            let mut unmeasured = false;
-            let verdict = if tenant.spec.suspended {
-                Verdict::new(
-                    TenantPhase::Suspended,
-                    "Suspended",
-                    "access revoked: database login disabled and the Kubernetes Secret removed",
-                )
-            } else {
-                let mut measured = Box::pin(measure(&steps_ctx)).await;
-                if !measured.all_enforced() && drift.is_none() {
-                    // Not caught by a settled probe (say, the cache still
-                    // showed an older phase): repair what the steps do not
-                    // cover and measure again.
-                    repair_shared_security(&class).await;
-                    let again = Box::pin(measure(&steps_ctx)).await;
-                    drift = Some(std::mem::replace(&mut measured, again));
-                }
-                let mut repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
-                let verdict = if measured.all_enforced() {
-                    if let Some(before) = &drift {
-                        repairs += 1;
-                        ctx.metrics.drift_repairs.inc();
-                        let message = format!("repaired and verified: {}", before.failures());
-                        record(
-                            AuditAction::DriftRepair,
-                            "tenant",
-                            audit::Outcome::Ok,
-                            serde_json::json!({"repaired": before.failures()}),
-                        )
-                        .await?;
-                        tracing::info!(tenant = %name, %message, "isolation drift repaired");
-                        ctx.events
-                            .publish(
-                                tenant,
-                                EventType::Normal,
-                                "DriftRepaired",
-                                "Repair",
-                                &message,
-                            )
-                            .await;
-                    }
-                    Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE)
-                } else {
-                    unmeasured = measured.summary() == IsolationState::Unknown;
-                    isolation_failure(tenant, ctx, &class, &steps_ctx, &measured).await
-                };
-                status.isolation = Some(measured.into_status(Utc::now(), repairs));
-                verdict
-            };
-            // The event goes first, so whoever sees the new phase finds it.
-            if current.phase != Some(verdict.phase) {
-                ctx.events
-                    .publish(
-                        tenant,
-                        EventType::Normal,
-                        &verdict.reason,
-                        "Provision",
-                        &verdict.message,
-                    )
-                    .await;
-            }
-            let action = finish(tenant, ctx, &class, status, &verdict, Some("provisioned")).await?;
-            if unmeasured {
-                return Ok(Action::requeue(
-                    ctx.engine.failure_backoff.min(ctx.probe_interval(&class)),
-                ));
-            }
-            Ok(action)
+            Box::pin(on_provisioned(
+                tenant, ctx, &class, &current, status, &steps_ctx, drift,
+            ))
+            .await
         }
         Outcome::RolledBack { error, reason, .. } => {
-            if let Some(j) = status.provisioning.as_mut() {
-                j.failed_generation = generation;
-            }
-            // What exists now is nothing, anywhere.
-            status.resources = None;
-            status.placement = None;
-            let message = format!(
-                "provisioning failed and was rolled back, nothing was left behind: {error}"
-            );
-            let verdict = Verdict::new(TenantPhase::Failed, reason, message);
-            ctx.events
-                .publish(
-                    tenant,
-                    EventType::Warning,
-                    &verdict.reason,
-                    "RollBack",
-                    &verdict.message,
-                )
-                .await;
-            let failed = status
-                .provisioning
-                .as_ref()
-                .map_or(1, |j| j.failed_attempts);
-            finish(tenant, ctx, &class, status, &verdict, Some("rolled_back")).await?;
-            Ok(Action::requeue(failure_backoff(
-                failed,
-                ctx.engine.failure_backoff,
-                ctx.engine.failure_backoff_max,
-            )))
+            on_rolled_back(tenant, ctx, &class, status, error, reason).await
         }
         Outcome::Degraded {
             error,
             reason,
             failed_step,
         } => {
-            let mut message = format!(
-                "{failed_step} cannot be brought to the desired state; every resource is kept and it is retried: {error}"
-            );
-            if steps_ctx.key.is_some() && steps_ctx.credentials.is_some() && !tenant.spec.suspended
-            {
-                let measured = Box::pin(measure(&steps_ctx)).await;
-                if !measured.all_enforced() {
-                    let fenced =
-                        isolation_failure(tenant, ctx, &class, &steps_ctx, &measured).await;
-                    message = format!("{message}; {}", fenced.message);
-                }
-                let repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
-                status.isolation = Some(measured.into_status(Utc::now(), repairs));
-            }
-            let verdict = Verdict::new(TenantPhase::Failed, reason, message);
-            if current.phase != Some(TenantPhase::Failed) {
-                ctx.events
-                    .publish(
-                        tenant,
-                        EventType::Warning,
-                        &verdict.reason,
-                        "Reconcile",
-                        &verdict.message,
-                    )
-                    .await;
-            }
-            // A live tenant is looked at again within one probe interval, so
-            // access comes back soon after a person fixes what tenantry cannot.
-            finish(tenant, ctx, &class, status, &verdict, Some("degraded")).await
+            let failure = (failed_step, error, reason);
+            Box::pin(on_degraded(
+                tenant, ctx, &class, &current, status, &steps_ctx, failure,
+            ))
+            .await
         }
         Outcome::RemovalStuck { step, error } => {
             let verdict = Verdict::new(
@@ -1023,6 +780,371 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         }
         Outcome::Removed | Outcome::Released => Ok(resync(ctx.probe_interval(&class))),
     }
+}
+
+/// Ready, provisioned for this generation on this class's placement, and not
+/// suspended: all that is left to do is to measure it now and then.
+fn is_settled(tenant: &Tenant, current: &TenantStatus, class: &ClassSettings) -> bool {
+    current.phase == Some(TenantPhase::Ready)
+        && current.observed_generation == tenant.metadata.generation
+        && current.provisioning.as_ref().is_some_and(|j| j.provisioned)
+        && current
+            .resources
+            .as_ref()
+            .is_some_and(|r| r.key_arn.is_some())
+        && current.placement == Some(class.placement())
+        && !tenant.spec.suspended
+}
+
+/// Whether a settled tenant's probe may run now: a probe slot, or how long to
+/// wait. An unsettled tenant needs no slot.
+fn probe_turn(
+    tenant: &Tenant,
+    ctx: &Context,
+    class: &ClassSettings,
+    current: &TenantStatus,
+    settled: bool,
+) -> Result<Option<pacing::ProbeSlot>, Duration> {
+    if !settled {
+        return Ok(None);
+    }
+    // A settled tenant measured less than a probe interval ago (after a
+    // restart, a relist, or the watch event of its own status write) waits
+    // for its turn: a resync costs no backend call, and the probes stay
+    // spread as they were instead of bursting.
+    let probe_interval = ctx.probe_interval(class);
+    let verified_at = current
+        .isolation
+        .as_ref()
+        .and_then(|i| i.verified_at.as_deref());
+    if let Some(wait) = probe_not_due(verified_at, probe_interval, Utc::now()) {
+        tracing::debug!(tenant = %tenant.name_any(), ?wait, "measured recently; next probe later");
+        return Err(wait);
+    }
+    // A due probe runs only in a probe slot; without one it gives the
+    // reconcile slot back to onboarding.
+    match ctx.probes.try_slot() {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            ctx.metrics.probes_deferred.inc();
+            let wait = ctx.probes.retry_delay(probe_interval);
+            tracing::debug!(tenant = %tenant.name_any(), ?wait, "probe due, no probe slot free; later");
+            Err(wait)
+        }
+    }
+}
+
+/// The credentials namespace must exist and be one the class allows; else
+/// nothing is written, and the namespace is read again later (namespaces
+/// are not watched).
+async fn namespace_gate(
+    tenant: &Tenant,
+    ctx: &Context,
+    class: &ClassSettings,
+    current: &TenantStatus,
+    spec: &TenantSpec,
+) -> Result<Option<Action>, Error> {
+    let namespace = &spec.credentials.namespace;
+    let labels = class
+        .backends
+        .kube_secrets
+        .namespace_labels(namespace)
+        .await
+        .map_err(StepError::from)?;
+    let verdict = match &labels {
+        Some(labels) => match class
+            .rules
+            .namespaces
+            .check(&class.rules.name, namespace, labels)
+        {
+            Ok(()) => return Ok(None),
+            Err(message) => Verdict::new(TenantPhase::Failed, "NamespaceNotAllowed", message),
+        },
+        None => Verdict::new(
+            TenantPhase::Pending,
+            "NamespaceMissing",
+            format!(
+                "namespace {namespace} (spec.credentials.namespace) does not exist; tenantry does not create \
+                 namespaces and will retry"
+            ),
+        ),
+    };
+    finish(tenant, ctx, class, current.clone(), &verdict, None).await?;
+    Ok(Some(Action::requeue(NAMESPACE_RETRY)))
+}
+
+/// Measures a settled tenant. All enforced: its status is written and the
+/// reconcile ends (`Err`). Otherwise the drift found, recorded and announced,
+/// for the steps to repair.
+async fn measure_settled(
+    tenant: &Tenant,
+    ctx: &Context,
+    class: &ClassSettings,
+    current: &TenantStatus,
+    steps_ctx: &mut TenantContext,
+) -> Result<Result<Measurement, Action>, Error> {
+    // Missing inputs (the secret gone, say) make every layer Unknown: that
+    // too is drift, repaired by the steps.
+    read_probe_inputs(steps_ctx, current).await;
+    let measured = Box::pin(measure(steps_ctx)).await;
+    if measured.all_enforced() {
+        let mut status = current.clone();
+        let repairs = status.isolation.as_ref().map_or(0, |i| i.drift_repairs);
+        status.isolation = Some(measured.into_status(Utc::now(), repairs));
+        let verdict = Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE);
+        return Ok(Err(
+            finish(tenant, ctx, class, status, &verdict, None).await?
+        ));
+    }
+    let found = measured.failures();
+    tracing::warn!(tenant = %tenant.name_any(), drift = %found, "isolation drift detected; repairing");
+    repair_shared_security(class).await;
+    record(
+        AuditAction::DriftDetected,
+        "tenant",
+        audit::Outcome::Ok,
+        serde_json::json!({"found": found}),
+    )
+    .await?;
+    ctx.events
+        .publish(tenant, EventType::Warning, "DriftDetected", "Probe", &found)
+        .await;
+    Ok(Ok(measured))
+}
+
+/// Runs the tenant's steps through the engine, journaled in its status.
+async fn run_provisioning(
+    tenant: &Tenant,
+    ctx: &Context,
+    class: &ClassSettings,
+    current: &TenantStatus,
+    steps_ctx: &mut TenantContext,
+) -> Result<(Outcome, TenantStatus), Error> {
+    let generation = tenant.metadata.generation;
+    let steps = tenant_steps();
+    let engine = Engine::new(&steps, ctx.engine.retry_policy());
+    let mut journal = current.provisioning.clone().unwrap_or_else(new_journal);
+    // The placement is recorded with the first journal write, before any
+    // resource exists, so a crash cannot leave a tenant on an unknown server.
+    let mut placed = current.clone();
+    placed.placement.get_or_insert_with(|| Placement {
+        class_generation: None,
+        ..class.placement()
+    });
+    let mut store = StatusJournal {
+        client: &ctx.client,
+        name: tenant.name_any(),
+        generation,
+        status: placed,
+        working_phase: match current.phase {
+            Some(TenantPhase::Ready) if current.observed_generation == generation => {
+                TenantPhase::Ready
+            }
+            _ => TenantPhase::Provisioning,
+        },
+    };
+    let outcome = engine
+        .provision(steps_ctx, &mut journal, &mut store)
+        .await?;
+    let mut status = store.status;
+    status.provisioning = Some(journal);
+    Ok((outcome, status))
+}
+
+/// Every step ensured: record a suspension or resumption, measure (and
+/// report a repaired drift), and write the verdict.
+async fn on_provisioned(
+    tenant: &Tenant,
+    ctx: &Context,
+    class: &ClassSettings,
+    current: &TenantStatus,
+    mut status: TenantStatus,
+    steps_ctx: &TenantContext,
+    drift: Option<Measurement>,
+) -> Result<Action, Error> {
+    status.resources = Some(steps_ctx.resources());
+    // Every step ran with this class as it is now.
+    status.placement = Some(class.placement());
+    if steps_ctx.spec.suspended != (current.phase == Some(TenantPhase::Suspended)) {
+        let action = if tenant.spec.suspended {
+            AuditAction::TenantSuspend
+        } else {
+            AuditAction::TenantResume
+        };
+        record(action, "tenant", audit::Outcome::Ok, serde_json::json!({})).await?;
+    }
+    // A measurement that could not be taken (a backend that failed to
+    // answer) says nothing about isolation: it is taken again after the
+    // failure backoff, not a whole probe interval later.
+    let mut unmeasured = false;
+    let verdict = if tenant.spec.suspended {
+        Verdict::new(
+            TenantPhase::Suspended,
+            "Suspended",
+            "access revoked: database login disabled and the Kubernetes Secret removed",
+        )
+    } else {
+        let (verdict, measured_status, missing) = Box::pin(measure_provisioned(
+            tenant, ctx, class, current, steps_ctx, drift,
+        ))
+        .await?;
+        status.isolation = Some(measured_status);
+        unmeasured = missing;
+        verdict
+    };
+    // The event goes first, so whoever sees the new phase finds it.
+    if current.phase != Some(verdict.phase) {
+        ctx.events
+            .publish(
+                tenant,
+                EventType::Normal,
+                &verdict.reason,
+                "Provision",
+                &verdict.message,
+            )
+            .await;
+    }
+    let action = finish(tenant, ctx, class, status, &verdict, Some("provisioned")).await?;
+    if unmeasured {
+        return Ok(Action::requeue(
+            ctx.engine.failure_backoff.min(ctx.probe_interval(class)),
+        ));
+    }
+    Ok(action)
+}
+
+/// The measurement after the steps ran: the verdict, the attestation, and
+/// whether it could not be taken at all.
+async fn measure_provisioned(
+    tenant: &Tenant,
+    ctx: &Context,
+    class: &ClassSettings,
+    current: &TenantStatus,
+    steps_ctx: &TenantContext,
+    mut drift: Option<Measurement>,
+) -> Result<(Verdict, crate::api::IsolationStatus, bool), Error> {
+    let mut measured = Box::pin(measure(steps_ctx)).await;
+    if !measured.all_enforced() && drift.is_none() {
+        // Not caught by a settled probe (say, the cache still showed an
+        // older phase): repair what the steps do not cover and measure again.
+        repair_shared_security(class).await;
+        let again = Box::pin(measure(steps_ctx)).await;
+        drift = Some(std::mem::replace(&mut measured, again));
+    }
+    let mut repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
+    let mut unmeasured = false;
+    let verdict = if measured.all_enforced() {
+        if let Some(before) = &drift {
+            repairs += 1;
+            ctx.metrics.drift_repairs.inc();
+            let message = format!("repaired and verified: {}", before.failures());
+            record(
+                AuditAction::DriftRepair,
+                "tenant",
+                audit::Outcome::Ok,
+                serde_json::json!({"repaired": before.failures()}),
+            )
+            .await?;
+            tracing::info!(tenant = %tenant.name_any(), %message, "isolation drift repaired");
+            ctx.events
+                .publish(
+                    tenant,
+                    EventType::Normal,
+                    "DriftRepaired",
+                    "Repair",
+                    &message,
+                )
+                .await;
+        }
+        Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE)
+    } else {
+        unmeasured = measured.summary() == IsolationState::Unknown;
+        isolation_failure(tenant, ctx, class, steps_ctx, &measured).await
+    };
+    Ok((
+        verdict,
+        measured.into_status(Utc::now(), repairs),
+        unmeasured,
+    ))
+}
+
+/// A step failed for good and everything made was removed.
+async fn on_rolled_back(
+    tenant: &Tenant,
+    ctx: &Context,
+    class: &ClassSettings,
+    mut status: TenantStatus,
+    error: String,
+    reason: String,
+) -> Result<Action, Error> {
+    if let Some(j) = status.provisioning.as_mut() {
+        j.failed_generation = tenant.metadata.generation;
+    }
+    // What exists now is nothing, anywhere.
+    status.resources = None;
+    status.placement = None;
+    let message =
+        format!("provisioning failed and was rolled back, nothing was left behind: {error}");
+    let verdict = Verdict::new(TenantPhase::Failed, reason, message);
+    ctx.events
+        .publish(
+            tenant,
+            EventType::Warning,
+            &verdict.reason,
+            "RollBack",
+            &verdict.message,
+        )
+        .await;
+    let failed = status
+        .provisioning
+        .as_ref()
+        .map_or(1, |j| j.failed_attempts);
+    finish(tenant, ctx, class, status, &verdict, Some("rolled_back")).await?;
+    Ok(Action::requeue(failure_backoff(
+        failed,
+        ctx.engine.failure_backoff,
+        ctx.engine.failure_backoff_max,
+    )))
+}
+
+/// A step of a provisioned tenant failed for good: everything is kept, the
+/// fence measured, and the step retried within a probe interval.
+async fn on_degraded(
+    tenant: &Tenant,
+    ctx: &Context,
+    class: &ClassSettings,
+    current: &TenantStatus,
+    mut status: TenantStatus,
+    steps_ctx: &TenantContext,
+    (failed_step, error, reason): (String, String, String),
+) -> Result<Action, Error> {
+    let mut message = format!(
+        "{failed_step} cannot be brought to the desired state; every resource is kept and it is retried: {error}"
+    );
+    if steps_ctx.key.is_some() && steps_ctx.credentials.is_some() && !tenant.spec.suspended {
+        let measured = Box::pin(measure(steps_ctx)).await;
+        if !measured.all_enforced() {
+            let fenced = isolation_failure(tenant, ctx, class, steps_ctx, &measured).await;
+            message = format!("{message}; {}", fenced.message);
+        }
+        let repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
+        status.isolation = Some(measured.into_status(Utc::now(), repairs));
+    }
+    let verdict = Verdict::new(TenantPhase::Failed, reason, message);
+    if current.phase != Some(TenantPhase::Failed) {
+        ctx.events
+            .publish(
+                tenant,
+                EventType::Warning,
+                &verdict.reason,
+                "Reconcile",
+                &verdict.message,
+            )
+            .await;
+    }
+    // A live tenant is looked at again within one probe interval, so access
+    // comes back soon after a person fixes what tenantry cannot.
+    finish(tenant, ctx, class, status, &verdict, Some("degraded")).await
 }
 
 /// Shared-table security belongs to no single tenant, so no step ensures it;
@@ -1261,13 +1383,6 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::await_change());
         }
     };
-    let b = &class.backends;
-    let ns = &spec.credentials.namespace;
-    let secret_name = spec
-        .credentials
-        .secret_name
-        .clone()
-        .unwrap_or_else(|| format!("{name}-credentials"));
     let mut status = tenant.status.clone().unwrap_or_default();
 
     if effective_deletion_policy(tenant, &spec) == DeletionPolicy::Retain {
@@ -1299,63 +1414,12 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
 
-    let grace = effective_grace_period(&spec, &class.rules);
-    // As the Tenant wrote it, unless the class's minimum lengthened it.
-    let grace_period = match spec.deletion.grace_period.clone() {
-        Some(asked) if parse_grace_period(&asked) == Ok(grace) => asked,
-        _ => humantime::format_duration(grace).to_string(),
-    };
-    let deletion = status.deletion.clone().unwrap_or_default();
-    if deletion.access_revoked_at.is_none() {
-        record(
-            AuditAction::TenantDelete,
-            "tenant",
-            audit::Outcome::Ok,
-            serde_json::json!({"policy": "Delete", "gracePeriod": grace_period}),
-        )
-        .await?;
-        b.database
-            .set_login(&tref, &names, false)
-            .await
-            .map_err(StepError::from)?;
-        b.kube_secrets
-            .delete_secret(&tref, ns, &secret_name)
-            .await
-            .map_err(StepError::from)?;
-        let deleted_at = tenant
-            .metadata
-            .deletion_timestamp
-            .as_ref()
-            .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
-            .unwrap_or_else(Utc::now);
-        let destroy_after = deleted_at + chrono::Duration::from_std(grace).unwrap_or_default();
-        status.deletion = Some(DeletionStatus {
-            access_revoked_at: Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            destroy_after: Some(destroy_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        });
-        if let Some(r) = status.resources.as_mut() {
-            r.kubernetes_secret = None;
-        }
-        let message = format!(
-            "access revoked; data is destroyed after {} unless annotation {DELETION_POLICY_ANNOTATION}=Retain is set",
-            destroy_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
-        apply_verdict(
-            &mut status,
-            &Verdict::new(TenantPhase::Deleting, "AccessRevoked", message.clone()),
-            tenant.metadata.generation,
-            Utc::now(),
-        );
-        write_status(&ctx.client, &name, &status).await?;
-        ctx.events
-            .publish(
-                tenant,
-                EventType::Normal,
-                "AccessRevoked",
-                "Delete",
-                &message,
-            )
-            .await;
+    if status
+        .deletion
+        .as_ref()
+        .is_none_or(|d| d.access_revoked_at.is_none())
+    {
+        revoke_for_deletion(tenant, ctx, &class, &spec, &tref, &names, &mut status).await?;
     }
 
     let destroy_after = status
@@ -1384,6 +1448,83 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         DeletionPolicy::Delete,
     )
     .await
+}
+
+/// The start of a `Delete` deletion: the login disabled and the Kubernetes
+/// Secret removed at once, the data kept until the grace period ends.
+async fn revoke_for_deletion(
+    tenant: &Tenant,
+    ctx: &Context,
+    class: &ClassSettings,
+    spec: &TenantSpec,
+    tref: &TenantRef,
+    names: &TenantNames,
+    status: &mut TenantStatus,
+) -> Result<(), Error> {
+    let name = tenant.name_any();
+    let b = &class.backends;
+    let ns = &spec.credentials.namespace;
+    let secret_name = spec
+        .credentials
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{name}-credentials"));
+    let grace = effective_grace_period(spec, &class.rules);
+    // As the Tenant wrote it, unless the class's minimum lengthened it.
+    let grace_period = match spec.deletion.grace_period.clone() {
+        Some(asked) if parse_grace_period(&asked) == Ok(grace) => asked,
+        _ => humantime::format_duration(grace).to_string(),
+    };
+    record(
+        AuditAction::TenantDelete,
+        "tenant",
+        audit::Outcome::Ok,
+        serde_json::json!({"policy": "Delete", "gracePeriod": grace_period}),
+    )
+    .await?;
+    b.database
+        .set_login(tref, names, false)
+        .await
+        .map_err(StepError::from)?;
+    b.kube_secrets
+        .delete_secret(tref, ns, &secret_name)
+        .await
+        .map_err(StepError::from)?;
+    let deleted_at = tenant
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
+        .unwrap_or_else(Utc::now);
+    let destroy_after = deleted_at + chrono::Duration::from_std(grace).unwrap_or_default();
+    status.deletion = Some(DeletionStatus {
+        access_revoked_at: Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        destroy_after: Some(destroy_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    });
+    if let Some(r) = status.resources.as_mut() {
+        r.kubernetes_secret = None;
+    }
+    let message = format!(
+        "access revoked; data is destroyed after {} unless annotation {DELETION_POLICY_ANNOTATION}=Retain is set",
+        destroy_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    apply_verdict(
+        status,
+        &Verdict::new(TenantPhase::Deleting, "AccessRevoked", message.clone()),
+        tenant.metadata.generation,
+        Utc::now(),
+    );
+    write_status(&ctx.client, &name, status).await?;
+    ctx.events
+        .publish(
+            tenant,
+            EventType::Normal,
+            "AccessRevoked",
+            "Delete",
+            &message,
+        )
+        .await;
+    Ok(())
 }
 
 /// The last part of a deletion, through the engine: every step released
