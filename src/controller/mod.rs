@@ -1462,13 +1462,6 @@ async fn revoke_for_deletion(
     status: &mut TenantStatus,
 ) -> Result<(), Error> {
     let name = tenant.name_any();
-    let b = &class.backends;
-    let ns = &spec.credentials.namespace;
-    let secret_name = spec
-        .credentials
-        .secret_name
-        .clone()
-        .unwrap_or_else(|| format!("{name}-credentials"));
     let grace = effective_grace_period(spec, &class.rules);
     // As the Tenant wrote it, unless the class's minimum lengthened it.
     let grace_period = match spec.deletion.grace_period.clone() {
@@ -1482,14 +1475,17 @@ async fn revoke_for_deletion(
         serde_json::json!({"policy": "Delete", "gracePeriod": grace_period}),
     )
     .await?;
-    b.database
-        .set_login(tref, names, false)
-        .await
-        .map_err(StepError::from)?;
-    b.kube_secrets
-        .delete_secret(tref, ns, &secret_name)
-        .await
-        .map_err(StepError::from)?;
+    // Every resource takes its access away, through the engine.
+    let mut steps_ctx = TenantContext::new(
+        tref.clone(),
+        names.clone(),
+        spec.clone(),
+        class.backends.clone(),
+    );
+    let steps = tenant_steps();
+    Engine::new(&steps, ctx.engine.retry_policy())
+        .revoke_access(&mut steps_ctx)
+        .await?;
     let deleted_at = tenant
         .metadata
         .deletion_timestamp

@@ -258,6 +258,13 @@ impl Step<TenantContext> for PostgresStep {
             .release_tenant(&ctx.tenant, &ctx.names, ctx.mode())
             .await?)
     }
+    async fn revoke_access(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
+        Ok(ctx
+            .backends
+            .database
+            .set_login(&ctx.tenant, &ctx.names, false)
+            .await?)
+    }
 }
 
 pub struct BucketStep;
@@ -350,6 +357,10 @@ impl Step<TenantContext> for KubernetesSecretStep {
             .await?;
         ctx.kube_secret_written = false;
         Ok(())
+    }
+    async fn revoke_access(&self, ctx: &mut TenantContext) -> Result<(), StepError> {
+        // The Secret is the application's access: it goes.
+        self.remove(ctx).await
     }
 }
 

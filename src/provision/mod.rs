@@ -87,6 +87,12 @@ pub trait Step<C: Send>: Send + Sync {
     /// Let go of the resource without destroying it (as a `Retain` deletion
     /// does), for a rollback of a step that adopted a released resource.
     async fn release(&self, ctx: &mut C) -> Result<(), StepError>;
+    /// Take the tenant's access away and keep the resource (the start of a
+    /// `Delete` deletion's grace period). Idempotent. Most resources grant
+    /// no access of their own, so by default there is nothing to take.
+    async fn revoke_access(&self, _ctx: &mut C) -> Result<(), StepError> {
+        Ok(())
+    }
 }
 
 tokio::task_local! {
@@ -340,6 +346,23 @@ impl<'a, C: Send> Engine<'a, C> {
             return Ok(stuck);
         }
         Ok(Outcome::Released)
+    }
+
+    /// Takes the tenant's access away at every step, last first, each
+    /// retried like a removal. Not journaled: every revocation is idempotent,
+    /// and the caller records that access is gone once all have run.
+    pub async fn revoke_access(&self, ctx: &mut C) -> Result<(), StepError> {
+        for step in self.steps.iter().rev() {
+            let mut tried = 0;
+            loop {
+                tried += 1;
+                match step.revoke_access(ctx).await {
+                    Ok(()) => break,
+                    Err(e) => self.retry.after_failure(tried, e).await?,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes the steps listed in the journal, last first, recording each.

@@ -61,6 +61,14 @@ impl Step<World> for Thing {
         w.released.insert(self.0);
         Ok(())
     }
+    async fn revoke_access(&self, w: &mut World) -> Result<(), StepError> {
+        w.log.push(format!("revoke {}", self.0));
+        if let Some(i) = w.remove_failures.iter().position(|(n, _)| *n == self.0) {
+            let (_, e) = w.remove_failures.remove(i);
+            return Err(e);
+        }
+        Ok(())
+    }
     async fn remove(&self, w: &mut World) -> Result<(), StepError> {
         w.log.push(format!(
             "remove {}{}",
@@ -535,4 +543,29 @@ async fn a_retain_deletion_releases_every_step_in_reverse_through_the_journal_an
         world.released,
         ["bucket", "database", "key"].into_iter().collect()
     );
+}
+
+#[tokio::test]
+async fn access_is_revoked_at_every_step_last_first_retrying_and_nothing_is_removed() {
+    let steps = steps();
+    let mut world = World::default();
+    let mut journal = new_journal();
+    let engine = Engine::new(&steps, fast_retry());
+    engine
+        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .await
+        .unwrap();
+    world.log.clear();
+    world.remove_failures = vec![("bucket", StepError::transient("s3", "slow down"))];
+    engine.revoke_access(&mut world).await.unwrap();
+    assert_eq!(
+        world.log,
+        [
+            "revoke database",
+            "revoke bucket",
+            "revoke bucket",
+            "revoke key"
+        ]
+    );
+    assert_eq!(world.existing.len(), 3, "a revocation removed something");
 }

@@ -145,8 +145,10 @@ async fn a_tenant_lifecycle_leaves_a_complete_verified_trail_without_secrets() {
         "kms.key.enable-rotation",
         "drift.repair",
         "tenant.delete",
-        "postgres.role.login.disable",
+        // Access goes in the teardown's order (reverse of provisioning):
+        // the application's Secret, then the login.
         "kubernetes.secret.delete",
+        "postgres.role.login.disable",
         "s3.bucket.delete",
         "postgres.schema.drop",
         "postgres.role.drop",
