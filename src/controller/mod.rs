@@ -1385,69 +1385,51 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     };
     let mut status = tenant.status.clone().unwrap_or_default();
 
-    if effective_deletion_policy(tenant, &spec) == DeletionPolicy::Retain {
-        if status
-            .provisioning
-            .as_ref()
-            .is_none_or(|j| j.operation != JournalOperation::Release)
-        {
-            record(
-                AuditAction::TenantDelete,
-                "tenant",
-                audit::Outcome::Ok,
-                serde_json::json!({"policy": "Retain"}),
-            )
-            .await?;
-        }
+    let policy = effective_deletion_policy(tenant, &spec);
+    match policy {
         // Let go of everything, still tagged, so a Tenant of this name can
-        // adopt it: through the engine, journaled, in reverse order.
-        return finish_deletion(
-            tenant,
-            ctx,
-            tref,
-            names,
-            spec,
-            &class,
-            status,
-            DeletionPolicy::Retain,
-        )
-        .await;
+        // adopt it.
+        DeletionPolicy::Retain => {
+            if status
+                .provisioning
+                .as_ref()
+                .is_none_or(|j| j.operation != JournalOperation::Release)
+            {
+                record(
+                    AuditAction::TenantDelete,
+                    "tenant",
+                    audit::Outcome::Ok,
+                    serde_json::json!({"policy": "Retain"}),
+                )
+                .await?;
+            }
+        }
+        // Access goes at once; the data after the grace period.
+        DeletionPolicy::Delete => {
+            if status
+                .deletion
+                .as_ref()
+                .is_none_or(|d| d.access_revoked_at.is_none())
+            {
+                revoke_for_deletion(tenant, ctx, &class, &spec, &tref, &names, &mut status).await?;
+            }
+            let destroy_after = status
+                .deletion
+                .as_ref()
+                .and_then(|d| d.destroy_after.as_deref())
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(Utc::now);
+            let now = Utc::now();
+            if now < destroy_after {
+                let wait = (destroy_after - now).to_std().unwrap_or_default();
+                return Ok(Action::requeue(
+                    wait.min(class.probe_interval) + Duration::from_millis(100),
+                ));
+            }
+        }
     }
-
-    if status
-        .deletion
-        .as_ref()
-        .is_none_or(|d| d.access_revoked_at.is_none())
-    {
-        revoke_for_deletion(tenant, ctx, &class, &spec, &tref, &names, &mut status).await?;
-    }
-
-    let destroy_after = status
-        .deletion
-        .as_ref()
-        .and_then(|d| d.destroy_after.as_deref())
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(Utc::now);
-    let now = Utc::now();
-    if now < destroy_after {
-        let wait = (destroy_after - now).to_std().unwrap_or_default();
-        return Ok(Action::requeue(
-            wait.min(class.probe_interval) + Duration::from_millis(100),
-        ));
-    }
-
-    finish_deletion(
-        tenant,
-        ctx,
-        tref,
-        names,
-        spec,
-        &class,
-        status,
-        DeletionPolicy::Delete,
-    )
-    .await
+    finish_deletion(tenant, ctx, tref, names, spec, &class, status, policy).await
 }
 
 /// The start of a `Delete` deletion: the login disabled and the Kubernetes
