@@ -25,9 +25,8 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeyMetadata, KeySpec, KeyState, KeyUsageType, MacAlgorithmSpec, Tag};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, ChecksumAlgorithm, CreateBucketConfiguration, DefaultRetention,
-    ObjectLockConfiguration, ObjectLockEnabled, ObjectLockMode, ObjectLockRetentionMode,
-    ObjectLockRule,
+    ChecksumAlgorithm, DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled,
+    ObjectLockMode, ObjectLockRetentionMode, ObjectLockRule,
 };
 use sha2::{Digest, Sha256};
 
@@ -285,16 +284,7 @@ impl Anchor {
 
     async fn create_bucket(&self) -> Result<(), AnchorError> {
         let bucket = &self.bucket;
-        // us-east-1 is the one region that refuses its own name as a location.
-        let location = self
-            .region
-            .as_deref()
-            .filter(|r| *r != "us-east-1")
-            .map(|r| {
-                CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(r))
-                    .build()
-            });
+        let location = crate::backends::s3::bucket_location(self.region.as_deref());
         let created = self
             .s3
             .create_bucket()

@@ -77,13 +77,9 @@ impl S3Backend {
         )
         .interceptor(RequireExpectedOwner)
         .build();
-        let mut control = aws_sdk_s3control::config::Builder::from(config);
-        if force_path_style {
-            control = control.endpoint_resolver(UnprefixedControlEndpoint::default());
-        }
         Self {
             client: Client::from_conf(s3_config),
-            control: aws_sdk_s3control::Client::from_conf(control.build()),
+            control: control_client(config, force_path_style),
             sts: aws_sdk_sts::Client::new(config),
             account: tokio::sync::OnceCell::new(),
             region: config.region().map(|r| r.to_string()),
@@ -229,16 +225,7 @@ impl S3Backend {
     /// Creates the bucket. `Ok(false)` when it turned out to exist already in
     /// this account.
     async fn create(&self, bucket: &str) -> Result<bool, BackendError> {
-        // us-east-1 is the one region that refuses its own name as a location.
-        let location = self
-            .region
-            .as_deref()
-            .filter(|r| *r != "us-east-1")
-            .map(|r| {
-                CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(r))
-                    .build()
-            });
+        let location = bucket_location(self.region.as_deref());
         let created = self
             .client
             .create_bucket()
@@ -1059,6 +1046,26 @@ where
         source = e.source();
     }
     super::aws::classify(backend, context, err)
+}
+
+/// An S3 Control client; `force_path_style` as for S3 (see
+/// [`UnprefixedControlEndpoint`]).
+pub fn control_client(config: &SdkConfig, force_path_style: bool) -> aws_sdk_s3control::Client {
+    let mut control = aws_sdk_s3control::config::Builder::from(config);
+    if force_path_style {
+        control = control.endpoint_resolver(UnprefixedControlEndpoint::default());
+    }
+    aws_sdk_s3control::Client::from_conf(control.build())
+}
+
+/// Where CreateBucket puts a bucket: `None` in us-east-1, the one region
+/// that refuses its own name as a location.
+pub(crate) fn bucket_location(region: Option<&str>) -> Option<CreateBucketConfiguration> {
+    region.filter(|r| *r != "us-east-1").map(|r| {
+        CreateBucketConfiguration::builder()
+            .location_constraint(BucketLocationConstraint::from(r))
+            .build()
+    })
 }
 
 /// The S3 Control endpoint for an S3-compatible endpoint without

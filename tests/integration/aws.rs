@@ -1968,34 +1968,6 @@ async fn a_planted_released_secret_is_a_conflict_and_a_recorded_release_is_adopt
     crate::audit::drop_schema(&schema).await;
 }
 
-/// An S3 Control client for the local endpoint. The standard endpoint
-/// rules put the account id in front of the endpoint's host, a name that
-/// does not resolve on loopback; moto reads the account from the
-/// `x-amz-account-id` header instead.
-fn local_s3control(config: &SdkConfig) -> aws_sdk_s3control::Client {
-    #[derive(Debug, Default)]
-    struct Unprefixed(aws_sdk_s3control::config::endpoint::DefaultResolver);
-    impl aws_sdk_s3control::config::endpoint::ResolveEndpoint for Unprefixed {
-        fn resolve_endpoint<'a>(
-            &'a self,
-            params: &'a aws_sdk_s3control::config::endpoint::Params,
-        ) -> aws_sdk_s3control::config::endpoint::EndpointFuture<'a> {
-            let resolved = self.0.resolve_endpoint(params);
-            aws_sdk_s3control::config::endpoint::EndpointFuture::new(async move {
-                let endpoint = resolved.await?;
-                let prefix = format!("{}.", params.account_id().unwrap_or_default());
-                let url = endpoint.url().replacen(&prefix, "", 1);
-                Ok(endpoint.into_builder().url(url).build())
-            })
-        }
-    }
-    aws_sdk_s3control::Client::from_conf(
-        aws_sdk_s3control::config::Builder::from(config)
-            .endpoint_resolver(Unprefixed::default())
-            .build(),
-    )
-}
-
 /// Issue 15, path 1, for buckets: what a released bucket may have gathered
 /// while no Tenant held it. Someone in the account made it copy every new
 /// object to a bucket of theirs (replication), tell a function of theirs
@@ -2084,7 +2056,7 @@ async fn what_others_added_to_a_released_bucket_is_taken_away_on_adoption() {
         .send()
         .await
         .expect("the neighbour sets up notifications");
-    let control = local_s3control(&config);
+    let control = tenantry::backends::s3::control_client(&config, true);
     let access_point = unique_name("outsider-ap");
     // moto 5.2.5 answers CreateAccessPoint under a `CreateAccessPointResponse`
     // root where S3 Control sends `CreateAccessPointResult`, which the SDK
