@@ -711,6 +711,14 @@ pg_prepare_home() {
     if [[ -L $PG_HOME ]] || { [[ -e $PG_HOME ]] && [[ "$(stat -c %U "$PG_HOME")" != postgres ]]; }; then
       die "$PG_HOME exists but is not a directory owned by postgres; remove it"
     fi
+    # The run dir's link is its claim on the data. Without it, the data was
+    # left by an earlier run dir at the same path (a clone deleted and made
+    # again): its roles and schemas belong to tenants this environment never
+    # had, so it is wiped, not reused.
+    if [[ -e $PG_HOME && ! -L $RUN/data/$PG_NAME ]]; then
+      say "removing $PG_HOME: left by an earlier run dir at $RUN"
+      rm -rf "$PG_HOME"
+    fi
     mkdir -p "$PG_HOME"
     chown postgres:postgres "$PG_HOME"
     chmod 700 "$PG_HOME"
