@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod naming;
 pub mod provision;
+pub mod resources;
 pub mod runtime;
 pub mod shard;
 

@@ -5,6 +5,9 @@
 //! never inferred from a name: it is read from the tag or comment that carries
 //! the Tenant's uid.
 
+use std::fmt;
+use std::str::FromStr;
+
 use crate::api::validate_tenant_name;
 
 /// Prefix of PostgreSQL identifiers owned by tenantry. It keeps tenant objects
@@ -91,6 +94,43 @@ pub fn quote_ident(ident: &str) -> String {
 /// the PostgreSQL backend checks at connect time.
 pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A table shared by all tenants, with a column naming each row's tenant.
+/// Row-level security keeps every tenant to its own rows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SharedTable {
+    pub schema: String,
+    pub table: String,
+    pub tenant_column: String,
+}
+
+impl FromStr for SharedTable {
+    type Err = String;
+
+    /// Parses `schema.table:column`, e.g. `public.orders:tenant_id`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || format!("shared table {s:?} must look like schema.table:tenant_column");
+        let (qualified, column) = s.split_once(':').ok_or_else(err)?;
+        let (schema, table) = qualified.split_once('.').ok_or_else(err)?;
+        if [schema, table, column]
+            .iter()
+            .any(|p| p.is_empty() || p.len() > 63)
+        {
+            return Err(err());
+        }
+        Ok(Self {
+            schema: schema.to_string(),
+            table: table.to_string(),
+            tenant_column: column.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for SharedTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}:{}", self.schema, self.table, self.tenant_column)
+    }
 }
 
 #[cfg(test)]

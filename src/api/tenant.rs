@@ -331,7 +331,8 @@ pub struct ProvisioningJournal {
     pub in_progress: Option<String>,
     /// Why the last provisioning failed (kept during and after rollback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub failure: Option<StepFailure>,
     /// The cause of that failure as a PascalCase reason, e.g. `Conflict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
@@ -359,6 +360,50 @@ pub struct ProvisioningJournal {
     /// onboarding, and must not destroy a live tenant's data.
     #[serde(default)]
     pub provisioned: bool,
+}
+
+/// Which step failed and how: written to the journal as `<step>: <message>`
+/// (the form every earlier version wrote), read back into its parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepFailure {
+    pub step: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)
+    }
+}
+
+impl From<&str> for StepFailure {
+    /// Step names hold no `:`, so the first one ends the step; a text
+    /// without one (written by hand) is all message.
+    fn from(text: &str) -> Self {
+        match text.split_once(": ") {
+            Some((step, message)) if !step.contains(' ') => Self {
+                step: step.to_string(),
+                message: message.to_string(),
+            },
+            _ => Self {
+                step: String::new(),
+                message: text.to_string(),
+            },
+        }
+    }
+}
+
+impl Serialize for StepFailure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for StepFailure {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(Self::from(text.as_str()))
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -486,4 +531,35 @@ pub struct IsolationStatus {
 /// Heads written before the schema was recorded are in the default schema.
 fn default_audit_schema() -> String {
     "tenantry_audit".to_string()
+}
+
+/// The isolation layers tenantry measures, each with its condition and its
+/// place in `status.isolation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layer {
+    Database,
+    Storage,
+    Encryption,
+}
+
+impl Layer {
+    pub const ALL: [Layer; 3] = [Layer::Database, Layer::Storage, Layer::Encryption];
+
+    /// The name in messages and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::Storage => "storage",
+            Self::Encryption => "encryption",
+        }
+    }
+
+    /// The condition type that reports this layer.
+    pub fn condition_type(self) -> &'static str {
+        match self {
+            Self::Database => "DatabaseIsolated",
+            Self::Storage => "StorageIsolated",
+            Self::Encryption => "EncryptionAtRest",
+        }
+    }
 }

@@ -21,12 +21,9 @@
 //! during a tenant's reconcile is recorded; outside a scope (backend tests,
 //! probes) `note` records nothing.
 
-pub mod action;
 pub mod anchor;
 pub mod checkpoint;
 
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -34,9 +31,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
-use crate::backends::{Backend, BackendError};
+pub use crate::backends::Action;
+use crate::backends::{AuditSink, Backend, BackendError};
 use crate::naming::quote_ident;
-pub use action::Action;
 
 /// `prev_hash` of the first row of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -117,20 +114,7 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    Failed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Failed => "failed",
-        }
-    }
-}
+pub use crate::backends::operation::Outcome;
 
 /// One stored row.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -818,18 +802,23 @@ impl Scope {
     }
 }
 
-tokio::task_local! {
-    static SCOPE: Scope;
-}
+/// The operator's sink: every change a backend makes for this tenant is a
+/// row of its chain.
+#[async_trait::async_trait]
+impl AuditSink for Scope {
+    async fn record(
+        &self,
+        action: Action,
+        target: &str,
+        outcome: Outcome,
+        detail: serde_json::Value,
+    ) -> Result<(), BackendError> {
+        Scope::record(self, action, target, outcome, detail).await
+    }
 
-/// Runs `f` with every [`note`] in it recorded for `scope`'s tenant.
-pub async fn in_scope<F: Future>(scope: Scope, f: F) -> F::Output {
-    SCOPE.scope(scope, f).await
-}
-
-/// The scope of the running reconcile, if any.
-pub fn current() -> Option<Scope> {
-    SCOPE.try_with(Scope::clone).ok()
+    async fn release_recorded(&self, target: &str) -> Result<bool, BackendError> {
+        self.log.release_recorded(&self.tenant, target).await
+    }
 }
 
 /// Releases as the backends record them: an action of its own, or a tag
@@ -863,76 +852,6 @@ impl AuditLog {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error("look for a release", e))
-    }
-}
-
-/// Refuses to adopt a resource whose tags say "released for this tenant's
-/// name" unless this installation's audit trail records that release:
-/// whoever may tag resources in the account (or write Secrets in the
-/// namespace) could otherwise plant one, with its own password, key policy
-/// or replication, for the next Tenant of that name to take over.
-///
-/// Outside an audit scope there is no trail to ask: refused, unless
-/// [`allow_unrecorded_changes`] was called (then the tags decide).
-pub async fn require_recorded_release(
-    backend: Backend,
-    resource: &str,
-    target: &str,
-) -> Result<(), BackendError> {
-    let Some(scope) = current() else {
-        return outside_scope(&format!("the adoption of released {target} was asked"));
-    };
-    if scope.log.release_recorded(&scope.tenant, target).await? {
-        return Ok(());
-    }
-    Err(BackendError::Conflict {
-        backend,
-        resource: resource.to_string(),
-        detail: format!(
-            "it is tagged as released for a tenant named {:?}, but this installation's audit trail records no such release; \
-             a tag anyone may write is no proof, so tenantry does not adopt it (delete or rename it, or untag it if it is yours)",
-            scope.tenant
-        ),
-    })
-}
-
-/// Set by [`allow_unrecorded_changes`].
-static UNRECORDED_ALLOWED: AtomicBool = AtomicBool::new(false);
-
-/// Lets changes made outside any audit scope through, unrecorded: for
-/// tests and tools that drive a backend directly, with no Tenant and no
-/// trail behind it. The operator never calls it, so in the operator a
-/// change that escaped its reconcile's scope (a spawned task does not
-/// inherit it) fails instead of going unrecorded.
-pub fn allow_unrecorded_changes() {
-    UNRECORDED_ALLOWED.store(true, Ordering::Relaxed);
-}
-
-fn outside_scope(what: &str) -> Result<(), BackendError> {
-    if UNRECORDED_ALLOWED.load(Ordering::Relaxed) {
-        return Ok(());
-    }
-    Err(BackendError::Rejected {
-        backend: Backend::Postgres,
-        message: format!(
-            "audit trail: {what} outside any tenant's audit scope, so it cannot be recorded; \
-             an unrecorded change is treated as failed"
-        ),
-    })
-}
-
-/// Records a successful change for the tenant being reconciled. Call it
-/// right after the change and return its error: a change whose record
-/// cannot be written is not reported done, and neither is one made outside
-/// an audit scope.
-pub async fn note(
-    action: Action,
-    target: &str,
-    detail: serde_json::Value,
-) -> Result<(), BackendError> {
-    match current() {
-        Some(scope) => scope.record(action, target, Outcome::Ok, detail).await,
-        None => outside_scope(&format!("{action} on {target} was made")),
     }
 }
 
@@ -1008,24 +927,6 @@ mod tests {
         };
         let b = verify_chain(&swapped).unwrap();
         assert_eq!(b.seq, 5);
-    }
-
-    #[tokio::test]
-    async fn a_change_outside_any_audit_scope_is_refused() {
-        // This unit-test binary never calls allow_unrecorded_changes.
-        let refused = note(Action::KmsKeyCreate, "alias/x", serde_json::json!({})).await;
-        let Err(BackendError::Rejected { message, .. }) = refused else {
-            panic!("an unscoped change was let through: {refused:?}");
-        };
-        assert!(
-            message.contains("outside any tenant's audit scope"),
-            "{message}"
-        );
-        assert!(
-            require_recorded_release(Backend::Kms, "key", "alias/x")
-                .await
-                .is_err()
-        );
     }
 
     #[test]

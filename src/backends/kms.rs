@@ -16,11 +16,11 @@ use aws_sdk_kms::Client;
 use aws_sdk_kms::types::{KeyMetadata, KeySpec, KeyState, KeyUsageType, Tag};
 use futures::StreamExt;
 
+use super::Action;
 use super::aws::{
     AwsError, build_error, classify, conflict, desired_tags, error_code, tag_changes, tag_pairs,
 };
-use super::{Backend, BackendError, KeyInfo, KeyManager, Ownership, TenantRef, tags};
-use crate::audit::Action;
+use super::{Backend, BackendError, KeyInfo, KeyManager, Operation, Ownership, TenantRef, tags};
 
 const BACKEND: Backend = Backend::Kms;
 
@@ -128,7 +128,8 @@ impl KmsBackend {
 
     /// Adds, updates or (when the class no longer names one) removes the
     /// statement that lets the tenant's principal use its key.
-    async fn converge_policy(&self, tenant: &TenantRef, key_id: &str) -> Result<(), BackendError> {
+    async fn converge_policy(&self, op: &Operation, key_id: &str) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let current = self
             .client
             .get_key_policy()
@@ -156,7 +157,7 @@ impl KmsBackend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutKeyPolicy {key_id}"), e))?;
-        crate::audit::note(
+        op.note(
             Action::KmsKeyPolicy,
             key_id,
             serde_json::json!({"principal": principal}),
@@ -172,11 +173,8 @@ impl KmsBackend {
     /// `converge_policy`), and every grant is revoked (tenantry makes none).
     /// Runs while the key is still tagged released, so a retry after a
     /// crash resets again.
-    async fn reset_released(
-        &self,
-        tenant: &TenantRef,
-        meta: &KeyMetadata,
-    ) -> Result<(), BackendError> {
+    async fn reset_released(&self, op: &Operation, meta: &KeyMetadata) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let key_id = meta.key_id();
         let arn = meta.arn().unwrap_or_default();
         let policy = default_key_policy(arn).ok_or_else(|| BackendError::Rejected {
@@ -220,7 +218,7 @@ impl KmsBackend {
             }
         }
         tracing::info!(tenant = %tenant.name, key_id, grants = revoked.len(), "reset the key policy and grants of a released key");
-        crate::audit::note(
+        op.note(
             Action::KmsKeyReset,
             key_id,
             serde_json::json!({"why": "adopted a released key", "policy": "default", "grantsRevoked": revoked}),
@@ -289,7 +287,8 @@ impl KmsBackend {
     /// account, so only the rare paths that follow an interrupted creation
     /// call it; the tags of a key are read once per process (see
     /// `known_owners`), and read again before a key is taken as the tenant's.
-    async fn keys_tagged_with(&self, tenant: &TenantRef) -> Result<Vec<KeyMetadata>, BackendError> {
+    async fn keys_tagged_with(&self, op: &Operation) -> Result<Vec<KeyMetadata>, BackendError> {
+        let tenant = &op.tenant;
         let uid = tenant.uid.as_str();
         let mut known = self.known_owners.lock().await;
         let mut listed = HashSet::new();
@@ -388,7 +387,8 @@ impl KmsBackend {
         Ok(found)
     }
 
-    async fn create(&self, tenant: &TenantRef) -> Result<KeyMetadata, BackendError> {
+    async fn create(&self, op: &Operation) -> Result<KeyMetadata, BackendError> {
+        let tenant = &op.tenant;
         if let Some(limit) = &self.create_limit {
             limit.acquire().await;
         }
@@ -416,7 +416,7 @@ impl KmsBackend {
             message: "CreateKey returned no key metadata".to_string(),
         })?;
         tracing::info!(tenant = %tenant.name, key_id = meta.key_id(), "created KMS key");
-        crate::audit::note(
+        op.note(
             Action::KmsKeyCreate,
             meta.arn().unwrap_or(meta.key_id()),
             serde_json::json!({"keyId": meta.key_id()}),
@@ -430,10 +430,11 @@ impl KmsBackend {
     /// it is moved only if its key is ours or gone.
     async fn point_alias(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         alias: &str,
         key_id: &str,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let created = self
             .client
             .create_alias()
@@ -443,7 +444,7 @@ impl KmsBackend {
             .await;
         match created {
             Ok(_) => {
-                crate::audit::note(
+                op.note(
                     Action::KmsAliasCreate,
                     alias,
                     serde_json::json!({"keyId": key_id}),
@@ -477,7 +478,7 @@ impl KmsBackend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("UpdateAlias {alias}"), e))?;
-        crate::audit::note(
+        op.note(
             Action::KmsAliasUpdate,
             alias,
             serde_json::json!({"keyId": key_id, "previousKeyId": target}),
@@ -508,6 +509,7 @@ impl KmsBackend {
 
     async fn set_tags(
         &self,
+        op: &Operation,
         key_id: &str,
         set: &BTreeMap<String, String>,
     ) -> Result<(), BackendError> {
@@ -518,7 +520,8 @@ impl KmsBackend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("TagResource {key_id}"), e))?;
-        crate::audit::note(Action::KmsKeyTag, key_id, serde_json::json!({"tags": set})).await?;
+        op.note(Action::KmsKeyTag, key_id, serde_json::json!({"tags": set}))
+            .await?;
         Ok(())
     }
 
@@ -527,9 +530,10 @@ impl KmsBackend {
         &self,
         meta: &KeyMetadata,
         current_tags: &BTreeMap<String, String>,
-        tenant: &TenantRef,
+        op: &Operation,
         new_key: bool,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let key_id = meta.key_id();
         let mut state = meta.key_state().cloned();
         if state == Some(KeyState::PendingDeletion) {
@@ -540,7 +544,8 @@ impl KmsBackend {
                 .await
                 .map_err(|e| classify(BACKEND, &format!("CancelKeyDeletion {key_id}"), e))?;
             tracing::info!(tenant = %tenant.name, key_id, "cancelled the deletion of the tenant's KMS key");
-            crate::audit::note(Action::KmsKeyCancelDeletion, key_id, serde_json::json!({})).await?;
+            op.note(Action::KmsKeyCancelDeletion, key_id, serde_json::json!({}))
+                .await?;
             // A cancelled deletion leaves the key disabled.
             state = Some(KeyState::Disabled);
         }
@@ -549,7 +554,7 @@ impl KmsBackend {
         // that is pending deletion.
         let (set, drop_released) = tag_changes(current_tags, &desired_tags(tenant));
         if !set.is_empty() {
-            self.set_tags(key_id, &set).await?;
+            self.set_tags(op, key_id, &set).await?;
         }
         if drop_released {
             self.client
@@ -559,7 +564,7 @@ impl KmsBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UntagResource {key_id}"), e))?;
-            crate::audit::note(
+            op.note(
                 Action::KmsKeyUntag,
                 key_id,
                 serde_json::json!({"tags": [tags::RELEASED]}),
@@ -576,7 +581,8 @@ impl KmsBackend {
                     .send()
                     .await
                     .map_err(|e| classify(BACKEND, &format!("EnableKey {key_id}"), e))?;
-                crate::audit::note(Action::KmsKeyEnable, key_id, serde_json::json!({})).await?;
+                op.note(Action::KmsKeyEnable, key_id, serde_json::json!({}))
+                    .await?;
             }
             Some(KeyState::Creating | KeyState::Updating) => {
                 return Err(BackendError::Unavailable {
@@ -609,21 +615,22 @@ impl KmsBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("EnableKeyRotation {key_id}"), e))?;
-            crate::audit::note(
+            op.note(
                 Action::KmsKeyEnableRotation,
                 key_id,
                 serde_json::json!({"newKey": new_key}),
             )
             .await?;
         }
-        self.converge_policy(tenant, key_id).await
+        self.converge_policy(op, key_id).await
     }
 
     async fn schedule_deletion(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         meta: &KeyMetadata,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         if meta.key_state() == Some(&KeyState::PendingDeletion) {
             return Ok(());
         }
@@ -651,7 +658,7 @@ impl KmsBackend {
             }
         }
         tracing::info!(tenant = %tenant.name, key_id, days = PENDING_WINDOW_DAYS, "scheduled the deletion of the tenant's KMS key");
-        crate::audit::note(
+        op.note(
             Action::KmsKeyDelete,
             meta.arn().unwrap_or(key_id),
             serde_json::json!({"keyId": key_id, "pendingWindowDays": PENDING_WINDOW_DAYS}),
@@ -672,10 +679,11 @@ impl KmsBackend {
 impl KeyManager for KmsBackend {
     async fn ensure_key(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         alias: &str,
         interrupted: bool,
     ) -> Result<KeyInfo, BackendError> {
+        let tenant = &op.tenant;
         let interrupted = interrupted || self.uncertain().contains(&tenant.uid);
         let (meta, current_tags, new_key) = match self.describe(alias).await? {
             Some(meta) => {
@@ -683,14 +691,14 @@ impl KeyManager for KmsBackend {
                 match tenant.ownership_of(tag_pairs(&tags)) {
                     Ownership::Ours => {}
                     Ownership::Released => {
-                        crate::audit::require_recorded_release(
+                        op.require_recorded_release(
                             BACKEND,
                             &format!("alias {alias}"),
                             meta.key_id(),
                         )
                         .await?;
-                        self.reset_released(tenant, &meta).await?;
-                        crate::provision::note_adopted_release()
+                        self.reset_released(op, &meta).await?;
+                        op.note_adopted_release()
                     }
                     Ownership::Untagged if interrupted => {}
                     Ownership::Untagged => {
@@ -712,7 +720,7 @@ impl KeyManager for KmsBackend {
             }
             None => {
                 let mut earlier = if interrupted {
-                    self.keys_tagged_with(tenant).await?
+                    self.keys_tagged_with(op).await?
                 } else {
                     Vec::new()
                 };
@@ -723,7 +731,7 @@ impl KeyManager for KmsBackend {
                     Some(meta) => {
                         tracing::info!(tenant = %tenant.name, key_id = meta.key_id(), "found the key of an interrupted creation");
                         // Its creation may never have been recorded.
-                        crate::audit::note(
+                        op.note(
                             Action::KmsKeyAdopt,
                             meta.arn().unwrap_or(meta.key_id()),
                             serde_json::json!({"keyId": meta.key_id(), "why": "interrupted creation"}),
@@ -734,17 +742,17 @@ impl KeyManager for KmsBackend {
                     }
                     None => {
                         self.uncertain().insert(tenant.uid.clone());
-                        (self.create(tenant).await?, desired_tags(tenant), true)
+                        (self.create(op).await?, desired_tags(tenant), true)
                     }
                 };
-                self.point_alias(tenant, alias, meta.key_id()).await?;
+                self.point_alias(op, alias, meta.key_id()).await?;
                 (meta, tags, new_key)
             }
         };
         // Found or made, and aliased: a retry now finds it by its alias.
         self.uncertain().remove(&tenant.uid);
         check_spec(alias, &meta)?;
-        self.converge(&meta, &current_tags, tenant, new_key).await?;
+        self.converge(&meta, &current_tags, op, new_key).await?;
         let arn = meta
             .arn()
             .map(str::to_string)
@@ -758,7 +766,8 @@ impl KeyManager for KmsBackend {
         })
     }
 
-    async fn remove_key(&self, tenant: &TenantRef, alias: &str) -> Result<(), BackendError> {
+    async fn remove_key(&self, op: &Operation, alias: &str) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let Some(meta) = self.describe(alias).await? else {
             // A creation that did not finish may have left a key without its
             // alias: one this process is unsure of, one a killed process was
@@ -766,11 +775,11 @@ impl KeyManager for KmsBackend {
             // Only then is every key of the account read (one call per key:
             // at 10,000 tenants, 10,000 calls per rollback otherwise).
             let unfinished = self.uncertain().contains(&tenant.uid)
-                || crate::provision::removing_interrupted_step()
-                || crate::provision::removing_failed_step();
+                || op.removal.interrupted
+                || op.removal.failed;
             if unfinished {
-                for meta in self.keys_tagged_with(tenant).await? {
-                    self.schedule_deletion(tenant, &meta).await?;
+                for meta in self.keys_tagged_with(op).await? {
+                    self.schedule_deletion(op, &meta).await?;
                 }
                 self.uncertain().remove(&tenant.uid);
             }
@@ -784,10 +793,10 @@ impl KeyManager for KmsBackend {
         // The key first, the alias last: a removal interrupted in between
         // (a lost answer, a kill) still finds the key by its alias, so an
         // alias that is gone means the key is scheduled for deletion.
-        self.schedule_deletion(tenant, &meta).await?;
+        self.schedule_deletion(op, &meta).await?;
         match self.client.delete_alias().alias_name(alias).send().await {
             Ok(_) => {
-                crate::audit::note(
+                op.note(
                     Action::KmsAliasDelete,
                     alias,
                     serde_json::json!({"keyId": meta.key_id()}),
@@ -800,7 +809,8 @@ impl KeyManager for KmsBackend {
         Ok(())
     }
 
-    async fn release_key(&self, tenant: &TenantRef, alias: &str) -> Result<(), BackendError> {
+    async fn release_key(&self, op: &Operation, alias: &str) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let Some(meta) = self.describe(alias).await? else {
             return Ok(());
         };
@@ -814,6 +824,7 @@ impl KeyManager for KmsBackend {
             return Ok(());
         }
         self.set_tags(
+            op,
             meta.key_id(),
             &BTreeMap::from([(tags::RELEASED.to_string(), "true".to_string())]),
         )

@@ -9,8 +9,8 @@ use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Backend, BackendError, CredentialSecrets, TenantRef, tags};
-use crate::audit::Action;
+use super::Action;
+use super::{Backend, BackendError, CredentialSecrets, Operation, TenantRef, tags};
 use crate::metrics::{CallKind, observe};
 
 /// Field manager of every write tenantry makes with server-side apply.
@@ -80,11 +80,12 @@ impl CredentialSecrets for KubeSecrets {
 
     async fn ensure_secret(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         namespace: &str,
         name: &str,
         data: BTreeMap<String, SecretString>,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name}");
         let existing = match observe(
@@ -114,9 +115,9 @@ impl CredentialSecrets for KubeSecrets {
             match tenant.ownership_of(owner_tags) {
                 super::Ownership::Ours => {}
                 super::Ownership::Released => {
-                    crate::audit::require_recorded_release(Backend::Kubernetes, &what, &what)
+                    op.require_recorded_release(Backend::Kubernetes, &what, &what)
                         .await?;
-                    crate::provision::note_adopted_release()
+                    op.note_adopted_release()
                 }
                 super::Ownership::Foreign(detail) => {
                     return Err(BackendError::Conflict {
@@ -181,7 +182,8 @@ impl CredentialSecrets for KubeSecrets {
                 classify(e, &format!("writing {what}"))
             }
         })?;
-        crate::audit::note(Action::KubernetesSecretWrite, &what, audit_detail).await?;
+        op.note(Action::KubernetesSecretWrite, &what, audit_detail)
+            .await?;
         let was_released = existing
             .as_ref()
             .is_some_and(|e| e.annotations().contains_key(tags::RELEASED));
@@ -196,17 +198,19 @@ impl CredentialSecrets for KubeSecrets {
             )
             .await
             .map_err(|e| classify(e, &format!("adopting {what}")))?;
-            crate::audit::note(Action::KubernetesSecretAdopt, &what, serde_json::json!({})).await?;
+            op.note(Action::KubernetesSecretAdopt, &what, serde_json::json!({}))
+                .await?;
         }
         Ok(())
     }
 
     async fn delete_secret(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         namespace: &str,
         name: &str,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name}");
         let existing = match observe(
@@ -243,7 +247,7 @@ impl CredentialSecrets for KubeSecrets {
         .await
         {
             Ok(_) => {
-                crate::audit::note(Action::KubernetesSecretDelete, &what, serde_json::json!({}))
+                op.note(Action::KubernetesSecretDelete, &what, serde_json::json!({}))
                     .await
             }
             Err(e) if is_not_found(&e) => Ok(()),
@@ -253,10 +257,11 @@ impl CredentialSecrets for KubeSecrets {
 
     async fn release_secret(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         namespace: &str,
         name: &str,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name}");
         let existing = match observe(
@@ -289,7 +294,7 @@ impl CredentialSecrets for KubeSecrets {
         )
         .await
         .map_err(|e| classify(e, &format!("releasing {what}")))?;
-        crate::audit::note(
+        op.note(
             Action::KubernetesSecretRelease,
             &what,
             serde_json::json!({}),

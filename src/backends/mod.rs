@@ -9,9 +9,11 @@
 //!   carries the tenant's uid, or that a `Retain` deletion of a Tenant of the
 //!   same name marked as released; anything else is a [`BackendError::Conflict`].
 
+pub mod action;
 pub mod aws;
 pub mod kms;
 pub mod kube;
+pub mod operation;
 pub mod pg_tls;
 pub mod postgres;
 pub mod s3;
@@ -28,6 +30,9 @@ use serde::{Deserialize, Serialize};
 use crate::api::IsolationMode;
 use crate::naming::TenantNames;
 use crate::provision::StepError;
+
+pub use action::Action;
+pub use operation::{AuditSink, Operation, Removal, Unrecorded};
 
 /// Tag (and COMMENT field) names that mark what tenantry owns.
 pub mod tags {
@@ -275,15 +280,15 @@ pub trait KeyManager: Send + Sync {
     /// enabled with rotation on and that the alias points at it.
     async fn ensure_key(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         alias: &str,
         interrupted: bool,
     ) -> Result<KeyInfo, BackendError>;
     /// Deletes the alias and schedules the key's deletion (7 days, the
     /// shortest KMS allows). Absent or foreign keys are left alone.
-    async fn remove_key(&self, tenant: &TenantRef, alias: &str) -> Result<(), BackendError>;
+    async fn remove_key(&self, op: &Operation, alias: &str) -> Result<(), BackendError>;
     /// Marks the key released so a later Tenant of the same name can adopt it.
-    async fn release_key(&self, tenant: &TenantRef, alias: &str) -> Result<(), BackendError>;
+    async fn release_key(&self, op: &Operation, alias: &str) -> Result<(), BackendError>;
 }
 
 /// Amazon S3: one bucket per tenant.
@@ -294,15 +299,15 @@ pub trait ObjectStorage: Send + Sync {
     /// versioning, a deny-non-TLS policy, tags.
     async fn ensure_bucket(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         bucket: &str,
         key_arn: &str,
         versioning: bool,
         interrupted: bool,
     ) -> Result<(), BackendError>;
     /// Empties the bucket (every object version and delete marker) and deletes it.
-    async fn remove_bucket(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError>;
-    async fn release_bucket(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError>;
+    async fn remove_bucket(&self, op: &Operation, bucket: &str) -> Result<(), BackendError>;
+    async fn release_bucket(&self, op: &Operation, bucket: &str) -> Result<(), BackendError>;
 }
 
 /// AWS Secrets Manager: the tenant's database credentials.
@@ -313,7 +318,7 @@ pub trait SecretStore: Send + Sync {
     /// win over `initial`, so a retry never changes a password that is in use.
     async fn ensure_secret(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         name: &str,
         key_arn: &str,
         initial: &DatabaseCredentials,
@@ -326,8 +331,8 @@ pub trait SecretStore: Send + Sync {
         name: &str,
     ) -> Result<Option<(String, DatabaseCredentials)>, BackendError>;
     /// Deletes the secret without a recovery window.
-    async fn remove_secret(&self, tenant: &TenantRef, name: &str) -> Result<(), BackendError>;
-    async fn release_secret(&self, tenant: &TenantRef, name: &str) -> Result<(), BackendError>;
+    async fn remove_secret(&self, op: &Operation, name: &str) -> Result<(), BackendError>;
+    async fn release_secret(&self, op: &Operation, name: &str) -> Result<(), BackendError>;
 }
 
 /// PostgreSQL: the tenant's login role and its schema or database.
@@ -342,7 +347,7 @@ pub trait TenantDatabase: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     async fn ensure_tenant(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         names: &TenantNames,
         mode: IsolationMode,
         connection_limit: i32,
@@ -353,20 +358,20 @@ pub trait TenantDatabase: Send + Sync {
     /// Allows or forbids the role to log in; forbidding also ends its sessions.
     async fn set_login(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         names: &TenantNames,
         enabled: bool,
     ) -> Result<(), BackendError>;
     /// Drops the schema or database and the role.
     async fn remove_tenant(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         names: &TenantNames,
         mode: IsolationMode,
     ) -> Result<(), BackendError>;
     async fn release_tenant(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         names: &TenantNames,
         mode: IsolationMode,
     ) -> Result<(), BackendError>;
@@ -385,21 +390,21 @@ pub trait CredentialSecrets: Send + Sync {
     /// tenantry does not own is a conflict.
     async fn ensure_secret(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         namespace: &str,
         name: &str,
         data: BTreeMap<String, SecretString>,
     ) -> Result<(), BackendError>;
     async fn delete_secret(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         namespace: &str,
         name: &str,
     ) -> Result<(), BackendError>;
     /// Marks the Secret released so a later Tenant of the same name can adopt it.
     async fn release_secret(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         namespace: &str,
         name: &str,
     ) -> Result<(), BackendError>;

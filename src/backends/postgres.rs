@@ -54,12 +54,12 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgExecutor};
 
+use super::Action;
 use crate::api::IsolationMode;
-use crate::audit::Action;
 use crate::backends::{
-    Backend, BackendError, DatabaseLocation, Ownership, TenantDatabase, TenantRef, tags,
+    Backend, BackendError, DatabaseLocation, Operation, Ownership, TenantDatabase, TenantRef, tags,
 };
-use crate::isolation::SharedTable;
+use crate::naming::SharedTable;
 use crate::naming::{TenantNames, quote_ident, quote_literal};
 
 /// Iterations of the SCRAM verifier: what libpq and the server use by default
@@ -457,6 +457,7 @@ impl PostgresBackend {
     /// superuser can repair, before anything is written.
     fn judge_role(
         &self,
+        op: &Operation,
         tenant: &TenantRef,
         role: &str,
         row: Option<RoleRow>,
@@ -467,7 +468,7 @@ impl PostgresBackend {
         let found = match ownership(tenant, row.comment.as_deref()) {
             Ownership::Ours => Found::Ours(row),
             Ownership::Released => {
-                crate::provision::note_adopted_release();
+                op.note_adopted_release();
                 Found::Adopt(row)
             }
             Ownership::Foreign(detail) => return Err(conflict(format!("role {role:?}"), detail)),
@@ -498,7 +499,7 @@ impl PostgresBackend {
     async fn converge_role(
         &self,
         conn: &mut PgConnection,
-        tenant: &TenantRef,
+        op: &Operation,
         role: &str,
         found: Found<RoleRow>,
         connection_limit: i32,
@@ -506,6 +507,7 @@ impl PostgresBackend {
         login: bool,
         interrupted: bool,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let q = quote_ident(role);
         let comment = ownership_comment(tenant, false);
         let (row, adopting) = match found {
@@ -530,7 +532,7 @@ impl PostgresBackend {
                 }
                 commit(tx, &doing).await?;
                 tracing::info!(tenant = %tenant.name, role, "created PostgreSQL role");
-                crate::audit::note(Action::PostgresRoleCreate, role, serde_json::json!({"login": login, "connectionLimit": connection_limit, "passwordSet": true})).await?;
+                op.note(Action::PostgresRoleCreate, role, serde_json::json!({"login": login, "connectionLimit": connection_limit, "passwordSet": true})).await?;
                 return Ok(());
             }
             Found::Ours(row) => (row, false),
@@ -591,7 +593,7 @@ impl PostgresBackend {
             Action::PostgresRoleAlter
         };
         let detail = serde_json::json!({"changes": changes, "passwordSet": set_password, "grantedToAdmin": need_grant, "commentSet": need_comment});
-        crate::audit::note(action, role, detail).await?;
+        op.note(action, role, detail).await?;
         Ok(())
     }
 
@@ -614,6 +616,7 @@ impl PostgresBackend {
     /// tenant's whatever its comment says, and the comment is rewritten.
     fn judge_container(
         &self,
+        op: &Operation,
         tenant: &TenantRef,
         resource: &str,
         row: Option<ObjectRow>,
@@ -627,7 +630,7 @@ impl PostgresBackend {
         match ownership(tenant, row.comment.as_deref()) {
             Ownership::Ours => Ok(Found::Ours(row)),
             Ownership::Released => {
-                crate::provision::note_adopted_release();
+                op.note_adopted_release();
                 Ok(Found::Adopt(row))
             }
             _ if role_is_ours && row.owner == role => Ok(Found::Adopt(row)),
@@ -649,12 +652,13 @@ impl PostgresBackend {
     async fn converge_schema(
         &self,
         conn: &mut PgConnection,
-        tenant: &TenantRef,
+        op: &Operation,
         role: &str,
         schema: &str,
         database: &str,
         found: Found<ObjectRow>,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let (qs, qr) = (quote_ident(schema), quote_ident(role));
         let comment = ownership_comment(tenant, false);
         let set_comment = format!("COMMENT ON SCHEMA {qs} IS {}", quote_literal(&comment));
@@ -706,7 +710,7 @@ impl PostgresBackend {
         } else {
             Action::PostgresSchemaAlter
         };
-        crate::audit::note(action, schema, detail).await?;
+        op.note(action, schema, detail).await?;
         Ok(())
     }
 
@@ -723,6 +727,7 @@ impl PostgresBackend {
     /// not depend on that subtlety.)
     async fn deny_create_in_public(
         &self,
+        op: &Operation,
         conn: &mut PgConnection,
         role_oid: Oid,
         role: &str,
@@ -771,7 +776,8 @@ impl PostgresBackend {
                 exec(&mut *tx, statement, &doing).await?;
             }
             commit(tx, &doing).await?;
-            crate::audit::note(Action::PostgresPublicSchemaSecure, database, detail).await?;
+            op.note(Action::PostgresPublicSchemaSecure, database, detail)
+                .await?;
         }
         // REVOKE by a role without the grant option only warns: read back.
         let after = read_public_schema(conn, role_oid, &doing).await?;
@@ -788,6 +794,7 @@ impl PostgresBackend {
     /// `ALTER ROLE .. IN DATABASE .. SET search_path`, unless already set.
     async fn converge_search_path(
         &self,
+        op: &Operation,
         role_oid: Oid,
         role: &str,
         database: &str,
@@ -815,7 +822,7 @@ impl PostgresBackend {
                 &doing,
             )
             .await?;
-            crate::audit::note(
+            op.note(
                 Action::PostgresRoleSearchPath,
                 role,
                 serde_json::json!({"database": database, "searchPath": schema}),
@@ -846,7 +853,7 @@ impl PostgresBackend {
             .into_iter()
             .map(|(name, value)| (name.to_string(), value.into()))
             .collect();
-        crate::audit::note(
+        op.note(
             Action::PostgresRoleTimeouts,
             role,
             serde_json::json!({"database": database, "set": set}),
@@ -857,13 +864,13 @@ impl PostgresBackend {
     async fn ensure_schema_mode(
         &self,
         conn: &mut PgConnection,
-        tenant: &TenantRef,
+        op: &Operation,
         names: &TenantNames,
         role_oid: Oid,
         schema: Found<ObjectRow>,
     ) -> Result<(), BackendError> {
         let shared = &self.shared_database;
-        self.converge_schema(conn, tenant, &names.role, &names.schema, shared, schema)
+        self.converge_schema(conn, op, &names.role, &names.schema, shared, schema)
             .await?;
 
         // An explicit grant, so the tenant keeps CONNECT when PUBLIC loses it.
@@ -910,20 +917,21 @@ impl PostgresBackend {
                 )));
             }
         }
-        self.deny_create_in_public(conn, role_oid, &names.role, shared, false)
+        self.deny_create_in_public(op, conn, role_oid, &names.role, shared, false)
             .await?;
-        self.converge_search_path(role_oid, &names.role, shared, &names.schema)
+        self.converge_search_path(op, role_oid, &names.role, shared, &names.schema)
             .await
     }
 
     async fn ensure_database_mode(
         &self,
         admin: &mut PgConnection,
-        tenant: &TenantRef,
+        op: &Operation,
         names: &TenantNames,
         role_oid: Oid,
         database: Found<ObjectRow>,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let (db, role) = (&names.database, &names.role);
         let (qd, qr) = (quote_ident(db), quote_ident(role));
         let comment = ownership_comment(tenant, false);
@@ -940,7 +948,7 @@ impl PostgresBackend {
                 )
                 .await?;
                 tracing::info!(tenant = %tenant.name, database = %db, "created PostgreSQL database");
-                crate::audit::note(
+                op.note(
                     Action::PostgresDatabaseCreate,
                     db,
                     serde_json::json!({"owner": role}),
@@ -989,7 +997,7 @@ impl PostgresBackend {
                 }
                 return Err(e);
             }
-            crate::audit::note(Action::PostgresDatabaseAlter, db, detail).await?;
+            op.note(Action::PostgresDatabaseAlter, db, detail).await?;
         }
 
         let mut conn = self.connect_to(db).await?;
@@ -1003,16 +1011,16 @@ impl PostgresBackend {
             )
             .await
             .map_err(|e| classify(e, &format!("reading {resource}")))?;
-            let found = self.judge_container(tenant, &resource, row, role, true, false)?;
-            self.converge_schema(&mut conn, tenant, role, &names.schema, db, found)
+            let found = self.judge_container(op, tenant, &resource, row, role, true, false)?;
+            self.converge_schema(&mut conn, op, role, &names.schema, db, found)
                 .await?;
-            self.deny_create_in_public(&mut conn, role_oid, role, db, true)
+            self.deny_create_in_public(op, &mut conn, role_oid, role, db, true)
                 .await
         }
         .await;
         let _ = conn.close().await;
         result?;
-        self.converge_search_path(role_oid, role, db, &names.schema)
+        self.converge_search_path(op, role_oid, role, db, &names.schema)
             .await
     }
 }
@@ -1043,7 +1051,12 @@ impl PostgresBackend {
     }
 
     /// NOLOGIN (if needed) and no session left.
-    async fn disable_login(&self, row: &RoleRow, role: &str) -> Result<(), BackendError> {
+    async fn disable_login(
+        &self,
+        op: &Operation,
+        row: &RoleRow,
+        role: &str,
+    ) -> Result<(), BackendError> {
         if row.rolcanlogin {
             exec(
                 &self.pool,
@@ -1051,7 +1064,7 @@ impl PostgresBackend {
                 &format!("disabling login of role {role:?}"),
             )
             .await?;
-            crate::audit::note(
+            op.note(
                 Action::PostgresRoleLoginDisable,
                 role,
                 serde_json::json!({}),
@@ -1104,7 +1117,7 @@ impl TenantDatabase for PostgresBackend {
 
     async fn ensure_tenant(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         names: &TenantNames,
         mode: IsolationMode,
         connection_limit: i32,
@@ -1112,17 +1125,19 @@ impl TenantDatabase for PostgresBackend {
         login: bool,
         interrupted: bool,
     ) -> Result<DatabaseLocation, BackendError> {
+        let tenant = &op.tenant;
         validate_tenant(tenant, names)?;
         check_password(password)?;
         let role = &names.role;
 
         // Judge everything before writing anything: a conflict on the schema
         // or database must not leave a new role behind.
-        let role_found = self.judge_role(tenant, role, self.read_role(role).await?)?;
+        let role_found = self.judge_role(op, tenant, role, self.read_role(role).await?)?;
         let role_is_ours = matches!(role_found, Found::Ours(_));
         let (resource, row) = self.read_container(names, mode).await?;
         let interrupted_create = interrupted && mode == IsolationMode::Database;
         let container = self.judge_container(
+            op,
             tenant,
             &resource,
             row,
@@ -1143,7 +1158,7 @@ impl TenantDatabase for PostgresBackend {
         let mut admin = self.connect_to(&self.shared_database).await?;
         self.converge_role(
             &mut admin,
-            tenant,
+            op,
             role,
             role_found,
             connection_limit,
@@ -1163,12 +1178,12 @@ impl TenantDatabase for PostgresBackend {
 
         let database = match mode {
             IsolationMode::Schema => {
-                self.ensure_schema_mode(&mut admin, tenant, names, role_oid, container)
+                self.ensure_schema_mode(&mut admin, op, names, role_oid, container)
                     .await?;
                 self.shared_database.clone()
             }
             IsolationMode::Database => {
-                self.ensure_database_mode(&mut admin, tenant, names, role_oid, container)
+                self.ensure_database_mode(&mut admin, op, names, role_oid, container)
                     .await?;
                 names.database.clone()
             }
@@ -1183,10 +1198,11 @@ impl TenantDatabase for PostgresBackend {
 
     async fn set_login(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         names: &TenantNames,
         enabled: bool,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         validate_tenant(tenant, names)?;
         let role = &names.role;
         let Some(row) = self.read_role(role).await? else {
@@ -1207,21 +1223,22 @@ impl TenantDatabase for PostgresBackend {
                     &format!("enabling login of role {role:?}"),
                 )
                 .await?;
-                crate::audit::note(Action::PostgresRoleLoginEnable, role, serde_json::json!({}))
+                op.note(Action::PostgresRoleLoginEnable, role, serde_json::json!({}))
                     .await?;
             }
             Ok(())
         } else {
-            self.disable_login(&row, role).await
+            self.disable_login(op, &row, role).await
         }
     }
 
     async fn remove_tenant(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         names: &TenantNames,
         mode: IsolationMode,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         validate_tenant(tenant, names)?;
         let role = &names.role;
         // What is not the tenant's is left alone and only logged, like the
@@ -1259,7 +1276,7 @@ impl TenantDatabase for PostgresBackend {
 
         if let (true, Some(row)) = (role_is_ours, &role_row) {
             // No new session, and none left to hold locks the drops need.
-            self.disable_login(row, role).await?;
+            self.disable_login(op, row, role).await?;
         }
         if drop_container {
             match mode {
@@ -1291,7 +1308,7 @@ impl TenantDatabase for PostgresBackend {
                 IsolationMode::Schema => Action::PostgresSchemaDrop,
                 IsolationMode::Database => Action::PostgresDatabaseDrop,
             };
-            crate::audit::note(action, &resource, serde_json::json!({})).await?;
+            op.note(action, &resource, serde_json::json!({})).await?;
         }
         if role_is_ours {
             let q = quote_ident(role);
@@ -1332,14 +1349,14 @@ impl TenantDatabase for PostgresBackend {
                         .into_iter()
                         .map(|(table, count)| (table, count.into()))
                         .collect();
-                    crate::audit::note(
+                    op.note(
                         Action::PostgresSharedRowsDelete,
                         role,
                         serde_json::json!({"tenant": tenant.name, "rowsPerTable": rows}),
                     )
                     .await?;
                 }
-                crate::audit::note(
+                op.note(
                     Action::PostgresRoleDrop,
                     role,
                     serde_json::json!({"dropOwned": true}),
@@ -1355,10 +1372,11 @@ impl TenantDatabase for PostgresBackend {
 
     async fn release_tenant(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         names: &TenantNames,
         mode: IsolationMode,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         validate_tenant(tenant, names)?;
         let role = &names.role;
         let released = ownership_comment(tenant, true);
@@ -1427,7 +1445,7 @@ impl TenantDatabase for PostgresBackend {
         }
 
         if let Some(row) = &role_row {
-            self.disable_login(row, role).await?;
+            self.disable_login(op, row, role).await?;
         }
         if container_needs_comment {
             let statement = match mode {
@@ -1480,7 +1498,7 @@ impl TenantDatabase for PostgresBackend {
             .await?;
         }
         tracing::info!(tenant = %tenant.name, role, "released PostgreSQL objects");
-        crate::audit::note(
+        op.note(
             Action::PostgresRelease,
             role,
             serde_json::json!({"mode": mode.to_string()}),

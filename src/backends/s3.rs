@@ -22,12 +22,12 @@ use aws_sdk_s3::types::{
 };
 use serde_json::{Value, json};
 
+use super::Action;
 use super::aws::{
     AwsError, build_error, conflict, desired_tags, error_code, http_status, is_transient,
     tag_changes, tag_pairs,
 };
-use super::{Backend, BackendError, ObjectStorage, Ownership, TenantRef, tags};
-use crate::audit::Action;
+use super::{Backend, BackendError, ObjectStorage, Operation, Ownership, tags};
 
 const BACKEND: Backend = Backend::S3;
 
@@ -192,6 +192,7 @@ impl S3Backend {
 
     async fn put_tags(
         &self,
+        op: &Operation,
         bucket: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<(), BackendError> {
@@ -213,7 +214,7 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketTagging {bucket}"), e))?;
-        crate::audit::note(
+        op.note(
             Action::S3BucketTag,
             bucket,
             serde_json::json!({"tags": tags}),
@@ -224,7 +225,7 @@ impl S3Backend {
 
     /// Creates the bucket. `Ok(false)` when it turned out to exist already in
     /// this account.
-    async fn create(&self, bucket: &str) -> Result<bool, BackendError> {
+    async fn create(&self, op: &Operation, bucket: &str) -> Result<bool, BackendError> {
         let location = bucket_location(self.region.as_deref());
         let created = self
             .client
@@ -239,7 +240,7 @@ impl S3Backend {
                 // audit row fail now, the retry must still know it is ours.
                 self.uncertain().insert(bucket.to_string());
                 tracing::info!(bucket, "created S3 bucket");
-                crate::audit::note(
+                op.note(
                     Action::S3BucketCreate,
                     bucket,
                     serde_json::json!({"region": self.region}),
@@ -265,22 +266,19 @@ impl S3Backend {
     /// its tags the tenant's (keeping tags someone else added).
     async fn claim(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         bucket: &str,
         current: BTreeMap<String, String>,
         interrupted: bool,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         match tenant.ownership_of(tag_pairs(&current)) {
             Ownership::Ours => {}
             Ownership::Released => {
-                crate::audit::require_recorded_release(
-                    BACKEND,
-                    &format!("bucket {bucket}"),
-                    bucket,
-                )
-                .await?;
-                self.reset_released(tenant, bucket).await?;
-                crate::provision::note_adopted_release()
+                op.require_recorded_release(BACKEND, &format!("bucket {bucket}"), bucket)
+                    .await?;
+                self.reset_released(op, bucket).await?;
+                op.note_adopted_release()
             }
             Ownership::Untagged if interrupted => {
                 tracing::info!(tenant = %tenant.name, bucket, "adopting the untagged bucket of an interrupted creation");
@@ -303,7 +301,7 @@ impl S3Backend {
         let mut wanted = current;
         wanted.remove(tags::RELEASED);
         wanted.extend(set);
-        self.put_tags(bucket, &wanted).await
+        self.put_tags(op, bucket, &wanted).await
     }
 
     /// What others may have set up on a released bucket while no Tenant held
@@ -314,7 +312,8 @@ impl S3Backend {
     /// Public Access, ownership, encryption and versioning are converged
     /// after the claim anyway. Runs while the bucket is still tagged
     /// released, so a retry after a crash resets again.
-    async fn reset_released(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError> {
+    async fn reset_released(&self, op: &Operation, bucket: &str) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let owner = self.account().await?;
         let replication = match self
             .client
@@ -416,7 +415,7 @@ impl S3Backend {
             access_points = access_points.len(),
             "reset the replication, notifications and access points of a released bucket"
         );
-        crate::audit::note(
+        op.note(
             Action::S3BucketReset,
             bucket,
             serde_json::json!({
@@ -503,7 +502,11 @@ impl S3Backend {
         Ok(names)
     }
 
-    async fn converge_public_access_block(&self, bucket: &str) -> Result<(), BackendError> {
+    async fn converge_public_access_block(
+        &self,
+        op: &Operation,
+        bucket: &str,
+    ) -> Result<(), BackendError> {
         let owner = self.account().await?;
         let current = match self
             .client
@@ -546,7 +549,7 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutPublicAccessBlock {bucket}"), e))?;
-        crate::audit::note(
+        op.note(
             Action::S3BucketBlockPublicAccess,
             bucket,
             serde_json::json!({}),
@@ -555,7 +558,11 @@ impl S3Backend {
         Ok(())
     }
 
-    async fn converge_ownership_controls(&self, bucket: &str) -> Result<(), BackendError> {
+    async fn converge_ownership_controls(
+        &self,
+        op: &Operation,
+        bucket: &str,
+    ) -> Result<(), BackendError> {
         let owner = self.account().await?;
         let enforced = match self.client.get_bucket_ownership_controls().bucket(bucket).expected_bucket_owner(owner).send().await {
             Ok(out) => out.ownership_controls.is_some_and(|c| {
@@ -583,7 +590,7 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketOwnershipControls {bucket}"), e))?;
-        crate::audit::note(
+        op.note(
             Action::S3BucketOwnershipControls,
             bucket,
             serde_json::json!({"objectOwnership": "BucketOwnerEnforced"}),
@@ -592,7 +599,12 @@ impl S3Backend {
         Ok(())
     }
 
-    async fn converge_encryption(&self, bucket: &str, key_arn: &str) -> Result<(), BackendError> {
+    async fn converge_encryption(
+        &self,
+        op: &Operation,
+        bucket: &str,
+        key_arn: &str,
+    ) -> Result<(), BackendError> {
         let owner = self.account().await?;
         let done = match self.client.get_bucket_encryption().bucket(bucket).expected_bucket_owner(owner).send().await {
             Ok(out) => out.server_side_encryption_configuration.is_some_and(|c| {
@@ -629,7 +641,7 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketEncryption {bucket}"), e))?;
-        crate::audit::note(
+        op.note(
             Action::S3BucketEncryption,
             bucket,
             serde_json::json!({"sseAlgorithm": "aws:kms", "kmsKeyArn": key_arn, "bucketKey": true}),
@@ -640,6 +652,7 @@ impl S3Backend {
 
     async fn converge_versioning(
         &self,
+        op: &Operation,
         bucket: &str,
         versioning: bool,
     ) -> Result<(), BackendError> {
@@ -684,7 +697,7 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketVersioning {bucket}"), e))?;
-        crate::audit::note(
+        op.note(
             Action::S3BucketVersioning,
             bucket,
             serde_json::json!({"status": wanted.as_str()}),
@@ -695,10 +708,11 @@ impl S3Backend {
 
     async fn converge_policy(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         bucket: &str,
         key_arn: &str,
     ) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let owner = self.account().await?;
         let principal = self
             .principal
@@ -728,7 +742,8 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("PutBucketPolicy {bucket}"), e))?;
-        crate::audit::note(Action::S3BucketPolicy, bucket, serde_json::json!({})).await?;
+        op.note(Action::S3BucketPolicy, bucket, serde_json::json!({}))
+            .await?;
         Ok(())
     }
 
@@ -842,7 +857,7 @@ impl S3Backend {
 impl ObjectStorage for S3Backend {
     async fn ensure_bucket(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         bucket: &str,
         key_arn: &str,
         versioning: bool,
@@ -850,7 +865,7 @@ impl ObjectStorage for S3Backend {
     ) -> Result<(), BackendError> {
         let interrupted = interrupted || self.uncertain().contains(bucket);
         let made = match self.head(bucket).await? {
-            Presence::Absent => self.create(bucket).await?,
+            Presence::Absent => self.create(op, bucket).await?,
             Presence::InAccount => false,
             Presence::OtherAccount => return Err(other_account(bucket)),
         };
@@ -866,10 +881,10 @@ impl ObjectStorage for S3Backend {
         // A bucket this attempt did not create, found untagged: one an
         // interrupted attempt made, whose creation may be unrecorded.
         let adopting = !fresh && interrupted && current.is_empty();
-        self.claim(tenant, bucket, current, interrupted || fresh)
+        self.claim(op, bucket, current, interrupted || fresh)
             .await?;
         if adopting {
-            crate::audit::note(
+            op.note(
                 Action::S3BucketAdopt,
                 bucket,
                 serde_json::json!({"why": "interrupted creation"}),
@@ -879,15 +894,16 @@ impl ObjectStorage for S3Backend {
         // Tagged: from now on a retry recognises the bucket by its tags.
         self.uncertain().remove(bucket);
 
-        self.converge_public_access_block(bucket).await?;
-        self.converge_ownership_controls(bucket).await?;
-        self.converge_encryption(bucket, key_arn).await?;
-        self.converge_versioning(bucket, versioning).await?;
-        self.converge_policy(tenant, bucket, key_arn).await?;
+        self.converge_public_access_block(op, bucket).await?;
+        self.converge_ownership_controls(op, bucket).await?;
+        self.converge_encryption(op, bucket, key_arn).await?;
+        self.converge_versioning(op, bucket, versioning).await?;
+        self.converge_policy(op, bucket, key_arn).await?;
         Ok(())
     }
 
-    async fn remove_bucket(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError> {
+    async fn remove_bucket(&self, op: &Operation, bucket: &str) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let account = self.account().await?;
         match self.head(bucket).await? {
             Presence::Absent => return Ok(()),
@@ -902,8 +918,7 @@ impl ObjectStorage for S3Backend {
         // never got to tag it.
         let ours = owner == Ownership::Ours
             || (owner == Ownership::Untagged
-                && (self.uncertain().contains(bucket)
-                    || crate::provision::removing_interrupted_step()));
+                && (self.uncertain().contains(bucket) || op.removal.interrupted));
         if !ours {
             tracing::warn!(tenant = %tenant.name, bucket, ?owner, "not removing a bucket that is not this tenant's");
             return Ok(());
@@ -919,7 +934,7 @@ impl ObjectStorage for S3Backend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("DeleteBucketPolicy {bucket}"), e))?;
-            crate::audit::note(Action::S3BucketPolicyDelete, bucket, serde_json::json!({"why": "plain HTTP endpoint; the deny-non-TLS policy would refuse emptying"})).await?;
+            op.note(Action::S3BucketPolicyDelete, bucket, serde_json::json!({"why": "plain HTTP endpoint; the deny-non-TLS policy would refuse emptying"})).await?;
         }
         self.empty(bucket).await?;
         match self
@@ -945,7 +960,7 @@ impl ObjectStorage for S3Backend {
         }
         self.uncertain().remove(bucket);
         tracing::info!(tenant = %tenant.name, bucket, "deleted S3 bucket");
-        crate::audit::note(
+        op.note(
             Action::S3BucketDelete,
             bucket,
             serde_json::json!({"emptied": true}),
@@ -954,7 +969,8 @@ impl ObjectStorage for S3Backend {
         Ok(())
     }
 
-    async fn release_bucket(&self, tenant: &TenantRef, bucket: &str) -> Result<(), BackendError> {
+    async fn release_bucket(&self, op: &Operation, bucket: &str) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         if !matches!(self.head(bucket).await?, Presence::InAccount) {
             return Ok(());
         }
@@ -968,7 +984,7 @@ impl ObjectStorage for S3Backend {
             return Ok(());
         }
         current.insert(tags::RELEASED.to_string(), "true".to_string());
-        self.put_tags(bucket, &current).await
+        self.put_tags(op, bucket, &current).await
     }
 }
 
@@ -1356,6 +1372,7 @@ fn sorted_strings(value: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::TenantRef;
 
     #[test]
     fn the_policy_denies_every_request_without_tls_on_bucket_and_objects() {
@@ -1535,18 +1552,19 @@ mod tests {
             uid: "uid".into(),
             display_name: None,
         };
+        let op = &Operation::unrecorded(tenant.clone());
         let key = "arn:aws:kms:eu-west-1:111122223333:key/k";
         let id = ObjectIdentifier::builder().key("o").build().unwrap();
         // Each fails on the refused connection; only what was sent matters.
         assert!(backend.head("b").await.is_err());
         assert!(backend.tags_of("b").await.is_err());
-        assert!(backend.put_tags("b", &BTreeMap::new()).await.is_err());
-        assert!(backend.reset_released(&tenant, "b").await.is_err());
-        assert!(backend.converge_public_access_block("b").await.is_err());
-        assert!(backend.converge_ownership_controls("b").await.is_err());
-        assert!(backend.converge_encryption("b", key).await.is_err());
-        assert!(backend.converge_versioning("b", true).await.is_err());
-        assert!(backend.converge_policy(&tenant, "b", key).await.is_err());
+        assert!(backend.put_tags(op, "b", &BTreeMap::new()).await.is_err());
+        assert!(backend.reset_released(op, "b").await.is_err());
+        assert!(backend.converge_public_access_block(op, "b").await.is_err());
+        assert!(backend.converge_ownership_controls(op, "b").await.is_err());
+        assert!(backend.converge_encryption(op, "b", key).await.is_err());
+        assert!(backend.converge_versioning(op, "b", true).await.is_err());
+        assert!(backend.converge_policy(op, "b", key).await.is_err());
         assert!(backend.empty("b").await.is_err());
         assert!(backend.delete_batch("b", vec![id]).await.is_err());
         let seen = seen.0.lock().unwrap().clone();
@@ -1593,7 +1611,12 @@ mod tests {
 
         // CreateBucket takes no expected owner: it goes out (and meets the
         // closed port).
-        let created = backend.create("b").await;
+        let op = Operation::unrecorded(TenantRef {
+            name: "acme".into(),
+            uid: "uid".into(),
+            display_name: None,
+        });
+        let created = backend.create(&op, "b").await;
         assert!(
             matches!(created, Err(BackendError::Unavailable { .. })),
             "{created:?}"

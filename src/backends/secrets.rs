@@ -15,9 +15,9 @@ use aws_sdk_secretsmanager::types::Tag;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use super::Action;
 use super::aws::{classify, conflict, desired_tags, error_code, tag_changes, tag_pairs};
-use super::{Backend, BackendError, DatabaseCredentials, Ownership, SecretStore, TenantRef, tags};
-use crate::audit::Action;
+use super::{Backend, BackendError, DatabaseCredentials, Operation, Ownership, SecretStore, tags};
 
 const BACKEND: Backend = Backend::SecretsManager;
 
@@ -44,11 +44,12 @@ impl SecretsManagerBackend {
     /// concurrently, or by an attempt whose answer was lost).
     async fn create(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         name: &str,
         key_arn: &str,
         initial: &DatabaseCredentials,
     ) -> Result<Option<String>, BackendError> {
+        let tenant = &op.tenant;
         let value = serialize(initial)?;
         let created = self
             .client
@@ -71,7 +72,7 @@ impl SecretsManagerBackend {
                 tracing::info!(tenant = %tenant.name, secret = name, "created Secrets Manager secret");
                 let arn = out.arn.unwrap_or_default();
                 // Never the value: only where it is and what encrypts it.
-                crate::audit::note(Action::SecretsmanagerSecretCreate, &arn, serde_json::json!({"name": name, "kmsKeyArn": key_arn, "username": initial.username})).await?;
+                op.note(Action::SecretsmanagerSecretCreate, &arn, serde_json::json!({"name": name, "kmsKeyArn": key_arn, "username": initial.username})).await?;
                 Ok(Some(arn))
             }
             Err(e) if error_code(&e) == Some("ResourceExistsException") => Ok(None),
@@ -79,14 +80,14 @@ impl SecretsManagerBackend {
         }
     }
 
-    async fn restore(&self, name: &str) -> Result<(), BackendError> {
+    async fn restore(&self, op: &Operation, name: &str) -> Result<(), BackendError> {
         self.client
             .restore_secret()
             .secret_id(name)
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("RestoreSecret {name}"), e))?;
-        crate::audit::note(
+        op.note(
             Action::SecretsmanagerSecretRestore,
             name,
             serde_json::json!({}),
@@ -97,6 +98,7 @@ impl SecretsManagerBackend {
 
     async fn set_tags(
         &self,
+        op: &Operation,
         name: &str,
         set: &BTreeMap<String, String>,
     ) -> Result<(), BackendError> {
@@ -107,7 +109,7 @@ impl SecretsManagerBackend {
             .send()
             .await
             .map_err(|e| classify(BACKEND, &format!("TagResource {name}"), e))?;
-        crate::audit::note(
+        op.note(
             Action::SecretsmanagerSecretTag,
             name,
             serde_json::json!({"tags": set}),
@@ -122,6 +124,7 @@ impl SecretsManagerBackend {
     /// of theirs handed each new password).
     async fn reset_released(
         &self,
+        op: &Operation,
         name: &str,
         described: &DescribeSecretOutput,
     ) -> Result<(), BackendError> {
@@ -151,7 +154,7 @@ impl SecretsManagerBackend {
                 .map_err(|e| classify(BACKEND, &format!("CancelRotateSecret {name}"), e))?;
         }
         if had_policy || had_rotation {
-            crate::audit::note(
+            op.note(
                 Action::SecretsmanagerSecretReset,
                 name,
                 serde_json::json!({"why": "adopted a released secret", "resourcePolicyDeleted": had_policy, "rotationCancelled": had_rotation}),
@@ -173,19 +176,20 @@ impl SecretsManagerBackend {
 
     async fn converge(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         name: &str,
         key_arn: &str,
         initial: &DatabaseCredentials,
         described: DescribeSecretOutput,
     ) -> Result<(String, DatabaseCredentials), BackendError> {
+        let tenant = &op.tenant;
         let current_tags = tag_map(&described);
         let adopting = match tenant.ownership_of(tag_pairs(&current_tags)) {
             Ownership::Ours => false,
             Ownership::Released => {
-                crate::audit::require_recorded_release(BACKEND, &format!("secret {name}"), name)
+                op.require_recorded_release(BACKEND, &format!("secret {name}"), name)
                     .await?;
-                crate::provision::note_adopted_release();
+                op.note_adopted_release();
                 true
             }
             // CreateSecret tags at creation, so an untagged secret was never
@@ -206,7 +210,7 @@ impl SecretsManagerBackend {
         // Before anything else: a secret scheduled for deletion refuses tags
         // and new values.
         if described.deleted_date().is_some() {
-            self.restore(name).await?;
+            self.restore(op, name).await?;
             tracing::info!(tenant = %tenant.name, secret = name, "restored the tenant's secret from scheduled deletion");
         }
 
@@ -218,7 +222,7 @@ impl SecretsManagerBackend {
         if adopting {
             // First what others may have added while no Tenant held it, so
             // that none of them reads the new password.
-            self.reset_released(name, &described).await?;
+            self.reset_released(op, name, &described).await?;
             self.client
                 .update_secret()
                 .secret_id(name)
@@ -227,7 +231,7 @@ impl SecretsManagerBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
-            crate::audit::note(
+            op.note(
                 Action::SecretsmanagerSecretRotate,
                 name,
                 serde_json::json!({"why": "adopted a released secret", "kmsKeyArn": key_arn}),
@@ -239,7 +243,7 @@ impl SecretsManagerBackend {
 
         let (set, drop_released) = tag_changes(&current_tags, &desired_tags(tenant));
         if !set.is_empty() {
-            self.set_tags(name, &set).await?;
+            self.set_tags(op, name, &set).await?;
         }
         if drop_released {
             self.client
@@ -249,7 +253,7 @@ impl SecretsManagerBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UntagResource {name}"), e))?;
-            crate::audit::note(
+            op.note(
                 Action::SecretsmanagerSecretUntag,
                 name,
                 serde_json::json!({"tags": [tags::RELEASED]}),
@@ -283,7 +287,7 @@ impl SecretsManagerBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
-            crate::audit::note(
+            op.note(
                 Action::SecretsmanagerSecretReEncrypt,
                 name,
                 serde_json::json!({"kmsKeyArn": key_arn, "valueRewritten": rewrite}),
@@ -298,7 +302,7 @@ impl SecretsManagerBackend {
                 .send()
                 .await
                 .map_err(|e| classify(BACKEND, &format!("PutSecretValue {name}"), e))?;
-            crate::audit::note(
+            op.note(
                 Action::SecretsmanagerSecretUpdate,
                 name,
                 serde_json::json!({"why": "connection details changed; password kept"}),
@@ -313,14 +317,14 @@ impl SecretsManagerBackend {
 impl SecretStore for SecretsManagerBackend {
     async fn ensure_secret(
         &self,
-        tenant: &TenantRef,
+        op: &Operation,
         name: &str,
         key_arn: &str,
         initial: &DatabaseCredentials,
     ) -> Result<(String, DatabaseCredentials), BackendError> {
         let described = match self.describe(name).await? {
             Some(d) => d,
-            None => match self.create(tenant, name, key_arn, initial).await? {
+            None => match self.create(op, name, key_arn, initial).await? {
                 Some(arn) => return Ok((arn, initial.clone())),
                 None => self
                     .describe(name)
@@ -331,8 +335,7 @@ impl SecretStore for SecretsManagerBackend {
                     })?,
             },
         };
-        self.converge(tenant, name, key_arn, initial, described)
-            .await
+        self.converge(op, name, key_arn, initial, described).await
     }
 
     async fn read_secret(
@@ -354,7 +357,8 @@ impl SecretStore for SecretsManagerBackend {
             .map(|c| (arn, c)))
     }
 
-    async fn remove_secret(&self, tenant: &TenantRef, name: &str) -> Result<(), BackendError> {
+    async fn remove_secret(&self, op: &Operation, name: &str) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let Some(described) = self.describe(name).await? else {
             return Ok(());
         };
@@ -367,7 +371,7 @@ impl SecretStore for SecretsManagerBackend {
             // Someone scheduled it for deletion with a recovery window; that
             // keeps the name taken for days, and Secrets Manager refuses a
             // forced deletion of a scheduled secret.
-            self.restore(name).await?;
+            self.restore(op, name).await?;
         }
         match self
             .client
@@ -382,7 +386,7 @@ impl SecretStore for SecretsManagerBackend {
             Err(e) => return Err(classify(BACKEND, &format!("DeleteSecret {name}"), e)),
         }
         tracing::info!(tenant = %tenant.name, secret = name, "deleted Secrets Manager secret");
-        crate::audit::note(
+        op.note(
             Action::SecretsmanagerSecretDelete,
             described.arn().unwrap_or(name),
             serde_json::json!({"name": name, "recoveryWindow": false}),
@@ -391,7 +395,8 @@ impl SecretStore for SecretsManagerBackend {
         Ok(())
     }
 
-    async fn release_secret(&self, tenant: &TenantRef, name: &str) -> Result<(), BackendError> {
+    async fn release_secret(&self, op: &Operation, name: &str) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
         let Some(described) = self.describe(name).await? else {
             return Ok(());
         };
@@ -405,6 +410,7 @@ impl SecretStore for SecretsManagerBackend {
             return Ok(());
         }
         self.set_tags(
+            op,
             name,
             &BTreeMap::from([(tags::RELEASED.to_string(), "true".to_string())]),
         )

@@ -53,10 +53,11 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{AssertSqlSafe, Connection};
 
-use crate::audit::Action;
+use super::Action;
+use crate::backends::Operation;
 use crate::backends::postgres::{classify, rejected};
 use crate::backends::{Backend, BackendError};
-use crate::isolation::SharedTable;
+use crate::naming::SharedTable;
 use crate::naming::{quote_ident, quote_literal};
 
 /// The operator's own schema in the shared database.
@@ -1125,6 +1126,7 @@ async fn apply_access(
 /// TRIGGER and REFERENCES granted to the role are revoked. Nothing is written
 /// when all is in place.
 pub async fn ensure_tenant_access(
+    op: &Operation,
     pool: &PgPool,
     tables: &[SharedTable],
     role: &str,
@@ -1150,7 +1152,7 @@ pub async fn ensure_tenant_access(
     // held one while waiting for another could exhaust it.
     drop(conn);
     tracing::info!(role, tenant, "granted access to the shared tables");
-    crate::audit::note(
+    op.note(
         Action::PostgresAccessGrant,
         role,
         serde_json::json!({"statements": plan.statements, "grantConnect": plan.grant_connect}),
@@ -1228,6 +1230,7 @@ async fn plan_removal(
 /// grants it to tenants of mode Schema too; dropping the role takes it). An
 /// absent role or mapping is fine.
 pub async fn remove_tenant_access(
+    op: &Operation,
     pool: &PgPool,
     tables: &[SharedTable],
     role: &str,
@@ -1245,7 +1248,7 @@ pub async fn remove_tenant_access(
     tx.commit().await.map_err(|e| classify(e, &doing))?;
     drop(conn);
     tracing::info!(role, "revoked access to the shared tables");
-    crate::audit::note(
+    op.note(
         Action::PostgresAccessRevoke,
         role,
         serde_json::json!({"statements": plan.statements}),

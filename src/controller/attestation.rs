@@ -4,10 +4,11 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::api::{IsolationState, IsolationStatus, LayerReport, TenantStatus};
+use crate::api::{IsolationState, IsolationStatus, Layer, LayerReport, TenantStatus};
 use crate::controller::status::set_condition;
-use crate::controller::steps::TenantContext;
 use crate::isolation::fail;
+use crate::provision::{Engine, RetryPolicy};
+use crate::resources::{TenantContext, tenant_resources};
 
 pub const DATABASE_ISOLATED: &str = "DatabaseIsolated";
 pub const STORAGE_ISOLATED: &str = "StorageIsolated";
@@ -87,43 +88,34 @@ impl Measurement {
     }
 }
 
-/// Runs the three probes. The context must hold the tenant's key and
-/// credentials (the KMS and Secrets Manager steps fill them in).
+/// Runs the probe of every resource that carries a layer. The context
+/// must hold the tenant's key and credentials (the KMS and Secrets Manager
+/// resources fill them in); a layer no resource reports is Unknown.
 pub async fn measure(ctx: &TenantContext) -> Measurement {
-    let probes = &ctx.backends.probes;
-    let (Some(key), Some(credentials)) = (ctx.key.as_ref(), ctx.credentials.as_ref()) else {
-        let unknown = |check: &str| {
-            LayerReport::from_findings(vec![fail(
-                check,
-                IsolationState::Unknown,
-                "the tenant's key or credentials could not be read, so the probe could not run",
-            )])
-        };
-        return Measurement {
-            database: unknown("connect"),
-            storage: unknown("bucket.exists"),
-            encryption: unknown("key.state"),
-        };
+    let resources = tenant_resources();
+    let reports = Engine::new(&resources, RetryPolicy::default())
+        .probe(ctx)
+        .await;
+    let report = |layer: Layer| {
+        reports
+            .iter()
+            .find(|(l, _)| *l == layer)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| {
+                LayerReport::from_findings(vec![fail(
+                    "probe",
+                    IsolationState::Unknown,
+                    format!(
+                        "no resource of this tenant reports the {} layer",
+                        layer.as_str()
+                    ),
+                )])
+            })
     };
-    let (database, storage, encryption) = tokio::join!(
-        probes.database.probe(
-            &ctx.names.role,
-            &ctx.tenant.name,
-            credentials,
-            ctx.mode(),
-            None,
-        ),
-        probes
-            .storage
-            .probe(&ctx.names.bucket, &key.arn, ctx.spec.storage.versioning),
-        probes
-            .encryption
-            .probe(&ctx.names.key_alias, &key.arn, &ctx.names.secret_name),
-    );
     Measurement {
-        database,
-        storage,
-        encryption,
+        database: report(Layer::Database),
+        storage: report(Layer::Storage),
+        encryption: report(Layer::Encryption),
     }
 }
 

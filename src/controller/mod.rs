@@ -9,7 +9,6 @@ pub mod attestation;
 pub mod events;
 pub mod pacing;
 pub mod status;
-pub mod steps;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,20 +25,20 @@ use kube::{Client, ResourceExt};
 use rand::Rng;
 
 use crate::api::{
-    DeletionPolicy, DeletionStatus, IsolationMode, IsolationState, JournalOperation, Placement,
-    ProvisioningJournal, Tenant, TenantClass, TenantPhase, TenantSpec, TenantStatus,
+    DeletionPolicy, DeletionStatus, IsolationMode, IsolationState, JournalOperation, Layer,
+    Placement, ProvisioningJournal, Tenant, TenantClass, TenantPhase, TenantSpec, TenantStatus,
 };
 use crate::audit::{self, Action as AuditAction, AuditLog};
-use crate::backends::TenantRef;
+use crate::backends::{AuditSink, TenantRef};
 use crate::class_registry::{ClassError, ClassRegistry, ClassRules, ClassSettings, class_name_of};
 use crate::config::{EngineArgs, UnrepairableDrift};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::naming::TenantNames;
-use crate::provision::{Engine, JournalStore, Outcome, StepError, new_journal};
+use crate::provision::{Access, Engine, JournalStore, Outcome, StepError, new_journal};
+use crate::resources::{TenantContext, tenant_resources};
 use attestation::{Measurement, measure};
 use events::{EventPublisher, EventType};
 use status::{Verdict, apply_verdict, failure_backoff};
-use steps::{TenantContext, tenant_steps};
 
 /// Finalizer that guards every Tenant until its resources are released or removed.
 pub const FINALIZER: &str = "tenantry.dev/cleanup";
@@ -216,27 +215,22 @@ async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Err
         generation: tenant.metadata.generation,
         resource_version: tenant.resource_version(),
     };
-    // Boxed: the reconcile future is large, and moving it into the scope's
-    // future inline overflows the stack of debug builds.
-    let result = audit::in_scope(
-        scope,
-        Box::pin(async {
-            if tenant.metadata.deletion_timestamp.is_some() {
-                if tenant.finalizers().iter().any(|f| f == FINALIZER) {
-                    Box::pin(cleanup(&tenant, &ctx)).await
-                } else {
-                    Ok(Action::await_change())
-                }
-            } else if !tenant.finalizers().iter().any(|f| f == FINALIZER) {
-                add_finalizer(&tenant, &ctx.client)
-                    .await
-                    .map(|()| Action::await_change())
-            } else {
-                Box::pin(apply(&tenant, &ctx)).await
-            }
-        }),
-    )
-    .await;
+    let audit: Arc<dyn AuditSink> = Arc::new(scope);
+    // Boxed: the reconcile futures are large and overflow the stack of
+    // debug builds inline.
+    let result = if tenant.metadata.deletion_timestamp.is_some() {
+        if tenant.finalizers().iter().any(|f| f == FINALIZER) {
+            Box::pin(cleanup(&tenant, &ctx, &audit)).await
+        } else {
+            Ok(Action::await_change())
+        }
+    } else if !tenant.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(&tenant, &ctx.client)
+            .await
+            .map(|()| Action::await_change())
+    } else {
+        Box::pin(apply(&tenant, &ctx, &audit)).await
+    };
     if result.is_ok() {
         ctx.error_counts.lock().expect("lock").remove(&name);
     }
@@ -371,6 +365,8 @@ struct StatusJournal<'a> {
     /// Phase shown while steps are being ensured (Provisioning, or Deleting
     /// for a teardown).
     working_phase: TenantPhase,
+    /// Where the engine's turns (a step failing, a rollback) are recorded.
+    audit: Arc<dyn AuditSink>,
 }
 
 #[async_trait]
@@ -389,7 +385,13 @@ impl JournalStore for StatusJournal<'_> {
         if rolled_back {
             journal.failed_generation = self.generation;
         }
-        audit_journal(self.status.provisioning.as_ref(), &journal, rolled_back).await?;
+        audit_journal(
+            self.audit.as_ref(),
+            self.status.provisioning.as_ref(),
+            &journal,
+            rolled_back,
+        )
+        .await?;
         self.status.provisioning = Some(journal.clone());
         let phase = match journal.operation {
             JournalOperation::Provision if rolled_back => TenantPhase::Failed,
@@ -404,7 +406,10 @@ impl JournalStore for StatusJournal<'_> {
                     "RollingBack",
                     format!(
                         "provisioning failed ({}); removing what was made",
-                        journal.failure.as_deref().unwrap_or("unknown cause")
+                        journal
+                            .failure
+                            .as_ref()
+                            .map_or("unknown cause".to_string(), ToString::to_string)
                     ),
                 ),
                 TenantPhase::Deleting => {
@@ -414,7 +419,10 @@ impl JournalStore for StatusJournal<'_> {
                     journal.failure_reason.as_deref().unwrap_or("RolledBack"),
                     format!(
                         "provisioning failed and was rolled back, nothing was left behind: {}",
-                        journal.failure.as_deref().unwrap_or("unknown cause")
+                        journal
+                            .failure
+                            .as_ref()
+                            .map_or("unknown cause".to_string(), ToString::to_string)
                     ),
                 ),
                 _ => (
@@ -447,16 +455,18 @@ impl JournalStore for StatusJournal<'_> {
 /// a rollback starting and ending. Written before the journal that reports
 /// them, so a failed audit write stops the engine there.
 async fn audit_journal(
+    sink: &dyn AuditSink,
     before: Option<&ProvisioningJournal>,
     now: &ProvisioningJournal,
     rolled_back: bool,
 ) -> Result<(), StepError> {
-    let failure = now.failure.as_deref();
+    let failure = now.failure.as_ref();
     let was_rolling_back = before.is_some_and(|j| j.operation == JournalOperation::RollBack);
-    if failure.is_some() && failure != before.and_then(|j| j.failure.as_deref()) {
+    if failure.is_some() && failure != before.and_then(|j| j.failure.as_ref()) {
         let step = crate::provision::failed_step(now).unwrap_or_default();
-        let detail = serde_json::json!({"error": failure, "reason": now.failure_reason});
+        let detail = serde_json::json!({"error": failure.map(ToString::to_string), "reason": now.failure_reason});
         record(
+            sink,
             AuditAction::ProvisionStepFailed,
             step,
             audit::Outcome::Failed,
@@ -467,6 +477,7 @@ async fn audit_journal(
     if now.operation == JournalOperation::RollBack && !was_rolling_back {
         let detail = serde_json::json!({"undo": now.steps_done});
         record(
+            sink,
             AuditAction::RollbackStart,
             "tenant",
             audit::Outcome::Ok,
@@ -476,6 +487,7 @@ async fn audit_journal(
     }
     if rolled_back && was_rolling_back {
         record(
+            sink,
             AuditAction::RollbackDone,
             "tenant",
             audit::Outcome::Ok,
@@ -488,15 +500,13 @@ async fn audit_journal(
 
 /// Records a controller-level event for the tenant being reconciled.
 async fn record(
+    sink: &dyn AuditSink,
     action: AuditAction,
     target: &str,
     outcome: audit::Outcome,
     detail: serde_json::Value,
 ) -> Result<(), StepError> {
-    if let Some(scope) = audit::current() {
-        scope.record(action, target, outcome, detail).await?;
-    }
-    Ok(())
+    Ok(sink.record(action, target, outcome, detail).await?)
 }
 
 /// Pure validation of what the API server's schema cannot check.
@@ -684,7 +694,11 @@ async fn resolve_class(
     }
 }
 
-async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+async fn apply(
+    tenant: &Tenant,
+    ctx: &Context,
+    audit: &Arc<dyn AuditSink>,
+) -> Result<Action, Error> {
     let current = tenant.status.clone().unwrap_or_default();
     let class = match resolve_class(tenant, ctx).await? {
         Ok(class) => class,
@@ -730,6 +744,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         names,
         spec.clone(),
         class.backends.clone(),
+        audit.clone(),
     );
     steps_ctx.previous_kube_secret = current
         .resources
@@ -900,6 +915,7 @@ async fn measure_settled(
     tracing::warn!(tenant = %tenant.name_any(), drift = %found, "isolation drift detected; repairing");
     repair_shared_security(class).await;
     record(
+        steps_ctx.audit.as_ref(),
         AuditAction::DriftDetected,
         "tenant",
         audit::Outcome::Ok,
@@ -921,8 +937,8 @@ async fn run_provisioning(
     steps_ctx: &mut TenantContext,
 ) -> Result<(Outcome, TenantStatus), Error> {
     let generation = tenant.metadata.generation;
-    let steps = tenant_steps();
-    let engine = Engine::new(&steps, ctx.engine.retry_policy());
+    let resources = tenant_resources();
+    let engine = Engine::new(&resources, ctx.engine.retry_policy());
     let mut journal = current.provisioning.clone().unwrap_or_else(new_journal);
     // The placement is recorded with the first journal write, before any
     // resource exists, so a crash cannot leave a tenant on an unknown server.
@@ -942,9 +958,17 @@ async fn run_provisioning(
             }
             _ => TenantPhase::Provisioning,
         },
+        audit: steps_ctx.audit.clone(),
+    };
+    // Suspension is the same provisioning with access revoked: every
+    // resource kept and repaired, the login and the Secret taken away.
+    let access = if steps_ctx.spec.suspended {
+        Access::Revoked
+    } else {
+        Access::Granted
     };
     let outcome = engine
-        .provision(steps_ctx, &mut journal, &mut store)
+        .provision(steps_ctx, &mut journal, &mut store, access)
         .await?;
     let mut status = store.status;
     status.provisioning = Some(journal);
@@ -962,7 +986,8 @@ async fn on_provisioned(
     steps_ctx: &TenantContext,
     drift: Option<Measurement>,
 ) -> Result<Action, Error> {
-    status.resources = Some(steps_ctx.resources());
+    status.resources =
+        Some(Engine::new(&tenant_resources(), ctx.engine.retry_policy()).record(steps_ctx));
     // Every step ran with this class as it is now.
     status.placement = Some(class.placement());
     if steps_ctx.spec.suspended != (current.phase == Some(TenantPhase::Suspended)) {
@@ -971,7 +996,14 @@ async fn on_provisioned(
         } else {
             AuditAction::TenantResume
         };
-        record(action, "tenant", audit::Outcome::Ok, serde_json::json!({})).await?;
+        record(
+            steps_ctx.audit.as_ref(),
+            action,
+            "tenant",
+            audit::Outcome::Ok,
+            serde_json::json!({}),
+        )
+        .await?;
     }
     // A measurement that could not be taken (a backend that failed to
     // answer) says nothing about isolation: it is taken again after the
@@ -1039,6 +1071,7 @@ async fn measure_provisioned(
             ctx.metrics.drift_repairs.inc();
             let message = format!("repaired and verified: {}", before.failures());
             record(
+                steps_ctx.audit.as_ref(),
                 AuditAction::DriftRepair,
                 "tenant",
                 audit::Outcome::Ok,
@@ -1059,7 +1092,7 @@ async fn measure_provisioned(
         Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE)
     } else {
         unmeasured = measured.summary() == IsolationState::Unknown;
-        isolation_failure(tenant, ctx, class, steps_ctx, &measured).await
+        isolation_failure(tenant, ctx, steps_ctx, &measured).await
     };
     Ok((
         verdict,
@@ -1124,7 +1157,7 @@ async fn on_degraded(
     if steps_ctx.key.is_some() && steps_ctx.credentials.is_some() && !tenant.spec.suspended {
         let measured = Box::pin(measure(steps_ctx)).await;
         if !measured.all_enforced() {
-            let fenced = isolation_failure(tenant, ctx, class, steps_ctx, &measured).await;
+            let fenced = isolation_failure(tenant, ctx, steps_ctx, &measured).await;
             message = format!("{message}; {}", fenced.message);
         }
         let repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
@@ -1211,7 +1244,6 @@ async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus
 async fn isolation_failure(
     tenant: &Tenant,
     ctx: &Context,
-    class: &ClassSettings,
     steps_ctx: &TenantContext,
     measured: &Measurement,
 ) -> Verdict {
@@ -1233,10 +1265,11 @@ async fn isolation_failure(
             format!("tenantry cannot repair this (report-only): {remedy}"),
         );
     }
-    let fenced = class
-        .backends
-        .database
-        .set_login(&steps_ctx.tenant, &steps_ctx.names, false)
+    // Failing closed revokes the access of the broken layer's resources
+    // (the database login), through the engine like every revocation.
+    let resources = tenant_resources();
+    let fenced = Engine::new(&resources, ctx.engine.retry_policy())
+        .revoke_access(&mut steps_ctx.fresh(), Some(Layer::Database))
         .await;
     let message = match fenced {
         Ok(()) => format!(
@@ -1366,7 +1399,11 @@ fn effective_grace_period(spec: &TenantSpec, class: &ClassRules) -> Duration {
     class.min_grace_period.map_or(grace, |min| grace.max(min))
 }
 
-async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(
+    tenant: &Tenant,
+    ctx: &Context,
+    audit: &Arc<dyn AuditSink>,
+) -> Result<Action, Error> {
     let name = tenant.name_any();
     let tref = tenant_ref(tenant)?;
     let class = match resolve_class(tenant, ctx).await? {
@@ -1396,6 +1433,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 .is_none_or(|j| j.operation != JournalOperation::Release)
             {
                 record(
+                    audit.as_ref(),
                     AuditAction::TenantDelete,
                     "tenant",
                     audit::Outcome::Ok,
@@ -1411,7 +1449,15 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                 .as_ref()
                 .is_none_or(|d| d.access_revoked_at.is_none())
             {
-                revoke_for_deletion(tenant, ctx, &class, &spec, &tref, &names, &mut status).await?;
+                revoke_for_deletion(
+                    tenant,
+                    ctx,
+                    audit,
+                    &class,
+                    (&spec, &tref, &names),
+                    &mut status,
+                )
+                .await?;
             }
             let destroy_after = status
                 .deletion
@@ -1429,7 +1475,16 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
-    finish_deletion(tenant, ctx, tref, names, spec, &class, status, policy).await
+    finish_deletion(
+        tenant,
+        ctx,
+        audit,
+        (tref, names, spec),
+        &class,
+        status,
+        policy,
+    )
+    .await
 }
 
 /// The start of a `Delete` deletion: the login disabled and the Kubernetes
@@ -1437,10 +1492,9 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
 async fn revoke_for_deletion(
     tenant: &Tenant,
     ctx: &Context,
+    audit: &Arc<dyn AuditSink>,
     class: &ClassSettings,
-    spec: &TenantSpec,
-    tref: &TenantRef,
-    names: &TenantNames,
+    (spec, tref, names): (&TenantSpec, &TenantRef, &TenantNames),
     status: &mut TenantStatus,
 ) -> Result<(), Error> {
     let name = tenant.name_any();
@@ -1451,6 +1505,7 @@ async fn revoke_for_deletion(
         _ => humantime::format_duration(grace).to_string(),
     };
     record(
+        audit.as_ref(),
         AuditAction::TenantDelete,
         "tenant",
         audit::Outcome::Ok,
@@ -1463,10 +1518,11 @@ async fn revoke_for_deletion(
         names.clone(),
         spec.clone(),
         class.backends.clone(),
+        audit.clone(),
     );
-    let steps = tenant_steps();
-    Engine::new(&steps, ctx.engine.retry_policy())
-        .revoke_access(&mut steps_ctx)
+    let resources = tenant_resources();
+    Engine::new(&resources, ctx.engine.retry_policy())
+        .revoke_access(&mut steps_ctx, None)
         .await?;
     let deleted_at = tenant
         .metadata
@@ -1508,21 +1564,20 @@ async fn revoke_for_deletion(
 /// The last part of a deletion, through the engine: every step released
 /// (`Retain`) or removed (`Delete`), in reverse order, journaled and retried;
 /// then the chain ends on purpose and the finalizer goes.
-#[allow(clippy::too_many_arguments)]
 async fn finish_deletion(
     tenant: &Tenant,
     ctx: &Context,
-    tref: TenantRef,
-    names: TenantNames,
-    spec: TenantSpec,
+    audit: &Arc<dyn AuditSink>,
+    (tref, names, spec): (TenantRef, TenantNames, TenantSpec),
     class: &ClassSettings,
     status: TenantStatus,
     policy: DeletionPolicy,
 ) -> Result<Action, Error> {
     let name = tenant.name_any();
-    let mut steps_ctx = TenantContext::new(tref, names, spec, class.backends.clone());
-    let steps = tenant_steps();
-    let engine = Engine::new(&steps, ctx.engine.retry_policy());
+    let mut steps_ctx =
+        TenantContext::new(tref, names, spec, class.backends.clone(), audit.clone());
+    let resources = tenant_resources();
+    let engine = Engine::new(&resources, ctx.engine.retry_policy());
     let mut journal = status.provisioning.clone().unwrap_or_else(new_journal);
     let mut store = StatusJournal {
         client: &ctx.client,
@@ -1530,6 +1585,7 @@ async fn finish_deletion(
         generation: tenant.metadata.generation,
         status,
         working_phase: TenantPhase::Deleting,
+        audit: audit.clone(),
     };
     let outcome = match policy {
         DeletionPolicy::Retain => {
@@ -1592,6 +1648,7 @@ async fn finish_deletion(
             DeletionPolicy::Delete => "Delete",
         };
         record(
+            steps_ctx.audit.as_ref(),
             last_action,
             "tenant",
             audit::Outcome::Ok,

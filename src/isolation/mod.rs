@@ -7,47 +7,8 @@ pub mod database;
 pub mod encryption;
 pub mod storage;
 
-use std::fmt;
-use std::str::FromStr;
-
 pub use crate::api::{Finding, IsolationState, LayerReport};
-
-/// A table shared by all tenants, with a column naming each row's tenant.
-/// Row-level security keeps every tenant to its own rows.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SharedTable {
-    pub schema: String,
-    pub table: String,
-    pub tenant_column: String,
-}
-
-impl FromStr for SharedTable {
-    type Err = String;
-
-    /// Parses `schema.table:column`, e.g. `public.orders:tenant_id`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || format!("shared table {s:?} must look like schema.table:tenant_column");
-        let (qualified, column) = s.split_once(':').ok_or_else(err)?;
-        let (schema, table) = qualified.split_once('.').ok_or_else(err)?;
-        if [schema, table, column]
-            .iter()
-            .any(|p| p.is_empty() || p.len() > 63)
-        {
-            return Err(err());
-        }
-        Ok(Self {
-            schema: schema.to_string(),
-            table: table.to_string(),
-            tenant_column: column.to_string(),
-        })
-    }
-}
-
-impl fmt::Display for SharedTable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}:{}", self.schema, self.table, self.tenant_column)
-    }
-}
+pub use crate::naming::SharedTable;
 
 /// A finding that passed.
 pub fn pass(check: &str, detail: impl Into<String>) -> Finding {

@@ -1,26 +1,33 @@
-//! The provisioning engine: an ordered list of steps, run all or nothing.
+//! The provisioning engine: a tenant's resources, run all or nothing.
 //!
-//! Each [`Step`] has an idempotent `ensure` (create, or adopt what an earlier
-//! attempt made) and an idempotent `remove`. The engine records its progress in
+//! Every per-tenant resource implements one contract, [`Resource`]: an
+//! idempotent `ensure` (create, or adopt what an earlier attempt made),
+//! `remove`, `release`, `revoke_access` and `restore_access`, what it records
+//! in `status.resources`, and the probe of its isolation layer. The engine
+//! runs every lifecycle path over that list, in one order, reversed for
+//! teardown: provisioning (with the tenant's access granted or revoked),
+//! rollback, the `Retain` release, the `Delete` teardown, and revocation. The engine records its progress in
 //! a [`ProvisioningJournal`] before and after every step, through a
 //! [`JournalStore`], so that a process killed at any instant resumes (or keeps
 //! rolling back) from the journal when it restarts. Transient errors are
 //! retried inside the step with capped, jittered backoff; a permanent error or
 //! exhausted retries removes what was made, in reverse.
 //!
-//! The engine knows no backend: steps and the journal store are supplied by
-//! the caller.
+//! The engine knows no backend: resources and the journal store are
+//! supplied by the caller. (A resource is called a step where the journal
+//! records progress through the list.)
 
 mod retry;
 
 pub use retry::RetryPolicy;
 
-use std::cell::Cell;
 use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::api::{JournalOperation, ProvisioningJournal};
+use crate::api::{
+    JournalOperation, Layer, LayerReport, ProvisioningJournal, StepFailure, TenantResources,
+};
 
 /// Why a step failed, and whether trying again may help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -65,83 +72,93 @@ impl StepError {
     }
 }
 
-/// Facts about the current attempt that a step needs to decide safely.
+/// Facts about the current attempt that a resource needs to decide safely.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Attempt {
     /// The journal shows this step was started and never recorded as finished:
     /// a previous process may have created the resource and died before it
     /// could tag or record it.
     pub interrupted: bool,
+    /// The access the tenant is to have at the end of this run. A resource
+    /// that grants access of its own makes it so as it creates or repairs
+    /// (so a suspended tenant never has a moment of access); the engine then
+    /// runs `revoke_access` or `restore_access` as well.
+    pub access: Access,
 }
 
-/// One unit of provisioning against one backend.
+/// Whether the tenant may use its resources (`spec.suspended` says no).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Access {
+    #[default]
+    Granted,
+    Revoked,
+}
+
+/// What kind of removal a call is part of. Both facts widen what a removal
+/// may take as the tenant's: an untagged resource of the tenant's name may
+/// be one a killed process made (`interrupted`) or, for a search that cannot
+/// take what is not the tenant's (a KMS key found by the tenant's uid tag),
+/// the one whose failure started this rollback (`failed`): an untagged
+/// resource of the tenant's name may still be a squatter's, whose conflict
+/// was the failure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removal {
+    /// A killed process left this step's ensure unfinished.
+    pub interrupted: bool,
+    /// This step's failure started the rollback.
+    pub failed: bool,
+}
+
+/// How an ensure found its resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    /// The tenant's own, made now or earlier.
+    Owned,
+    /// Taken over from a `Retain` deletion that released it: it may hold a
+    /// returning customer's data, so a rollback of this onboarding must
+    /// release it again, never destroy it.
+    AdoptedRelease,
+}
+
+/// The contract every per-tenant resource implements: one shape for a KMS
+/// key, a bucket or a database role, the way Crossplane's ExternalClient
+/// gives every managed resource Observe/Create/Update/Delete. Every verb is
+/// idempotent and touches only what the tenant owns.
 #[async_trait]
-pub trait Step<C: Send>: Send + Sync {
+pub trait Resource<C: Send>: Send + Sync {
     /// Stable name, recorded in the journal.
     fn name(&self) -> &'static str;
-    /// Make the resource exist as desired, or adopt it. Idempotent.
-    async fn ensure(&self, ctx: &mut C, attempt: Attempt) -> Result<(), StepError>;
-    /// Make the resource not exist, if it is the tenant's. Idempotent; never
-    /// touches a resource the tenant does not own.
-    async fn remove(&self, ctx: &mut C) -> Result<(), StepError>;
-    /// Let go of the resource without destroying it (as a `Retain` deletion
-    /// does), for a rollback of a step that adopted a released resource.
-    async fn release(&self, ctx: &mut C) -> Result<(), StepError>;
-    /// Take the tenant's access away and keep the resource (the start of a
-    /// `Delete` deletion's grace period). Idempotent. Most resources grant
-    /// no access of their own, so by default there is nothing to take.
+    /// Make the resource exist as desired, or adopt it.
+    async fn ensure(&self, ctx: &mut C, attempt: Attempt) -> Result<Ensured, StepError>;
+    /// Make the resource not exist, if it is the tenant's.
+    async fn remove(&self, ctx: &mut C, removal: Removal) -> Result<(), StepError>;
+    /// Let go of the resource without destroying it, marked for a Tenant of
+    /// the same name to adopt (a `Retain` deletion, or a rollback of a step
+    /// that adopted a released resource).
+    async fn release(&self, ctx: &mut C, removal: Removal) -> Result<(), StepError>;
+    /// Take the tenant's access away and keep the resource (suspension, the
+    /// start of a `Delete` grace period, failing closed). Most resources
+    /// grant no access of their own, so by default there is nothing to take.
     async fn revoke_access(&self, _ctx: &mut C) -> Result<(), StepError> {
         Ok(())
     }
-}
-
-tokio::task_local! {
-    /// Set by a backend while a step's ensure runs, when it takes over a
-    /// released resource.
-    static ADOPTED_RELEASED: Cell<bool>;
-    /// Set while the engine removes the step a killed process was ensuring.
-    static REMOVING_INTERRUPTED: bool;
-    /// Set while a rollback removes the step whose failure started it.
-    static REMOVING_FAILED: bool;
-}
-
-/// Runs a step's removal knowing whether a killed process left its ensure
-/// unfinished (`interrupted`) and whether its failure started this rollback
-/// (`failed`): either way the step may have made part of its resource
-/// without recording it. The engine calls it for every removal.
-pub async fn removal_scope<F: std::future::Future>(
-    interrupted: bool,
-    failed: bool,
-    removal: F,
-) -> F::Output {
-    REMOVING_INTERRUPTED
-        .scope(interrupted, REMOVING_FAILED.scope(failed, removal))
-        .await
-}
-
-/// Whether the removal running now is of the step whose failure started
-/// this rollback. Only a search that cannot take what is not the tenant's
-/// (a KMS key found by the tenant's uid tag) may act on it; an untagged
-/// resource of the tenant's name may still be a squatter's, whose conflict
-/// was the failure. False outside an engine's removal.
-pub fn removing_failed_step() -> bool {
-    REMOVING_FAILED.try_with(|b| *b).unwrap_or(false)
-}
-
-/// Whether the removal running now is of a step whose ensure a killed
-/// process left unfinished: an untagged resource of the tenant's name may
-/// then be the one that process made, as `Attempt::interrupted` says for
-/// ensure. False outside an engine's removal.
-pub fn removing_interrupted_step() -> bool {
-    REMOVING_INTERRUPTED.try_with(|b| *b).unwrap_or(false)
-}
-
-/// Backends call this when an ensure takes over a resource that a `Retain`
-/// deletion released: it may hold a returning customer's data, so a rollback
-/// of this onboarding must release it again, never destroy it. Outside an
-/// engine's ensure it does nothing.
-pub fn note_adopted_release() {
-    let _ = ADOPTED_RELEASED.try_with(|adopted| adopted.set(true));
+    /// Give back what `revoke_access` took (a resumed tenant).
+    async fn restore_access(&self, _ctx: &mut C) -> Result<(), StepError> {
+        Ok(())
+    }
+    /// The isolation layer this resource carries, if any: its probe reports
+    /// that layer, and failing closed on it revokes this resource's access.
+    fn layer(&self) -> Option<Layer> {
+        None
+    }
+    /// Measures the resource's layer as the tenant would meet it. Called
+    /// only when `layer` names one.
+    async fn probe(&self, _ctx: &C) -> Option<LayerReport> {
+        None
+    }
+    /// What this resource adds to `status.resources`, from what this run
+    /// has seen.
+    fn record(&self, _ctx: &C, _resources: &mut TenantResources) {}
 }
 
 /// Where the journal is persisted (the Tenant's status, in the operator).
@@ -176,33 +193,46 @@ pub enum Outcome {
     RemovalStuck { step: String, error: String },
 }
 
-/// Runs steps with the journal, retries and rollback.
+/// Runs a tenant's resources with the journal, retries and rollback.
 pub struct Engine<'a, C: Send> {
-    steps: &'a [Box<dyn Step<C>>],
+    resources: &'a [Box<dyn Resource<C>>],
     retry: RetryPolicy,
 }
 
 impl<C: Send> fmt::Debug for Engine<'_, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<_> = self.steps.iter().map(|s| s.name()).collect();
-        f.debug_struct("Engine").field("steps", &names).finish()
+        let names: Vec<_> = self.resources.iter().map(|s| s.name()).collect();
+        f.debug_struct("Engine").field("resources", &names).finish()
     }
 }
 
+/// Which verb a removal runs.
+#[derive(Clone, Copy)]
+enum Letting {
+    Remove,
+    Release,
+}
+
 impl<'a, C: Send> Engine<'a, C> {
-    pub fn new(steps: &'a [Box<dyn Step<C>>], retry: RetryPolicy) -> Self {
-        Self { steps, retry }
+    pub fn new(resources: &'a [Box<dyn Resource<C>>], retry: RetryPolicy) -> Self {
+        Self { resources, retry }
     }
 
-    /// Ensures every step in order. Resumes an interrupted rollback first, so
-    /// a failed attempt always ends with nothing left behind before a new one
-    /// starts. An `Err` means the journal could not be saved: nothing is lost,
-    /// the caller retries later and the engine resumes from the journal.
+    pub fn resources(&self) -> &'a [Box<dyn Resource<C>>] {
+        self.resources
+    }
+
+    /// Ensures every resource in order, each followed by the access verb
+    /// `access` asks for. Resumes an interrupted rollback first, so a failed
+    /// attempt always ends with nothing left behind before a new one starts.
+    /// An `Err` means the journal could not be saved: nothing is lost, the
+    /// caller retries later and the engine resumes from the journal.
     pub async fn provision(
         &self,
         ctx: &mut C,
         journal: &mut ProvisioningJournal,
         store: &mut dyn JournalStore,
+        access: Access,
     ) -> Result<Outcome, StepError> {
         if journal.operation == JournalOperation::RollBack {
             if let Some(stuck) = self.remove_remaining(ctx, journal, store).await? {
@@ -217,86 +247,76 @@ impl<'a, C: Send> Engine<'a, C> {
 
         // The step a previous process started and never recorded as finished.
         let interrupted_step = journal.in_progress.clone();
-        for (index, step) in self.steps.iter().enumerate() {
-            let name = step.name();
+        for (index, resource) in self.resources.iter().enumerate() {
+            let name = resource.name();
             let done_before = journal.steps_done.iter().any(|s| s == name);
             let attempt = Attempt {
                 interrupted: interrupted_step.as_deref() == Some(name),
+                access,
             };
             if !done_before && journal.in_progress.as_deref() != Some(name) {
                 journal.in_progress = Some(name.to_string());
                 store.save(journal).await?;
             }
             crash_point(&format!("ensure-before-{name}"));
-            let (result, adopted) = self.ensure_with_retry(step.as_ref(), ctx, attempt).await;
+            let result = self
+                .ensure_with_retry(resource.as_ref(), ctx, attempt)
+                .await;
             crash_point(&format!("ensure-after-{name}"));
+            let adopted = match &result {
+                Ok(ensured) => *ensured == Ensured::AdoptedRelease,
+                Err((_, adopted)) => *adopted,
+            };
             if adopted && !journal.adopted_released.iter().any(|s| s == name) {
                 journal.adopted_released.push(name.to_string());
             }
-            match result {
-                Ok(()) => {
-                    if !done_before || journal.in_progress.as_deref() == Some(name) {
-                        if !done_before {
-                            journal.steps_done.push(name.to_string());
-                        }
-                        // One write records this step done and announces the
-                        // next (or the end): "in progress" means "may have
-                        // begun", true of the next step from here on, and
-                        // each journal write is a status write to the API
-                        // server.
-                        journal.in_progress = self
-                            .steps
-                            .get(index + 1)
-                            .map(|next| next.name())
-                            .filter(|next| !journal.steps_done.iter().any(|s| s == next))
-                            .map(str::to_string);
-                        if index + 1 == self.steps.len() {
-                            mark_provisioned(journal);
-                        }
-                        store.save(journal).await?;
-                    }
+            let error = match result {
+                Ok(_) => {
+                    self.record_done(journal, store, index, done_before).await?;
+                    continue;
                 }
-                Err(error) if journal.provisioned => {
-                    tracing::warn!(step = name, reason = error.reason, %error, "step of a provisioned tenant failed; keeping everything");
-                    journal.in_progress = None;
-                    journal.failure = Some(format!("{name}: {error}"));
-                    journal.failure_reason = Some(error.reason.to_string());
-                    journal.failed_attempts += 1;
-                    journal.last_failure_time = Some(chrono::Utc::now().to_rfc3339());
-                    store.save(journal).await?;
-                    return Ok(Outcome::Degraded {
-                        failed_step: name.to_string(),
-                        error: error.message,
-                        reason: error.reason.to_string(),
-                    });
-                }
-                Err(error) => {
-                    tracing::warn!(step = name, reason = error.reason, %error, "step failed; rolling back");
-                    // The failed step may have made part of its resource.
-                    if !done_before {
-                        journal.steps_done.push(name.to_string());
-                    }
-                    journal.operation = JournalOperation::RollBack;
-                    journal.in_progress = None;
-                    // A step a killed process left unfinished is removed as
-                    // such, as a teardown would.
-                    if journal.interrupted_step.is_none() {
-                        journal.interrupted_step = interrupted_step.clone();
-                    }
-                    journal.failure = Some(format!("{name}: {error}"));
-                    journal.failure_reason = Some(error.reason.to_string());
-                    store.save(journal).await?;
-                    if let Some(stuck) = self.remove_remaining(ctx, journal, store).await? {
-                        return Ok(stuck);
-                    }
-                    self.finish_rollback(journal, store).await?;
-                    return Ok(Outcome::RolledBack {
-                        failed_step: name.to_string(),
-                        error: error.message,
-                        reason: error.reason.to_string(),
-                    });
-                }
+                Err((error, _)) => error,
+            };
+            let failure = StepFailure {
+                step: name.to_string(),
+                message: error.to_string(),
+            };
+            if journal.provisioned {
+                tracing::warn!(step = name, reason = error.reason, %error, "step of a provisioned tenant failed; keeping everything");
+                journal.in_progress = None;
+                record_failure(journal, failure, &error);
+                journal.failed_attempts += 1;
+                journal.last_failure_time = Some(chrono::Utc::now().to_rfc3339());
+                store.save(journal).await?;
+                return Ok(Outcome::Degraded {
+                    failed_step: name.to_string(),
+                    error: error.message,
+                    reason: error.reason.to_string(),
+                });
             }
+            tracing::warn!(step = name, reason = error.reason, %error, "step failed; rolling back");
+            // The failed step may have made part of its resource.
+            if !done_before {
+                journal.steps_done.push(name.to_string());
+            }
+            journal.operation = JournalOperation::RollBack;
+            journal.in_progress = None;
+            // A step a killed process left unfinished is removed as such,
+            // as a teardown would.
+            if journal.interrupted_step.is_none() {
+                journal.interrupted_step = interrupted_step.clone();
+            }
+            record_failure(journal, failure, &error);
+            store.save(journal).await?;
+            if let Some(stuck) = self.remove_remaining(ctx, journal, store).await? {
+                return Ok(stuck);
+            }
+            self.finish_rollback(journal, store).await?;
+            return Ok(Outcome::RolledBack {
+                failed_step: name.to_string(),
+                error: error.message,
+                reason: error.reason.to_string(),
+            });
         }
         if journal.failed_attempts > 0 || journal.failure.is_some() || !journal.provisioned {
             mark_provisioned(journal);
@@ -305,58 +325,104 @@ impl<'a, C: Send> Engine<'a, C> {
         Ok(Outcome::Provisioned)
     }
 
-    /// Removes every step in reverse, whatever the journal says was made:
-    /// removals are idempotent and check ownership.
+    /// Records the resource at `index` done and announces the next (or the
+    /// end), in one write: "in progress" means "may have begun", true of the
+    /// next step from here on, and each journal write is a status write to
+    /// the API server.
+    async fn record_done(
+        &self,
+        journal: &mut ProvisioningJournal,
+        store: &mut dyn JournalStore,
+        index: usize,
+        done_before: bool,
+    ) -> Result<(), StepError> {
+        let name = self.resources[index].name();
+        if done_before && journal.in_progress.as_deref() != Some(name) {
+            return Ok(());
+        }
+        if !done_before {
+            journal.steps_done.push(name.to_string());
+        }
+        journal.in_progress = self
+            .resources
+            .get(index + 1)
+            .map(|next| next.name())
+            .filter(|next| !journal.steps_done.iter().any(|s| s == next))
+            .map(str::to_string);
+        if index + 1 == self.resources.len() {
+            mark_provisioned(journal);
+        }
+        store.save(journal).await
+    }
+
+    /// Removes every resource in reverse, whatever the journal says was
+    /// made: removals are idempotent and check ownership.
     pub async fn teardown(
         &self,
         ctx: &mut C,
         journal: &mut ProvisioningJournal,
         store: &mut dyn JournalStore,
     ) -> Result<Outcome, StepError> {
-        if journal.operation != JournalOperation::Teardown {
-            journal.interrupted_step = journal.in_progress.take();
-            journal.operation = JournalOperation::Teardown;
-            journal.steps_done = self.steps.iter().map(|s| s.name().to_string()).collect();
-            journal.in_progress = None;
-            store.save(journal).await?;
-        }
+        self.begin_removal(journal, store, JournalOperation::Teardown)
+            .await?;
         if let Some(stuck) = self.remove_remaining(ctx, journal, store).await? {
             return Ok(stuck);
         }
         Ok(Outcome::Removed)
     }
 
-    /// Releases every step in reverse (a deletion with policy `Retain`):
-    /// journaled and retried like a teardown, each step letting go of its
-    /// resource instead of removing it.
+    /// Releases every resource in reverse (a deletion with policy `Retain`):
+    /// journaled and retried like a teardown, each resource letting go
+    /// instead of being removed.
     pub async fn release(
         &self,
         ctx: &mut C,
         journal: &mut ProvisioningJournal,
         store: &mut dyn JournalStore,
     ) -> Result<Outcome, StepError> {
-        if journal.operation != JournalOperation::Release {
-            journal.interrupted_step = journal.in_progress.take();
-            journal.operation = JournalOperation::Release;
-            journal.steps_done = self.steps.iter().map(|s| s.name().to_string()).collect();
-            journal.in_progress = None;
-            store.save(journal).await?;
-        }
+        self.begin_removal(journal, store, JournalOperation::Release)
+            .await?;
         if let Some(stuck) = self.remove_remaining(ctx, journal, store).await? {
             return Ok(stuck);
         }
         Ok(Outcome::Released)
     }
 
-    /// Takes the tenant's access away at every step, last first, each
-    /// retried like a removal. Not journaled: every revocation is idempotent,
-    /// and the caller records that access is gone once all have run.
-    pub async fn revoke_access(&self, ctx: &mut C) -> Result<(), StepError> {
-        for step in self.steps.iter().rev() {
+    /// Turns the journal into a removal of every resource (unless it is one
+    /// already, resumed after a restart).
+    async fn begin_removal(
+        &self,
+        journal: &mut ProvisioningJournal,
+        store: &mut dyn JournalStore,
+        operation: JournalOperation,
+    ) -> Result<(), StepError> {
+        if journal.operation == operation {
+            return Ok(());
+        }
+        journal.interrupted_step = journal.in_progress.take();
+        journal.operation = operation;
+        journal.steps_done = self
+            .resources
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect();
+        journal.in_progress = None;
+        store.save(journal).await
+    }
+
+    /// Takes the tenant's access away at every resource of `layer` (every
+    /// resource when `None`), last first, each retried like a removal. Not
+    /// journaled: every revocation is idempotent, and the caller records
+    /// that access is gone once all have run.
+    pub async fn revoke_access(&self, ctx: &mut C, layer: Option<Layer>) -> Result<(), StepError> {
+        for resource in self.resources.iter().rev() {
+            if layer.is_some() && resource.layer() != layer {
+                continue;
+            }
             let mut tried = 0;
             loop {
                 tried += 1;
-                match step.revoke_access(ctx).await {
+                match resource.revoke_access(ctx).await {
                     Ok(()) => break,
                     Err(e) => self.retry.after_failure(tried, e).await?,
                 }
@@ -365,7 +431,32 @@ impl<'a, C: Send> Engine<'a, C> {
         Ok(())
     }
 
-    /// Removes the steps listed in the journal, last first, recording each.
+    /// Every resource's probe, by layer, run concurrently.
+    pub async fn probe(&self, ctx: &C) -> Vec<(Layer, LayerReport)>
+    where
+        C: Sync,
+    {
+        let probes = self.resources.iter().filter_map(|resource| {
+            let layer = resource.layer()?;
+            Some(async move { resource.probe(ctx).await.map(|report| (layer, report)) })
+        });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// What every resource records in `status.resources`.
+    pub fn record(&self, ctx: &C) -> TenantResources {
+        let mut resources = TenantResources::default();
+        for resource in self.resources {
+            resource.record(ctx, &mut resources);
+        }
+        resources
+    }
+
+    /// Removes the resources listed in the journal, last first, recording each.
     async fn remove_remaining(
         &self,
         ctx: &mut C,
@@ -373,7 +464,7 @@ impl<'a, C: Send> Engine<'a, C> {
         store: &mut dyn JournalStore,
     ) -> Result<Option<Outcome>, StepError> {
         while let Some(name) = journal.steps_done.last().cloned() {
-            let Some(step) = self.steps.iter().find(|s| s.name() == name) else {
+            let Some(resource) = self.resources.iter().find(|s| s.name() == name) else {
                 // A step this version no longer has: nothing to remove it with.
                 tracing::warn!(step = %name, "journal names an unknown step; skipping its removal");
                 journal.steps_done.pop();
@@ -384,18 +475,22 @@ impl<'a, C: Send> Engine<'a, C> {
             // A rollback gives back what the attempt adopted and a release
             // gives back everything; a teardown (deletion with policy
             // Delete) removes everything.
-            let release = journal.operation == JournalOperation::Release
+            let letting = if journal.operation == JournalOperation::Release
                 || (journal.operation == JournalOperation::RollBack
-                    && journal.adopted_released.contains(&name));
-            let interrupted = journal.interrupted_step.as_deref() == Some(name.as_str());
-            let failed = journal.operation == JournalOperation::RollBack
-                && failed_step(journal) == Some(name.as_str());
-            let result = removal_scope(
-                interrupted,
-                failed,
-                self.remove_with_retry(step.as_ref(), ctx, release),
-            )
-            .await;
+                    && journal.adopted_released.contains(&name))
+            {
+                Letting::Release
+            } else {
+                Letting::Remove
+            };
+            let removal = Removal {
+                interrupted: journal.interrupted_step.as_deref() == Some(name.as_str()),
+                failed: journal.operation == JournalOperation::RollBack
+                    && failed_step(journal) == Some(name.as_str()),
+            };
+            let result = self
+                .remove_with_retry(resource.as_ref(), ctx, letting, removal)
+                .await;
             crash_point(&format!("remove-after-{name}"));
             if let Err(error) = result {
                 tracing::error!(step = %name, %error, "removal failed; will retry later");
@@ -406,7 +501,7 @@ impl<'a, C: Send> Engine<'a, C> {
             }
             journal.steps_done.pop();
             journal.adopted_released.retain(|s| *s != name);
-            if interrupted {
+            if removal.interrupted {
                 journal.interrupted_step = None;
             }
             store.save(journal).await?;
@@ -414,45 +509,53 @@ impl<'a, C: Send> Engine<'a, C> {
         Ok(None)
     }
 
-    /// The step's result, and whether any try took over a released resource.
+    /// The resource ensured with its access set as asked, or the error that
+    /// ended the tries and whether any try took over a released resource.
     async fn ensure_with_retry(
         &self,
-        step: &dyn Step<C>,
+        resource: &dyn Resource<C>,
         ctx: &mut C,
         attempt: Attempt,
-    ) -> (Result<(), StepError>, bool) {
-        ADOPTED_RELEASED
-            .scope(Cell::new(false), async {
-                let mut tried = 0;
-                let result = loop {
-                    tried += 1;
-                    match step.ensure(ctx, attempt).await {
-                        Ok(()) => break Ok(()),
-                        Err(e) => {
-                            if let Err(e) = self.retry.after_failure(tried, e).await {
-                                break Err(e);
-                            }
-                        }
+    ) -> Result<Ensured, (StepError, bool)> {
+        let mut adopted = false;
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            let result = match resource.ensure(ctx, attempt).await {
+                Ok(ensured) => {
+                    adopted |= ensured == Ensured::AdoptedRelease;
+                    match attempt.access {
+                        Access::Granted => resource.restore_access(ctx).await,
+                        Access::Revoked => resource.revoke_access(ctx).await,
                     }
-                };
-                (result, ADOPTED_RELEASED.with(Cell::get))
-            })
-            .await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) if adopted => return Ok(Ensured::AdoptedRelease),
+                Ok(()) => return Ok(Ensured::Owned),
+                Err(e) => {
+                    if let Err(e) = self.retry.after_failure(tried, e).await {
+                        return Err((e, adopted));
+                    }
+                }
+            }
+        }
     }
 
     async fn remove_with_retry(
         &self,
-        step: &dyn Step<C>,
+        resource: &dyn Resource<C>,
         ctx: &mut C,
-        release: bool,
+        letting: Letting,
+        removal: Removal,
     ) -> Result<(), StepError> {
         let mut tried = 0;
         loop {
             tried += 1;
-            let result = if release {
-                step.release(ctx).await
-            } else {
-                step.remove(ctx).await
+            let result = match letting {
+                Letting::Release => resource.release(ctx, removal).await,
+                Letting::Remove => resource.remove(ctx, removal).await,
             };
             match result {
                 Ok(()) => return Ok(()),
@@ -470,23 +573,27 @@ impl<'a, C: Send> Engine<'a, C> {
         journal.failed_attempts += 1;
         journal.last_failure_time = Some(chrono::Utc::now().to_rfc3339());
         store.save(journal).await?;
-        let failure = journal.failure.clone().unwrap_or_default();
-        let failed_step = failed_step(journal).unwrap_or_default().to_string();
+        let failure = journal.failure.clone();
         let reason = journal
             .failure_reason
             .clone()
             .unwrap_or_else(|| "RolledBack".to_string());
         Ok(Outcome::RolledBack {
-            failed_step,
-            error: failure,
+            failed_step: failure.as_ref().map(|f| f.step.clone()).unwrap_or_default(),
+            error: failure.map(|f| f.to_string()).unwrap_or_default(),
             reason,
         })
     }
 }
 
-/// The step named by the journal's failure (recorded as "step: error").
+fn record_failure(journal: &mut ProvisioningJournal, failure: StepFailure, error: &StepError) {
+    journal.failure = Some(failure);
+    journal.failure_reason = Some(error.reason.to_string());
+}
+
+/// The step named by the journal's failure.
 pub fn failed_step(journal: &ProvisioningJournal) -> Option<&str> {
-    journal.failure.as_deref().and_then(|f| f.split(':').next())
+    journal.failure.as_ref().map(|f| f.step.as_str())
 }
 
 /// Every step is done: what an earlier failure left in the journal is over.

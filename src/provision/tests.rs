@@ -18,16 +18,19 @@ struct World {
     release_failures: Vec<(&'static str, StepError)>,
     /// Resources a Retain deletion released: ensure adopts them.
     released: BTreeSet<&'static str>,
+    /// Log `restore_access` calls too (every provisioning with access
+    /// granted makes them).
+    log_restores: bool,
 }
 
 struct Thing(&'static str);
 
 #[async_trait]
-impl Step<World> for Thing {
+impl Resource<World> for Thing {
     fn name(&self) -> &'static str {
         self.0
     }
-    async fn ensure(&self, w: &mut World, attempt: Attempt) -> Result<(), StepError> {
+    async fn ensure(&self, w: &mut World, attempt: Attempt) -> Result<Ensured, StepError> {
         w.log.push(format!(
             "ensure {}{}",
             self.0,
@@ -45,13 +48,15 @@ impl Step<World> for Thing {
             }
             return Err(e);
         }
-        if w.released.remove(self.0) {
-            note_adopted_release();
-        }
+        let adopted = w.released.remove(self.0);
         w.existing.insert(self.0);
-        Ok(())
+        Ok(if adopted {
+            Ensured::AdoptedRelease
+        } else {
+            Ensured::Owned
+        })
     }
-    async fn release(&self, w: &mut World) -> Result<(), StepError> {
+    async fn release(&self, w: &mut World, _removal: Removal) -> Result<(), StepError> {
         w.log.push(format!("release {}", self.0));
         if let Some(i) = w.release_failures.iter().position(|(n, _)| *n == self.0) {
             let (_, e) = w.release_failures.remove(i);
@@ -59,6 +64,12 @@ impl Step<World> for Thing {
         }
         w.existing.remove(self.0);
         w.released.insert(self.0);
+        Ok(())
+    }
+    async fn restore_access(&self, w: &mut World) -> Result<(), StepError> {
+        if w.log_restores {
+            w.log.push(format!("restore {}", self.0));
+        }
         Ok(())
     }
     async fn revoke_access(&self, w: &mut World) -> Result<(), StepError> {
@@ -69,11 +80,11 @@ impl Step<World> for Thing {
         }
         Ok(())
     }
-    async fn remove(&self, w: &mut World) -> Result<(), StepError> {
+    async fn remove(&self, w: &mut World, removal: Removal) -> Result<(), StepError> {
         w.log.push(format!(
             "remove {}{}",
             self.0,
-            match (removing_interrupted_step(), removing_failed_step()) {
+            match (removal.interrupted, removal.failed) {
                 (true, true) => " (interrupted, failed)",
                 (true, false) => " (interrupted)",
                 (false, true) => " (failed)",
@@ -100,7 +111,7 @@ impl JournalStore for SavedJournals {
     }
 }
 
-fn steps() -> Vec<Box<dyn Step<World>>> {
+fn steps() -> Vec<Box<dyn Resource<World>>> {
     vec![
         Box::new(Thing("key")),
         Box::new(Thing("bucket")),
@@ -123,7 +134,7 @@ async fn steps_are_ensured_in_order_and_journaled_before_each_with_one_write_per
     let mut journal = new_journal();
     let mut store = SavedJournals::default();
     let outcome = Engine::new(&steps, fast_retry())
-        .provision(&mut world, &mut journal, &mut store)
+        .provision(&mut world, &mut journal, &mut store, Access::Granted)
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Provisioned);
@@ -165,7 +176,7 @@ async fn a_rollback_releases_what_the_attempt_adopted_and_removes_what_it_made()
     let mut journal = new_journal();
     let mut store = SavedJournals::default();
     let outcome = Engine::new(&steps, fast_retry())
-        .provision(&mut world, &mut journal, &mut store)
+        .provision(&mut world, &mut journal, &mut store, Access::Granted)
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
@@ -236,7 +247,7 @@ async fn a_teardown_removes_even_what_was_adopted() {
     let mut store = SavedJournals::default();
     let engine = Engine::new(&steps, fast_retry());
     engine
-        .provision(&mut world, &mut journal, &mut store)
+        .provision(&mut world, &mut journal, &mut store, Access::Granted)
         .await
         .unwrap();
     assert!(journal.adopted_released.is_empty());
@@ -256,12 +267,12 @@ async fn a_second_run_writes_no_journal_when_nothing_changed() {
     let mut store = SavedJournals::default();
     let engine = Engine::new(&steps, fast_retry());
     engine
-        .provision(&mut world, &mut journal, &mut store)
+        .provision(&mut world, &mut journal, &mut store, Access::Granted)
         .await
         .unwrap();
     store.0.lock().unwrap().clear();
     engine
-        .provision(&mut world, &mut journal, &mut store)
+        .provision(&mut world, &mut journal, &mut store, Access::Granted)
         .await
         .unwrap();
     assert!(store.0.lock().unwrap().is_empty());
@@ -279,7 +290,12 @@ async fn transient_errors_are_retried_inside_the_step() {
     };
     let mut journal = new_journal();
     let outcome = Engine::new(&steps, fast_retry())
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Provisioned);
@@ -298,7 +314,12 @@ async fn a_permanent_error_removes_completed_steps_in_reverse_and_leaves_nothing
     };
     let mut journal = new_journal();
     let outcome = Engine::new(&steps, fast_retry())
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     assert!(
@@ -314,7 +335,14 @@ async fn a_permanent_error_removes_completed_steps_in_reverse_and_leaves_nothing
         ["remove database (failed)", "remove bucket", "remove key"]
     );
     assert_eq!(journal.failed_attempts, 1);
-    assert!(journal.failure.as_deref().unwrap().contains("schema taken"));
+    assert!(
+        journal
+            .failure
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("schema taken")
+    );
     assert!(journal.steps_done.is_empty());
 }
 
@@ -327,11 +355,22 @@ async fn exhausted_retries_roll_back_too() {
     };
     let mut journal = new_journal();
     let outcome = Engine::new(&steps, fast_retry())
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::RolledBack { .. }));
-    assert!(journal.failure.unwrap().contains("gave up after 3 tries"));
+    assert!(
+        journal
+            .failure
+            .unwrap()
+            .message
+            .contains("gave up after 3 tries")
+    );
     assert!(world.existing.is_empty());
 }
 
@@ -348,7 +387,12 @@ async fn an_interrupted_rollback_resumes_before_anything_new_is_made() {
         ..new_journal()
     };
     let outcome = Engine::new(&steps, fast_retry())
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::RolledBack { .. }));
@@ -367,7 +411,12 @@ async fn a_step_interrupted_mid_ensure_is_told_so_on_resume() {
         ..new_journal()
     };
     Engine::new(&steps, fast_retry())
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -393,7 +442,12 @@ async fn a_stuck_removal_keeps_the_rest_in_the_journal() {
     let mut journal = new_journal();
     let engine = Engine::new(&steps, fast_retry());
     engine
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     let outcome = engine
@@ -430,7 +484,12 @@ async fn a_provisioned_tenant_is_never_rolled_back_by_a_later_failure() {
     let mut journal = new_journal();
     let engine = Engine::new(&steps, fast_retry());
     engine
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     assert!(journal.provisioned);
@@ -440,7 +499,12 @@ async fn a_provisioned_tenant_is_never_rolled_back_by_a_later_failure() {
         StepError::permanent("BackendRejected", "s3", "drifted"),
     ));
     let outcome = engine
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     assert!(
@@ -452,7 +516,12 @@ async fn a_provisioned_tenant_is_never_rolled_back_by_a_later_failure() {
 
     // The next successful run clears the failure.
     engine
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     assert_eq!(journal.failed_attempts, 0);
@@ -476,7 +545,12 @@ async fn a_rollback_after_a_killed_process_removes_its_unfinished_step_as_interr
         ..new_journal()
     };
     let outcome = Engine::new(&steps, fast_retry())
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
@@ -507,7 +581,12 @@ async fn a_retain_deletion_releases_every_step_in_reverse_through_the_journal_an
     let mut journal = new_journal();
     let engine = Engine::new(&steps, fast_retry());
     engine
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     world.log.clear();
@@ -552,12 +631,17 @@ async fn access_is_revoked_at_every_step_last_first_retrying_and_nothing_is_remo
     let mut journal = new_journal();
     let engine = Engine::new(&steps, fast_retry());
     engine
-        .provision(&mut world, &mut journal, &mut SavedJournals::default())
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
         .await
         .unwrap();
     world.log.clear();
     world.remove_failures = vec![("bucket", StepError::transient("s3", "slow down"))];
-    engine.revoke_access(&mut world).await.unwrap();
+    engine.revoke_access(&mut world, None).await.unwrap();
     assert_eq!(
         world.log,
         [
@@ -568,4 +652,97 @@ async fn access_is_revoked_at_every_step_last_first_retrying_and_nothing_is_remo
         ]
     );
     assert_eq!(world.existing.len(), 3, "a revocation removed something");
+}
+
+#[tokio::test]
+async fn a_suspended_run_ensures_every_resource_then_revokes_its_access_and_resuming_restores_it() {
+    let steps = steps();
+    let mut world = World {
+        log_restores: true,
+        ..World::default()
+    };
+    let mut journal = new_journal();
+    let engine = Engine::new(&steps, fast_retry());
+    let outcome = engine
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Revoked,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Provisioned);
+    assert_eq!(
+        world.log,
+        [
+            "ensure key",
+            "revoke key",
+            "ensure bucket",
+            "revoke bucket",
+            "ensure database",
+            "revoke database"
+        ]
+    );
+    world.log.clear();
+    engine
+        .provision(
+            &mut world,
+            &mut journal,
+            &mut SavedJournals::default(),
+            Access::Granted,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        world.log,
+        [
+            "ensure key",
+            "restore key",
+            "ensure bucket",
+            "restore bucket",
+            "ensure database",
+            "restore database"
+        ]
+    );
+    assert_eq!(world.existing.len(), 3);
+}
+
+#[tokio::test]
+async fn a_revocation_of_one_layer_touches_only_the_resources_that_carry_it() {
+    struct Layered(&'static str, Option<Layer>);
+    #[async_trait]
+    impl Resource<World> for Layered {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        async fn ensure(&self, _: &mut World, _: Attempt) -> Result<Ensured, StepError> {
+            Ok(Ensured::Owned)
+        }
+        async fn remove(&self, _: &mut World, _: Removal) -> Result<(), StepError> {
+            Ok(())
+        }
+        async fn release(&self, _: &mut World, _: Removal) -> Result<(), StepError> {
+            Ok(())
+        }
+        async fn revoke_access(&self, w: &mut World) -> Result<(), StepError> {
+            w.log.push(format!("revoke {}", self.0));
+            Ok(())
+        }
+        fn layer(&self) -> Option<Layer> {
+            self.1
+        }
+    }
+    let resources: Vec<Box<dyn Resource<World>>> = vec![
+        Box::new(Layered("key", Some(Layer::Encryption))),
+        Box::new(Layered("database", Some(Layer::Database))),
+        Box::new(Layered("secret", None)),
+    ];
+    let mut world = World::default();
+    let engine = Engine::new(&resources, fast_retry());
+    engine
+        .revoke_access(&mut world, Some(Layer::Database))
+        .await
+        .unwrap();
+    assert_eq!(world.log, ["revoke database"]);
 }

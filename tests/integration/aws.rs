@@ -20,13 +20,13 @@ use tenantry::backends::kms::KmsBackend;
 use tenantry::backends::s3::S3Backend;
 use tenantry::backends::secrets::SecretsManagerBackend;
 use tenantry::backends::{
-    BackendError, DatabaseCredentials, KeyInfo, KeyManager, ObjectStorage, SecretStore, TenantRef,
-    tags,
+    BackendError, DatabaseCredentials, KeyInfo, KeyManager, ObjectStorage, Removal, SecretStore,
+    TenantRef, tags,
 };
 use tenantry::naming::TenantNames;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{bucket_prefix, unique_name, unique_uid};
+use crate::support::{bucket_prefix, in_trail, unique_name, unique_uid, unrecorded};
 
 const DISPLAY_NAME_TAG: &str = "tenantry.dev/display-name";
 
@@ -90,7 +90,6 @@ struct Aws {
 
 impl Aws {
     async fn new() -> Self {
-        crate::support::unaudited();
         crate::support::env("AWS_ENDPOINT_URL");
         let config = load_sdk_config().await;
         let endpoint = config.endpoint_url().expect("AWS_ENDPOINT_URL names moto");
@@ -505,7 +504,7 @@ fn assert_owned_by(tags: &BTreeMap<String, String>, tenant: &TenantRef) {
 
 async fn ensure_key(aws: &Aws, tenant: &TenantRef, names: &TenantNames) -> KeyInfo {
     aws.keys
-        .ensure_key(tenant, &names.key_alias, false)
+        .ensure_key(&unrecorded(tenant), &names.key_alias, false)
         .await
         .unwrap()
 }
@@ -583,19 +582,23 @@ async fn an_alias_pointing_at_another_tenants_key_is_a_conflict_and_the_key_is_l
     let tags_before = aws.key_tags(&foreign).await;
 
     assert_conflict(
-        aws.keys.ensure_key(&tenant, &names.key_alias, false).await,
+        aws.keys
+            .ensure_key(&unrecorded(&tenant), &names.key_alias, false)
+            .await,
         &names.key_alias,
     );
     assert_conflict(
-        aws.keys.ensure_key(&tenant, &names.key_alias, true).await,
+        aws.keys
+            .ensure_key(&unrecorded(&tenant), &names.key_alias, true)
+            .await,
         &names.key_alias,
     );
     aws.keys
-        .remove_key(&tenant, &names.key_alias)
+        .remove_key(&unrecorded(&tenant), &names.key_alias)
         .await
         .unwrap();
     aws.keys
-        .release_key(&tenant, &names.key_alias)
+        .release_key(&unrecorded(&tenant), &names.key_alias)
         .await
         .unwrap();
 
@@ -614,7 +617,7 @@ async fn removing_a_key_deletes_its_alias_and_schedules_the_key_for_deletion() {
     let key = ensure_key(&aws, &tenant, &names).await;
 
     aws.keys
-        .remove_key(&tenant, &names.key_alias)
+        .remove_key(&unrecorded(&tenant), &names.key_alias)
         .await
         .unwrap();
 
@@ -623,7 +626,7 @@ async fn removing_a_key_deletes_its_alias_and_schedules_the_key_for_deletion() {
     // Removing what is already gone is done, not an error.
     aws.recorder.take();
     aws.keys
-        .remove_key(&tenant, &names.key_alias)
+        .remove_key(&unrecorded(&tenant), &names.key_alias)
         .await
         .unwrap();
     assert_eq!(aws.recorder.writes(), Vec::<String>::new());
@@ -694,7 +697,7 @@ async fn a_released_key_is_adopted_by_a_new_tenant_of_the_same_name() {
     let key = ensure_key(&aws, &tenant, &names).await;
 
     aws.keys
-        .release_key(&tenant, &names.key_alias)
+        .release_key(&unrecorded(&tenant), &names.key_alias)
         .await
         .unwrap();
     assert_eq!(
@@ -707,7 +710,7 @@ async fn a_released_key_is_adopted_by_a_new_tenant_of_the_same_name() {
     let next = successor(&tenant);
     let adopted = aws
         .keys
-        .ensure_key(&next, &names.key_alias, false)
+        .ensure_key(&unrecorded(&next), &names.key_alias, false)
         .await
         .unwrap();
 
@@ -724,7 +727,9 @@ async fn a_key_of_a_previous_tenant_of_the_same_name_that_was_not_released_is_a_
 
     let next = successor(&tenant);
     assert_conflict(
-        aws.keys.ensure_key(&next, &names.key_alias, false).await,
+        aws.keys
+            .ensure_key(&unrecorded(&next), &names.key_alias, false)
+            .await,
         &names.key_alias,
     );
     assert_owned_by(&aws.key_tags(&key.key_id).await, &tenant);
@@ -739,7 +744,7 @@ async fn an_interrupted_key_creation_is_found_by_its_tag_and_not_duplicated() {
 
     let key = aws
         .keys
-        .ensure_key(&tenant, &names.key_alias, true)
+        .ensure_key(&unrecorded(&tenant), &names.key_alias, true)
         .await
         .unwrap();
 
@@ -768,13 +773,16 @@ async fn removing_a_key_whose_alias_was_never_made_still_schedules_its_deletion(
 
         // As the engine removes a step a killed process was ensuring, or
         // the step whose failure started the rollback.
-        tenantry::provision::removal_scope(
-            interrupted,
-            failed,
-            aws.keys.remove_key(&tenant, &names.key_alias),
-        )
-        .await
-        .unwrap();
+        aws.keys
+            .remove_key(
+                &unrecorded(&tenant).removing(Removal {
+                    interrupted,
+                    failed,
+                }),
+                &names.key_alias,
+            )
+            .await
+            .unwrap();
 
         assert_eq!(aws.key_state(&orphan).await, KeyState::PendingDeletion);
     }
@@ -791,13 +799,16 @@ async fn a_key_a_neighbour_tagged_with_a_tenants_uid_is_neither_adopted_nor_dele
     let planted = aws.foreign_key(&tenant).await;
 
     for (interrupted, failed) in [(true, false), (false, true)] {
-        tenantry::provision::removal_scope(
-            interrupted,
-            failed,
-            aws.keys.remove_key(&tenant, &names.key_alias),
-        )
-        .await
-        .unwrap();
+        aws.keys
+            .remove_key(
+                &unrecorded(&tenant).removing(Removal {
+                    interrupted,
+                    failed,
+                }),
+                &names.key_alias,
+            )
+            .await
+            .unwrap();
         assert_eq!(
             aws.key_state(&planted).await,
             KeyState::Enabled,
@@ -806,13 +817,13 @@ async fn a_key_a_neighbour_tagged_with_a_tenants_uid_is_neither_adopted_nor_dele
     }
     let key = aws
         .keys
-        .ensure_key(&tenant, &names.key_alias, true)
+        .ensure_key(&unrecorded(&tenant), &names.key_alias, true)
         .await
         .unwrap();
     assert_ne!(key.key_id, planted, "the neighbour's key was adopted");
     assert_eq!(aws.key_state(&planted).await, KeyState::Enabled);
     aws.keys
-        .remove_key(&tenant, &names.key_alias)
+        .remove_key(&unrecorded(&tenant), &names.key_alias)
         .await
         .unwrap();
     assert_eq!(aws.key_state(&planted).await, KeyState::Enabled);
@@ -828,24 +839,30 @@ async fn a_second_scan_reads_the_tags_only_of_keys_it_has_not_read_before() {
     let (first, first_names) = new_tenant("kms-scan-a");
     let first_orphan = aws.orphan_key(&first).await;
     aws.recorder.take();
-    tenantry::provision::removal_scope(
-        true,
-        false,
-        aws.keys.remove_key(&first, &first_names.key_alias),
-    )
-    .await
-    .unwrap();
+    aws.keys
+        .remove_key(
+            &unrecorded(&first).removing(Removal {
+                interrupted: true,
+                failed: false,
+            }),
+            &first_names.key_alias,
+        )
+        .await
+        .unwrap();
     let first_reads = tag_reads(&aws.recorder.take());
 
     let (second, second_names) = new_tenant("kms-scan-b");
     let second_orphan = aws.orphan_key(&second).await;
-    tenantry::provision::removal_scope(
-        true,
-        false,
-        aws.keys.remove_key(&second, &second_names.key_alias),
-    )
-    .await
-    .unwrap();
+    aws.keys
+        .remove_key(
+            &unrecorded(&second).removing(Removal {
+                interrupted: true,
+                failed: false,
+            }),
+            &second_names.key_alias,
+        )
+        .await
+        .unwrap();
     let second_reads = tag_reads(&aws.recorder.take());
 
     assert_eq!(
@@ -875,7 +892,7 @@ async fn a_key_untagged_since_a_scan_read_it_is_not_taken_for_the_tenants() {
     // A scan that learns the key is the tenant's (it finds and adopts it).
     let adopted = aws
         .keys
-        .ensure_key(&tenant, &names.key_alias, true)
+        .ensure_key(&unrecorded(&tenant), &names.key_alias, true)
         .await
         .unwrap();
     assert_eq!(adopted.key_id, key);
@@ -894,7 +911,14 @@ async fn a_key_untagged_since_a_scan_read_it_is_not_taken_for_the_tenants() {
         .await
         .unwrap();
 
-    tenantry::provision::removal_scope(true, false, aws.keys.remove_key(&tenant, &names.key_alias))
+    aws.keys
+        .remove_key(
+            &unrecorded(&tenant).removing(Removal {
+                interrupted: true,
+                failed: false,
+            }),
+            &names.key_alias,
+        )
         .await
         .unwrap();
 
@@ -917,7 +941,7 @@ async fn removing_a_finished_tenant_without_an_alias_does_not_read_every_key() {
 
     // Nothing says a creation was left unfinished: the alias is the key.
     aws.keys
-        .remove_key(&tenant, &names.key_alias)
+        .remove_key(&unrecorded(&tenant), &names.key_alias)
         .await
         .unwrap();
 
@@ -939,7 +963,7 @@ async fn a_new_tenant_gets_a_private_encrypted_versioned_bucket_that_requires_tl
     let key = ensure_key(&aws, &tenant, &names).await;
 
     aws.buckets
-        .ensure_bucket(&tenant, &names.bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), &names.bucket, &key.arn, true, false)
         .await
         .unwrap();
 
@@ -958,14 +982,14 @@ async fn ensuring_a_bucket_twice_changes_nothing_and_writes_nothing() {
     let (tenant, names) = new_tenant("s3-twice");
     let key = ensure_key(&aws, &tenant, &names).await;
     aws.buckets
-        .ensure_bucket(&tenant, &names.bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), &names.bucket, &key.arn, true, false)
         .await
         .unwrap();
     let before = aws.bucket_snapshot(&names.bucket).await;
     aws.recorder.take();
 
     aws.buckets
-        .ensure_bucket(&tenant, &names.bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), &names.bucket, &key.arn, true, false)
         .await
         .unwrap();
 
@@ -980,7 +1004,7 @@ async fn a_bucket_whose_controls_were_loosened_is_locked_down_again() {
     let key = ensure_key(&aws, &tenant, &names).await;
     let bucket = &names.bucket;
     aws.buckets
-        .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, true, false)
         .await
         .unwrap();
 
@@ -1030,7 +1054,7 @@ async fn a_bucket_whose_controls_were_loosened_is_locked_down_again() {
     put_bucket_tags(&aws, bucket, &user_tags).await;
 
     aws.buckets
-        .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, true, false)
         .await
         .unwrap();
 
@@ -1049,13 +1073,13 @@ async fn versioning_off_leaves_a_new_bucket_unversioned_and_suspends_a_versioned
     let bucket = &names.bucket;
 
     aws.buckets
-        .ensure_bucket(&tenant, bucket, &key.arn, false, false)
+        .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, false, false)
         .await
         .unwrap();
     aws.assert_bucket_locked_down(bucket, &key.arn, None).await;
 
     aws.buckets
-        .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, true, false)
         .await
         .unwrap();
     assert_eq!(
@@ -1064,7 +1088,7 @@ async fn versioning_off_leaves_a_new_bucket_unversioned_and_suspends_a_versioned
     );
 
     aws.buckets
-        .ensure_bucket(&tenant, bucket, &key.arn, false, false)
+        .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, false, false)
         .await
         .unwrap();
     assert_eq!(
@@ -1091,12 +1115,18 @@ async fn a_bucket_someone_else_made_with_the_tenants_name_is_a_conflict_and_stay
 
     assert_conflict(
         aws.buckets
-            .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+            .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, true, false)
             .await,
         bucket,
     );
-    aws.buckets.remove_bucket(&tenant, bucket).await.unwrap();
-    aws.buckets.release_bucket(&tenant, bucket).await.unwrap();
+    aws.buckets
+        .remove_bucket(&unrecorded(&tenant), bucket)
+        .await
+        .unwrap();
+    aws.buckets
+        .release_bucket(&unrecorded(&tenant), bucket)
+        .await
+        .unwrap();
 
     assert!(aws.bucket_exists(bucket).await);
     assert_eq!(aws.bucket_policy(bucket).await, None, "no policy was added");
@@ -1133,11 +1163,14 @@ async fn a_bucket_of_another_tenant_is_a_conflict_and_stays_untouched() {
 
     assert_conflict(
         aws.buckets
-            .ensure_bucket(&tenant, bucket, &key.arn, true, true)
+            .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, true, true)
             .await,
         bucket,
     );
-    aws.buckets.remove_bucket(&tenant, bucket).await.unwrap();
+    aws.buckets
+        .remove_bucket(&unrecorded(&tenant), bucket)
+        .await
+        .unwrap();
 
     assert!(aws.bucket_exists(bucket).await);
     assert_eq!(aws.bucket_tags(bucket).await, owner.ownership_tags());
@@ -1158,7 +1191,7 @@ async fn an_untagged_bucket_left_by_an_interrupted_creation_is_adopted() {
         .unwrap();
 
     aws.buckets
-        .ensure_bucket(&tenant, &names.bucket, &key.arn, true, true)
+        .ensure_bucket(&unrecorded(&tenant), &names.bucket, &key.arn, true, true)
         .await
         .unwrap();
 
@@ -1178,11 +1211,14 @@ async fn a_released_bucket_is_adopted_by_a_new_tenant_of_the_same_name() {
     let key = ensure_key(&aws, &tenant, &names).await;
     let bucket = &names.bucket;
     aws.buckets
-        .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, true, false)
         .await
         .unwrap();
 
-    aws.buckets.release_bucket(&tenant, bucket).await.unwrap();
+    aws.buckets
+        .release_bucket(&unrecorded(&tenant), bucket)
+        .await
+        .unwrap();
     assert_eq!(
         aws.bucket_tags(bucket)
             .await
@@ -1192,13 +1228,16 @@ async fn a_released_bucket_is_adopted_by_a_new_tenant_of_the_same_name() {
     );
     let next = successor(&tenant);
     aws.buckets
-        .ensure_bucket(&next, bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&next), bucket, &key.arn, true, false)
         .await
         .unwrap();
 
     assert_owned_by(&aws.bucket_tags(bucket).await, &next);
     // The old owner may no longer remove it.
-    aws.buckets.remove_bucket(&tenant, bucket).await.unwrap();
+    aws.buckets
+        .remove_bucket(&unrecorded(&tenant), bucket)
+        .await
+        .unwrap();
     assert!(aws.bucket_exists(bucket).await);
 }
 
@@ -1209,7 +1248,7 @@ async fn removing_a_bucket_deletes_every_object_version_and_delete_marker() {
     let key = ensure_key(&aws, &tenant, &names).await;
     let bucket = &names.bucket;
     aws.buckets
-        .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, true, false)
         .await
         .unwrap();
     aws.without_bucket_policy(bucket).await;
@@ -1246,15 +1285,21 @@ async fn removing_a_bucket_deletes_every_object_version_and_delete_marker() {
     assert_eq!(listed.versions().len(), 5);
     assert_eq!(listed.delete_markers().len(), 2);
     aws.buckets
-        .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, true, false)
         .await
         .unwrap();
     assert!(aws.bucket_policy(bucket).await.is_some());
 
-    aws.buckets.remove_bucket(&tenant, bucket).await.unwrap();
+    aws.buckets
+        .remove_bucket(&unrecorded(&tenant), bucket)
+        .await
+        .unwrap();
 
     assert!(!aws.bucket_exists(bucket).await);
-    aws.buckets.remove_bucket(&tenant, bucket).await.unwrap();
+    aws.buckets
+        .remove_bucket(&unrecorded(&tenant), bucket)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -1264,7 +1309,7 @@ async fn removing_a_bucket_with_more_versions_than_one_listing_page_deletes_them
     let key = ensure_key(&aws, &tenant, &names).await;
     let bucket = &names.bucket;
     aws.buckets
-        .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, true, false)
         .await
         .unwrap();
     aws.without_bucket_policy(bucket).await;
@@ -1275,7 +1320,10 @@ async fn removing_a_bucket_with_more_versions_than_one_listing_page_deletes_them
         })
         .await;
 
-    aws.buckets.remove_bucket(&tenant, bucket).await.unwrap();
+    aws.buckets
+        .remove_bucket(&unrecorded(&tenant), bucket)
+        .await
+        .unwrap();
 
     assert!(!aws.bucket_exists(bucket).await);
 }
@@ -1287,7 +1335,7 @@ async fn the_bucket_refuses_object_requests_without_tls() {
     let key = ensure_key(&aws, &tenant, &names).await;
     let bucket = &names.bucket;
     aws.buckets
-        .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), bucket, &key.arn, true, false)
         .await
         .unwrap();
 
@@ -1354,7 +1402,7 @@ async fn a_new_tenant_gets_its_credentials_in_a_secret_encrypted_with_its_key() 
 
     let (arn, stored) = aws
         .secrets
-        .ensure_secret(&tenant, &names.secret_name, &key.arn, &initial)
+        .ensure_secret(&unrecorded(&tenant), &names.secret_name, &key.arn, &initial)
         .await
         .unwrap();
 
@@ -1383,7 +1431,7 @@ async fn ensuring_a_secret_again_keeps_the_stored_password_and_writes_nothing() 
     let first = credentials("first-password", "db");
     let (arn, _) = aws
         .secrets
-        .ensure_secret(&tenant, &names.secret_name, &key.arn, &first)
+        .ensure_secret(&unrecorded(&tenant), &names.secret_name, &key.arn, &first)
         .await
         .unwrap();
     aws.recorder.take();
@@ -1391,7 +1439,7 @@ async fn ensuring_a_secret_again_keeps_the_stored_password_and_writes_nothing() 
     let (again, stored) = aws
         .secrets
         .ensure_secret(
-            &tenant,
+            &unrecorded(&tenant),
             &names.secret_name,
             &key.arn,
             &credentials("another-password", "db"),
@@ -1412,7 +1460,7 @@ async fn moved_connection_details_are_rewritten_and_the_password_kept() {
     let key = ensure_key(&aws, &tenant, &names).await;
     aws.secrets
         .ensure_secret(
-            &tenant,
+            &unrecorded(&tenant),
             &names.secret_name,
             &key.arn,
             &credentials("first-password", "db1"),
@@ -1423,7 +1471,7 @@ async fn moved_connection_details_are_rewritten_and_the_password_kept() {
     let (_, stored) = aws
         .secrets
         .ensure_secret(
-            &tenant,
+            &unrecorded(&tenant),
             &names.secret_name,
             &key.arn,
             &credentials("another-password", "db2"),
@@ -1460,7 +1508,7 @@ async fn a_secret_of_ours_under_another_key_is_re_encrypted_with_the_tenants_key
     let (_, stored) = aws
         .secrets
         .ensure_secret(
-            &tenant,
+            &unrecorded(&tenant),
             &names.secret_name,
             &key.arn,
             &credentials("another-password", "db"),
@@ -1501,7 +1549,7 @@ async fn a_secret_with_the_tenants_name_and_another_uid_is_a_conflict_and_left_a
     assert_conflict(
         aws.secrets
             .ensure_secret(
-                &tenant,
+                &unrecorded(&tenant),
                 &names.secret_name,
                 &key.arn,
                 &credentials("mine", "db"),
@@ -1510,11 +1558,11 @@ async fn a_secret_with_the_tenants_name_and_another_uid_is_a_conflict_and_left_a
         &names.secret_name,
     );
     aws.secrets
-        .remove_secret(&tenant, &names.secret_name)
+        .remove_secret(&unrecorded(&tenant), &names.secret_name)
         .await
         .unwrap();
     aws.secrets
-        .release_secret(&tenant, &names.secret_name)
+        .release_secret(&unrecorded(&tenant), &names.secret_name)
         .await
         .unwrap();
 
@@ -1534,7 +1582,7 @@ async fn a_released_secret_is_adopted_with_a_new_password_by_a_new_tenant_of_the
     let key = ensure_key(&aws, &tenant, &names).await;
     aws.secrets
         .ensure_secret(
-            &tenant,
+            &unrecorded(&tenant),
             &names.secret_name,
             &key.arn,
             &credentials("first-password", "db"),
@@ -1543,7 +1591,7 @@ async fn a_released_secret_is_adopted_with_a_new_password_by_a_new_tenant_of_the
         .unwrap();
 
     aws.secrets
-        .release_secret(&tenant, &names.secret_name)
+        .release_secret(&unrecorded(&tenant), &names.secret_name)
         .await
         .unwrap();
     assert_eq!(
@@ -1557,7 +1605,7 @@ async fn a_released_secret_is_adopted_with_a_new_password_by_a_new_tenant_of_the
     let (_, stored) = aws
         .secrets
         .ensure_secret(
-            &next,
+            &unrecorded(&next),
             &names.secret_name,
             &key.arn,
             &credentials("another-password", "db"),
@@ -1584,7 +1632,7 @@ async fn a_secret_scheduled_for_deletion_is_restored() {
     let key = ensure_key(&aws, &tenant, &names).await;
     let first = credentials("first-password", "db");
     aws.secrets
-        .ensure_secret(&tenant, &names.secret_name, &key.arn, &first)
+        .ensure_secret(&unrecorded(&tenant), &names.secret_name, &key.arn, &first)
         .await
         .unwrap();
     aws.sm
@@ -1598,7 +1646,7 @@ async fn a_secret_scheduled_for_deletion_is_restored() {
     let (_, stored) = aws
         .secrets
         .ensure_secret(
-            &tenant,
+            &unrecorded(&tenant),
             &names.secret_name,
             &key.arn,
             &credentials("another-password", "db"),
@@ -1625,7 +1673,7 @@ async fn removing_a_secret_deletes_it_at_once_so_the_name_can_be_used_again() {
     let key = ensure_key(&aws, &tenant, &names).await;
     aws.secrets
         .ensure_secret(
-            &tenant,
+            &unrecorded(&tenant),
             &names.secret_name,
             &key.arn,
             &credentials("first-password", "db"),
@@ -1634,13 +1682,13 @@ async fn removing_a_secret_deletes_it_at_once_so_the_name_can_be_used_again() {
         .unwrap();
 
     aws.secrets
-        .remove_secret(&tenant, &names.secret_name)
+        .remove_secret(&unrecorded(&tenant), &names.secret_name)
         .await
         .unwrap();
 
     assert!(!aws.secret_exists(&names.secret_name).await);
     aws.secrets
-        .remove_secret(&tenant, &names.secret_name)
+        .remove_secret(&unrecorded(&tenant), &names.secret_name)
         .await
         .unwrap();
     // A rolled-back tenant tries again with a fresh password and the same
@@ -1648,7 +1696,7 @@ async fn removing_a_secret_deletes_it_at_once_so_the_name_can_be_used_again() {
     let retry = credentials("second-password", "db");
     let (_, stored) = aws
         .secrets
-        .ensure_secret(&tenant, &names.secret_name, &key.arn, &retry)
+        .ensure_secret(&unrecorded(&tenant), &names.secret_name, &key.arn, &retry)
         .await
         .unwrap();
     assert_eq!(stored, retry);
@@ -1667,12 +1715,12 @@ async fn a_free_text_display_name_is_tagged_in_the_characters_aws_accepts() {
     tenant.display_name = Some(format!("O'Brien, Ltd. <{}>", "x".repeat(300)));
     let key = ensure_key(&aws, &tenant, &names).await;
     aws.buckets
-        .ensure_bucket(&tenant, &names.bucket, &key.arn, true, false)
+        .ensure_bucket(&unrecorded(&tenant), &names.bucket, &key.arn, true, false)
         .await
         .expect("the bucket is made");
     aws.secrets
         .ensure_secret(
-            &tenant,
+            &unrecorded(&tenant),
             &names.secret_name,
             &key.arn,
             &credentials("pw", "db"),
@@ -1699,15 +1747,15 @@ async fn a_free_text_display_name_is_tagged_in_the_characters_aws_accepts() {
         }
     }
     aws.secrets
-        .remove_secret(&tenant, &names.secret_name)
+        .remove_secret(&unrecorded(&tenant), &names.secret_name)
         .await
         .unwrap();
     aws.buckets
-        .remove_bucket(&tenant, &names.bucket)
+        .remove_bucket(&unrecorded(&tenant), &names.bucket)
         .await
         .unwrap();
     aws.keys
-        .remove_key(&tenant, &names.key_alias)
+        .remove_key(&unrecorded(&tenant), &names.key_alias)
         .await
         .unwrap();
 }
@@ -1743,25 +1791,27 @@ async fn what_others_added_to_a_released_key_and_secret_is_taken_away_on_adoptio
     let aws = Aws::new().await;
     let (tenant, names) = new_tenant("adopt-reset");
     let (scope, schema) = audit_scope(&tenant).await;
-    let key = tenantry::audit::in_scope(scope.clone(), async {
+    let key = async {
         let key = aws
             .keys
-            .ensure_key(&tenant, &names.key_alias, false)
+            .ensure_key(&in_trail(&scope, &tenant), &names.key_alias, false)
             .await?;
         aws.secrets
             .ensure_secret(
-                &tenant,
+                &in_trail(&scope, &tenant),
                 &names.secret_name,
                 &key.arn,
                 &credentials("first", "db"),
             )
             .await?;
-        aws.keys.release_key(&tenant, &names.key_alias).await?;
+        aws.keys
+            .release_key(&in_trail(&scope, &tenant), &names.key_alias)
+            .await?;
         aws.secrets
-            .release_secret(&tenant, &names.secret_name)
+            .release_secret(&in_trail(&scope, &tenant), &names.secret_name)
             .await?;
         Ok::<_, BackendError>(key)
-    })
+    }
     .await
     .unwrap();
 
@@ -1814,17 +1864,19 @@ async fn what_others_added_to_a_released_key_and_secret_is_taken_away_on_adoptio
         .unwrap();
 
     let next = successor(&tenant);
-    tenantry::audit::in_scope(scope, async {
-        aws.keys.ensure_key(&next, &names.key_alias, false).await?;
+    async {
+        aws.keys
+            .ensure_key(&in_trail(&scope, &next), &names.key_alias, false)
+            .await?;
         aws.secrets
             .ensure_secret(
-                &next,
+                &in_trail(&scope, &next),
                 &names.secret_name,
                 &key.arn,
                 &credentials("second", "db"),
             )
             .await
-    })
+    }
     .await
     .expect("the recorded releases are adopted");
 
@@ -1868,10 +1920,13 @@ async fn what_others_added_to_a_released_key_and_secret_is_taken_away_on_adoptio
     );
 
     aws.secrets
-        .remove_secret(&next, &names.secret_name)
+        .remove_secret(&unrecorded(&next), &names.secret_name)
         .await
         .unwrap();
-    aws.keys.remove_key(&next, &names.key_alias).await.unwrap();
+    aws.keys
+        .remove_key(&unrecorded(&next), &names.key_alias)
+        .await
+        .unwrap();
     crate::audit::drop_schema(&schema).await;
 }
 
@@ -1905,16 +1960,15 @@ async fn a_planted_released_secret_is_a_conflict_and_a_recorded_release_is_adopt
     create.send().await.expect("the neighbour plants a secret");
 
     let (scope, schema) = audit_scope(&tenant).await;
-    let planted = tenantry::audit::in_scope(
-        scope.clone(),
-        aws.secrets.ensure_secret(
-            &tenant,
+    let planted = aws
+        .secrets
+        .ensure_secret(
+            &in_trail(&scope, &tenant),
             &names.secret_name,
             &key.arn,
             &credentials("the-tenants-password", "db"),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_conflict(planted, &names.secret_name);
     assert_eq!(
         aws.secret_value(&names.secret_name)
@@ -1933,36 +1987,35 @@ async fn a_planted_released_secret_is_a_conflict_and_a_recorded_release_is_adopt
         .unwrap();
 
     // The same, released by a Tenant of this name under this trail.
-    tenantry::audit::in_scope(scope.clone(), async {
+    async {
         aws.secrets
             .ensure_secret(
-                &neighbour,
+                &in_trail(&scope, &neighbour),
                 &names.secret_name,
                 &key.arn,
                 &credentials("first-password", "db"),
             )
             .await?;
         aws.secrets
-            .release_secret(&neighbour, &names.secret_name)
+            .release_secret(&in_trail(&scope, &neighbour), &names.secret_name)
             .await
-    })
+    }
     .await
     .unwrap();
-    let (_, stored) = tenantry::audit::in_scope(
-        scope,
-        aws.secrets.ensure_secret(
-            &tenant,
+    let (_, stored) = aws
+        .secrets
+        .ensure_secret(
+            &in_trail(&scope, &tenant),
             &names.secret_name,
             &key.arn,
             &credentials("another-password", "db"),
-        ),
-    )
-    .await
-    .expect("a recorded release is adopted");
+        )
+        .await
+        .expect("a recorded release is adopted");
     assert_eq!(stored.password.expose_secret(), "another-password");
     assert_owned_by(&aws.secret_tags(&names.secret_name).await, &tenant);
     aws.secrets
-        .remove_secret(&tenant, &names.secret_name)
+        .remove_secret(&unrecorded(&tenant), &names.secret_name)
         .await
         .unwrap();
     crate::audit::drop_schema(&schema).await;
@@ -1981,17 +2034,19 @@ async fn what_others_added_to_a_released_bucket_is_taken_away_on_adoption() {
     let (tenant, names) = new_tenant("s3-reset");
     let bucket = &names.bucket;
     let (scope, schema) = audit_scope(&tenant).await;
-    let key = tenantry::audit::in_scope(scope.clone(), async {
+    let key = async {
         let key = aws
             .keys
-            .ensure_key(&tenant, &names.key_alias, false)
+            .ensure_key(&in_trail(&scope, &tenant), &names.key_alias, false)
             .await?;
         aws.buckets
-            .ensure_bucket(&tenant, bucket, &key.arn, true, false)
+            .ensure_bucket(&in_trail(&scope, &tenant), bucket, &key.arn, true, false)
             .await?;
-        aws.buckets.release_bucket(&tenant, bucket).await?;
+        aws.buckets
+            .release_bucket(&in_trail(&scope, &tenant), bucket)
+            .await?;
         Ok::<_, BackendError>(key)
-    })
+    }
     .await
     .unwrap();
 
@@ -2110,13 +2165,10 @@ async fn what_others_added_to_a_released_bucket_is_taken_away_on_adoption() {
     );
 
     let next = successor(&tenant);
-    tenantry::audit::in_scope(
-        scope.clone(),
-        aws.buckets
-            .ensure_bucket(&next, bucket, &key.arn, true, false),
-    )
-    .await
-    .expect("the recorded release is adopted");
+    aws.buckets
+        .ensure_bucket(&in_trail(&scope, &next), bucket, &key.arn, true, false)
+        .await
+        .expect("the recorded release is adopted");
 
     assert_owned_by(&aws.bucket_tags(bucket).await, &next);
     match aws.s3.get_bucket_replication().bucket(bucket).send().await {
@@ -2176,7 +2228,13 @@ async fn what_others_added_to_a_released_bucket_is_taken_away_on_adoption() {
         serde_json::json!([access_point])
     );
 
-    aws.buckets.remove_bucket(&next, bucket).await.unwrap();
-    aws.keys.remove_key(&next, &names.key_alias).await.unwrap();
+    aws.buckets
+        .remove_bucket(&unrecorded(&next), bucket)
+        .await
+        .unwrap();
+    aws.keys
+        .remove_key(&unrecorded(&next), &names.key_alias)
+        .await
+        .unwrap();
     crate::audit::drop_schema(&schema).await;
 }

@@ -30,7 +30,7 @@ use tenantry::isolation::storage::{StorageProbe, check as sto};
 use tenantry::naming::TenantNames;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{bucket_prefix, env, unique_name, unique_uid};
+use crate::support::{bucket_prefix, env, unique_name, unique_uid, unrecorded};
 
 use IsolationState::{Broken, Enforced, Inert};
 
@@ -55,7 +55,6 @@ struct Tenant {
 
 impl Tenant {
     async fn provision(prefix: &str) -> Self {
-        crate::support::unaudited();
         env("AWS_ENDPOINT_URL");
         let config = load_sdk_config().await;
         let name = unique_name(prefix);
@@ -69,11 +68,11 @@ impl Tenant {
         let buckets = S3Backend::new(&config, true);
         let secrets = SecretsManagerBackend::new(&config);
         let key = keys
-            .ensure_key(&tenant, &names.key_alias, false)
+            .ensure_key(&unrecorded(&tenant), &names.key_alias, false)
             .await
             .unwrap();
         buckets
-            .ensure_bucket(&tenant, &names.bucket, &key.arn, true, false)
+            .ensure_bucket(&unrecorded(&tenant), &names.bucket, &key.arn, true, false)
             .await
             .unwrap();
         let initial = DatabaseCredentials {
@@ -86,7 +85,7 @@ impl Tenant {
             engine: "postgres".into(),
         };
         let (_, credentials) = secrets
-            .ensure_secret(&tenant, &names.secret_name, &key.arn, &initial)
+            .ensure_secret(&unrecorded(&tenant), &names.secret_name, &key.arn, &initial)
             .await
             .unwrap();
         let s3_config = aws_sdk_s3::config::Builder::from(&config)
@@ -145,21 +144,27 @@ impl Tenant {
 
     async fn repair_bucket(&self) {
         self.buckets
-            .ensure_bucket(&self.tenant, &self.names.bucket, &self.key.arn, true, false)
+            .ensure_bucket(
+                &unrecorded(&self.tenant),
+                &self.names.bucket,
+                &self.key.arn,
+                true,
+                false,
+            )
             .await
             .unwrap();
     }
 
     async fn repair_key(&self) -> Result<KeyInfo, BackendError> {
         self.keys
-            .ensure_key(&self.tenant, &self.names.key_alias, false)
+            .ensure_key(&unrecorded(&self.tenant), &self.names.key_alias, false)
             .await
     }
 
     async fn repair_secret(&self) {
         self.secrets
             .ensure_secret(
-                &self.tenant,
+                &unrecorded(&self.tenant),
                 &self.names.secret_name,
                 &self.key.arn,
                 &self.credentials,
@@ -206,15 +211,15 @@ impl Tenant {
     /// Removes the tenant as its deletion would, and the keys a test made.
     async fn remove(&self) {
         self.buckets
-            .remove_bucket(&self.tenant, &self.names.bucket)
+            .remove_bucket(&unrecorded(&self.tenant), &self.names.bucket)
             .await
             .unwrap();
         self.secrets
-            .remove_secret(&self.tenant, &self.names.secret_name)
+            .remove_secret(&unrecorded(&self.tenant), &self.names.secret_name)
             .await
             .unwrap();
         self.keys
-            .remove_key(&self.tenant, &self.names.key_alias)
+            .remove_key(&unrecorded(&self.tenant), &self.names.key_alias)
             .await
             .unwrap();
         let extra = std::mem::take(&mut *self.extra_keys.lock().unwrap());
@@ -529,7 +534,7 @@ async fn deleting_the_bucket_policy_is_broken_and_a_plain_http_put_then_gets_thr
 async fn a_missing_bucket_is_broken_and_reported_alone() {
     let t = Tenant::provision("iso-nobucket").await;
     t.buckets
-        .remove_bucket(&t.tenant, &t.names.bucket)
+        .remove_bucket(&unrecorded(&t.tenant), &t.names.bucket)
         .await
         .unwrap();
 

@@ -19,12 +19,11 @@ use tenantry::isolation::database::{DatabaseProbe, check};
 use tenantry::naming::{TenantNames, quote_ident};
 
 use crate::support::readback::admin_db;
-use crate::support::{bucket_prefix, env, unique_name, unique_uid};
+use crate::support::{bucket_prefix, env, unique_name, unique_uid, unrecorded};
 
 pub(crate) const SHARED_DB: &str = "tenantry";
 
 pub(crate) async fn backend() -> PostgresBackend {
-    crate::support::unaudited();
     PostgresBackend::connect(
         &SecretString::from(env("TENANTRY_DATABASE_URL")),
         4,
@@ -153,12 +152,26 @@ pub(crate) async fn provision_named(
     };
     let password = generate_password();
     let location = backend
-        .ensure_tenant(&tenant, &names, mode, 10, &password, true, false)
+        .ensure_tenant(
+            &unrecorded(&tenant),
+            &names,
+            mode,
+            10,
+            &password,
+            true,
+            false,
+        )
         .await
         .expect("the backend provisions the tenant");
-    ensure_tenant_access(backend.pool(), tables, &names.role, &tenant.name)
-        .await
-        .expect("the tenant gets access to the shared tables");
+    ensure_tenant_access(
+        &unrecorded(&tenant),
+        backend.pool(),
+        tables,
+        &names.role,
+        &tenant.name,
+    )
+    .await
+    .expect("the tenant gets access to the shared tables");
     let (host, port, _) = backend.endpoint();
     Tenant {
         credentials: DatabaseCredentials {
@@ -177,11 +190,11 @@ pub(crate) async fn provision_named(
 }
 
 pub(crate) async fn remove(backend: &PostgresBackend, tables: &[SharedTable], t: &Tenant) {
-    remove_tenant_access(backend.pool(), tables, t.role())
+    remove_tenant_access(&unrecorded(&t.tenant), backend.pool(), tables, t.role())
         .await
         .expect("access removed");
     backend
-        .remove_tenant(&t.tenant, &t.names, t.mode)
+        .remove_tenant(&unrecorded(&t.tenant), &t.names, t.mode)
         .await
         .expect("tenant removed");
 }
@@ -596,7 +609,7 @@ async fn usage_on_another_tenants_schema_is_broken() {
 async fn a_tenant_whose_login_is_disabled_is_unknown_and_says_why() {
     let f = Fixture::new("idb-nol", IsolationMode::Schema).await;
     f.backend
-        .set_login(&f.tenant.tenant, &f.tenant.names, false)
+        .set_login(&unrecorded(&f.tenant.tenant), &f.tenant.names, false)
         .await
         .unwrap();
     let report = f.probe().await;
@@ -670,9 +683,15 @@ async fn securing_and_granting_twice_changes_nothing_the_second_time() {
     ensure_shared_security(backend.pool(), &tables)
         .await
         .unwrap();
-    ensure_tenant_access(backend.pool(), &tables, t.role(), &t.tenant.name)
-        .await
-        .unwrap();
+    ensure_tenant_access(
+        &unrecorded(&t.tenant),
+        backend.pool(),
+        &tables,
+        t.role(),
+        &t.tenant.name,
+    )
+    .await
+    .unwrap();
     assert_eq!(snapshot(&su, &tables[0], t.role()).await, first);
 
     // Exactly the DML privileges, and USAGE on the serial column's sequence.
@@ -722,19 +741,25 @@ async fn securing_and_granting_twice_changes_nothing_the_second_time() {
         finding(&report, &check::table(&tables[0], check::PRIVILEGES)).state,
         IsolationState::Broken
     );
-    ensure_tenant_access(backend.pool(), &tables, &role, &t.tenant.name)
-        .await
-        .unwrap();
+    ensure_tenant_access(
+        &unrecorded(&t.tenant),
+        backend.pool(),
+        &tables,
+        &role,
+        &t.tenant.name,
+    )
+    .await
+    .unwrap();
     assert_enforced(
         &probe(&backend, &tables, &t, None).await,
         "the tenant after the repair",
     );
 
     // Removing takes back the grants and the mapping, and twice is fine.
-    remove_tenant_access(backend.pool(), &tables, &role)
+    remove_tenant_access(&unrecorded(&t.tenant), backend.pool(), &tables, &role)
         .await
         .unwrap();
-    remove_tenant_access(backend.pool(), &tables, &role)
+    remove_tenant_access(&unrecorded(&t.tenant), backend.pool(), &tables, &role)
         .await
         .unwrap();
     let left: Vec<String> = snapshot(&su, &tables[0], &role)
@@ -753,10 +778,10 @@ async fn securing_and_granting_twice_changes_nothing_the_second_time() {
     .unwrap();
     assert!(!has_any);
     backend
-        .remove_tenant(&t.tenant, &t.names, t.mode)
+        .remove_tenant(&unrecorded(&t.tenant), &t.names, t.mode)
         .await
         .unwrap();
-    remove_tenant_access(backend.pool(), &tables, &role)
+    remove_tenant_access(&unrecorded(&t.tenant), backend.pool(), &tables, &role)
         .await
         .expect("an absent role is fine");
     drop_table(&tables[0]).await;
@@ -907,9 +932,15 @@ async fn a_database_tenant_gets_connect_on_the_shared_database_when_public_has_n
         read.detail
     );
 
-    ensure_tenant_access(&pool, &tables, t.role(), &t.tenant.name)
-        .await
-        .unwrap();
+    ensure_tenant_access(
+        &unrecorded(&t.tenant),
+        &pool,
+        &tables,
+        t.role(),
+        &t.tenant.name,
+    )
+    .await
+    .unwrap();
     let connect: bool =
         sqlx::query_scalar("SELECT has_database_privilege($1, current_database(), 'CONNECT')")
             .bind(t.role())
@@ -922,7 +953,7 @@ async fn a_database_tenant_gets_connect_on_the_shared_database_when_public_has_n
         .await;
     assert_enforced(&after, "the Database tenant with CONNECT");
 
-    remove_tenant_access(&pool, &tables, t.role())
+    remove_tenant_access(&unrecorded(&t.tenant), &pool, &tables, t.role())
         .await
         .unwrap();
     pool.close().await;

@@ -13,12 +13,11 @@ use tenantry::backends::postgres::{PostgresBackend, scram_sha256_verifier};
 use tenantry::backends::{BackendError, TenantDatabase, TenantRef, generate_password};
 use tenantry::naming::{TenantNames, quote_ident};
 
-use crate::support::{bucket_prefix, env, unique_name, unique_uid};
+use crate::support::{bucket_prefix, env, unique_name, unique_uid, unrecorded};
 
 const SHARED_DB: &str = "tenantry";
 
 async fn backend() -> PostgresBackend {
-    crate::support::unaudited();
     PostgresBackend::connect(
         &SecretString::from(env("TENANTRY_DATABASE_URL")),
         4,
@@ -79,7 +78,7 @@ async fn ensure(
     password: &SecretString,
 ) -> Result<tenantry::backends::DatabaseLocation, BackendError> {
     backend
-        .ensure_tenant(tenant, names, mode, 7, password, true, false)
+        .ensure_tenant(&unrecorded(tenant), names, mode, 7, password, true, false)
         .await
 }
 
@@ -261,7 +260,7 @@ async fn schema_tenant_role_is_unprivileged_and_owns_its_schema_alone() {
     assert_eq!(public_rights, 0, "PUBLIC has rights on the tenant's schema");
 
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
 }
@@ -330,11 +329,11 @@ async fn schema_tenant_works_in_its_schema_and_cannot_reach_public_or_another_te
     let _ = b_conn.close().await;
 
     backend
-        .remove_tenant(&a, &a_names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&a), &a_names, IsolationMode::Schema)
         .await
         .unwrap();
     backend
-        .remove_tenant(&b, &b_names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&b), &b_names, IsolationMode::Schema)
         .await
         .unwrap();
 }
@@ -411,11 +410,11 @@ async fn database_tenant_owns_a_database_no_other_tenant_can_connect_to() {
     su_db.close().await;
 
     backend
-        .remove_tenant(&a, &a_names, IsolationMode::Database)
+        .remove_tenant(&unrecorded(&a), &a_names, IsolationMode::Database)
         .await
         .unwrap();
     backend
-        .remove_tenant(&b, &b_names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&b), &b_names, IsolationMode::Schema)
         .await
         .unwrap();
 }
@@ -457,7 +456,10 @@ async fn a_second_ensure_writes_nothing_and_keeps_the_first_password() {
                 .is_err()
         );
         su_db.close().await;
-        backend.remove_tenant(&tenant, &names, mode).await.unwrap();
+        backend
+            .remove_tenant(&unrecorded(&tenant), &names, mode)
+            .await
+            .unwrap();
     }
 }
 
@@ -490,7 +492,7 @@ async fn a_role_someone_else_made_is_a_conflict_and_stays_untouched() {
     expect_conflict(
         backend
             .ensure_tenant(
-                &tenant,
+                &unrecorded(&tenant),
                 &names,
                 IsolationMode::Schema,
                 7,
@@ -511,14 +513,17 @@ async fn a_role_someone_else_made_is_a_conflict_and_stays_untouched() {
     // removing and releasing leave it alone without failing (a rollback
     // after the conflict must finish), disabling it is a conflict.
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
     backend
-        .release_tenant(&tenant, &names, IsolationMode::Schema)
+        .release_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
-    expect_conflict(backend.set_login(&tenant, &names, false).await, &names.role);
+    expect_conflict(
+        backend.set_login(&unrecorded(&tenant), &names, false).await,
+        &names.role,
+    );
     assert_eq!(role_facts(&su, &names.role).await.unwrap(), before);
     run(&su, &format!("DROP ROLE {q}")).await;
 }
@@ -555,13 +560,13 @@ async fn a_role_of_another_tenant_uid_is_a_conflict() {
     );
     // A rollback of the failed ensure: nothing of the tenant's, nothing done.
     backend
-        .remove_tenant(&impostor, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&impostor), &names, IsolationMode::Schema)
         .await
         .unwrap();
     assert_eq!(role_facts(&su, &names.role).await.unwrap(), before);
     assert!(schema_facts(&su, &names.schema).await.is_some());
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
 }
@@ -598,7 +603,7 @@ async fn a_schema_someone_else_owns_is_a_conflict_and_no_role_is_made() {
 
     // A rollback of the failed ensure: nothing of the tenant's, nothing done.
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
     assert_eq!(schema_facts(&su, &names.schema).await.unwrap(), before);
@@ -619,7 +624,7 @@ async fn a_database_someone_else_owns_is_a_conflict() {
         expect_conflict(
             backend
                 .ensure_tenant(
-                    &tenant,
+                    &unrecorded(&tenant),
                     &names,
                     IsolationMode::Database,
                     7,
@@ -633,7 +638,7 @@ async fn a_database_someone_else_owns_is_a_conflict() {
     }
     // A rollback of the failed ensure: nothing of the tenant's, nothing done.
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Database)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Database)
         .await
         .unwrap();
     assert_eq!(database_facts(&su, &names.database).await.unwrap(), before);
@@ -658,7 +663,7 @@ async fn remove_drops_the_schema_and_the_role_and_twice_is_fine() {
         .unwrap();
 
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
     assert!(schema_facts(&su, &names.schema).await.is_none());
@@ -668,11 +673,11 @@ async fn remove_drops_the_schema_and_the_role_and_twice_is_fine() {
         "the session survived"
     );
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
     backend
-        .set_login(&tenant, &names, false)
+        .set_login(&unrecorded(&tenant), &names, false)
         .await
         .expect("an absent role is fine");
 }
@@ -697,13 +702,13 @@ async fn remove_drops_the_database_and_the_role() {
         .unwrap();
 
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Database)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Database)
         .await
         .unwrap();
     assert!(database_facts(&su, &names.database).await.is_none());
     assert!(role_facts(&su, &names.role).await.is_none());
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Database)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Database)
         .await
         .unwrap();
 }
@@ -718,7 +723,10 @@ async fn disabling_login_ends_the_open_session_and_enabling_restores_it() {
         .unwrap();
     let mut open = login(&names.role, &password, SHARED_DB).await.unwrap();
 
-    backend.set_login(&tenant, &names, false).await.unwrap();
+    backend
+        .set_login(&unrecorded(&tenant), &names, false)
+        .await
+        .unwrap();
     assert!(
         sqlx::raw_sql("SELECT 1").execute(&mut open).await.is_err(),
         "the session survived"
@@ -728,16 +736,19 @@ async fn disabling_login_ends_the_open_session_and_enabling_restores_it() {
         other => panic!("a disabled tenant logged in: {other:?}"),
     }
     backend
-        .set_login(&tenant, &names, false)
+        .set_login(&unrecorded(&tenant), &names, false)
         .await
         .expect("disabling twice is fine");
 
-    backend.set_login(&tenant, &names, true).await.unwrap();
+    backend
+        .set_login(&unrecorded(&tenant), &names, true)
+        .await
+        .unwrap();
     login(&names.role, &password, SHARED_DB)
         .await
         .expect("login works again");
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
 }
@@ -758,7 +769,10 @@ async fn a_released_tenant_is_adopted_by_a_new_uid_with_the_new_password() {
             .await
             .unwrap();
 
-        backend.release_tenant(&old, &names, mode).await.unwrap();
+        backend
+            .release_tenant(&unrecorded(&old), &names, mode)
+            .await
+            .unwrap();
         assert!(
             sqlx::raw_sql("SELECT 1").execute(&mut conn).await.is_err(),
             "{mode}: session survived release"
@@ -792,7 +806,7 @@ async fn a_released_tenant_is_adopted_by_a_new_uid_with_the_new_password() {
             );
         }
         backend
-            .release_tenant(&old, &names, mode)
+            .release_tenant(&unrecorded(&old), &names, mode)
             .await
             .expect("releasing twice is fine");
 
@@ -837,9 +851,18 @@ async fn a_released_tenant_is_adopted_by_a_new_uid_with_the_new_password() {
         );
 
         // The old tenant has no say any more.
-        backend.remove_tenant(&old, &names, mode).await.unwrap();
-        backend.release_tenant(&old, &names, mode).await.unwrap();
-        expect_conflict(backend.set_login(&old, &names, false).await, &names.role);
+        backend
+            .remove_tenant(&unrecorded(&old), &names, mode)
+            .await
+            .unwrap();
+        backend
+            .release_tenant(&unrecorded(&old), &names, mode)
+            .await
+            .unwrap();
+        expect_conflict(
+            backend.set_login(&unrecorded(&old), &names, false).await,
+            &names.role,
+        );
         let comment = role_facts(&su, &names.role).await.unwrap().comment.unwrap();
         assert!(
             comment.contains(&new.uid) && !comment.contains("released"),
@@ -849,7 +872,10 @@ async fn a_released_tenant_is_adopted_by_a_new_uid_with_the_new_password() {
             .await
             .expect("the old tenant's remove left the adopted tenant alone");
         su_db.close().await;
-        backend.remove_tenant(&new, &names, mode).await.unwrap();
+        backend
+            .remove_tenant(&unrecorded(&new), &names, mode)
+            .await
+            .unwrap();
     }
 }
 
@@ -900,7 +926,7 @@ async fn an_interrupted_database_creation_is_adopted_only_when_interrupted() {
     expect_conflict(
         backend
             .ensure_tenant(
-                &tenant,
+                &unrecorded(&tenant),
                 &names,
                 IsolationMode::Database,
                 7,
@@ -915,7 +941,7 @@ async fn an_interrupted_database_creation_is_adopted_only_when_interrupted() {
 
     backend
         .ensure_tenant(
-            &tenant,
+            &unrecorded(&tenant),
             &names,
             IsolationMode::Database,
             7,
@@ -939,7 +965,7 @@ async fn an_interrupted_database_creation_is_adopted_only_when_interrupted() {
     );
     let _ = conn.close().await;
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Database)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Database)
         .await
         .unwrap();
     assert!(database_facts(&su, &names.database).await.is_none());
@@ -1001,7 +1027,7 @@ async fn drifted_privileges_and_settings_are_put_back() {
     assert_eq!(search_path, names.schema);
     let _ = conn.close().await;
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
 }
@@ -1053,7 +1079,7 @@ async fn a_tenant_database_whose_public_schema_was_handed_back_is_secured_again(
     let _ = conn.close().await;
     su_db.close().await;
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Database)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Database)
         .await
         .unwrap();
 }
@@ -1106,7 +1132,7 @@ async fn a_role_made_bypassrls_is_refused_with_the_statement_a_superuser_must_ru
 
     run(&su, &format!("ALTER ROLE {q} NOBYPASSRLS")).await;
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
 }
@@ -1120,7 +1146,7 @@ async fn errors_never_show_the_password_or_its_verifier() {
     // carries the verifier.
     let err = backend
         .ensure_tenant(
-            &tenant,
+            &unrecorded(&tenant),
             &names,
             IsolationMode::Schema,
             -5,
@@ -1212,7 +1238,7 @@ async fn many_tenants_provisioned_at_once_all_succeed() {
             let password = generate_password();
             retried(async || {
                 backend
-                    .ensure_tenant(tenant, names, *mode, 5, &password, true, false)
+                    .ensure_tenant(&unrecorded(tenant), names, *mode, 5, &password, true, false)
                     .await
             })
             .await
@@ -1234,7 +1260,14 @@ async fn many_tenants_provisioned_at_once_all_succeed() {
     }
     let removals = tenants.iter().map(|(tenant, names, mode)| {
         let backend = backend.clone();
-        async move { retried(async || backend.remove_tenant(tenant, names, *mode).await).await }
+        async move {
+            retried(async || {
+                backend
+                    .remove_tenant(&unrecorded(tenant), names, *mode)
+                    .await
+            })
+            .await
+        }
     });
     for result in futures::future::join_all(removals).await {
         result.unwrap();
@@ -1253,7 +1286,7 @@ async fn a_tenant_provisioned_without_login_cannot_log_in() {
     let password = generate_password();
     backend
         .ensure_tenant(
-            &tenant,
+            &unrecorded(&tenant),
             &names,
             IsolationMode::Schema,
             7,
@@ -1267,10 +1300,13 @@ async fn a_tenant_provisioned_without_login_cannot_log_in() {
         Err(sqlx::Error::Database(e)) => assert_eq!(e.code().as_deref(), Some("28000"), "{e}"),
         other => panic!("a NOLOGIN tenant logged in: {other:?}"),
     }
-    backend.set_login(&tenant, &names, true).await.unwrap();
+    backend
+        .set_login(&unrecorded(&tenant), &names, true)
+        .await
+        .unwrap();
     login(&names.role, &password, SHARED_DB).await.unwrap();
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
 }
@@ -1288,7 +1324,7 @@ async fn an_interrupted_ensure_sets_the_password_it_was_given() {
     let second = generate_password();
     backend
         .ensure_tenant(
-            &tenant,
+            &unrecorded(&tenant),
             &names,
             IsolationMode::Schema,
             7,
@@ -1303,7 +1339,7 @@ async fn an_interrupted_ensure_sets_the_password_it_was_given() {
         .expect("the resumed attempt's password works");
     assert!(login(&names.role, &first, SHARED_DB).await.is_err());
     backend
-        .remove_tenant(&tenant, &names, IsolationMode::Schema)
+        .remove_tenant(&unrecorded(&tenant), &names, IsolationMode::Schema)
         .await
         .unwrap();
 }

@@ -21,7 +21,7 @@ use crate::isolation_db::{
     show as show_report, sqlstate, superuser_shared,
 };
 use crate::support::cluster::*;
-use crate::support::{env, readback, unique_name};
+use crate::support::{env, readback, unique_name, unrecorded};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -110,7 +110,7 @@ async fn a_database_tenant_cannot_borrow_the_admin_through_an_operator_it_plants
     // reads the catalog inside the attacker's database as the admin.
     backend
         .ensure_tenant(
-            &attacker.tenant,
+            &unrecorded(&attacker.tenant),
             &attacker.names,
             attacker.mode,
             10,
@@ -505,7 +505,7 @@ async fn a_tenant_cannot_keep_itself_out_of_the_class_timeouts() {
 
     backend
         .ensure_tenant(
-            &tenant.tenant,
+            &unrecorded(&tenant.tenant),
             &tenant.names,
             tenant.mode,
             10,

@@ -5,11 +5,18 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use tenantry::backends::{Operation, TenantRef};
+
 /// Backend tests drive a backend directly, with no Tenant reconcile and so
-/// no audit scope around its changes; the operator refuses such changes,
-/// these tests let them through unrecorded.
-pub fn unaudited() {
-    tenantry::audit::allow_unrecorded_changes();
+/// no audit trail behind its changes: each such call says so with an
+/// operation whose changes go nowhere (the operator never makes one).
+pub fn unrecorded(tenant: &TenantRef) -> Operation {
+    Operation::unrecorded(tenant.clone())
+}
+
+/// A backend call recorded in `scope`'s trail, as the operator's are.
+pub fn in_trail(scope: &tenantry::audit::Scope, tenant: &TenantRef) -> Operation {
+    Operation::new(tenant.clone(), std::sync::Arc::new(scope.clone()))
 }
 
 /// Reads a variable that `hack/localenv.sh` exports, failing loudly when the
