@@ -937,18 +937,7 @@ fn role_findings(role: &str, facts: Option<&RoleFacts>) -> Vec<Finding> {
             .collect();
     };
     let q = quote_ident(role);
-    // One statement that takes away every attribute only a superuser can.
-    let superuser_remedy = {
-        let flags: Vec<&str> = [
-            (f.rolsuper, "NOSUPERUSER"),
-            (f.rolbypassrls, "NOBYPASSRLS"),
-            (f.rolreplication, "NOREPLICATION"),
-        ]
-        .into_iter()
-        .filter_map(|(set, clause)| set.then_some(clause))
-        .collect();
-        format!("a superuser must run: ALTER ROLE {q} {};", flags.join(" "))
-    };
+    let superuser_remedy = superuser_remedy(&q, f);
     let flag = |id: &str, set: bool, name: &str, why: &str, remedy: &str| {
         if set {
             fail(
@@ -996,24 +985,43 @@ fn role_findings(role: &str, facts: Option<&RoleFacts>) -> Vec<Finding> {
             "it can create databases outside tenantry's control",
             &format!("the operator puts it back (ALTER ROLE {q} NOCREATEDB)"),
         ),
-        if f.member_of.is_empty() {
-            pass(
-                check::MEMBERSHIPS,
-                format!("role {role:?} is a member of no other role"),
-            )
-        } else {
-            let names: Vec<String> = f.member_of.iter().map(|r| quote_ident(r)).collect();
-            fail(
-                check::MEMBERSHIPS,
-                IsolationState::Broken,
-                format!(
-                    "role {role:?} is a member of {}: it can SET ROLE to them and use their privileges (repair: REVOKE {} FROM {q})",
-                    names.join(", "),
-                    names.join(", ")
-                ),
-            )
-        },
+        memberships_finding(role, f),
     ]
+}
+
+/// The operator cannot take these attributes away itself (only a superuser
+/// can), so the remedy is one statement, for all that are set, for a
+/// superuser to run. `q` is the role, quoted.
+fn superuser_remedy(q: &str, f: &RoleFacts) -> String {
+    let flags: Vec<&str> = [
+        (f.rolsuper, "NOSUPERUSER"),
+        (f.rolbypassrls, "NOBYPASSRLS"),
+        (f.rolreplication, "NOREPLICATION"),
+    ]
+    .into_iter()
+    .filter_map(|(set, clause)| set.then_some(clause))
+    .collect();
+    format!("a superuser must run: ALTER ROLE {q} {};", flags.join(" "))
+}
+
+fn memberships_finding(role: &str, f: &RoleFacts) -> Finding {
+    if f.member_of.is_empty() {
+        return pass(
+            check::MEMBERSHIPS,
+            format!("role {role:?} is a member of no other role"),
+        );
+    }
+    let names: Vec<String> = f.member_of.iter().map(|r| quote_ident(r)).collect();
+    fail(
+        check::MEMBERSHIPS,
+        IsolationState::Broken,
+        format!(
+            "role {role:?} is a member of {}: it can SET ROLE to them and use their privileges (repair: REVOKE {} FROM {})",
+            names.join(", "),
+            names.join(", "),
+            quote_ident(role)
+        ),
+    )
 }
 
 /// The CVEs of [`RLS_FIXES`] the server lacks the fix for, each with the
