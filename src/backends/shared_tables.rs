@@ -985,44 +985,57 @@ async fn plan_access(
         plan.grant_connect = !connect;
     }
     for table in tables {
-        let access = read_access(conn, table, oid, doing).await?;
-        let q = qualified(table);
-        if !access.schema_usage && !access.owns_schema {
-            plan.statements.push(format!(
-                "GRANT USAGE ON SCHEMA {} TO {qr}",
-                quote_ident(&table.schema)
-            ));
-        }
-        let missing: Vec<&str> = TENANT_TABLE_PRIVILEGES
-            .into_iter()
-            .zip([
-                access.can_select,
-                access.can_insert,
-                access.can_update,
-                access.can_delete,
-            ])
-            .filter(|(_, has)| !has)
-            .map(|(p, _)| p)
-            .collect();
-        if !missing.is_empty() {
-            plan.statements
-                .push(format!("GRANT {} ON {q} TO {qr}", missing.join(", ")));
-        }
-        let forbidden = forbidden_grants(&access.granted);
-        if !forbidden.is_empty() {
-            plan.statements
-                .push(format!("REVOKE {} ON {q} FROM {qr}", forbidden.join(", ")));
-        }
-        for sequence in read_sequences(conn, access.oid, oid, doing).await? {
-            if !sequence.usage {
-                plan.statements.push(format!(
-                    "GRANT USAGE ON SEQUENCE {} TO {qr}",
-                    sequence.qualified()
-                ));
-            }
-        }
+        plan.statements
+            .extend(plan_table_access(conn, table, oid, &qr, doing).await?);
     }
     Ok(plan)
+}
+
+/// The statements that give the role `oid` (quoted: `qr`) what a tenant
+/// needs on `table`, and take away what it must not hold.
+async fn plan_table_access(
+    conn: &mut PgConnection,
+    table: &SharedTable,
+    oid: Oid,
+    qr: &str,
+    doing: &str,
+) -> Result<Vec<String>, BackendError> {
+    let mut statements = Vec::new();
+    let access = read_access(conn, table, oid, doing).await?;
+    let q = qualified(table);
+    if !access.schema_usage && !access.owns_schema {
+        statements.push(format!(
+            "GRANT USAGE ON SCHEMA {} TO {qr}",
+            quote_ident(&table.schema)
+        ));
+    }
+    let missing: Vec<&str> = TENANT_TABLE_PRIVILEGES
+        .into_iter()
+        .zip([
+            access.can_select,
+            access.can_insert,
+            access.can_update,
+            access.can_delete,
+        ])
+        .filter(|(_, has)| !has)
+        .map(|(p, _)| p)
+        .collect();
+    if !missing.is_empty() {
+        statements.push(format!("GRANT {} ON {q} TO {qr}", missing.join(", ")));
+    }
+    let forbidden = forbidden_grants(&access.granted);
+    if !forbidden.is_empty() {
+        statements.push(format!("REVOKE {} ON {q} FROM {qr}", forbidden.join(", ")));
+    }
+    for sequence in read_sequences(conn, access.oid, oid, doing).await? {
+        if !sequence.usage {
+            statements.push(format!(
+                "GRANT USAGE ON SEQUENCE {} TO {qr}",
+                sequence.qualified()
+            ));
+        }
+    }
+    Ok(statements)
 }
 
 /// The privileges in `granted` a tenant must not hold, as SQL keywords.
