@@ -429,51 +429,9 @@ impl ClassRegistry {
             class: name.to_string(),
             message,
         };
-        let mut settings = self.flags_settings.clone();
-        if let Some(postgres) = &spec.postgres {
-            settings.database_url = admin_url.unwrap_or(settings.database_url);
-            settings.tenant_database_host = postgres.tenant_host.clone();
-            settings.tenant_database_port = postgres.tenant_port;
-            if let Some(max) = postgres.max_connections {
-                settings.max_connections = max;
-            }
-            // Another server: what the class and its URL say wins, and the
-            // flags only fill in what neither says.
-            let flags = &self.flags_settings.database_tls;
-            settings.database_tls = DatabaseTls {
-                ssl_mode: postgres.ssl_mode,
-                ca,
-                fallback_ssl_mode: flags.ssl_mode,
-                fallback_ca: flags.ca.clone(),
-            };
-        }
-        if let Some(tables) = &spec.shared_tables {
-            settings.shared_tables = tables
-                .iter()
-                .map(|t| t.parse::<SharedTable>())
-                .collect::<Result<_, _>>()
-                .map_err(|e| invalid(format!("spec.sharedTables: {e}")))?;
-        }
-        if let Some(region) = &spec.aws.region {
-            settings.region = Some(region.clone());
-        }
-        if let Some(prefix) = &spec.aws.bucket_prefix {
-            crate::naming::validate_bucket_prefix(prefix)
-                .map_err(|e| invalid(format!("spec.aws.bucketPrefix: {e}")))?;
-            settings.bucket_prefix = prefix.clone();
-        }
-        settings.principal = spec.aws.principal.clone();
-        settings.role_limits = crate::backends::postgres::RoleLimits {
-            statement_timeout: spec.database.statement_timeout.clone(),
-            idle_in_transaction_session_timeout: spec
-                .database
-                .idle_in_transaction_session_timeout
-                .clone(),
-        };
-        settings
-            .role_limits
-            .validate()
-            .map_err(|e| invalid(format!("spec.database: {e}")))?;
+        let settings = self
+            .class_backend_settings(spec, admin_url, ca)
+            .map_err(invalid)?;
         let probe_interval = match &spec.probe_interval {
             Some(text) => humantime::parse_duration(text)
                 .map_err(|e| invalid(format!("spec.probeInterval {text:?}: {e}")))?,
@@ -486,26 +444,8 @@ impl ClassRegistry {
             .unwrap_or_else(|| DEFAULT_GRACE_PERIOD.to_string());
         humantime::parse_duration(&grace_period)
             .map_err(|e| invalid(format!("spec.deletion.gracePeriod {grace_period:?}: {e}")))?;
-        let selector = match &spec.credentials.namespace_selector {
-            Some(selector) => Some(
-                Selector::try_from(
-                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector::from(
-                        selector.clone(),
-                    ),
-                )
-                .map_err(|e| invalid(format!("spec.credentials.namespaceSelector: {e}")))?,
-            ),
-            None => None,
-        };
-        let namespaces = NamespacePolicy {
-            allowed: spec
-                .credentials
-                .allowed_namespaces
-                .clone()
-                .unwrap_or_default(),
-            selector,
-            operator_namespace: settings.operator_namespace.clone(),
-        };
+        let namespaces =
+            namespace_policy(spec, settings.operator_namespace.clone()).map_err(invalid)?;
         let min_grace_period = match &spec.deletion.min_grace_period {
             Some(text) => Some(
                 humantime::parse_duration(text)
@@ -542,6 +482,91 @@ impl ClassRegistry {
             generation: None,
         })
     }
+
+    /// The class's backend settings, or why they are invalid. They start
+    /// from the flags' so that a class without a `postgres` section, a
+    /// region or a bucket prefix uses the operator's own.
+    fn class_backend_settings(
+        &self,
+        spec: &TenantClassSpec,
+        admin_url: Option<SecretString>,
+        ca: Option<CaSource>,
+    ) -> Result<BackendSettings, String> {
+        let mut settings = self.flags_settings.clone();
+        if let Some(postgres) = &spec.postgres {
+            settings.database_url = admin_url.unwrap_or(settings.database_url);
+            settings.tenant_database_host = postgres.tenant_host.clone();
+            settings.tenant_database_port = postgres.tenant_port;
+            if let Some(max) = postgres.max_connections {
+                settings.max_connections = max;
+            }
+            // Another server: what the class and its URL say wins, and the
+            // flags only fill in what neither says.
+            let flags = &self.flags_settings.database_tls;
+            settings.database_tls = DatabaseTls {
+                ssl_mode: postgres.ssl_mode,
+                ca,
+                fallback_ssl_mode: flags.ssl_mode,
+                fallback_ca: flags.ca.clone(),
+            };
+        }
+        if let Some(tables) = &spec.shared_tables {
+            settings.shared_tables = tables
+                .iter()
+                .map(|t| t.parse::<SharedTable>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("spec.sharedTables: {e}"))?;
+        }
+        if let Some(region) = &spec.aws.region {
+            settings.region = Some(region.clone());
+        }
+        if let Some(prefix) = &spec.aws.bucket_prefix {
+            crate::naming::validate_bucket_prefix(prefix)
+                .map_err(|e| format!("spec.aws.bucketPrefix: {e}"))?;
+            settings.bucket_prefix = prefix.clone();
+        }
+        settings.principal = spec.aws.principal.clone();
+        settings.role_limits = crate::backends::postgres::RoleLimits {
+            statement_timeout: spec.database.statement_timeout.clone(),
+            idle_in_transaction_session_timeout: spec
+                .database
+                .idle_in_transaction_session_timeout
+                .clone(),
+        };
+        settings
+            .role_limits
+            .validate()
+            .map_err(|e| format!("spec.database: {e}"))?;
+        Ok(settings)
+    }
+}
+
+/// Where the class's tenants may have their credentials, or why the class's
+/// `credentials` section is invalid.
+fn namespace_policy(
+    spec: &TenantClassSpec,
+    operator_namespace: Option<String>,
+) -> Result<NamespacePolicy, String> {
+    let selector = match &spec.credentials.namespace_selector {
+        Some(selector) => Some(
+            Selector::try_from(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector::from(
+                    selector.clone(),
+                ),
+            )
+            .map_err(|e| format!("spec.credentials.namespaceSelector: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(NamespacePolicy {
+        allowed: spec
+            .credentials
+            .allowed_namespaces
+            .clone()
+            .unwrap_or_default(),
+        selector,
+        operator_namespace,
+    })
 }
 
 /// See [`ClassRegistry::class_name_of`].

@@ -169,51 +169,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::register(&mut registry);
     let store = kube::runtime::reflector::store::Writer::default();
     Metrics::register_store(&mut registry, store.as_reader());
-    let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tenantry::metrics::serve(
-        listener,
-        registry,
-        ready.clone(),
-        async move {
-            let _ = server_stopped.await;
-        },
-    ));
-    // Ready means started: a standby is ready to take over, and must not
-    // hold up a rolling update by looking unready (`tenantry_leader` tells
-    // which process leads).
-    ready.store(true, Ordering::Relaxed);
-    {
-        let (ready, shutdown) = (ready.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            shutdown.requested().await;
-            ready.store(false, Ordering::Relaxed);
-        });
-    }
+    let health = HealthServer::start(args.metrics_addr, registry, &shutdown).await?;
 
     let leadership = match lease {
         None => None,
-        Some(lease) => {
-            tracing::info!(
-                identity = %lease.identity,
-                lease = %format!("{}/{}", lease.namespace, lease.name),
-                "leader election on: waiting for the Lease"
-            );
-            tokio::select! {
-                held = tenantry::leader::acquire(client.clone(), lease) => Some(held),
-                () = shutdown.requested() => {
-                    ready.store(false, Ordering::Relaxed);
-                    let _ = stop_server.send(());
-                    let _ = server.await;
-                    tracing::info!("tenantry stopped (was standing by)");
-                    return Ok(());
-                }
+        Some(lease) => match wait_for_lease(client.clone(), lease, &shutdown).await {
+            Some(held) => Some(held),
+            None => {
+                health.set_unready();
+                health.stop().await;
+                tracing::info!("tenantry stopped (was standing by)");
+                return Ok(());
             }
-        }
+        },
     };
     metrics.leader.set(1);
 
@@ -226,49 +194,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.engine.probe_interval,
     )
     .await?;
-    let events = EventPublisher::new(client.clone(), args.event_namespace.clone());
-    let ctx = Arc::new(controller::Context::new(
+    let ctx = controller_context(
+        &args,
         client,
         classes,
-        args.engine.clone(),
-        events,
         metrics.clone(),
         audit,
-        controller::pacing::ProbePacer::new(
-            args.probe_concurrency.map_or_else(
-                || controller::pacing::default_probe_slots(args.concurrency),
-                usize::from,
-            ),
-            store.as_reader(),
-        ),
-    ));
+        store.as_reader(),
+    );
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         shard = shard.index,
         shards = shard.count,
         "tenantry controller starting"
     );
-    let stopping = shutdown.clone();
-    let controller = controller::run(
-        ctx,
-        args.concurrency,
-        &args.tenant_selector,
-        shard,
-        store,
-        async move { stopping.requested().await },
-    );
-    let lost = match &leadership {
-        None => {
-            controller.await;
-            false
-        }
-        Some(held) => tokio::select! {
-            () = controller => false,
-            () = held.lost() => true,
-        },
-    };
+    let lost = reconcile(ctx, &args, shard, store, &shutdown, leadership.as_ref()).await;
     metrics.leader.set(0);
-    ready.store(false, Ordering::Relaxed);
+    health.set_unready();
     if lost {
         // Whatever was running is dropped here, as in a crash: the journal
         // in each Tenant's status lets the next leader resume it.
@@ -279,10 +221,141 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(held) = leadership {
         held.release().await;
     }
-    let _ = stop_server.send(());
-    let _ = server.await;
+    health.stop().await;
     tracing::info!("tenantry controller stopped");
     Ok(())
+}
+
+/// The server of /metrics, /healthz and /readyz, and the readiness it
+/// reports.
+struct HealthServer {
+    ready: Arc<AtomicBool>,
+    stop_signal: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HealthServer {
+    async fn start(
+        addr: std::net::SocketAddr,
+        registry: Registry,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Self> {
+        let ready = Arc::new(AtomicBool::new(false));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+        let (stop_signal, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(tenantry::metrics::serve(
+            listener,
+            registry,
+            ready.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        // Ready means started: a standby is ready to take over, and must not
+        // hold up a rolling update by looking unready (`tenantry_leader` tells
+        // which process leads).
+        ready.store(true, Ordering::Relaxed);
+        {
+            let (ready, shutdown) = (ready.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.requested().await;
+                ready.store(false, Ordering::Relaxed);
+            });
+        }
+        Ok(Self {
+            ready,
+            stop_signal,
+            task,
+        })
+    }
+
+    fn set_unready(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    async fn stop(self) {
+        let _ = self.stop_signal.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Stands by until this process holds the Lease; None when a shutdown comes
+/// first, since a standby has nothing to finish.
+async fn wait_for_lease(
+    client: kube::Client,
+    lease: tenantry::leader::LeaseConfig,
+    shutdown: &Shutdown,
+) -> Option<tenantry::leader::Leadership> {
+    tracing::info!(
+        identity = %lease.identity,
+        lease = %format!("{}/{}", lease.namespace, lease.name),
+        "leader election on: waiting for the Lease"
+    );
+    tokio::select! {
+        held = tenantry::leader::acquire(client, lease) => Some(held),
+        () = shutdown.requested() => None,
+    }
+}
+
+fn controller_context(
+    args: &RunArgs,
+    client: kube::Client,
+    classes: tenantry::class_registry::ClassRegistry,
+    metrics: Metrics,
+    audit: tenantry::audit::AuditLog,
+    tenants: kube::runtime::reflector::Store<tenantry::api::Tenant>,
+) -> Arc<controller::Context> {
+    let events = EventPublisher::new(client.clone(), args.event_namespace.clone());
+    Arc::new(controller::Context::new(
+        client,
+        classes,
+        args.engine.clone(),
+        events,
+        metrics,
+        audit,
+        controller::pacing::ProbePacer::new(
+            args.probe_concurrency.map_or_else(
+                || controller::pacing::default_probe_slots(args.concurrency),
+                usize::from,
+            ),
+            tenants,
+        ),
+    ))
+}
+
+/// Reconciles Tenants until shutdown or, under leader election, until the
+/// Lease is lost: then at once, since another process may already lead.
+/// True when the Lease was lost.
+async fn reconcile(
+    ctx: Arc<controller::Context>,
+    args: &RunArgs,
+    shard: tenantry::shard::Shard,
+    store: kube::runtime::reflector::store::Writer<tenantry::api::Tenant>,
+    shutdown: &Shutdown,
+    leadership: Option<&tenantry::leader::Leadership>,
+) -> bool {
+    let stopping = shutdown.clone();
+    let controller = controller::run(
+        ctx,
+        args.concurrency,
+        &args.tenant_selector,
+        shard,
+        store,
+        async move { stopping.requested().await },
+    );
+    match leadership {
+        None => {
+            controller.await;
+            false
+        }
+        Some(held) => tokio::select! {
+            () = controller => false,
+            () = held.lost() => true,
+        },
+    }
 }
 
 async fn verify(args: VerifyArgs) -> anyhow::Result<()> {

@@ -317,47 +317,62 @@ pub async fn verify(
         }
         previous = object_hash;
         for (tenant, head) in &checkpoint.heads {
+            // Only a tenant's first break is reported, so that one tampering
+            // does not fill the report once per later checkpoint.
             if only.is_some_and(|o| o != tenant) || reported.contains(tenant) {
                 continue;
             }
-            let chain = chains.get(tenant.as_str());
-            let problem = match chain.and_then(|c| c.iter().find(|r| r.seq == head.seq)) {
-                _ if chain.is_none() => Some(format!(
-                    "tenant {tenant}: its whole chain is gone; checkpoint {seq} (at {}) recorded its head at seq {}",
-                    checkpoint.at, head.seq
-                )),
-                None => Some(format!(
-                    "tenant {tenant}: row seq {}, the chain's head at checkpoint {seq} (at {}), is missing: rows were removed",
-                    head.seq, checkpoint.at
-                )),
-                Some(row) if row.hash != head.hash => Some(format!(
-                    "tenant {tenant}: row seq {} has hash {}, but checkpoint {seq} (at {}) recorded {}: \
-                     the chain was rewritten up to this row and its hashes recomputed",
-                    head.seq, row.hash, checkpoint.at, head.hash
-                )),
-                Some(_) => None,
-            };
-            if let Some(problem) = problem {
+            let chain = chains.get(tenant.as_str()).map(Vec::as_slice);
+            if let Some(problem) = head_problem(tenant, head, chain, *seq, &checkpoint.at) {
                 reported.insert(tenant.clone());
                 report.problems.push(problem);
             }
         }
         latest = Some(checkpoint);
     }
-    if let Some(latest) = latest {
-        report.rows_after_latest = rows
-            .iter()
-            .filter(|r| only.is_none_or(|o| o == r.tenant))
-            .filter(|r| latest.heads.get(&r.tenant).is_none_or(|h| r.seq > h.seq))
-            .count();
-        report.latest_at = Some(latest.at);
-    } else {
-        report.rows_after_latest = rows
-            .iter()
-            .filter(|r| only.is_none_or(|o| o == r.tenant))
-            .count();
-    }
+    report.rows_after_latest = rows_after(&rows, only, latest.as_ref());
+    report.latest_at = latest.map(|latest| latest.at);
     Ok(report)
+}
+
+/// The rows (of `only`, if given) newer than what the `latest` checkpoint
+/// recorded for their tenant: only the unkeyed chain vouches for them, so
+/// the report says how many there are.
+fn rows_after(rows: &[AuditRow], only: Option<&str>, latest: Option<&Checkpoint>) -> usize {
+    rows.iter()
+        .filter(|r| only.is_none_or(|o| o == r.tenant))
+        .filter(|r| {
+            latest.is_none_or(|latest| latest.heads.get(&r.tenant).is_none_or(|h| r.seq > h.seq))
+        })
+        .count()
+}
+
+/// How `tenant`'s chain, as it is now, contradicts the `head` checkpoint
+/// `seq` (written `at`) recorded for it, if it does. The checkpoint's MAC
+/// was verified, so where the two differ it is the trail that changed.
+fn head_problem(
+    tenant: &str,
+    head: &Head,
+    chain: Option<&[&AuditRow]>,
+    seq: i64,
+    at: &str,
+) -> Option<String> {
+    match chain.and_then(|c| c.iter().find(|r| r.seq == head.seq)) {
+        _ if chain.is_none() => Some(format!(
+            "tenant {tenant}: its whole chain is gone; checkpoint {seq} (at {at}) recorded its head at seq {}",
+            head.seq
+        )),
+        None => Some(format!(
+            "tenant {tenant}: row seq {}, the chain's head at checkpoint {seq} (at {at}), is missing: rows were removed",
+            head.seq
+        )),
+        Some(row) if row.hash != head.hash => Some(format!(
+            "tenant {tenant}: row seq {} has hash {}, but checkpoint {seq} (at {at}) recorded {}: \
+             the chain was rewritten up to this row and its hashes recomputed",
+            head.seq, row.hash, head.hash
+        )),
+        Some(_) => None,
+    }
 }
 
 impl AuditLog {

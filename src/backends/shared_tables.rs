@@ -405,26 +405,57 @@ async fn plan_security(
     .await
     .map_err(|e| classify(e, doing))?;
     let mut plan = SecurityPlan::default();
-    let qs = quote_ident(SCHEMA);
-    let qc = quote_ident(CANARY_SCHEMA);
-    let mapping = format!("{qs}.{}", quote_ident(MAPPING_TABLE));
-    let canary = format!("{qc}.{}", quote_ident(CANARY_TABLE));
 
     // Schema tenantry, the mapping and the function.
-    match read_schema_acl(conn, SCHEMA, doing).await? {
+    plan_schema(conn, SCHEMA, &admin, &mut plan, doing).await?;
+    plan_mapping(conn, &admin, &mut plan, doing).await?;
+    plan_function(conn, &admin, &mut plan, doing).await?;
+
+    // The canary.
+    plan_schema(conn, CANARY_SCHEMA, &admin, &mut plan, doing).await?;
+    plan_canary(conn, &admin, &mut plan, doing).await?;
+
+    for table in tables {
+        plan_table(conn, table, &admin, &mut plan, doing).await?;
+    }
+    Ok(plan)
+}
+
+/// A schema of the operator's own. Grants on it to anyone else are revoked:
+/// USAGE on `tenantry` would let a tenant call `tenant_of` by name to look up
+/// other roles, and the canary is for no one but the admin.
+async fn plan_schema(
+    conn: &mut PgConnection,
+    schema: &str,
+    admin: &str,
+    plan: &mut SecurityPlan,
+    doing: &str,
+) -> Result<(), BackendError> {
+    let q = quote_ident(schema);
+    match read_schema_acl(conn, schema, doing).await? {
         None => plan.add(
-            format!("schema {SCHEMA} is missing"),
-            [format!("CREATE SCHEMA {qs}")],
+            format!("schema {schema} is missing"),
+            [format!("CREATE SCHEMA {q}")],
         ),
         Some(acl) if acl.owner != admin => {
-            return Err(not_ours(&format!("schema {SCHEMA:?}"), &acl.owner, &admin));
+            return Err(not_ours(&format!("schema {schema:?}"), &acl.owner, admin));
         }
         Some(acl) if !acl.others.is_empty() => plan.add(
-            format!("schema {SCHEMA} has grants to {:?}", acl.others),
-            [revoke_others(&format!("SCHEMA {qs}"), &acl.others)],
+            format!("schema {schema} has grants to {:?}", acl.others),
+            [revoke_others(&format!("SCHEMA {q}"), &acl.others)],
         ),
         Some(_) => {}
     }
+    Ok(())
+}
+
+async fn plan_mapping(
+    conn: &mut PgConnection,
+    admin: &str,
+    plan: &mut SecurityPlan,
+    doing: &str,
+) -> Result<(), BackendError> {
+    let mapping = format!("{}.{}", quote_ident(SCHEMA), quote_ident(MAPPING_TABLE));
     match read_relation_acl(conn, SCHEMA, MAPPING_TABLE, doing).await? {
         None => plan.add(
             format!("table {SCHEMA}.{MAPPING_TABLE} is missing"),
@@ -436,7 +467,7 @@ async fn plan_security(
             return Err(not_ours(
                 &format!("table {SCHEMA}.{MAPPING_TABLE}"),
                 &acl.owner,
-                &admin,
+                admin,
             ));
         }
         Some(acl) if !acl.others.is_empty() => plan.add(
@@ -448,6 +479,15 @@ async fn plan_security(
         ),
         Some(_) => {}
     }
+    Ok(())
+}
+
+async fn plan_function(
+    conn: &mut PgConnection,
+    admin: &str,
+    plan: &mut SecurityPlan,
+    doing: &str,
+) -> Result<(), BackendError> {
     let function = crate::metrics::sql(
         crate::metrics::Sql::Select,
         sqlx::query_as::<_, FunctionRow>(FUNCTION_SQL).fetch_optional(&mut *conn),
@@ -465,7 +505,7 @@ async fn plan_security(
             return Err(not_ours(
                 &format!("function {FUNCTION_SIGNATURE}"),
                 &f.owner,
-                &admin,
+                admin,
             ));
         }
         Some(f) => {
@@ -490,26 +530,21 @@ async fn plan_security(
             }
         }
     }
+    Ok(())
+}
 
-    // The canary.
-    match read_schema_acl(conn, CANARY_SCHEMA, doing).await? {
-        None => plan.add(
-            format!("schema {CANARY_SCHEMA} is missing"),
-            [format!("CREATE SCHEMA {qc}")],
-        ),
-        Some(acl) if acl.owner != admin => {
-            return Err(not_ours(
-                &format!("schema {CANARY_SCHEMA:?}"),
-                &acl.owner,
-                &admin,
-            ));
-        }
-        Some(acl) if !acl.others.is_empty() => plan.add(
-            format!("schema {CANARY_SCHEMA} has grants to {:?}", acl.others),
-            [revoke_others(&format!("SCHEMA {qc}"), &acl.others)],
-        ),
-        Some(_) => {}
-    }
+/// The canary the isolation probe tries to read and write as each tenant.
+async fn plan_canary(
+    conn: &mut PgConnection,
+    admin: &str,
+    plan: &mut SecurityPlan,
+    doing: &str,
+) -> Result<(), BackendError> {
+    let canary = format!(
+        "{}.{}",
+        quote_ident(CANARY_SCHEMA),
+        quote_ident(CANARY_TABLE)
+    );
     let insert_canary = format!(
         "INSERT INTO {canary} (id, secret) VALUES (1, {})",
         quote_literal(CANARY_SECRET)
@@ -526,7 +561,7 @@ async fn plan_security(
             return Err(not_ours(
                 &format!("table {CANARY_SCHEMA}.{CANARY_TABLE}"),
                 &acl.owner,
-                &admin,
+                admin,
             ));
         }
         Some(acl) => {
@@ -554,11 +589,7 @@ async fn plan_security(
             }
         }
     }
-
-    for table in tables {
-        plan_table(conn, table, &admin, &mut plan, doing).await?;
-    }
-    Ok(plan)
+    Ok(())
 }
 
 async fn plan_table(
@@ -955,44 +986,57 @@ async fn plan_access(
         plan.grant_connect = !connect;
     }
     for table in tables {
-        let access = read_access(conn, table, oid, doing).await?;
-        let q = qualified(table);
-        if !access.schema_usage && !access.owns_schema {
-            plan.statements.push(format!(
-                "GRANT USAGE ON SCHEMA {} TO {qr}",
-                quote_ident(&table.schema)
-            ));
-        }
-        let missing: Vec<&str> = TENANT_TABLE_PRIVILEGES
-            .into_iter()
-            .zip([
-                access.can_select,
-                access.can_insert,
-                access.can_update,
-                access.can_delete,
-            ])
-            .filter(|(_, has)| !has)
-            .map(|(p, _)| p)
-            .collect();
-        if !missing.is_empty() {
-            plan.statements
-                .push(format!("GRANT {} ON {q} TO {qr}", missing.join(", ")));
-        }
-        let forbidden = forbidden_grants(&access.granted);
-        if !forbidden.is_empty() {
-            plan.statements
-                .push(format!("REVOKE {} ON {q} FROM {qr}", forbidden.join(", ")));
-        }
-        for sequence in read_sequences(conn, access.oid, oid, doing).await? {
-            if !sequence.usage {
-                plan.statements.push(format!(
-                    "GRANT USAGE ON SEQUENCE {} TO {qr}",
-                    sequence.qualified()
-                ));
-            }
-        }
+        plan.statements
+            .extend(plan_table_access(conn, table, oid, &qr, doing).await?);
     }
     Ok(plan)
+}
+
+/// The statements that give the role `oid` (quoted: `qr`) what a tenant
+/// needs on `table`, and take away what it must not hold.
+async fn plan_table_access(
+    conn: &mut PgConnection,
+    table: &SharedTable,
+    oid: Oid,
+    qr: &str,
+    doing: &str,
+) -> Result<Vec<String>, BackendError> {
+    let mut statements = Vec::new();
+    let access = read_access(conn, table, oid, doing).await?;
+    let q = qualified(table);
+    if !access.schema_usage && !access.owns_schema {
+        statements.push(format!(
+            "GRANT USAGE ON SCHEMA {} TO {qr}",
+            quote_ident(&table.schema)
+        ));
+    }
+    let missing: Vec<&str> = TENANT_TABLE_PRIVILEGES
+        .into_iter()
+        .zip([
+            access.can_select,
+            access.can_insert,
+            access.can_update,
+            access.can_delete,
+        ])
+        .filter(|(_, has)| !has)
+        .map(|(p, _)| p)
+        .collect();
+    if !missing.is_empty() {
+        statements.push(format!("GRANT {} ON {q} TO {qr}", missing.join(", ")));
+    }
+    let forbidden = forbidden_grants(&access.granted);
+    if !forbidden.is_empty() {
+        statements.push(format!("REVOKE {} ON {q} FROM {qr}", forbidden.join(", ")));
+    }
+    for sequence in read_sequences(conn, access.oid, oid, doing).await? {
+        if !sequence.usage {
+            statements.push(format!(
+                "GRANT USAGE ON SEQUENCE {} TO {qr}",
+                sequence.qualified()
+            ));
+        }
+    }
+    Ok(statements)
 }
 
 /// The privileges in `granted` a tenant must not hold, as SQL keywords.

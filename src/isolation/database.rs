@@ -334,23 +334,11 @@ impl DatabaseProbe {
         other_tenant_schema: Option<&str>,
         exposures: &mut Vec<Finding>,
     ) -> Vec<Finding> {
-        let mut findings = Vec::new();
         let (server, role_facts) = match self.admin_facts(role).await {
             Ok(facts) => facts,
-            Err(e) => {
-                let why = format!("could not read the catalogs as the admin: {e}");
-                for id in [
-                    check::CONNECT,
-                    check::SUPERUSER,
-                    check::BYPASSRLS,
-                    check::SERVER_VERSION,
-                ] {
-                    findings.push(fail(id, IsolationState::Unknown, why.clone()));
-                }
-                return findings;
-            }
+            Err(e) => return admin_unreadable(&e),
         };
-        findings.extend(role_findings(role, role_facts.as_ref()));
+        let mut findings = role_findings(role, role_facts.as_ref());
         findings.push(version_finding(&server.version, server.version_num));
         exposures.extend(admin_members_exposure(&server.admin, &server.admin_members));
         if !self.role_limits.settings().is_empty() {
@@ -358,9 +346,66 @@ impl DatabaseProbe {
         }
 
         // Where the tenant logs in, and where the canary and shared tables are.
-        let own_database = credentials.database.clone();
-        let shared_database = server.shared_database.clone();
-        let mut own = match &role_facts {
+        let own_database = &credentials.database;
+        let shared_database = &server.shared_database;
+        let mut own = self.login(role, role_facts.as_ref(), credentials).await;
+        findings.push(connect_finding(&own, credentials));
+        let mut shared = match (&own, own_database != shared_database) {
+            (Ok(_), true) => Some(self.connect(credentials, shared_database).await),
+            _ => None,
+        };
+
+        if let Ok(conn) = own.as_mut() {
+            let shared = shared.as_mut().and_then(|shared| shared.as_mut().ok());
+            findings.extend(
+                own_database_findings(
+                    conn,
+                    shared,
+                    shared_database,
+                    role,
+                    credentials,
+                    other_tenant_schema,
+                    exposures,
+                )
+                .await,
+            );
+        }
+
+        let mut shared_conn =
+            match self.shared_connection(role, mode, shared_database, &mut own, &mut shared) {
+                Ok(conn) => Some(conn),
+                Err(instead) => {
+                    findings.extend(instead);
+                    None
+                }
+            };
+        if let Some(conn) = shared_conn.as_deref_mut() {
+            findings.extend(canary_findings(conn, server.canary_exists, shared_database).await);
+        }
+        findings.extend(
+            self.shared_table_findings(role, tenant, server.mapping_exists, shared_conn)
+                .await,
+        );
+
+        if let Ok(conn) = own {
+            let _ = conn.close().await;
+        }
+        if let Some(Ok(conn)) = shared {
+            let _ = conn.close().await;
+        }
+        findings
+    }
+
+    /// Logs in as the tenant unless the catalogs already show it cannot: the
+    /// finding then names the cause (no such role, NOLOGIN) where the
+    /// server's refusal would only say that authentication failed.
+    async fn login(
+        &self,
+        role: &str,
+        facts: Option<&RoleFacts>,
+        credentials: &DatabaseCredentials,
+    ) -> Result<PgConnection, ConnectFailure> {
+        match facts {
             None => Err(ConnectFailure {
                 denied: false,
                 detail: format!("role {role:?} does not exist"),
@@ -369,169 +414,109 @@ impl DatabaseProbe {
                 denied: false,
                 detail: format!("login disabled: role {role:?} is NOLOGIN"),
             }),
-            Some(_) => self.connect(credentials, &own_database).await,
-        };
-        findings.push(match &own {
-            Ok(_) => pass(
-                check::CONNECT,
-                format!(
-                    "logged in as {:?} to database {own_database:?}",
-                    credentials.username
-                ),
-            ),
-            Err(failure) => fail(
-                check::CONNECT,
-                IsolationState::Unknown,
-                failure.detail.clone(),
-            ),
-        });
-        let separate = own_database != shared_database;
-        let mut shared = match (&own, separate) {
-            (Ok(_), true) => Some(self.connect(credentials, &shared_database).await),
-            _ => None,
-        };
-
-        if let Ok(conn) = own.as_mut() {
-            let mut per_db = vec![(own_database.clone(), public_create(conn).await)];
-            if let Some(Ok(conn)) = shared.as_mut() {
-                per_db.push((shared_database.clone(), public_create(conn).await));
-            }
-            findings.push(public_create_finding(role, per_db));
-            findings.push(schema_grants_finding(conn, &credentials.schema).await);
-            exposures.extend(
-                catalog_exposures(
-                    conn,
-                    &[&own_database, &shared_database],
-                    &credentials.schema,
-                )
-                .await,
-            );
-
-            if let Some(other) = other_tenant_schema {
-                let mut per_db = vec![(own_database.clone(), other_schema(conn, other).await)];
-                if let Some(Ok(conn)) = shared.as_mut() {
-                    per_db.push((shared_database.clone(), other_schema(conn, other).await));
-                }
-                let database = (other != own_database).then(|| other_database_connect(conn, other));
-                let database = match database {
-                    Some(f) => f.await,
-                    None => Ok(None),
-                };
-                findings.push(other_schema_finding(other, per_db, database));
-            }
+            Some(_) => self.connect(credentials, &credentials.database).await,
         }
+    }
 
-        // The shared database as the tenant: the same connection in mode
-        // Schema, a second one in mode Database.
-        let shared_conn: Result<&mut PgConnection, String> = match (&mut own, &mut shared) {
-            (Err(_), _) => {
-                Err("the probe could not log in as the tenant (see connect)".to_string())
-            }
+    /// The shared database as the tenant: the same connection in mode
+    /// Schema, a second one in mode Database. Without one, the findings that
+    /// stand in for the canary's and the shared tables' checks, so that none
+    /// of them goes missing from the report.
+    fn shared_connection<'c>(
+        &self,
+        role: &str,
+        mode: IsolationMode,
+        shared_database: &str,
+        own: &'c mut Result<PgConnection, ConnectFailure>,
+        shared: &'c mut Option<Result<PgConnection, ConnectFailure>>,
+    ) -> Result<&'c mut PgConnection, Vec<Finding>> {
+        match (own, shared) {
+            (Err(_), _) => Err(self.shared_unknown(
+                "the probe could not log in as the tenant (see connect)",
+            )),
             (Ok(conn), None) => Ok(conn),
             (Ok(_), Some(Ok(conn))) => Ok(conn),
             (Ok(_), Some(Err(failure))) if failure.denied && self.shared_tables.is_empty() => {
                 // Nothing of the shared database is the tenant's: not being
                 // let in at all is the strongest denial.
-                findings.push(pass(
-                    check::CANARY_READ,
-                    format!(
-                        "the tenant cannot connect to the shared database {shared_database:?}: {}",
-                        failure.detail
+                Err(vec![
+                    pass(
+                        check::CANARY_READ,
+                        format!(
+                            "the tenant cannot connect to the shared database {shared_database:?}: {}",
+                            failure.detail
+                        ),
                     ),
-                ));
-                findings.push(pass(
-                    check::CANARY_WRITE,
-                    format!("the tenant cannot connect to the shared database {shared_database:?}"),
-                ));
-                Err(String::new())
+                    pass(
+                        check::CANARY_WRITE,
+                        format!(
+                            "the tenant cannot connect to the shared database {shared_database:?}"
+                        ),
+                    ),
+                ])
             }
-            (Ok(_), Some(Err(failure))) => Err(format!(
+            (Ok(_), Some(Err(failure))) => Err(self.shared_unknown(&format!(
                 "could not log in to the shared database {shared_database:?}, where the canary and the shared tables are: {}{}",
                 failure.detail,
                 if failure.denied && mode == IsolationMode::Database {
                     format!(
                         " (a tenant of mode Database needs CONNECT on it to use the shared tables: GRANT CONNECT ON DATABASE {} TO {}, which ensure_tenant_access grants)",
-                        quote_ident(&shared_database),
+                        quote_ident(shared_database),
                         quote_ident(role)
                     )
                 } else {
                     String::new()
                 }
-            )),
-        };
+            ))),
+        }
+    }
 
-        let mut shared_conn = match shared_conn {
-            Ok(conn) => Some(conn),
-            Err(why) => {
-                if !why.is_empty() {
-                    findings.push(fail(
-                        check::CANARY_READ,
-                        IsolationState::Unknown,
-                        why.clone(),
-                    ));
-                    findings.push(fail(
-                        check::CANARY_WRITE,
-                        IsolationState::Unknown,
-                        why.clone(),
-                    ));
-                }
-                if !self.shared_tables.is_empty() && !why.is_empty() {
-                    for table in &self.shared_tables {
-                        for what in [check::READ, check::WRITE] {
-                            findings.push(fail(
-                                &check::table(table, what),
-                                IsolationState::Unknown,
-                                why.clone(),
-                            ));
-                        }
-                    }
-                }
-                None
-            }
-        };
-        if let Some(conn) = shared_conn.as_deref_mut() {
-            if server.canary_exists {
-                findings.push(canary_read(conn).await);
-                findings.push(canary_write(conn).await);
-            } else {
-                let why = format!(
-                    "the canary {CANARY_SCHEMA}.{CANARY_TABLE} does not exist in database {shared_database:?}: the shared security has not been ensured"
-                );
+    /// The checks run in the shared database, each `Unknown` for `why`: a
+    /// check that could not run must not read as passed.
+    fn shared_unknown(&self, why: &str) -> Vec<Finding> {
+        let mut findings = vec![
+            fail(check::CANARY_READ, IsolationState::Unknown, why),
+            fail(check::CANARY_WRITE, IsolationState::Unknown, why),
+        ];
+        for table in &self.shared_tables {
+            for what in [check::READ, check::WRITE] {
                 findings.push(fail(
-                    check::CANARY_READ,
+                    &check::table(table, what),
                     IsolationState::Unknown,
-                    why.clone(),
+                    why,
                 ));
-                findings.push(fail(check::CANARY_WRITE, IsolationState::Unknown, why));
             }
         }
+        findings
+    }
 
+    /// The shared tables' findings. Their catalog side is read as the admin,
+    /// so it is reported even when `conn`, the tenant's connection to the
+    /// shared database, is missing; the reads and writes need it.
+    async fn shared_table_findings(
+        &self,
+        role: &str,
+        tenant: &str,
+        mapping_exists: bool,
+        mut conn: Option<&mut PgConnection>,
+    ) -> Vec<Finding> {
         if self.shared_tables.is_empty() {
-            findings.push(pass(check::TABLES, "no shared tables are configured"));
-        } else {
-            findings.push(
-                self.mapping_finding(role, tenant, server.mapping_exists)
-                    .await,
-            );
-            let settings = match shared_conn.as_deref_mut() {
-                Some(conn) => spoof_settings(conn).await,
-                None => Vec::new(),
-            };
-            for table in &self.shared_tables {
-                findings.extend(self.catalog_findings(table, role).await);
-                if let Some(conn) = shared_conn.as_deref_mut() {
-                    let others = self.other_rows_exist(table, tenant).await;
-                    findings.push(table_read(conn, table, tenant, &settings, others).await);
-                    findings.push(table_write(conn, table, tenant).await);
-                }
+            return vec![pass(check::TABLES, "no shared tables are configured")];
+        }
+        let mut findings = vec![self.mapping_finding(role, tenant, mapping_exists).await];
+        // Set once for the whole session, so every table is read and written
+        // as a tenant claiming to be another.
+        let settings = match conn.as_deref_mut() {
+            Some(conn) => spoof_settings(conn).await,
+            None => Vec::new(),
+        };
+        for table in &self.shared_tables {
+            findings.extend(self.catalog_findings(table, role).await);
+            if let Some(conn) = conn.as_deref_mut() {
+                let others = self.other_rows_exist(table, tenant).await;
+                findings.push(table_read(conn, table, tenant, &settings, others).await);
+                findings.push(table_write(conn, table, tenant).await);
             }
-        }
-
-        if let Ok(conn) = own {
-            let _ = conn.close().await;
-        }
-        if let Some(Ok(conn)) = shared {
-            let _ = conn.close().await;
         }
         findings
     }
@@ -831,6 +816,104 @@ impl DatabaseProbe {
     }
 }
 
+/// Every other check starts from the role's and the server's facts, so
+/// without the catalogs the probe stops at these.
+fn admin_unreadable(e: &str) -> Vec<Finding> {
+    let why = format!("could not read the catalogs as the admin: {e}");
+    [
+        check::CONNECT,
+        check::SUPERUSER,
+        check::BYPASSRLS,
+        check::SERVER_VERSION,
+    ]
+    .into_iter()
+    .map(|id| fail(id, IsolationState::Unknown, why.clone()))
+    .collect()
+}
+
+fn connect_finding(
+    own: &Result<PgConnection, ConnectFailure>,
+    credentials: &DatabaseCredentials,
+) -> Finding {
+    match own {
+        Ok(_) => pass(
+            check::CONNECT,
+            format!(
+                "logged in as {:?} to database {:?}",
+                credentials.username, credentials.database
+            ),
+        ),
+        Err(failure) => fail(
+            check::CONNECT,
+            IsolationState::Unknown,
+            failure.detail.clone(),
+        ),
+    }
+}
+
+/// What the tenant's own login reaches beyond its schema. `shared`, the
+/// second login of a tenant of mode Database, is checked too: CREATE on
+/// public or another tenant's schema there is as much a leak as in its own
+/// database.
+async fn own_database_findings(
+    conn: &mut PgConnection,
+    mut shared: Option<&mut PgConnection>,
+    shared_database: &str,
+    role: &str,
+    credentials: &DatabaseCredentials,
+    other_tenant_schema: Option<&str>,
+    exposures: &mut Vec<Finding>,
+) -> Vec<Finding> {
+    let own_database = credentials.database.as_str();
+    let mut findings = Vec::new();
+    let mut per_db = vec![(own_database.to_string(), public_create(conn).await)];
+    if let Some(conn) = shared.as_deref_mut() {
+        per_db.push((shared_database.to_string(), public_create(conn).await));
+    }
+    findings.push(public_create_finding(role, per_db));
+    findings.push(schema_grants_finding(conn, &credentials.schema).await);
+    exposures.extend(
+        catalog_exposures(conn, &[own_database, shared_database], &credentials.schema).await,
+    );
+
+    if let Some(other) = other_tenant_schema {
+        let mut per_db = vec![(own_database.to_string(), other_schema(conn, other).await)];
+        if let Some(conn) = shared {
+            per_db.push((shared_database.to_string(), other_schema(conn, other).await));
+        }
+        // CONNECT to a database named like the other schema is a leak unless
+        // that database is the tenant's own.
+        let database = if other != own_database {
+            other_database_connect(conn, other).await
+        } else {
+            Ok(None)
+        };
+        findings.push(other_schema_finding(other, per_db, database));
+    }
+    findings
+}
+
+/// A missing canary means the shared security was never ensured: the
+/// finding says so, rather than probing and reporting the server's error.
+async fn canary_findings(
+    conn: &mut PgConnection,
+    exists: bool,
+    shared_database: &str,
+) -> Vec<Finding> {
+    if exists {
+        let read = canary_read(conn).await;
+        let write = canary_write(conn).await;
+        return vec![read, write];
+    }
+    let why = format!(
+        "the canary {CANARY_SCHEMA}.{CANARY_TABLE} does not exist in database {shared_database:?}: the shared security has not been ensured"
+    );
+    vec![
+        fail(check::CANARY_READ, IsolationState::Unknown, why.clone()),
+        fail(check::CANARY_WRITE, IsolationState::Unknown, why),
+    ]
+}
+
 /// The findings on the role's attributes and memberships.
 fn role_findings(role: &str, facts: Option<&RoleFacts>) -> Vec<Finding> {
     let ids = [
@@ -854,18 +937,7 @@ fn role_findings(role: &str, facts: Option<&RoleFacts>) -> Vec<Finding> {
             .collect();
     };
     let q = quote_ident(role);
-    // One statement that takes away every attribute only a superuser can.
-    let superuser_remedy = {
-        let flags: Vec<&str> = [
-            (f.rolsuper, "NOSUPERUSER"),
-            (f.rolbypassrls, "NOBYPASSRLS"),
-            (f.rolreplication, "NOREPLICATION"),
-        ]
-        .into_iter()
-        .filter_map(|(set, clause)| set.then_some(clause))
-        .collect();
-        format!("a superuser must run: ALTER ROLE {q} {};", flags.join(" "))
-    };
+    let superuser_remedy = superuser_remedy(&q, f);
     let flag = |id: &str, set: bool, name: &str, why: &str, remedy: &str| {
         if set {
             fail(
@@ -913,24 +985,43 @@ fn role_findings(role: &str, facts: Option<&RoleFacts>) -> Vec<Finding> {
             "it can create databases outside tenantry's control",
             &format!("the operator puts it back (ALTER ROLE {q} NOCREATEDB)"),
         ),
-        if f.member_of.is_empty() {
-            pass(
-                check::MEMBERSHIPS,
-                format!("role {role:?} is a member of no other role"),
-            )
-        } else {
-            let names: Vec<String> = f.member_of.iter().map(|r| quote_ident(r)).collect();
-            fail(
-                check::MEMBERSHIPS,
-                IsolationState::Broken,
-                format!(
-                    "role {role:?} is a member of {}: it can SET ROLE to them and use their privileges (repair: REVOKE {} FROM {q})",
-                    names.join(", "),
-                    names.join(", ")
-                ),
-            )
-        },
+        memberships_finding(role, f),
     ]
+}
+
+/// The operator cannot take these attributes away itself (only a superuser
+/// can), so the remedy is one statement, for all that are set, for a
+/// superuser to run. `q` is the role, quoted.
+fn superuser_remedy(q: &str, f: &RoleFacts) -> String {
+    let flags: Vec<&str> = [
+        (f.rolsuper, "NOSUPERUSER"),
+        (f.rolbypassrls, "NOBYPASSRLS"),
+        (f.rolreplication, "NOREPLICATION"),
+    ]
+    .into_iter()
+    .filter_map(|(set, clause)| set.then_some(clause))
+    .collect();
+    format!("a superuser must run: ALTER ROLE {q} {};", flags.join(" "))
+}
+
+fn memberships_finding(role: &str, f: &RoleFacts) -> Finding {
+    if f.member_of.is_empty() {
+        return pass(
+            check::MEMBERSHIPS,
+            format!("role {role:?} is a member of no other role"),
+        );
+    }
+    let names: Vec<String> = f.member_of.iter().map(|r| quote_ident(r)).collect();
+    fail(
+        check::MEMBERSHIPS,
+        IsolationState::Broken,
+        format!(
+            "role {role:?} is a member of {}: it can SET ROLE to them and use their privileges (repair: REVOKE {} FROM {})",
+            names.join(", "),
+            names.join(", "),
+            quote_ident(role)
+        ),
+    )
 }
 
 /// The CVEs of [`RLS_FIXES`] the server lacks the fix for, each with the
