@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::api::{IsolationMode, TenantResources, TenantSpec};
+use crate::api::{IsolationMode, Reason, TenantResources, TenantSpec};
 use crate::backends::{
     DatabaseCredentials, DatabaseLocation, KeyInfo, TenantRef, generate_password, shared_tables,
 };
@@ -98,7 +98,7 @@ impl TenantContext {
 
     fn key_arn(&self) -> Result<String, StepError> {
         self.key.as_ref().map(|k| k.arn.clone()).ok_or_else(|| {
-            StepError::permanent("Internal", "engine", "the KMS key step has not run")
+            StepError::permanent(Reason::Internal, "engine", "the KMS key step has not run")
         })
     }
 }
@@ -206,7 +206,11 @@ impl Step<TenantContext> for PostgresStep {
             .as_ref()
             .map(|c| c.password.clone())
             .ok_or_else(|| {
-                StepError::permanent("Internal", "engine", "the credentials step has not run")
+                StepError::permanent(
+                    Reason::Internal,
+                    "engine",
+                    "the credentials step has not run",
+                )
             })?;
         let location = ctx
             .backends
@@ -366,8 +370,13 @@ impl Step<TenantContext> for KubernetesSecretStep {
 
 /// The keys applications read, as documented in the README.
 fn kube_secret_data(ctx: &TenantContext) -> Result<BTreeMap<String, SecretString>, StepError> {
-    let missing =
-        |what: &str| StepError::permanent("Internal", "engine", format!("{what} is not known yet"));
+    let missing = |what: &str| {
+        StepError::permanent(
+            Reason::Internal,
+            "engine",
+            format!("{what} is not known yet"),
+        )
+    };
     let creds = ctx
         .credentials
         .as_ref()

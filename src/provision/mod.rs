@@ -20,7 +20,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::api::{JournalOperation, ProvisioningJournal};
+use crate::api::{JournalOperation, ProvisioningJournal, Reason};
 
 /// Why a step failed, and whether trying again may help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,8 +28,8 @@ use crate::api::{JournalOperation, ProvisioningJournal};
 pub struct StepError {
     /// Worth retrying (throttling, 5xx, timeouts, refused connections).
     pub transient: bool,
-    /// A short PascalCase cause for conditions and events, e.g. `Conflict`.
-    pub reason: &'static str,
+    /// The cause for conditions and events, e.g. [`Reason::Conflict`].
+    pub reason: Reason,
     /// A fixed label for metrics (never built from object names).
     pub category: &'static str,
     /// What happened, for people. Never holds a secret.
@@ -40,17 +40,13 @@ impl StepError {
     pub fn transient(category: &'static str, message: impl Into<String>) -> Self {
         Self {
             transient: true,
-            reason: "BackendUnavailable",
+            reason: Reason::BackendUnavailable,
             category,
             message: message.into(),
         }
     }
 
-    pub fn permanent(
-        reason: &'static str,
-        category: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn permanent(reason: Reason, category: &'static str, message: impl Into<String>) -> Self {
         Self {
             transient: false,
             reason,
@@ -61,7 +57,7 @@ impl StepError {
 
     /// A resource with the tenant's name exists and is not the tenant's.
     pub fn conflict(category: &'static str, message: impl Into<String>) -> Self {
-        Self::permanent("Conflict", category, message)
+        Self::permanent(Reason::Conflict, category, message)
     }
 }
 
@@ -257,7 +253,7 @@ impl<'a, C: Send> Engine<'a, C> {
                     }
                 }
                 Err(error) if journal.provisioned => {
-                    tracing::warn!(step = name, reason = error.reason, %error, "step of a provisioned tenant failed; keeping everything");
+                    tracing::warn!(step = name, reason = %error.reason, %error, "step of a provisioned tenant failed; keeping everything");
                     journal.in_progress = None;
                     journal.failure = Some(format!("{name}: {error}"));
                     journal.failure_reason = Some(error.reason.to_string());
@@ -271,7 +267,7 @@ impl<'a, C: Send> Engine<'a, C> {
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(step = name, reason = error.reason, %error, "step failed; rolling back");
+                    tracing::warn!(step = name, reason = %error.reason, %error, "step failed; rolling back");
                     // The failed step may have made part of its resource.
                     if !done_before {
                         journal.steps_done.push(name.to_string());
