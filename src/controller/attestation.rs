@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::api::{IsolationState, IsolationStatus, LayerReport, TenantStatus};
+use crate::api::{IsolationState, IsolationStatus, LayerReport, Reason, TenantStatus};
 use crate::controller::status::set_condition;
 use crate::controller::steps::TenantContext;
 use crate::isolation::fail;
@@ -157,7 +157,7 @@ pub fn apply_isolation_conditions(
             &mut status.conditions,
             type_,
             enforced,
-            report.state.as_str(),
+            &Reason::layer(report.state),
             &message,
             generation,
             now,

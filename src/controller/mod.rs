@@ -27,7 +27,7 @@ use rand::Rng;
 
 use crate::api::{
     DeletionPolicy, DeletionStatus, IsolationMode, IsolationState, JournalOperation, Placement,
-    ProvisioningJournal, Tenant, TenantClass, TenantPhase, TenantSpec, TenantStatus,
+    ProvisioningJournal, Reason, Tenant, TenantClass, TenantPhase, TenantSpec, TenantStatus,
 };
 use crate::audit::{self, Action as AuditAction, AuditLog};
 use crate::backends::TenantRef;
@@ -401,24 +401,28 @@ impl JournalStore for StatusJournal<'_> {
         if self.status.phase != Some(phase) || phase != TenantPhase::Ready {
             let (reason, message) = match phase {
                 TenantPhase::RollingBack => (
-                    "RollingBack",
+                    Reason::RollingBack,
                     format!(
                         "provisioning failed ({}); removing what was made",
                         journal.failure.as_deref().unwrap_or("unknown cause")
                     ),
                 ),
-                TenantPhase::Deleting => {
-                    ("Deleting", "removing the tenant's resources".to_string())
-                }
+                TenantPhase::Deleting => (
+                    Reason::Deleting,
+                    "removing the tenant's resources".to_string(),
+                ),
                 TenantPhase::Failed => (
-                    journal.failure_reason.as_deref().unwrap_or("RolledBack"),
+                    journal
+                        .failure_reason
+                        .as_deref()
+                        .map_or(Reason::RolledBack, Reason::from),
                     format!(
                         "provisioning failed and was rolled back, nothing was left behind: {}",
                         journal.failure.as_deref().unwrap_or("unknown cause")
                     ),
                 ),
                 _ => (
-                    "Provisioning",
+                    Reason::Provisioning,
                     match &journal.in_progress {
                         Some(step) => format!("ensuring {step}"),
                         None => format!("{} steps done", journal.steps_done.len()),
@@ -503,12 +507,12 @@ async fn record(
 /// A spec the reconciler cannot honour, with its condition reason.
 #[derive(Debug)]
 struct Refusal {
-    reason: &'static str,
+    reason: Reason,
     message: String,
 }
 
 impl Refusal {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -523,7 +527,7 @@ fn effective_spec(tenant: &Tenant, class: &ClassRules) -> Result<TenantSpec, Ref
         && !class.allow_override
     {
         return Err(Refusal::new(
-            "IsolationModeNotAllowed",
+            Reason::IsolationModeNotAllowed,
             format!(
                 "TenantClass {} puts every tenant in mode {} (isolation.allowOverride is false), \
                  so spec.database.isolation {mode} is refused: remove it, or choose another class",
@@ -537,7 +541,7 @@ fn effective_spec(tenant: &Tenant, class: &ClassRules) -> Result<TenantSpec, Ref
     ) && parse_grace_period(asked).is_ok_and(|asked| asked < min)
     {
         return Err(Refusal::new(
-            "GracePeriodBelowClassMinimum",
+            Reason::GracePeriodBelowClassMinimum,
             format!(
                 "spec.deletion.gracePeriod {asked} is shorter than TenantClass {} allows ({}, \
                  deletion.minGracePeriod): lengthen it, or leave it out for the class's default",
@@ -551,7 +555,7 @@ fn effective_spec(tenant: &Tenant, class: &ClassRules) -> Result<TenantSpec, Ref
         && asked > max
     {
         return Err(Refusal::new(
-            "ConnectionLimitAboveClassMaximum",
+            Reason::ConnectionLimitAboveClassMaximum,
             format!(
                 "spec.database.connectionLimit {asked} is more than TenantClass {} allows ({max}, \
                  database.maxConnectionLimit): set it to {max} or less, or choose another class",
@@ -578,7 +582,7 @@ fn validate(
     spec: &TenantSpec,
     class: &ClassRules,
 ) -> Result<(TenantNames, Duration), Refusal> {
-    let invalid = |message: String| Refusal::new("InvalidSpec", message);
+    let invalid = |message: String| Refusal::new(Reason::InvalidSpec, message);
     let names = TenantNames::new(&tenant.name_any(), &class.bucket_prefix).map_err(invalid)?;
     let grace = parse_grace_period(spec.deletion.grace_period.as_deref().unwrap_or_default())
         .map_err(invalid)?;
@@ -590,7 +594,7 @@ fn validate(
         && placement.server != class.server
     {
         return Err(Refusal::new(
-            "PlacementChangeRefused",
+            Reason::PlacementChangeRefused,
             format!(
                 "the tenant's data lives on {} (class {}); class {} uses {}. tenantry does not move a tenant \
                  between servers: set spec.class back to {}",
@@ -608,7 +612,7 @@ fn validate(
                     IsolationMode::Schema
                 };
                 return Err(Refusal::new(
-                    "IsolationModeChangeRefused",
+                    Reason::IsolationModeChangeRefused,
                     format!(
                         "spec.database.isolation cannot change from {was} to {mode} once the tenant's data exists; \
                          set it back to {was}"
@@ -620,7 +624,7 @@ fn validate(
             && *bucket != names.bucket
         {
             return Err(Refusal::new(
-                "PlacementChangeRefused",
+                Reason::PlacementChangeRefused,
                 format!(
                     "the tenant's bucket is {bucket}, but class {} would name it {} (another bucket prefix); \
                      tenantry does not move a tenant's objects: restore the class's bucket prefix",
@@ -669,7 +673,7 @@ async fn resolve_class(
             } else {
                 TenantPhase::Failed
             };
-            let verdict = Verdict::new(phase, error.reason(), error.to_string());
+            let verdict = Verdict::new(phase, Reason::from(error.reason()), error.to_string());
             apply_verdict(
                 &mut status,
                 &verdict,
@@ -703,7 +707,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     // A store that failed its guards while running records nothing more, so
     // nothing more is changed: refused before any backend is touched.
     if let Some(why) = ctx.audit.distrusted() {
-        let verdict = Verdict::new(TenantPhase::Failed, "AuditTrailDistrusted", why);
+        let verdict = Verdict::new(TenantPhase::Failed, Reason::AuditTrailDistrusted, why);
         return finish(tenant, ctx, &class, current, &verdict, None).await;
     }
     if let Some(wait) = backoff_remaining(
@@ -772,7 +776,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         Outcome::RemovalStuck { step, error } => {
             let verdict = Verdict::new(
                 TenantPhase::RollingBack,
-                "RollbackStuck",
+                Reason::RollbackStuck,
                 format!("could not remove {step}, will retry: {error}"),
             );
             finish(tenant, ctx, &class, status, &verdict, Some("removal_stuck")).await?;
@@ -858,11 +862,11 @@ async fn namespace_gate(
             .check(&class.rules.name, namespace, labels)
         {
             Ok(()) => return Ok(None),
-            Err(message) => Verdict::new(TenantPhase::Failed, "NamespaceNotAllowed", message),
+            Err(message) => Verdict::new(TenantPhase::Failed, Reason::NamespaceNotAllowed, message),
         },
         None => Verdict::new(
             TenantPhase::Pending,
-            "NamespaceMissing",
+            Reason::NamespaceMissing,
             format!(
                 "namespace {namespace} (spec.credentials.namespace) does not exist; tenantry does not create \
                  namespaces and will retry"
@@ -891,7 +895,7 @@ async fn measure_settled(
         let mut status = current.clone();
         let repairs = status.isolation.as_ref().map_or(0, |i| i.drift_repairs);
         status.isolation = Some(measured.into_status(Utc::now(), repairs));
-        let verdict = Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE);
+        let verdict = Verdict::new(TenantPhase::Ready, Reason::Provisioned, READY_MESSAGE);
         return Ok(Err(
             finish(tenant, ctx, class, status, &verdict, None).await?
         ));
@@ -907,7 +911,13 @@ async fn measure_settled(
     )
     .await?;
     ctx.events
-        .publish(tenant, EventType::Warning, "DriftDetected", "Probe", &found)
+        .publish(
+            tenant,
+            EventType::Warning,
+            &Reason::DriftDetected,
+            "Probe",
+            &found,
+        )
         .await;
     Ok(Ok(measured))
 }
@@ -980,7 +990,7 @@ async fn on_provisioned(
     let verdict = if tenant.spec.suspended {
         Verdict::new(
             TenantPhase::Suspended,
-            "Suspended",
+            Reason::Suspended,
             "access revoked: database login disabled and the Kubernetes Secret removed",
         )
     } else {
@@ -1050,13 +1060,13 @@ async fn measure_provisioned(
                 .publish(
                     tenant,
                     EventType::Normal,
-                    "DriftRepaired",
+                    &Reason::DriftRepaired,
                     "Repair",
                     &message,
                 )
                 .await;
         }
-        Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE)
+        Verdict::new(TenantPhase::Ready, Reason::Provisioned, READY_MESSAGE)
     } else {
         unmeasured = measured.summary() == IsolationState::Unknown;
         isolation_failure(tenant, ctx, class, steps_ctx, &measured).await
@@ -1085,7 +1095,7 @@ async fn on_rolled_back(
     status.placement = None;
     let message =
         format!("provisioning failed and was rolled back, nothing was left behind: {error}");
-    let verdict = Verdict::new(TenantPhase::Failed, reason, message);
+    let verdict = Verdict::new(TenantPhase::Failed, Reason::from(reason.as_str()), message);
     ctx.events
         .publish(
             tenant,
@@ -1130,7 +1140,7 @@ async fn on_degraded(
         let repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
         status.isolation = Some(measured.into_status(Utc::now(), repairs));
     }
-    let verdict = Verdict::new(TenantPhase::Failed, reason, message);
+    let verdict = Verdict::new(TenantPhase::Failed, Reason::from(reason.as_str()), message);
     if current.phase != Some(TenantPhase::Failed) {
         ctx.events
             .publish(
@@ -1217,7 +1227,7 @@ async fn isolation_failure(
 ) -> Verdict {
     let unrepairable = measured.unrepairable();
     let state = measured.summary();
-    let reason = format!("Isolation{}", state.as_str());
+    let reason = Reason::isolation(state);
     if unrepairable.is_empty() {
         return Verdict::new(
             TenantPhase::Failed,
@@ -1249,7 +1259,7 @@ async fn isolation_failure(
         .publish(
             tenant,
             EventType::Warning,
-            "FailedClosed",
+            &Reason::FailedClosed,
             "Probe",
             &message,
         )
@@ -1488,7 +1498,11 @@ async fn revoke_for_deletion(
     );
     apply_verdict(
         status,
-        &Verdict::new(TenantPhase::Deleting, "AccessRevoked", message.clone()),
+        &Verdict::new(
+            TenantPhase::Deleting,
+            Reason::AccessRevoked,
+            message.clone(),
+        ),
         tenant.metadata.generation,
         Utc::now(),
     );
@@ -1497,7 +1511,7 @@ async fn revoke_for_deletion(
         .publish(
             tenant,
             EventType::Normal,
-            "AccessRevoked",
+            &Reason::AccessRevoked,
             "Delete",
             &message,
         )
@@ -1547,7 +1561,7 @@ async fn finish_deletion(
         let mut status = store.status;
         let verdict = Verdict::new(
             TenantPhase::Deleting,
-            "DeletionStuck",
+            Reason::DeletionStuck,
             format!("could not remove {step}, will retry: {error}"),
         );
         apply_verdict(
@@ -1561,7 +1575,7 @@ async fn finish_deletion(
             .publish(
                 tenant,
                 EventType::Warning,
-                "DeletionStuck",
+                &verdict.reason,
                 "Delete",
                 &verdict.message,
             )
@@ -1575,12 +1589,12 @@ async fn finish_deletion(
     let (last_action, reason, message) = match policy {
         DeletionPolicy::Retain => (
             AuditAction::TenantReleased,
-            "Retained",
+            Reason::Retained,
             "Tenant deleted with policy Retain: resources kept and released for adoption; login disabled",
         ),
         DeletionPolicy::Delete => (
             AuditAction::TenantTombstone,
-            "Deleted",
+            Reason::Deleted,
             "every resource of the tenant was removed (the KMS key is scheduled for deletion)",
         ),
     };
@@ -1600,7 +1614,7 @@ async fn finish_deletion(
         .await?;
     }
     ctx.events
-        .publish(tenant, EventType::Normal, reason, "Delete", message)
+        .publish(tenant, EventType::Normal, &reason, "Delete", message)
         .await;
     remove_finalizer(tenant, &ctx.client).await?;
     Ok(Action::await_change())
@@ -1666,7 +1680,7 @@ mod tests {
             ..Default::default()
         });
         let err = check(&t, &flags()).unwrap_err();
-        assert_eq!(err.reason, "IsolationModeChangeRefused");
+        assert_eq!(err.reason, Reason::IsolationModeChangeRefused);
         assert!(
             err.message
                 .contains("cannot change from Schema to Database"),
@@ -1725,7 +1739,7 @@ mod tests {
         t.spec.deletion.policy = Some(DeletionPolicy::Delete);
         t.spec.deletion.grace_period = Some("0s".into());
         let err = check(&t, &class).unwrap_err();
-        assert_eq!(err.reason, "GracePeriodBelowClassMinimum");
+        assert_eq!(err.reason, Reason::GracePeriodBelowClassMinimum);
         assert!(err.message.contains("regulated"), "{err:?}");
         // A Tenant that got past the check (edited just before its deletion)
         // still waits the class's minimum.
@@ -1778,7 +1792,7 @@ mod tests {
             ..flags()
         };
         let err = check(&tenant("acme", IsolationMode::Schema), &class).unwrap_err();
-        assert_eq!(err.reason, "IsolationModeNotAllowed");
+        assert_eq!(err.reason, Reason::IsolationModeNotAllowed);
         assert!(err.message.contains("enterprise"), "{err:?}");
         assert!(check(&tenant("acme", IsolationMode::Database), &class).is_ok());
     }
@@ -1793,7 +1807,7 @@ mod tests {
         let mut greedy = tenant("acme", IsolationMode::Schema);
         greedy.spec.database.connection_limit = 10_000;
         let err = check(&greedy, &class).unwrap_err();
-        assert_eq!(err.reason, "ConnectionLimitAboveClassMaximum");
+        assert_eq!(err.reason, Reason::ConnectionLimitAboveClassMaximum);
         assert!(
             err.message.contains("10000") && err.message.contains("50"),
             "{err:?}"
@@ -1825,7 +1839,7 @@ mod tests {
             ..flags()
         };
         let err = check(&t, &elsewhere).unwrap_err();
-        assert_eq!(err.reason, "PlacementChangeRefused");
+        assert_eq!(err.reason, Reason::PlacementChangeRefused);
         assert!(
             err.message.contains("db:5432/app") && err.message.contains("standard"),
             "{err:?}"
@@ -1835,7 +1849,7 @@ mod tests {
             ..flags()
         };
         let err = check(&t, &other_prefix).unwrap_err();
-        assert_eq!(err.reason, "PlacementChangeRefused");
+        assert_eq!(err.reason, Reason::PlacementChangeRefused);
         assert!(err.message.contains("tenantry-acme"), "{err:?}");
         assert!(check(&t, &flags()).is_ok());
     }
