@@ -4,9 +4,11 @@
 //! prints what they generate and a test keeps the committed file equal to it.
 
 mod class;
+mod reason;
 mod tenant;
 
 pub use class::*;
+pub use reason::*;
 pub use tenant::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

@@ -166,13 +166,14 @@ impl BackendError {
         }
     }
 
-    /// PascalCase cause for conditions and events.
-    pub fn reason(&self) -> &'static str {
+    /// The cause for conditions and events.
+    pub fn reason(&self) -> crate::api::Reason {
+        use crate::api::Reason;
         match self {
-            Self::Conflict { .. } => "Conflict",
-            Self::Unavailable { .. } => "BackendUnavailable",
-            Self::Rejected { .. } => "BackendRejected",
-            Self::Missing { .. } => "DependencyMissing",
+            Self::Conflict { .. } => Reason::Conflict,
+            Self::Unavailable { .. } => Reason::BackendUnavailable,
+            Self::Rejected { .. } => Reason::BackendRejected,
+            Self::Missing { .. } => Reason::DependencyMissing,
         }
     }
 }

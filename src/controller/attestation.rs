@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::api::{IsolationState, IsolationStatus, Layer, LayerReport, TenantStatus};
+use crate::api::{IsolationState, IsolationStatus, Layer, LayerReport, Reason, TenantStatus};
 use crate::controller::status::set_condition;
 use crate::isolation::fail;
 use crate::provision::{Engine, RetryPolicy};
@@ -149,7 +149,7 @@ pub fn apply_isolation_conditions(
             &mut status.conditions,
             type_,
             enforced,
-            report.state.as_str(),
+            &Reason::layer(report.state),
             &message,
             generation,
             now,

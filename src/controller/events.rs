@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, Resource, ResourceExt};
 
-use crate::api::Tenant;
+use crate::api::{Reason, Tenant};
 
 pub const REPORTING_CONTROLLER: &str = "tenantry.dev/operator";
 
@@ -44,7 +44,7 @@ impl EventPublisher {
         &self,
         tenant: &Tenant,
         type_: EventType,
-        reason: &str,
+        reason: &Reason,
         action: &str,
         note: &str,
     ) {
@@ -86,7 +86,7 @@ impl EventPublisher {
         };
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         if let Err(error) = events.create(&PostParams::default(), &event).await {
-            tracing::debug!(%error, reason, "could not publish event (best effort)");
+            tracing::debug!(%error, %reason, "could not publish event (best effort)");
         }
     }
 }

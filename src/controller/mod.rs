@@ -26,7 +26,8 @@ use rand::Rng;
 
 use crate::api::{
     DeletionPolicy, DeletionStatus, IsolationMode, IsolationState, JournalOperation, Layer,
-    Placement, ProvisioningJournal, Tenant, TenantClass, TenantPhase, TenantSpec, TenantStatus,
+    Placement, ProvisioningJournal, Reason, Tenant, TenantClass, TenantPhase, TenantSpec,
+    TenantStatus,
 };
 use crate::audit::{self, Action as AuditAction, AuditLog};
 use crate::backends::{AuditSink, TenantRef};
@@ -403,7 +404,7 @@ impl JournalStore for StatusJournal<'_> {
         if self.status.phase != Some(phase) || phase != TenantPhase::Ready {
             let (reason, message) = match phase {
                 TenantPhase::RollingBack => (
-                    "RollingBack",
+                    Reason::RollingBack,
                     format!(
                         "provisioning failed ({}); removing what was made",
                         journal
@@ -412,11 +413,15 @@ impl JournalStore for StatusJournal<'_> {
                             .map_or("unknown cause".to_string(), ToString::to_string)
                     ),
                 ),
-                TenantPhase::Deleting => {
-                    ("Deleting", "removing the tenant's resources".to_string())
-                }
+                TenantPhase::Deleting => (
+                    Reason::Deleting,
+                    "removing the tenant's resources".to_string(),
+                ),
                 TenantPhase::Failed => (
-                    journal.failure_reason.as_deref().unwrap_or("RolledBack"),
+                    journal
+                        .failure_reason
+                        .as_deref()
+                        .map_or(Reason::RolledBack, Reason::from),
                     format!(
                         "provisioning failed and was rolled back, nothing was left behind: {}",
                         journal
@@ -426,7 +431,7 @@ impl JournalStore for StatusJournal<'_> {
                     ),
                 ),
                 _ => (
-                    "Provisioning",
+                    Reason::Provisioning,
                     match &journal.in_progress {
                         Some(step) => format!("ensuring {step}"),
                         None => format!("{} steps done", journal.steps_done.len()),
@@ -513,12 +518,12 @@ async fn record(
 /// A spec the reconciler cannot honour, with its condition reason.
 #[derive(Debug)]
 struct Refusal {
-    reason: &'static str,
+    reason: Reason,
     message: String,
 }
 
 impl Refusal {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -533,7 +538,7 @@ fn effective_spec(tenant: &Tenant, class: &ClassRules) -> Result<TenantSpec, Ref
         && !class.allow_override
     {
         return Err(Refusal::new(
-            "IsolationModeNotAllowed",
+            Reason::IsolationModeNotAllowed,
             format!(
                 "TenantClass {} puts every tenant in mode {} (isolation.allowOverride is false), \
                  so spec.database.isolation {mode} is refused: remove it, or choose another class",
@@ -547,7 +552,7 @@ fn effective_spec(tenant: &Tenant, class: &ClassRules) -> Result<TenantSpec, Ref
     ) && parse_grace_period(asked).is_ok_and(|asked| asked < min)
     {
         return Err(Refusal::new(
-            "GracePeriodBelowClassMinimum",
+            Reason::GracePeriodBelowClassMinimum,
             format!(
                 "spec.deletion.gracePeriod {asked} is shorter than TenantClass {} allows ({}, \
                  deletion.minGracePeriod): lengthen it, or leave it out for the class's default",
@@ -561,7 +566,7 @@ fn effective_spec(tenant: &Tenant, class: &ClassRules) -> Result<TenantSpec, Ref
         && asked > max
     {
         return Err(Refusal::new(
-            "ConnectionLimitAboveClassMaximum",
+            Reason::ConnectionLimitAboveClassMaximum,
             format!(
                 "spec.database.connectionLimit {asked} is more than TenantClass {} allows ({max}, \
                  database.maxConnectionLimit): set it to {max} or less, or choose another class",
@@ -588,7 +593,7 @@ fn validate(
     spec: &TenantSpec,
     class: &ClassRules,
 ) -> Result<(TenantNames, Duration), Refusal> {
-    let invalid = |message: String| Refusal::new("InvalidSpec", message);
+    let invalid = |message: String| Refusal::new(Reason::InvalidSpec, message);
     let names = TenantNames::new(&tenant.name_any(), &class.bucket_prefix).map_err(invalid)?;
     let grace = parse_grace_period(spec.deletion.grace_period.as_deref().unwrap_or_default())
         .map_err(invalid)?;
@@ -600,7 +605,7 @@ fn validate(
         && placement.server != class.server
     {
         return Err(Refusal::new(
-            "PlacementChangeRefused",
+            Reason::PlacementChangeRefused,
             format!(
                 "the tenant's data lives on {} (class {}); class {} uses {}. tenantry does not move a tenant \
                  between servers: set spec.class back to {}",
@@ -618,7 +623,7 @@ fn validate(
                     IsolationMode::Schema
                 };
                 return Err(Refusal::new(
-                    "IsolationModeChangeRefused",
+                    Reason::IsolationModeChangeRefused,
                     format!(
                         "spec.database.isolation cannot change from {was} to {mode} once the tenant's data exists; \
                          set it back to {was}"
@@ -630,7 +635,7 @@ fn validate(
             && *bucket != names.bucket
         {
             return Err(Refusal::new(
-                "PlacementChangeRefused",
+                Reason::PlacementChangeRefused,
                 format!(
                     "the tenant's bucket is {bucket}, but class {} would name it {} (another bucket prefix); \
                      tenantry does not move a tenant's objects: restore the class's bucket prefix",
@@ -679,7 +684,7 @@ async fn resolve_class(
             } else {
                 TenantPhase::Failed
             };
-            let verdict = Verdict::new(phase, error.reason(), error.to_string());
+            let verdict = Verdict::new(phase, Reason::from(error.reason()), error.to_string());
             apply_verdict(
                 &mut status,
                 &verdict,
@@ -717,7 +722,7 @@ async fn apply(
     // A store that failed its guards while running records nothing more, so
     // nothing more is changed: refused before any backend is touched.
     if let Some(why) = ctx.audit.distrusted() {
-        let verdict = Verdict::new(TenantPhase::Failed, "AuditTrailDistrusted", why);
+        let verdict = Verdict::new(TenantPhase::Failed, Reason::AuditTrailDistrusted, why);
         return finish(tenant, ctx, &class, current, &verdict, None).await;
     }
     if let Some(wait) = backoff_remaining(
@@ -787,7 +792,7 @@ async fn apply(
         Outcome::RemovalStuck { step, error } => {
             let verdict = Verdict::new(
                 TenantPhase::RollingBack,
-                "RollbackStuck",
+                Reason::RollbackStuck,
                 format!("could not remove {step}, will retry: {error}"),
             );
             finish(tenant, ctx, &class, status, &verdict, Some("removal_stuck")).await?;
@@ -873,11 +878,11 @@ async fn namespace_gate(
             .check(&class.rules.name, namespace, labels)
         {
             Ok(()) => return Ok(None),
-            Err(message) => Verdict::new(TenantPhase::Failed, "NamespaceNotAllowed", message),
+            Err(message) => Verdict::new(TenantPhase::Failed, Reason::NamespaceNotAllowed, message),
         },
         None => Verdict::new(
             TenantPhase::Pending,
-            "NamespaceMissing",
+            Reason::NamespaceMissing,
             format!(
                 "namespace {namespace} (spec.credentials.namespace) does not exist; tenantry does not create \
                  namespaces and will retry"
@@ -906,7 +911,7 @@ async fn measure_settled(
         let mut status = current.clone();
         let repairs = status.isolation.as_ref().map_or(0, |i| i.drift_repairs);
         status.isolation = Some(measured.into_status(Utc::now(), repairs));
-        let verdict = Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE);
+        let verdict = Verdict::new(TenantPhase::Ready, Reason::Provisioned, READY_MESSAGE);
         return Ok(Err(
             finish(tenant, ctx, class, status, &verdict, None).await?
         ));
@@ -923,7 +928,13 @@ async fn measure_settled(
     )
     .await?;
     ctx.events
-        .publish(tenant, EventType::Warning, "DriftDetected", "Probe", &found)
+        .publish(
+            tenant,
+            EventType::Warning,
+            &Reason::DriftDetected,
+            "Probe",
+            &found,
+        )
         .await;
     Ok(Ok(measured))
 }
@@ -1012,7 +1023,7 @@ async fn on_provisioned(
     let verdict = if tenant.spec.suspended {
         Verdict::new(
             TenantPhase::Suspended,
-            "Suspended",
+            Reason::Suspended,
             "access revoked: database login disabled and the Kubernetes Secret removed",
         )
     } else {
@@ -1083,13 +1094,13 @@ async fn measure_provisioned(
                 .publish(
                     tenant,
                     EventType::Normal,
-                    "DriftRepaired",
+                    &Reason::DriftRepaired,
                     "Repair",
                     &message,
                 )
                 .await;
         }
-        Verdict::new(TenantPhase::Ready, "Provisioned", READY_MESSAGE)
+        Verdict::new(TenantPhase::Ready, Reason::Provisioned, READY_MESSAGE)
     } else {
         unmeasured = measured.summary() == IsolationState::Unknown;
         isolation_failure(tenant, ctx, steps_ctx, &measured).await
@@ -1118,7 +1129,7 @@ async fn on_rolled_back(
     status.placement = None;
     let message =
         format!("provisioning failed and was rolled back, nothing was left behind: {error}");
-    let verdict = Verdict::new(TenantPhase::Failed, reason, message);
+    let verdict = Verdict::new(TenantPhase::Failed, Reason::from(reason.as_str()), message);
     ctx.events
         .publish(
             tenant,
@@ -1163,7 +1174,7 @@ async fn on_degraded(
         let repairs = current.isolation.as_ref().map_or(0, |i| i.drift_repairs);
         status.isolation = Some(measured.into_status(Utc::now(), repairs));
     }
-    let verdict = Verdict::new(TenantPhase::Failed, reason, message);
+    let verdict = Verdict::new(TenantPhase::Failed, Reason::from(reason.as_str()), message);
     if current.phase != Some(TenantPhase::Failed) {
         ctx.events
             .publish(
@@ -1249,7 +1260,7 @@ async fn isolation_failure(
 ) -> Verdict {
     let unrepairable = measured.unrepairable();
     let state = measured.summary();
-    let reason = format!("Isolation{}", state.as_str());
+    let reason = Reason::isolation(state);
     if unrepairable.is_empty() {
         return Verdict::new(
             TenantPhase::Failed,
@@ -1282,7 +1293,7 @@ async fn isolation_failure(
         .publish(
             tenant,
             EventType::Warning,
-            "FailedClosed",
+            &Reason::FailedClosed,
             "Probe",
             &message,
         )
@@ -1544,7 +1555,11 @@ async fn revoke_for_deletion(
     );
     apply_verdict(
         status,
-        &Verdict::new(TenantPhase::Deleting, "AccessRevoked", message.clone()),
+        &Verdict::new(
+            TenantPhase::Deleting,
+            Reason::AccessRevoked,
+            message.clone(),
+        ),
         tenant.metadata.generation,
         Utc::now(),
     );
@@ -1553,7 +1568,7 @@ async fn revoke_for_deletion(
         .publish(
             tenant,
             EventType::Normal,
-            "AccessRevoked",
+            &Reason::AccessRevoked,
             "Delete",
             &message,
         )
@@ -1603,7 +1618,7 @@ async fn finish_deletion(
         let mut status = store.status;
         let verdict = Verdict::new(
             TenantPhase::Deleting,
-            "DeletionStuck",
+            Reason::DeletionStuck,
             format!("could not remove {step}, will retry: {error}"),
         );
         apply_verdict(
@@ -1617,7 +1632,7 @@ async fn finish_deletion(
             .publish(
                 tenant,
                 EventType::Warning,
-                "DeletionStuck",
+                &verdict.reason,
                 "Delete",
                 &verdict.message,
             )
@@ -1631,12 +1646,12 @@ async fn finish_deletion(
     let (last_action, reason, message) = match policy {
         DeletionPolicy::Retain => (
             AuditAction::TenantReleased,
-            "Retained",
+            Reason::Retained,
             "Tenant deleted with policy Retain: resources kept and released for adoption; login disabled",
         ),
         DeletionPolicy::Delete => (
             AuditAction::TenantTombstone,
-            "Deleted",
+            Reason::Deleted,
             "every resource of the tenant was removed (the KMS key is scheduled for deletion)",
         ),
     };
@@ -1657,7 +1672,7 @@ async fn finish_deletion(
         .await?;
     }
     ctx.events
-        .publish(tenant, EventType::Normal, reason, "Delete", message)
+        .publish(tenant, EventType::Normal, &reason, "Delete", message)
         .await;
     remove_finalizer(tenant, &ctx.client).await?;
     Ok(Action::await_change())
@@ -1723,7 +1738,7 @@ mod tests {
             ..Default::default()
         });
         let err = check(&t, &flags()).unwrap_err();
-        assert_eq!(err.reason, "IsolationModeChangeRefused");
+        assert_eq!(err.reason, Reason::IsolationModeChangeRefused);
         assert!(
             err.message
                 .contains("cannot change from Schema to Database"),
@@ -1782,7 +1797,7 @@ mod tests {
         t.spec.deletion.policy = Some(DeletionPolicy::Delete);
         t.spec.deletion.grace_period = Some("0s".into());
         let err = check(&t, &class).unwrap_err();
-        assert_eq!(err.reason, "GracePeriodBelowClassMinimum");
+        assert_eq!(err.reason, Reason::GracePeriodBelowClassMinimum);
         assert!(err.message.contains("regulated"), "{err:?}");
         // A Tenant that got past the check (edited just before its deletion)
         // still waits the class's minimum.
@@ -1835,7 +1850,7 @@ mod tests {
             ..flags()
         };
         let err = check(&tenant("acme", IsolationMode::Schema), &class).unwrap_err();
-        assert_eq!(err.reason, "IsolationModeNotAllowed");
+        assert_eq!(err.reason, Reason::IsolationModeNotAllowed);
         assert!(err.message.contains("enterprise"), "{err:?}");
         assert!(check(&tenant("acme", IsolationMode::Database), &class).is_ok());
     }
@@ -1850,7 +1865,7 @@ mod tests {
         let mut greedy = tenant("acme", IsolationMode::Schema);
         greedy.spec.database.connection_limit = 10_000;
         let err = check(&greedy, &class).unwrap_err();
-        assert_eq!(err.reason, "ConnectionLimitAboveClassMaximum");
+        assert_eq!(err.reason, Reason::ConnectionLimitAboveClassMaximum);
         assert!(
             err.message.contains("10000") && err.message.contains("50"),
             "{err:?}"
@@ -1882,7 +1897,7 @@ mod tests {
             ..flags()
         };
         let err = check(&t, &elsewhere).unwrap_err();
-        assert_eq!(err.reason, "PlacementChangeRefused");
+        assert_eq!(err.reason, Reason::PlacementChangeRefused);
         assert!(
             err.message.contains("db:5432/app") && err.message.contains("standard"),
             "{err:?}"
@@ -1892,7 +1907,7 @@ mod tests {
             ..flags()
         };
         let err = check(&t, &other_prefix).unwrap_err();
-        assert_eq!(err.reason, "PlacementChangeRefused");
+        assert_eq!(err.reason, Reason::PlacementChangeRefused);
         assert!(err.message.contains("tenantry-acme"), "{err:?}");
         assert!(check(&t, &flags()).is_ok());
     }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::api::{Condition, TenantPhase, TenantStatus};
+use crate::api::{Condition, Reason, TenantPhase, TenantStatus};
 
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
@@ -15,15 +15,15 @@ pub const STALLED: &str = "Stalled";
 pub struct Verdict {
     pub phase: TenantPhase,
     /// Short PascalCase cause.
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Verdict {
-    pub fn new(phase: TenantPhase, reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(phase: TenantPhase, reason: Reason, message: impl Into<String>) -> Self {
         Self {
             phase,
-            reason: reason.into(),
+            reason,
             message: message.into(),
         }
     }
@@ -34,7 +34,7 @@ pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
     status: bool,
-    reason: &str,
+    reason: &Reason,
     message: &str,
     generation: Option<i64>,
     now: DateTime<Utc>,
@@ -42,6 +42,7 @@ pub fn set_condition(
     let status = if status { "True" } else { "False" }.to_string();
     // Kubernetes 1.20's server-side apply turns an empty string into null,
     // which the schema refuses; every condition says something anyway.
+    let reason = reason.as_str();
     let message = if message.is_empty() { reason } else { message };
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
@@ -87,8 +88,7 @@ pub fn apply_verdict(
     };
     // A tenant waiting for something a person must provide is stalled even
     // though tenantry keeps retrying.
-    let stalled =
-        stalled || verdict.reason == "NamespaceMissing" || verdict.reason == "InvalidSpec";
+    let stalled = stalled || verdict.reason.needs_a_person();
     let reconciling = reconciling && !stalled;
     let c = &mut status.conditions;
     set_condition(
@@ -101,9 +101,9 @@ pub fn apply_verdict(
         now,
     );
     let (r_reason, r_message) = if reconciling {
-        (verdict.reason.as_str(), verdict.message.as_str())
+        (&verdict.reason, verdict.message.as_str())
     } else {
-        ("Idle", "nothing in progress")
+        (&Reason::Idle, "nothing in progress")
     };
     set_condition(
         c,
@@ -115,9 +115,9 @@ pub fn apply_verdict(
         now,
     );
     let (s_reason, s_message) = if stalled {
-        (verdict.reason.as_str(), verdict.message.as_str())
+        (&verdict.reason, verdict.message.as_str())
     } else {
-        ("NotStalled", "nothing needs a person")
+        (&Reason::NotStalled, "nothing needs a person")
     };
     set_condition(c, STALLED, stalled, s_reason, s_message, generation, now);
 }
@@ -151,7 +151,7 @@ mod tests {
         let mut s = TenantStatus::default();
         apply_verdict(
             &mut s,
-            &Verdict::new(TenantPhase::Ready, "Provisioned", "all there"),
+            &Verdict::new(TenantPhase::Ready, Reason::Provisioned, "all there"),
             Some(3),
             at(0),
         );
@@ -168,7 +168,7 @@ mod tests {
         let mut s = TenantStatus::default();
         let v = Verdict::new(
             TenantPhase::Failed,
-            "Conflict",
+            Reason::Conflict,
             "bucket x is someone else's",
         );
         apply_verdict(&mut s, &v, Some(1), at(0));
@@ -184,7 +184,7 @@ mod tests {
         let mut s = TenantStatus::default();
         let v = Verdict::new(
             TenantPhase::Pending,
-            "NamespaceMissing",
+            Reason::NamespaceMissing,
             "namespace acme does not exist",
         );
         apply_verdict(&mut s, &v, Some(1), at(0));
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_the_status_flips() {
         let mut s = TenantStatus::default();
-        let prov = Verdict::new(TenantPhase::Provisioning, "Provisioning", "");
+        let prov = Verdict::new(TenantPhase::Provisioning, Reason::Provisioning, "");
         apply_verdict(&mut s, &prov, Some(1), at(0));
         apply_verdict(&mut s, &prov, Some(1), at(10));
         assert_eq!(
@@ -204,7 +204,7 @@ mod tests {
         );
         apply_verdict(
             &mut s,
-            &Verdict::new(TenantPhase::Ready, "Provisioned", ""),
+            &Verdict::new(TenantPhase::Ready, Reason::Provisioned, ""),
             Some(1),
             at(20),
         );

@@ -26,7 +26,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::api::{
-    JournalOperation, Layer, LayerReport, ProvisioningJournal, StepFailure, TenantResources,
+    JournalOperation, Layer, LayerReport, ProvisioningJournal, Reason, StepFailure, TenantResources,
 };
 
 /// Why a step failed, and whether trying again may help.
@@ -35,8 +35,8 @@ use crate::api::{
 pub struct StepError {
     /// Worth retrying (throttling, 5xx, timeouts, refused connections).
     pub transient: bool,
-    /// A short PascalCase cause for conditions and events, e.g. `Conflict`.
-    pub reason: &'static str,
+    /// The cause for conditions and events, e.g. [`Reason::Conflict`].
+    pub reason: Reason,
     /// A fixed label for metrics (never built from object names).
     pub category: &'static str,
     /// What happened, for people. Never holds a secret.
@@ -47,17 +47,13 @@ impl StepError {
     pub fn transient(category: &'static str, message: impl Into<String>) -> Self {
         Self {
             transient: true,
-            reason: "BackendUnavailable",
+            reason: Reason::BackendUnavailable,
             category,
             message: message.into(),
         }
     }
 
-    pub fn permanent(
-        reason: &'static str,
-        category: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn permanent(reason: Reason, category: &'static str, message: impl Into<String>) -> Self {
         Self {
             transient: false,
             reason,
@@ -68,7 +64,7 @@ impl StepError {
 
     /// A resource with the tenant's name exists and is not the tenant's.
     pub fn conflict(category: &'static str, message: impl Into<String>) -> Self {
-        Self::permanent("Conflict", category, message)
+        Self::permanent(Reason::Conflict, category, message)
     }
 }
 
@@ -282,7 +278,7 @@ impl<'a, C: Send> Engine<'a, C> {
                 message: error.to_string(),
             };
             if journal.provisioned {
-                tracing::warn!(step = name, reason = error.reason, %error, "step of a provisioned tenant failed; keeping everything");
+                tracing::warn!(step = name, reason = %error.reason, %error, "step of a provisioned tenant failed; keeping everything");
                 journal.in_progress = None;
                 record_failure(journal, failure, &error);
                 journal.failed_attempts += 1;
@@ -294,7 +290,7 @@ impl<'a, C: Send> Engine<'a, C> {
                     reason: error.reason.to_string(),
                 });
             }
-            tracing::warn!(step = name, reason = error.reason, %error, "step failed; rolling back");
+            tracing::warn!(step = name, reason = %error.reason, %error, "step failed; rolling back");
             // The failed step may have made part of its resource.
             if !done_before {
                 journal.steps_done.push(name.to_string());

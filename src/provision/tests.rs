@@ -169,7 +169,7 @@ async fn a_rollback_releases_what_the_attempt_adopted_and_removes_what_it_made()
         released: ["bucket"].into(),
         ensure_failures: vec![(
             "database",
-            StepError::permanent("Conflict", "postgres", "taken"),
+            StepError::permanent(Reason::Conflict, "postgres", "taken"),
         )],
         ..Default::default()
     };
@@ -435,7 +435,7 @@ async fn a_stuck_removal_keeps_the_rest_in_the_journal() {
     let mut world = World {
         remove_failures: vec![(
             "bucket",
-            StepError::permanent("AccessDenied", "s3", "denied"),
+            StepError::permanent(Reason::BackendRejected, "s3", "denied"),
         )],
         ..Default::default()
     };
@@ -496,7 +496,7 @@ async fn a_provisioned_tenant_is_never_rolled_back_by_a_later_failure() {
 
     world.ensure_failures.push((
         "bucket",
-        StepError::permanent("BackendRejected", "s3", "drifted"),
+        StepError::permanent(Reason::BackendRejected, "s3", "drifted"),
     ));
     let outcome = engine
         .provision(
@@ -534,7 +534,7 @@ async fn a_rollback_after_a_killed_process_removes_its_unfinished_step_as_interr
     let mut world = World {
         ensure_failures: vec![(
             "database",
-            StepError::permanent("Conflict", "postgres", "taken"),
+            StepError::permanent(Reason::Conflict, "postgres", "taken"),
         )],
         ..Default::default()
     };
@@ -574,7 +574,7 @@ async fn a_retain_deletion_releases_every_step_in_reverse_through_the_journal_an
     let mut world = World {
         release_failures: vec![(
             "bucket",
-            StepError::permanent("AccessDenied", "s3", "denied"),
+            StepError::permanent(Reason::BackendRejected, "s3", "denied"),
         )],
         ..Default::default()
     };

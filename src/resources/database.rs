@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 
 use super::{TenantContext, ensured, kms_key::unknown};
-use crate::api::{Layer, LayerReport, TenantResources};
+use crate::api::{Layer, LayerReport, Reason, TenantResources};
 use crate::backends::shared_tables;
 use crate::provision::{Access, Attempt, Ensured, Removal, Resource, StepError};
 
@@ -27,7 +27,11 @@ impl Resource<TenantContext> for Database {
             .as_ref()
             .map(|c| c.password.clone())
             .ok_or_else(|| {
-                StepError::permanent("Internal", "engine", "the credentials step has not run")
+                StepError::permanent(
+                    Reason::Internal,
+                    "engine",
+                    "the credentials step has not run",
+                )
             })?;
         let op = ctx.operation();
         // The role is made or repaired with the login the run asks for, so a

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::api::{IsolationMode, TenantSpec};
+use crate::api::{IsolationMode, Reason, TenantSpec};
 use crate::backends::{
     AuditSink, DatabaseCredentials, DatabaseLocation, KeyInfo, Operation, TenantRef,
 };
@@ -122,7 +122,7 @@ impl TenantContext {
 
     pub(crate) fn key_arn(&self) -> Result<String, StepError> {
         self.key.as_ref().map(|k| k.arn.clone()).ok_or_else(|| {
-            StepError::permanent("Internal", "engine", "the KMS key step has not run")
+            StepError::permanent(Reason::Internal, "engine", "the KMS key step has not run")
         })
     }
 }
@@ -146,8 +146,13 @@ pub fn tenant_resources() -> Vec<Box<dyn Resource<TenantContext>>> {
 pub(crate) fn kube_secret_data(
     ctx: &TenantContext,
 ) -> Result<BTreeMap<String, SecretString>, StepError> {
-    let missing =
-        |what: &str| StepError::permanent("Internal", "engine", format!("{what} is not known yet"));
+    let missing = |what: &str| {
+        StepError::permanent(
+            Reason::Internal,
+            "engine",
+            format!("{what} is not known yet"),
+        )
+    };
     let creds = ctx
         .credentials
         .as_ref()
