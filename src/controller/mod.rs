@@ -7,6 +7,7 @@
 
 pub mod attestation;
 pub mod events;
+pub mod lifecycle;
 pub mod pacing;
 pub mod status;
 
@@ -35,10 +36,11 @@ use crate::class_registry::{ClassError, ClassRegistry, ClassRules, ClassSettings
 use crate::config::{EngineArgs, UnrepairableDrift};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::naming::TenantNames;
-use crate::provision::{Access, Engine, JournalStore, Outcome, StepError, new_journal};
+use crate::provision::{Engine, JournalStore, Outcome, Path, StepError, new_journal};
 use crate::resources::{TenantContext, tenant_resources};
 use attestation::{Measurement, measure};
 use events::{EventPublisher, EventType};
+use lifecycle::Situation;
 use status::{Verdict, apply_verdict, failure_backoff};
 
 /// Finalizer that guards every Tenant until its resources are released or removed.
@@ -798,7 +800,9 @@ async fn apply(
             finish(tenant, ctx, &class, status, &verdict, Some("removal_stuck")).await?;
             Ok(Action::requeue(Duration::from_secs(30)))
         }
-        Outcome::Removed | Outcome::Released => Ok(resync(ctx.probe_interval(&class))),
+        Outcome::Removed | Outcome::Released | Outcome::AccessRevoked => {
+            Ok(resync(ctx.probe_interval(&class)))
+        }
     }
 }
 
@@ -971,15 +975,12 @@ async fn run_provisioning(
         },
         audit: steps_ctx.audit.clone(),
     };
-    // Suspension is the same provisioning with access revoked: every
-    // resource kept and repaired, the login and the Secret taken away.
-    let access = if steps_ctx.spec.suspended {
-        Access::Revoked
-    } else {
-        Access::Granted
+    let lifecycle::Next::Run(path) = lifecycle::next(&Situation::live(&steps_ctx.spec), Utc::now())
+    else {
+        unreachable!("a live tenant always has a path to run")
     };
     let outcome = engine
-        .provision(steps_ctx, &mut journal, &mut store, access)
+        .run(steps_ctx, &mut journal, &mut store, path)
         .await?;
     let mut status = store.status;
     status.provisioning = Some(journal);
@@ -1434,68 +1435,39 @@ async fn cleanup(
     let mut status = tenant.status.clone().unwrap_or_default();
 
     let policy = effective_deletion_policy(tenant, &spec);
-    match policy {
-        // Let go of everything, still tagged, so a Tenant of this name can
-        // adopt it.
-        DeletionPolicy::Retain => {
-            if status
-                .provisioning
-                .as_ref()
-                .is_none_or(|j| j.operation != JournalOperation::Release)
-            {
-                record(
-                    audit.as_ref(),
-                    AuditAction::TenantDelete,
-                    "tenant",
-                    audit::Outcome::Ok,
-                    serde_json::json!({"policy": "Retain"}),
-                )
-                .await?;
+    if policy == DeletionPolicy::Retain
+        && status
+            .provisioning
+            .as_ref()
+            .is_none_or(|j| j.operation != JournalOperation::Release)
+    {
+        record(
+            audit.as_ref(),
+            AuditAction::TenantDelete,
+            "tenant",
+            audit::Outcome::Ok,
+            serde_json::json!({"policy": "Retain"}),
+        )
+        .await?;
+    }
+    loop {
+        let situation = Situation::deleting(&spec, policy, status.deletion.as_ref());
+        match lifecycle::next(&situation, Utc::now()) {
+            lifecycle::Next::Run(Path::RevokeAccess(_)) => {
+                let parts = (&spec, &tref, &names);
+                revoke_for_deletion(tenant, ctx, audit, &class, parts, &mut status).await?;
             }
-        }
-        // Access goes at once; the data after the grace period.
-        DeletionPolicy::Delete => {
-            if status
-                .deletion
-                .as_ref()
-                .is_none_or(|d| d.access_revoked_at.is_none())
-            {
-                revoke_for_deletion(
-                    tenant,
-                    ctx,
-                    audit,
-                    &class,
-                    (&spec, &tref, &names),
-                    &mut status,
-                )
-                .await?;
-            }
-            let destroy_after = status
-                .deletion
-                .as_ref()
-                .and_then(|d| d.destroy_after.as_deref())
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_else(Utc::now);
-            let now = Utc::now();
-            if now < destroy_after {
-                let wait = (destroy_after - now).to_std().unwrap_or_default();
+            lifecycle::Next::Wait(wait) => {
                 return Ok(Action::requeue(
                     wait.min(class.probe_interval) + Duration::from_millis(100),
                 ));
             }
+            lifecycle::Next::Run(path) => {
+                let parts = (tref, names, spec);
+                return finish_deletion(tenant, ctx, audit, parts, &class, status, path).await;
+            }
         }
     }
-    finish_deletion(
-        tenant,
-        ctx,
-        audit,
-        (tref, names, spec),
-        &class,
-        status,
-        policy,
-    )
-    .await
 }
 
 /// The start of a `Delete` deletion: the login disabled and the Kubernetes
@@ -1532,8 +1504,22 @@ async fn revoke_for_deletion(
         audit.clone(),
     );
     let resources = tenant_resources();
+    let mut journal = status.provisioning.clone().unwrap_or_else(new_journal);
+    let mut store = StatusJournal {
+        client: &ctx.client,
+        name: name.clone(),
+        generation: tenant.metadata.generation,
+        status: status.clone(),
+        working_phase: TenantPhase::Deleting,
+        audit: audit.clone(),
+    };
     Engine::new(&resources, ctx.engine.retry_policy())
-        .revoke_access(&mut steps_ctx, None)
+        .run(
+            &mut steps_ctx,
+            &mut journal,
+            &mut store,
+            Path::RevokeAccess(None),
+        )
         .await?;
     let deleted_at = tenant
         .metadata
@@ -1586,7 +1572,7 @@ async fn finish_deletion(
     (tref, names, spec): (TenantRef, TenantNames, TenantSpec),
     class: &ClassSettings,
     status: TenantStatus,
-    policy: DeletionPolicy,
+    path: Path,
 ) -> Result<Action, Error> {
     let name = tenant.name_any();
     let mut steps_ctx =
@@ -1602,17 +1588,13 @@ async fn finish_deletion(
         working_phase: TenantPhase::Deleting,
         audit: audit.clone(),
     };
-    let outcome = match policy {
-        DeletionPolicy::Retain => {
-            engine
-                .release(&mut steps_ctx, &mut journal, &mut store)
-                .await?
-        }
-        DeletionPolicy::Delete => {
-            engine
-                .teardown(&mut steps_ctx, &mut journal, &mut store)
-                .await?
-        }
+    let outcome = engine
+        .run(&mut steps_ctx, &mut journal, &mut store, path)
+        .await?;
+    let policy = if path == Path::Release {
+        DeletionPolicy::Retain
+    } else {
+        DeletionPolicy::Delete
     };
     if let Outcome::RemovalStuck { step, error } = outcome {
         let mut status = store.status;

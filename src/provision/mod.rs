@@ -185,8 +185,27 @@ pub enum Outcome {
     Removed,
     /// Every step released (a deletion with policy `Retain`).
     Released,
+    /// Access taken away at every resource asked; nothing removed.
+    AccessRevoked,
     /// A removal failed for good; the journal still lists what remains.
     RemovalStuck { step: String, error: String },
+}
+
+/// A lifecycle path of a tenant: each runs over every resource, in
+/// provisioning order or reversed for teardown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Ensure every resource, with the tenant's access granted or revoked
+    /// (suspension); a failure before the tenant was ever provisioned rolls
+    /// back what the attempt made.
+    Provision(Access),
+    /// Take access away at every resource (the start of a `Delete` grace
+    /// period), or at those of one layer (failing closed). Nothing is removed.
+    RevokeAccess(Option<Layer>),
+    /// Let go of every resource, still tagged (deletion with policy `Retain`).
+    Release,
+    /// Remove every resource (deletion with policy `Delete`).
+    Teardown,
 }
 
 /// Runs a tenant's resources with the journal, retries and rollback.
@@ -216,6 +235,26 @@ impl<'a, C: Send> Engine<'a, C> {
 
     pub fn resources(&self) -> &'a [Box<dyn Resource<C>>] {
         self.resources
+    }
+
+    /// Runs one lifecycle path over every resource: the one entry point
+    /// the controller uses.
+    pub async fn run(
+        &self,
+        ctx: &mut C,
+        journal: &mut ProvisioningJournal,
+        store: &mut dyn JournalStore,
+        path: Path,
+    ) -> Result<Outcome, StepError> {
+        match path {
+            Path::Provision(access) => self.provision(ctx, journal, store, access).await,
+            Path::RevokeAccess(layer) => {
+                self.revoke_access(ctx, layer).await?;
+                Ok(Outcome::AccessRevoked)
+            }
+            Path::Release => self.release(ctx, journal, store).await,
+            Path::Teardown => self.teardown(ctx, journal, store).await,
+        }
     }
 
     /// Ensures every resource in order, each followed by the access verb
