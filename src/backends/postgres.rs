@@ -617,7 +617,6 @@ impl PostgresBackend {
     fn judge_container(
         &self,
         op: &Operation,
-        tenant: &TenantRef,
         resource: &str,
         row: Option<ObjectRow>,
         role: &str,
@@ -627,7 +626,7 @@ impl PostgresBackend {
         let Some(row) = row else {
             return Ok(Found::Absent);
         };
-        match ownership(tenant, row.comment.as_deref()) {
+        match ownership(&op.tenant, row.comment.as_deref()) {
             Ownership::Ours => Ok(Found::Ours(row)),
             Ownership::Released => {
                 op.note_adopted_release();
@@ -1011,7 +1010,7 @@ impl PostgresBackend {
             )
             .await
             .map_err(|e| classify(e, &format!("reading {resource}")))?;
-            let found = self.judge_container(op, tenant, &resource, row, role, true, false)?;
+            let found = self.judge_container(op, &resource, row, role, true, false)?;
             self.converge_schema(&mut conn, op, role, &names.schema, db, found)
                 .await?;
             self.deny_create_in_public(op, &mut conn, role_oid, role, db, true)
@@ -1136,15 +1135,8 @@ impl TenantDatabase for PostgresBackend {
         let role_is_ours = matches!(role_found, Found::Ours(_));
         let (resource, row) = self.read_container(names, mode).await?;
         let interrupted_create = interrupted && mode == IsolationMode::Database;
-        let container = self.judge_container(
-            op,
-            tenant,
-            &resource,
-            row,
-            role,
-            role_is_ours,
-            interrupted_create,
-        )?;
+        let container =
+            self.judge_container(op, &resource, row, role, role_is_ours, interrupted_create)?;
 
         // The role, its grant to the admin and the schema or database it
         // owns are made on one connection: another pooled session refused
