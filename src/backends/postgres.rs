@@ -1233,130 +1233,22 @@ impl TenantDatabase for PostgresBackend {
         let tenant = &op.tenant;
         validate_tenant(tenant, names)?;
         let role = &names.role;
-        // What is not the tenant's is left alone and only logged, like the
-        // other backends do: a rollback after a conflicting ensure must be
-        // able to finish, and there is nothing of the tenant's to remove.
-        let mut skipped: Vec<(String, String)> = Vec::new();
-        let role_row = self.read_role(role).await?;
-        let role_is_ours = match &role_row {
-            None => false,
-            Some(row) => match ownership(tenant, row.comment.as_deref()) {
-                Ownership::Ours => true,
-                // Retained for a Tenant of this name: not ours to drop.
-                Ownership::Released => false,
-                other => {
-                    skipped.push((format!("role {role:?}"), not_ours_detail(other)));
-                    false
-                }
-            },
-        };
-
-        let (resource, row) = self.read_container(names, mode).await?;
-        let mut drop_container = false;
-        // A retained (released) schema or database owned by our role: the
-        // role cannot be dropped without it, so it is released again instead
-        // (this is a rollback of an adoption that did not finish).
-        let mut release_role_instead = false;
-        if let Some(row) = &row {
-            match ownership(tenant, row.comment.as_deref()) {
-                Ownership::Ours => drop_container = true,
-                Ownership::Released => release_role_instead = role_is_ours && row.owner == *role,
-                _ if role_is_ours && row.owner == *role => drop_container = true,
-                other => skipped.push((resource.clone(), not_ours_detail(other))),
-            }
-        }
-
-        if let (true, Some(row)) = (role_is_ours, &role_row) {
+        let plan = self.plan_removal(tenant, names, mode).await?;
+        if let Some(row) = &plan.role {
             // No new session, and none left to hold locks the drops need.
             self.disable_login(op, row, role).await?;
         }
-        if drop_container {
-            match mode {
-                IsolationMode::Schema => {
-                    exec(
-                        &self.pool,
-                        format!(
-                            "DROP SCHEMA IF EXISTS {} CASCADE",
-                            quote_ident(&names.schema)
-                        ),
-                        &format!("dropping {resource}"),
-                    )
-                    .await?;
-                }
-                IsolationMode::Database => {
-                    exec(
-                        &self.pool,
-                        format!(
-                            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                            quote_ident(&names.database)
-                        ),
-                        &format!("dropping {resource}"),
-                    )
-                    .await?;
-                }
-            }
-            tracing::info!(tenant = %tenant.name, "dropped {resource}");
-            let action = match mode {
-                IsolationMode::Schema => Action::PostgresSchemaDrop,
-                IsolationMode::Database => Action::PostgresDatabaseDrop,
-            };
-            op.note(action, &resource, serde_json::json!({})).await?;
+        if plan.drop_container {
+            self.drop_container(op, names, mode, &plan.resource).await?;
         }
-        if role_is_ours {
-            let q = quote_ident(role);
-            if release_role_instead {
-                exec(
-                    &self.pool,
-                    format!(
-                        "COMMENT ON ROLE {q} IS {}",
-                        quote_literal(&ownership_comment(tenant, true))
-                    ),
-                    &format!("releasing role {role:?}"),
-                )
-                .await?;
+        if plan.role.is_some() {
+            if plan.release_role_instead {
+                self.mark_role_released(tenant, role).await?;
             } else {
-                // DROP OWNED also revokes what the role was granted in the
-                // shared database (and on databases), which DROP ROLE needs.
-                let doing = format!("dropping role {role:?}");
-                let mut tx = self.begin(&doing).await?;
-                // The tenant's rows in the shared tables go with its role, in
-                // one transaction: a later Tenant of the same name (another
-                // customer) must find none of them.
-                let purged = crate::backends::shared_tables::purge_tenant_rows(
-                    &mut tx,
-                    &self.shared_tables,
-                    role,
-                    &tenant.name,
-                )
-                .await?;
-                // DROP OWNED rewrites the shared database's ACL (the role's
-                // CONNECT): serialised with the GRANTs of other tenants.
-                query_lock(&mut tx, &doing).await?;
-                exec(&mut *tx, format!("DROP OWNED BY {q}"), &doing).await?;
-                exec(&mut *tx, format!("DROP ROLE {q}"), &doing).await?;
-                commit(tx, &doing).await?;
-                tracing::info!(tenant = %tenant.name, role, "dropped PostgreSQL role");
-                if !purged.is_empty() {
-                    let rows: serde_json::Map<String, serde_json::Value> = purged
-                        .into_iter()
-                        .map(|(table, count)| (table, count.into()))
-                        .collect();
-                    op.note(
-                        Action::PostgresSharedRowsDelete,
-                        role,
-                        serde_json::json!({"tenant": tenant.name, "rowsPerTable": rows}),
-                    )
-                    .await?;
-                }
-                op.note(
-                    Action::PostgresRoleDrop,
-                    role,
-                    serde_json::json!({"dropOwned": true}),
-                )
-                .await?;
+                self.drop_role(op, role).await?;
             }
         }
-        for (resource, detail) in skipped {
+        for (resource, detail) in plan.skipped {
             tracing::warn!(tenant = %tenant.name, %detail, "not removing {resource}: it is not this tenant's");
         }
         Ok(())
@@ -1372,122 +1264,23 @@ impl TenantDatabase for PostgresBackend {
         validate_tenant(tenant, names)?;
         let role = &names.role;
         let released = ownership_comment(tenant, true);
+        let plan = self.plan_release(tenant, names, mode, &released).await?;
 
-        // Only the tenant's objects are released; anything else with its
-        // names is left alone and logged (as remove_tenant does).
-        let not_ours = |resource: &str, ownership: Ownership| {
-            tracing::warn!(tenant = %tenant.name, detail = %not_ours_detail(ownership), "not releasing {resource}: it is not this tenant's");
-        };
-        let mut role_row = self.read_role(role).await?;
-        if let Some(row) = &role_row {
-            let ownership = ownership(tenant, row.comment.as_deref());
-            if ownership != Ownership::Ours {
-                not_ours(&format!("role {role:?}"), ownership);
-                role_row = None;
-            }
-        }
-        let role_is_ours = role_row.is_some();
-        let (resource, row) = self.read_container(names, mode).await?;
-        let container_is_ours = match &row {
-            None => false,
-            Some(row) => match ownership(tenant, row.comment.as_deref()) {
-                Ownership::Ours => true,
-                _ if role_is_ours && row.owner == *role => true,
-                other => {
-                    not_ours(&resource, other);
-                    false
-                }
-            },
-        };
-        let container_needs_comment = container_is_ours
-            && row.as_ref().and_then(|r| r.comment.as_deref()) != Some(released.as_str());
-        // In mode Database the schema inside the database carries a comment too.
-        let mut inner = None;
-        if mode == IsolationMode::Database && container_is_ours {
-            let mut conn = self.connect_to(&names.database).await?;
-            let inner_resource =
-                format!("schema {:?} in database {:?}", names.schema, names.database);
-            let schema = crate::metrics::sql(
-                crate::metrics::Sql::Select,
-                sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
-                    .bind(&names.schema)
-                    .fetch_optional(&mut conn),
-            )
-            .await
-            .map_err(|e| classify(e, &format!("reading {inner_resource}")));
-            let decision = match schema {
-                Err(e) => Err(e),
-                Ok(None) => Ok(false),
-                Ok(Some(schema)) => match ownership(tenant, schema.comment.as_deref()) {
-                    Ownership::Ours => Ok(schema.comment.as_deref() != Some(released.as_str())),
-                    _ if role_is_ours && schema.owner == *role => Ok(true),
-                    other => {
-                        not_ours(&inner_resource, other);
-                        Ok(false)
-                    }
-                },
-            };
-            match decision {
-                Ok(needs_comment) => inner = Some((conn, needs_comment)),
-                Err(e) => {
-                    let _ = conn.close().await;
-                    return Err(e);
-                }
-            }
-        }
-
-        if let Some(row) = &role_row {
+        if let Some(row) = &plan.role {
             self.disable_login(op, row, role).await?;
         }
-        if container_needs_comment {
-            let statement = match mode {
-                IsolationMode::Schema => format!(
-                    "COMMENT ON SCHEMA {} IS {}",
-                    quote_ident(&names.schema),
-                    quote_literal(&released)
-                ),
-                IsolationMode::Database => format!(
-                    "COMMENT ON DATABASE {} IS {}",
-                    quote_ident(&names.database),
-                    quote_literal(&released)
-                ),
-            };
-            exec(&self.pool, statement, &format!("releasing {resource}")).await?;
+        if plan.container_needs_comment {
+            self.mark_container_released(names, mode, &plan.resource, &released)
+                .await?;
         }
-        if let Some((mut conn, needs_comment)) = inner {
-            let result = if needs_comment {
-                exec(
-                    &mut conn,
-                    format!(
-                        "COMMENT ON SCHEMA {} IS {}",
-                        quote_ident(&names.schema),
-                        quote_literal(&released)
-                    ),
-                    &format!(
-                        "releasing schema {:?} in database {:?}",
-                        names.schema, names.database
-                    ),
-                )
-                .await
-            } else {
-                Ok(())
-            };
-            let _ = conn.close().await;
-            result?;
+        if let Some((conn, needs_comment)) = plan.inner {
+            self.mark_inner_schema_released(conn, names, needs_comment, &released)
+                .await?;
         }
-        if let Some(row) = &role_row
+        if let Some(row) = &plan.role
             && row.comment.as_deref() != Some(released.as_str())
         {
-            exec(
-                &self.pool,
-                format!(
-                    "COMMENT ON ROLE {} IS {}",
-                    quote_ident(role),
-                    quote_literal(&released)
-                ),
-                &format!("releasing role {role:?}"),
-            )
-            .await?;
+            self.mark_role_released(tenant, role).await?;
         }
         tracing::info!(tenant = %tenant.name, role, "released PostgreSQL objects");
         op.note(
@@ -1498,6 +1291,333 @@ impl TenantDatabase for PostgresBackend {
         .await?;
         Ok(())
     }
+}
+
+/// Removing and releasing a tenant: what of its names is its own, and the
+/// writes both need.
+impl PostgresBackend {
+    /// The role with the tenant's name if it is the tenant's; otherwise
+    /// whose it is (nothing when there is no such role).
+    async fn read_own_role(
+        &self,
+        tenant: &TenantRef,
+        role: &str,
+    ) -> Result<(Option<RoleRow>, Option<Ownership>), BackendError> {
+        let Some(row) = self.read_role(role).await? else {
+            return Ok((None, None));
+        };
+        match ownership(tenant, row.comment.as_deref()) {
+            Ownership::Ours => Ok((Some(row), None)),
+            other => Ok((None, Some(other))),
+        }
+    }
+
+    /// Decides what to drop before anything is written.
+    async fn plan_removal(
+        &self,
+        tenant: &TenantRef,
+        names: &TenantNames,
+        mode: IsolationMode,
+    ) -> Result<RemovalPlan, BackendError> {
+        let role = &names.role;
+        // What is not the tenant's is left alone and only logged, like the
+        // other backends do: a rollback after a conflicting ensure must be
+        // able to finish, and there is nothing of the tenant's to remove.
+        let mut skipped: Vec<(String, String)> = Vec::new();
+        let (role_row, role_owner) = self.read_own_role(tenant, role).await?;
+        match role_owner {
+            // Retained for a Tenant of this name: not ours to drop.
+            None | Some(Ownership::Released) => {}
+            Some(other) => skipped.push((format!("role {role:?}"), not_ours_detail(other))),
+        }
+        let role_is_ours = role_row.is_some();
+
+        let (resource, row) = self.read_container(names, mode).await?;
+        let mut drop_container = false;
+        let mut release_role_instead = false;
+        if let Some(row) = &row {
+            match ownership(tenant, row.comment.as_deref()) {
+                Ownership::Ours => drop_container = true,
+                Ownership::Released => release_role_instead = role_is_ours && row.owner == *role,
+                _ if role_is_ours && row.owner == *role => drop_container = true,
+                other => skipped.push((resource.clone(), not_ours_detail(other))),
+            }
+        }
+        Ok(RemovalPlan {
+            role: role_row,
+            resource,
+            drop_container,
+            release_role_instead,
+            skipped,
+        })
+    }
+
+    async fn drop_container(
+        &self,
+        op: &Operation,
+        names: &TenantNames,
+        mode: IsolationMode,
+        resource: &str,
+    ) -> Result<(), BackendError> {
+        let (statement, action) = match mode {
+            IsolationMode::Schema => (
+                format!(
+                    "DROP SCHEMA IF EXISTS {} CASCADE",
+                    quote_ident(&names.schema)
+                ),
+                Action::PostgresSchemaDrop,
+            ),
+            IsolationMode::Database => (
+                format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(&names.database)
+                ),
+                Action::PostgresDatabaseDrop,
+            ),
+        };
+        exec(&self.pool, statement, &format!("dropping {resource}")).await?;
+        tracing::info!(tenant = %op.tenant.name, "dropped {resource}");
+        op.note(action, resource, serde_json::json!({})).await?;
+        Ok(())
+    }
+
+    async fn drop_role(&self, op: &Operation, role: &str) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
+        let q = quote_ident(role);
+        // DROP OWNED also revokes what the role was granted in the
+        // shared database (and on databases), which DROP ROLE needs.
+        let doing = format!("dropping role {role:?}");
+        let mut tx = self.begin(&doing).await?;
+        // The tenant's rows in the shared tables go with its role, in
+        // one transaction: a later Tenant of the same name (another
+        // customer) must find none of them.
+        let purged = crate::backends::shared_tables::purge_tenant_rows(
+            &mut tx,
+            &self.shared_tables,
+            role,
+            &tenant.name,
+        )
+        .await?;
+        // DROP OWNED rewrites the shared database's ACL (the role's
+        // CONNECT): serialised with the GRANTs of other tenants.
+        query_lock(&mut tx, &doing).await?;
+        exec(&mut *tx, format!("DROP OWNED BY {q}"), &doing).await?;
+        exec(&mut *tx, format!("DROP ROLE {q}"), &doing).await?;
+        commit(tx, &doing).await?;
+        tracing::info!(tenant = %tenant.name, role, "dropped PostgreSQL role");
+        if !purged.is_empty() {
+            let rows: serde_json::Map<String, serde_json::Value> = purged
+                .into_iter()
+                .map(|(table, count)| (table, count.into()))
+                .collect();
+            op.note(
+                Action::PostgresSharedRowsDelete,
+                role,
+                serde_json::json!({"tenant": tenant.name, "rowsPerTable": rows}),
+            )
+            .await?;
+        }
+        op.note(
+            Action::PostgresRoleDrop,
+            role,
+            serde_json::json!({"dropOwned": true}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Leaves the role for a later Tenant of the same name to adopt.
+    async fn mark_role_released(&self, tenant: &TenantRef, role: &str) -> Result<(), BackendError> {
+        exec(
+            &self.pool,
+            format!(
+                "COMMENT ON ROLE {} IS {}",
+                quote_ident(role),
+                quote_literal(&ownership_comment(tenant, true))
+            ),
+            &format!("releasing role {role:?}"),
+        )
+        .await
+    }
+
+    /// Reads everything before anything is written, holding a connection to
+    /// the tenant's database when its schema is to be released too.
+    async fn plan_release(
+        &self,
+        tenant: &TenantRef,
+        names: &TenantNames,
+        mode: IsolationMode,
+        released: &str,
+    ) -> Result<ReleasePlan, BackendError> {
+        let role = &names.role;
+        // Only the tenant's objects are released; anything else with its
+        // names is left alone and logged (as remove_tenant does).
+        let (role_row, role_owner) = self.read_own_role(tenant, role).await?;
+        if let Some(other) = role_owner {
+            warn_not_releasing(tenant, &format!("role {role:?}"), other);
+        }
+        let role_is_ours = role_row.is_some();
+        let (resource, row) = self.read_container(names, mode).await?;
+        let container_is_ours = match &row {
+            None => false,
+            Some(row) => match ownership(tenant, row.comment.as_deref()) {
+                Ownership::Ours => true,
+                _ if role_is_ours && row.owner == *role => true,
+                other => {
+                    warn_not_releasing(tenant, &resource, other);
+                    false
+                }
+            },
+        };
+        let container_needs_comment =
+            container_is_ours && row.as_ref().and_then(|r| r.comment.as_deref()) != Some(released);
+        // In mode Database the schema inside the database carries a comment too.
+        let inner = if mode == IsolationMode::Database && container_is_ours {
+            Some(
+                self.judge_inner_schema(tenant, names, role_is_ours, released)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        Ok(ReleasePlan {
+            role: role_row,
+            resource,
+            container_needs_comment,
+            inner,
+        })
+    }
+
+    /// A connection to the tenant's database and whether the schema in it
+    /// needs the released comment.
+    async fn judge_inner_schema(
+        &self,
+        tenant: &TenantRef,
+        names: &TenantNames,
+        role_is_ours: bool,
+        released: &str,
+    ) -> Result<(PgConnection, bool), BackendError> {
+        let role = &names.role;
+        let mut conn = self.connect_to(&names.database).await?;
+        let inner_resource = format!("schema {:?} in database {:?}", names.schema, names.database);
+        let schema = read_schema(&mut conn, &names.schema, &inner_resource).await;
+        let decision = match schema {
+            Err(e) => Err(e),
+            Ok(None) => Ok(false),
+            Ok(Some(schema)) => match ownership(tenant, schema.comment.as_deref()) {
+                Ownership::Ours => Ok(schema.comment.as_deref() != Some(released)),
+                _ if role_is_ours && schema.owner == *role => Ok(true),
+                other => {
+                    warn_not_releasing(tenant, &inner_resource, other);
+                    Ok(false)
+                }
+            },
+        };
+        match decision {
+            Ok(needs_comment) => Ok((conn, needs_comment)),
+            Err(e) => {
+                let _ = conn.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn mark_container_released(
+        &self,
+        names: &TenantNames,
+        mode: IsolationMode,
+        resource: &str,
+        released: &str,
+    ) -> Result<(), BackendError> {
+        let statement = match mode {
+            IsolationMode::Schema => format!(
+                "COMMENT ON SCHEMA {} IS {}",
+                quote_ident(&names.schema),
+                quote_literal(released)
+            ),
+            IsolationMode::Database => format!(
+                "COMMENT ON DATABASE {} IS {}",
+                quote_ident(&names.database),
+                quote_literal(released)
+            ),
+        };
+        exec(&self.pool, statement, &format!("releasing {resource}")).await
+    }
+
+    /// Closes `conn` whatever happens: it holds up a later DROP DATABASE.
+    async fn mark_inner_schema_released(
+        &self,
+        mut conn: PgConnection,
+        names: &TenantNames,
+        needs_comment: bool,
+        released: &str,
+    ) -> Result<(), BackendError> {
+        let result = if needs_comment {
+            exec(
+                &mut conn,
+                format!(
+                    "COMMENT ON SCHEMA {} IS {}",
+                    quote_ident(&names.schema),
+                    quote_literal(released)
+                ),
+                &format!(
+                    "releasing schema {:?} in database {:?}",
+                    names.schema, names.database
+                ),
+            )
+            .await
+        } else {
+            Ok(())
+        };
+        let _ = conn.close().await;
+        result
+    }
+}
+
+/// What `remove_tenant` found to be the tenant's.
+struct RemovalPlan {
+    /// The tenant's role, when it is the tenant's.
+    role: Option<RoleRow>,
+    /// The schema or database, as errors and the audit trail name it.
+    resource: String,
+    drop_container: bool,
+    /// A retained (released) schema or database owned by our role: the
+    /// role cannot be dropped without it, so it is released again instead
+    /// (this is a rollback of an adoption that did not finish).
+    release_role_instead: bool,
+    /// Resources with the tenant's names that are not its own, and why.
+    skipped: Vec<(String, String)>,
+}
+
+/// What `release_tenant` found to be the tenant's.
+struct ReleasePlan {
+    /// The tenant's role, when it is the tenant's.
+    role: Option<RoleRow>,
+    resource: String,
+    container_needs_comment: bool,
+    /// In mode Database: a connection to the tenant's database, and whether
+    /// its schema needs the released comment.
+    inner: Option<(PgConnection, bool)>,
+}
+
+fn warn_not_releasing(tenant: &TenantRef, resource: &str, ownership: Ownership) {
+    tracing::warn!(tenant = %tenant.name, detail = %not_ours_detail(ownership), "not releasing {resource}: it is not this tenant's");
+}
+
+/// The schema named `schema` in the database `executor` is connected to.
+async fn read_schema<'c, E: PgExecutor<'c>>(
+    executor: E,
+    schema: &str,
+    resource: &str,
+) -> Result<Option<ObjectRow>, BackendError> {
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
+            .bind(schema)
+            .fetch_optional(executor),
+    )
+    .await
+    .map_err(|e| classify(e, &format!("reading {resource}")))
 }
 
 async fn read_public_schema(
