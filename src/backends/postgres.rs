@@ -300,29 +300,7 @@ impl PostgresBackend {
         advertised_port: Option<u16>,
         tls: &super::pg_tls::DatabaseTls,
     ) -> Result<Self, BackendError> {
-        let url = admin_url.expose_secret();
-        let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
-            rejected(format!(
-                "the admin database URL is not a valid PostgreSQL URL: {}",
-                scrub_url_secret(&e.to_string(), url)
-            ))
-        })?;
-        let tls = tls.resolve(url).map_err(rejected)?;
-        let options = tls.apply(options);
-        let options = options
-            .application_name("tenantry")
-            // Forced per session (a startup option beats every database and
-            // role default): quote_literal() is always right, and in a
-            // database a tenant owns, nothing the tenant made (a schema named
-            // after the admin, a database default search_path, an operator
-            // or function with an exact-match signature) can stand in for
-            // pg_catalog's in the admin's statements.
-            .options([
-                ("standard_conforming_strings", "on"),
-                ("lock_timeout", LOCK_TIMEOUT),
-                ("search_path", ADMIN_SEARCH_PATH),
-            ])
-            .disable_statement_logging();
+        let (options, tls) = admin_options(admin_url.expose_secret(), tls)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
@@ -337,59 +315,18 @@ impl PostgresBackend {
                 );
                 classify(e, &doing)
             })?;
-
-        let (admin, database, version, superuser, createrole, createdb, scs): (
-            String,
-            String,
-            i32,
-            bool,
-            bool,
-            bool,
-            String,
-        ) = crate::metrics::sql(
-            crate::metrics::Sql::Select,
-            sqlx::query_as(
-                "SELECT current_user::text, current_database()::text, \
-                    current_setting('server_version_num')::int, \
-                    r.rolsuper, r.rolcreaterole, r.rolcreatedb, \
-                    current_setting('standard_conforming_strings') \
-               FROM pg_roles r WHERE r.rolname = current_user",
-            )
-            .fetch_one(&pool),
-        )
-        .await
-        .map_err(|e| classify(e, "reading the admin role"))?;
-
-        if version < 150_000 {
-            return Err(rejected(format!(
-                "PostgreSQL {version} is not supported: tenantry needs PostgreSQL 15 or newer"
-            )));
-        }
-        if scs != "on" {
-            return Err(rejected(
-                "standard_conforming_strings is off and could not be turned on for the session"
-                    .to_string(),
-            ));
-        }
-        if !(superuser || (createrole && createdb)) {
-            return Err(rejected(format!(
-                "the admin role {admin:?} needs CREATEROLE and CREATEDB (a superuser must run: ALTER ROLE {} CREATEROLE CREATEDB)",
-                quote_ident(&admin)
-            )));
-        }
-        if superuser {
-            tracing::warn!(admin = %admin, "the PostgreSQL admin role is a superuser; a role with only LOGIN CREATEROLE CREATEDB is enough");
-        }
+        let session = AdminSession::read(&pool).await?;
+        session.check()?;
         Ok(Self {
             pool,
             advertised_host: advertised_host.unwrap_or_else(|| options.get_host().to_string()),
             advertised_port: advertised_port.unwrap_or_else(|| options.get_port()),
             options,
             tls,
-            shared_database: database,
-            admin,
-            admin_is_superuser: superuser,
-            server_version: version,
+            shared_database: session.database,
+            admin: session.admin,
+            admin_is_superuser: session.superuser,
+            server_version: session.version,
             shared_tables: Vec::new(),
             role_limits: RoleLimits::default(),
         })
@@ -1618,6 +1555,109 @@ async fn read_schema<'c, E: PgExecutor<'c>>(
     )
     .await
     .map_err(|e| classify(e, &format!("reading {resource}")))
+}
+
+/// The admin URL's connect options with the TLS settings laid over them,
+/// and the TLS in effect.
+fn admin_options(
+    url: &str,
+    tls: &super::pg_tls::DatabaseTls,
+) -> Result<(PgConnectOptions, super::pg_tls::EffectiveTls), BackendError> {
+    let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
+        rejected(format!(
+            "the admin database URL is not a valid PostgreSQL URL: {}",
+            scrub_url_secret(&e.to_string(), url)
+        ))
+    })?;
+    let tls = tls.resolve(url).map_err(rejected)?;
+    let options = tls.apply(options);
+    let options = options
+        .application_name("tenantry")
+        // Forced per session (a startup option beats every database and
+        // role default): quote_literal() is always right, and in a
+        // database a tenant owns, nothing the tenant made (a schema named
+        // after the admin, a database default search_path, an operator
+        // or function with an exact-match signature) can stand in for
+        // pg_catalog's in the admin's statements.
+        .options([
+            ("standard_conforming_strings", "on"),
+            ("lock_timeout", LOCK_TIMEOUT),
+            ("search_path", ADMIN_SEARCH_PATH),
+        ])
+        .disable_statement_logging();
+    Ok((options, tls))
+}
+
+/// Who the admin is on the server it connected to, and what it may do.
+struct AdminSession {
+    admin: String,
+    database: String,
+    version: i32,
+    superuser: bool,
+    createrole: bool,
+    createdb: bool,
+    standard_conforming_strings: String,
+}
+
+impl AdminSession {
+    async fn read(pool: &PgPool) -> Result<Self, BackendError> {
+        let (admin, database, version, superuser, createrole, createdb, scs): (
+            String,
+            String,
+            i32,
+            bool,
+            bool,
+            bool,
+            String,
+        ) = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_as(
+                "SELECT current_user::text, current_database()::text, \
+                    current_setting('server_version_num')::int, \
+                    r.rolsuper, r.rolcreaterole, r.rolcreatedb, \
+                    current_setting('standard_conforming_strings') \
+               FROM pg_roles r WHERE r.rolname = current_user",
+            )
+            .fetch_one(pool),
+        )
+        .await
+        .map_err(|e| classify(e, "reading the admin role"))?;
+        Ok(Self {
+            admin,
+            database,
+            version,
+            superuser,
+            createrole,
+            createdb,
+            standard_conforming_strings: scs,
+        })
+    }
+
+    /// Refuses a server or an admin role the backend cannot work safely with.
+    fn check(&self) -> Result<(), BackendError> {
+        let (admin, version) = (&self.admin, self.version);
+        if version < 150_000 {
+            return Err(rejected(format!(
+                "PostgreSQL {version} is not supported: tenantry needs PostgreSQL 15 or newer"
+            )));
+        }
+        if self.standard_conforming_strings != "on" {
+            return Err(rejected(
+                "standard_conforming_strings is off and could not be turned on for the session"
+                    .to_string(),
+            ));
+        }
+        if !(self.superuser || (self.createrole && self.createdb)) {
+            return Err(rejected(format!(
+                "the admin role {admin:?} needs CREATEROLE and CREATEDB (a superuser must run: ALTER ROLE {} CREATEROLE CREATEDB)",
+                quote_ident(admin)
+            )));
+        }
+        if self.superuser {
+            tracing::warn!(admin = %admin, "the PostgreSQL admin role is a superuser; a role with only LOGIN CREATEROLE CREATEDB is enough");
+        }
+        Ok(())
+    }
 }
 
 async fn read_public_schema(
