@@ -867,14 +867,35 @@ impl PostgresBackend {
         role_oid: Oid,
         database: Found<ObjectRow>,
     ) -> Result<(), BackendError> {
+        let created = matches!(database, Found::Absent);
+        let statements = self
+            .create_or_plan_database(admin, op, names, database)
+            .await?;
+        if !statements.is_empty() {
+            self.secure_database(admin, op, &names.database, statements, created)
+                .await?;
+        }
+        self.converge_database_schema(op, names, role_oid).await?;
+        self.converge_search_path(op, role_oid, &names.role, &names.database, &names.schema)
+            .await
+    }
+
+    /// Creates the tenant's database when there is none, and returns what
+    /// must still be done to tag and secure it.
+    async fn create_or_plan_database(
+        &self,
+        admin: &mut PgConnection,
+        op: &Operation,
+        names: &TenantNames,
+        database: Found<ObjectRow>,
+    ) -> Result<Vec<String>, BackendError> {
         let tenant = &op.tenant;
         let (db, role) = (&names.database, &names.role);
         let (qd, qr) = (quote_ident(db), quote_ident(role));
         let comment = ownership_comment(tenant, false);
         let set_comment = format!("COMMENT ON DATABASE {qd} IS {}", quote_literal(&comment));
         let revoke = format!("REVOKE ALL ON DATABASE {qd} FROM PUBLIC");
-        let created = matches!(database, Found::Absent);
-        let statements = match database {
+        match database {
             Found::Absent => {
                 let doing = format!("creating database {db:?}");
                 exec(
@@ -890,7 +911,7 @@ impl PostgresBackend {
                     serde_json::json!({"owner": role}),
                 )
                 .await?;
-                vec![set_comment, revoke]
+                Ok(vec![set_comment, revoke])
             }
             Found::Ours(row) | Found::Adopt(row) => {
                 let mut statements = Vec::new();
@@ -909,44 +930,57 @@ impl PostgresBackend {
                         quote_ident(grantee)
                     ));
                 }
-                statements
+                Ok(statements)
             }
-        };
-        if !statements.is_empty() {
-            let doing = format!("tagging and securing database {db:?}");
-            let detail = serde_json::json!({"statements": statements});
-            let result = async {
-                let mut tx = begin_on(&mut *admin, &doing).await?;
-                for statement in statements {
-                    exec(&mut *tx, statement, &doing).await?;
-                }
-                commit(tx, &doing).await
-            }
-            .await;
-            if let Err(e) = result {
-                if created {
-                    // Untagged now. Nothing is in it yet, so dropping it (best
-                    // effort) lets the retry start clean; failing that, it is
-                    // owned by the tenant's role and a retry still adopts it.
-                    let _ =
-                        exec(&mut *admin, format!("DROP DATABASE IF EXISTS {qd}"), &doing).await;
-                }
-                return Err(e);
-            }
-            op.note(Action::PostgresDatabaseAlter, db, detail).await?;
         }
+    }
 
+    /// Runs `statements` in one transaction. `created`: the database was made
+    /// by this attempt and is dropped again when they fail.
+    async fn secure_database(
+        &self,
+        admin: &mut PgConnection,
+        op: &Operation,
+        db: &str,
+        statements: Vec<String>,
+        created: bool,
+    ) -> Result<(), BackendError> {
+        let doing = format!("tagging and securing database {db:?}");
+        let detail = serde_json::json!({"statements": statements});
+        let result = async {
+            let mut tx = begin_on(&mut *admin, &doing).await?;
+            for statement in statements {
+                exec(&mut *tx, statement, &doing).await?;
+            }
+            commit(tx, &doing).await
+        }
+        .await;
+        if let Err(e) = result {
+            if created {
+                // Untagged now. Nothing is in it yet, so dropping it (best
+                // effort) lets the retry start clean; failing that, it is
+                // owned by the tenant's role and a retry still adopts it.
+                let qd = quote_ident(db);
+                let _ = exec(&mut *admin, format!("DROP DATABASE IF EXISTS {qd}"), &doing).await;
+            }
+            return Err(e);
+        }
+        op.note(Action::PostgresDatabaseAlter, db, detail).await?;
+        Ok(())
+    }
+
+    /// The tenant's schema inside its own database, and `public` there.
+    async fn converge_database_schema(
+        &self,
+        op: &Operation,
+        names: &TenantNames,
+        role_oid: Oid,
+    ) -> Result<(), BackendError> {
+        let (db, role) = (&names.database, &names.role);
         let mut conn = self.connect_to(db).await?;
         let result = async {
             let resource = format!("schema {:?} in database {db:?}", names.schema);
-            let row = crate::metrics::sql(
-                crate::metrics::Sql::Select,
-                sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
-                    .bind(&names.schema)
-                    .fetch_optional(&mut conn),
-            )
-            .await
-            .map_err(|e| classify(e, &format!("reading {resource}")))?;
+            let row = read_schema(&mut conn, &names.schema, &resource).await?;
             let found = self.judge_container(op, &resource, row, role, true, false)?;
             self.converge_schema(&mut conn, op, role, &names.schema, db, found)
                 .await?;
@@ -955,9 +989,7 @@ impl PostgresBackend {
         }
         .await;
         let _ = conn.close().await;
-        result?;
-        self.converge_search_path(op, role_oid, role, db, &names.schema)
-            .await
+        result
     }
 }
 
@@ -1023,14 +1055,7 @@ impl PostgresBackend {
                     "schema {:?} in database {:?}",
                     names.schema, self.shared_database
                 );
-                let row = crate::metrics::sql(
-                    crate::metrics::Sql::Select,
-                    sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
-                        .bind(&names.schema)
-                        .fetch_optional(&self.pool),
-                )
-                .await
-                .map_err(|e| classify(e, &format!("reading {resource}")))?;
+                let row = read_schema(&self.pool, &names.schema, &resource).await?;
                 Ok((resource, row))
             }
             IsolationMode::Database => {
