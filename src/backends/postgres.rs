@@ -449,28 +449,9 @@ impl PostgresBackend {
         let comment = ownership_comment(tenant, false);
         let (row, adopting) = match found {
             Found::Absent => {
-                let verifier = scram_verifier(password)?;
-                let doing = format!("creating role {role:?}");
-                let mut tx = begin_on(conn, &doing).await?;
-                let create = format!(
-                    "CREATE ROLE {q} WITH {} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION CONNECTION LIMIT {connection_limit} PASSWORD {}",
-                    if login { "LOGIN" } else { "NOLOGIN" },
-                    quote_literal(verifier.expose_secret()),
-                );
-                exec(&mut *tx, create, &doing).await?;
-                exec(
-                    &mut *tx,
-                    format!("COMMENT ON ROLE {q} IS {}", quote_literal(&comment)),
-                    &doing,
-                )
-                .await?;
-                if !self.admin_is_superuser {
-                    exec(&mut *tx, self.grant_role_to_admin_sql(&q), &doing).await?;
-                }
-                commit(tx, &doing).await?;
-                tracing::info!(tenant = %tenant.name, role, "created PostgreSQL role");
-                op.note(Action::PostgresRoleCreate, role, serde_json::json!({"login": login, "connectionLimit": connection_limit, "passwordSet": true})).await?;
-                return Ok(());
+                return self
+                    .create_role(conn, op, role, connection_limit, password, login)
+                    .await;
             }
             Found::Ours(row) => (row, false),
             Found::Adopt(row) => (row, true),
@@ -531,6 +512,44 @@ impl PostgresBackend {
         };
         let detail = serde_json::json!({"changes": changes, "passwordSet": set_password, "grantedToAdmin": need_grant, "commentSet": need_comment});
         op.note(action, role, detail).await?;
+        Ok(())
+    }
+
+    /// The role, its comment and (unless the admin is a superuser) its grant
+    /// to the admin in one transaction, so that no role exists that tenantry
+    /// neither recognises nor can manage.
+    async fn create_role(
+        &self,
+        conn: &mut PgConnection,
+        op: &Operation,
+        role: &str,
+        connection_limit: i32,
+        password: &SecretString,
+        login: bool,
+    ) -> Result<(), BackendError> {
+        let q = quote_ident(role);
+        let comment = ownership_comment(&op.tenant, false);
+        let verifier = scram_verifier(password)?;
+        let doing = format!("creating role {role:?}");
+        let mut tx = begin_on(conn, &doing).await?;
+        let create = format!(
+            "CREATE ROLE {q} WITH {} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION CONNECTION LIMIT {connection_limit} PASSWORD {}",
+            if login { "LOGIN" } else { "NOLOGIN" },
+            quote_literal(verifier.expose_secret()),
+        );
+        exec(&mut *tx, create, &doing).await?;
+        exec(
+            &mut *tx,
+            format!("COMMENT ON ROLE {q} IS {}", quote_literal(&comment)),
+            &doing,
+        )
+        .await?;
+        if !self.admin_is_superuser {
+            exec(&mut *tx, self.grant_role_to_admin_sql(&q), &doing).await?;
+        }
+        commit(tx, &doing).await?;
+        tracing::info!(tenant = %op.tenant.name, role, "created PostgreSQL role");
+        op.note(Action::PostgresRoleCreate, role, serde_json::json!({"login": login, "connectionLimit": connection_limit, "passwordSet": true})).await?;
         Ok(())
     }
 
