@@ -562,26 +562,41 @@ impl KmsBackend {
         op: &Operation,
         new_key: bool,
     ) -> Result<(), BackendError> {
-        let tenant = &op.tenant;
         let key_id = meta.key_id();
         let mut state = meta.key_state().cloned();
         if state == Some(KeyState::PendingDeletion) {
-            self.client
-                .cancel_key_deletion()
-                .key_id(key_id)
-                .send()
-                .await
-                .map_err(|e| classify(BACKEND, &format!("CancelKeyDeletion {key_id}"), e))?;
-            tracing::info!(tenant = %tenant.name, key_id, "cancelled the deletion of the tenant's KMS key");
-            op.note(Action::KmsKeyCancelDeletion, key_id, serde_json::json!({}))
-                .await?;
+            self.cancel_deletion(op, key_id).await?;
             // A cancelled deletion leaves the key disabled.
             state = Some(KeyState::Disabled);
         }
-
         // Tags only after the deletion is cancelled: KMS refuses to tag a key
         // that is pending deletion.
-        let (set, drop_released) = tag_changes(current_tags, &desired_tags(tenant));
+        self.converge_tags(op, key_id, current_tags).await?;
+        self.ensure_enabled(op, key_id, state).await?;
+        self.ensure_rotation(op, key_id, new_key).await?;
+        self.converge_policy(op, key_id).await
+    }
+
+    async fn cancel_deletion(&self, op: &Operation, key_id: &str) -> Result<(), BackendError> {
+        self.client
+            .cancel_key_deletion()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("CancelKeyDeletion {key_id}"), e))?;
+        tracing::info!(tenant = %op.tenant.name, key_id, "cancelled the deletion of the tenant's KMS key");
+        op.note(Action::KmsKeyCancelDeletion, key_id, serde_json::json!({}))
+            .await?;
+        Ok(())
+    }
+
+    async fn converge_tags(
+        &self,
+        op: &Operation,
+        key_id: &str,
+        current_tags: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError> {
+        let (set, drop_released) = tag_changes(current_tags, &desired_tags(&op.tenant));
         if !set.is_empty() {
             self.set_tags(op, key_id, &set).await?;
         }
@@ -600,7 +615,17 @@ impl KmsBackend {
             )
             .await?;
         }
+        Ok(())
+    }
 
+    /// Enables a disabled key; refuses one in a state no data can be
+    /// encrypted with.
+    async fn ensure_enabled(
+        &self,
+        op: &Operation,
+        key_id: &str,
+        state: Option<KeyState>,
+    ) -> Result<(), BackendError> {
         match state {
             Some(KeyState::Enabled) => {}
             Some(KeyState::Disabled) => {
@@ -626,7 +651,15 @@ impl KmsBackend {
                 });
             }
         }
+        Ok(())
+    }
 
+    async fn ensure_rotation(
+        &self,
+        op: &Operation,
+        key_id: &str,
+        new_key: bool,
+    ) -> Result<(), BackendError> {
         // A new key never rotates: skip the read.
         let rotating = !new_key
             && self
@@ -651,7 +684,7 @@ impl KmsBackend {
             )
             .await?;
         }
-        self.converge_policy(op, key_id).await
+        Ok(())
     }
 
     async fn schedule_deletion(
