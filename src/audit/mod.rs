@@ -89,6 +89,80 @@ fn store_ddl(s: &str) -> Vec<String> {
     ]
 }
 
+/// What [`AuditLog::ensure_schema`] runs, given what it found: the schema
+/// `s`'s current owner (none when it does not exist) and whether the owner
+/// role exists. Nothing when the store is already the owner role's.
+fn store_statements(
+    s: &str,
+    owner: &str,
+    admin: &str,
+    version: i32,
+    role_exists: bool,
+    schema_owner: Option<&str>,
+) -> Vec<String> {
+    // Membership only for the length of this transaction: enough to
+    // make the owner own things, never visible to anyone else.
+    let join = if version >= 160_000 {
+        format!("GRANT {owner} TO CURRENT_USER WITH INHERIT FALSE, SET TRUE")
+    } else {
+        format!("GRANT {owner} TO CURRENT_USER")
+    };
+    let leave = format!("REVOKE {owner} FROM CURRENT_USER");
+    let grants = [
+        format!(
+            "GRANT USAGE ON SCHEMA {s} TO {admin}",
+            admin = quote_ident(admin)
+        ),
+        format!(
+            "GRANT SELECT, INSERT ON {s}.events TO {admin}",
+            admin = quote_ident(admin)
+        ),
+        format!(
+            "GRANT USAGE ON SEQUENCE {s}.events_seq_seq TO {admin}",
+            admin = quote_ident(admin)
+        ),
+    ];
+    let mut statements: Vec<String> = Vec::new();
+    if !role_exists {
+        statements.push(format!("CREATE ROLE {owner} NOLOGIN"));
+        statements.push(format!(
+            "COMMENT ON ROLE {owner} IS 'tenantry: owns the audit trail in schema {s}; nobody logs in as it'"
+        ));
+    }
+    match schema_owner {
+        None => {
+            statements.push(join.clone());
+            statements.push(format!("CREATE SCHEMA {s} AUTHORIZATION {owner}"));
+            statements.push(format!("SET LOCAL ROLE {owner}"));
+            statements.extend(store_ddl(s));
+            statements.extend(grants.iter().cloned());
+            statements.push("RESET ROLE".to_string());
+            statements.push(leave.clone());
+        }
+        // Written by a version whose admin owned the store: hand it to
+        // the owner. Ownership changes carry the old owner's privileges
+        // to the new one, so the admin is left with none until granted.
+        Some(current) if current == admin => {
+            statements.push(join.clone());
+            statements.push(format!("ALTER SCHEMA {s} OWNER TO {owner}"));
+            statements.push(format!("ALTER TABLE {s}.events OWNER TO {owner}"));
+            statements.push(format!(
+                "ALTER FUNCTION {s}.refuse_change() OWNER TO {owner}"
+            ));
+            statements.push(format!("SET LOCAL ROLE {owner}"));
+            statements.push(format!(
+                "REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM PUBLIC, {owner}"
+            ));
+            statements.extend(grants.iter().cloned());
+            statements.push("RESET ROLE".to_string());
+            statements.push(leave.clone());
+            tracing::info!(schema = %s, owner = %owner, "moved the audit trail to its own owner role");
+        }
+        Some(_) => {}
+    }
+    statements
+}
+
 #[derive(sqlx::FromRow)]
 struct GuardFacts {
     table_exists: bool,
@@ -356,66 +430,14 @@ impl AuditLog {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| db_error("read the admin's name", e))?;
-        // Membership only for the length of this transaction: enough to
-        // make the owner own things, never visible to anyone else.
-        let join = if version >= 160_000 {
-            format!("GRANT {owner} TO CURRENT_USER WITH INHERIT FALSE, SET TRUE")
-        } else {
-            format!("GRANT {owner} TO CURRENT_USER")
-        };
-        let leave = format!("REVOKE {owner} FROM CURRENT_USER");
-        let grants = [
-            format!(
-                "GRANT USAGE ON SCHEMA {s} TO {admin}",
-                admin = quote_ident(&admin)
-            ),
-            format!(
-                "GRANT SELECT, INSERT ON {s}.events TO {admin}",
-                admin = quote_ident(&admin)
-            ),
-            format!(
-                "GRANT USAGE ON SEQUENCE {s}.events_seq_seq TO {admin}",
-                admin = quote_ident(&admin)
-            ),
-        ];
-        let mut statements: Vec<String> = Vec::new();
-        if !role_exists {
-            statements.push(format!("CREATE ROLE {owner} NOLOGIN"));
-            statements.push(format!(
-                "COMMENT ON ROLE {owner} IS 'tenantry: owns the audit trail in schema {s}; nobody logs in as it'"
-            ));
-        }
-        match schema_owner.as_deref() {
-            None => {
-                statements.push(join.clone());
-                statements.push(format!("CREATE SCHEMA {s} AUTHORIZATION {owner}"));
-                statements.push(format!("SET LOCAL ROLE {owner}"));
-                statements.extend(store_ddl(s));
-                statements.extend(grants.iter().cloned());
-                statements.push("RESET ROLE".to_string());
-                statements.push(leave.clone());
-            }
-            // Written by a version whose admin owned the store: hand it to
-            // the owner. Ownership changes carry the old owner's privileges
-            // to the new one, so the admin is left with none until granted.
-            Some(current) if current == admin => {
-                statements.push(join.clone());
-                statements.push(format!("ALTER SCHEMA {s} OWNER TO {owner}"));
-                statements.push(format!("ALTER TABLE {s}.events OWNER TO {owner}"));
-                statements.push(format!(
-                    "ALTER FUNCTION {s}.refuse_change() OWNER TO {owner}"
-                ));
-                statements.push(format!("SET LOCAL ROLE {owner}"));
-                statements.push(format!(
-                    "REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM PUBLIC, {owner}"
-                ));
-                statements.extend(grants.iter().cloned());
-                statements.push("RESET ROLE".to_string());
-                statements.push(leave.clone());
-                tracing::info!(schema = %s, owner = %owner, "moved the audit trail to its own owner role");
-            }
-            Some(_) => {}
-        }
+        let statements = store_statements(
+            s,
+            &owner,
+            &admin,
+            version,
+            role_exists,
+            schema_owner.as_deref(),
+        );
         for sql in &statements {
             sqlx::query(AssertSqlSafe(sql.as_str()))
                 .execute(&mut *tx)
