@@ -472,14 +472,6 @@ impl AuditLog {
     }
 
     async fn read_guards(&self) -> Result<(), BackendError> {
-        let refuse = |message: String| BackendError::Rejected {
-            backend: Backend::Postgres,
-            message: format!(
-                "the audit trail {}.events was tampered with or is incomplete: {message}; \
-                 tenantry refuses to run without a trustworthy audit trail",
-                self.schema
-            ),
-        };
         let table = self.table();
         let owner = self.owner_role();
         let facts: GuardFacts = sqlx::query_as(
@@ -501,64 +493,94 @@ impl AuditLog {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("read the store's guards", e))?;
+        self.check_owners(&facts, &owner)?;
+        self.check_triggers(&table).await?;
+        self.check_not_writable(&table, &facts).await
+    }
+
+    /// The refusal every failed guard check reports.
+    fn tampered(&self, message: String) -> BackendError {
+        BackendError::Rejected {
+            backend: Backend::Postgres,
+            message: format!(
+                "the audit trail {}.events was tampered with or is incomplete: {message}; \
+                 tenantry refuses to run without a trustworthy audit trail",
+                self.schema
+            ),
+        }
+    }
+
+    /// The table exists, the owner role owns the store, nobody logs in as
+    /// it and the operator cannot act as it.
+    fn check_owners(&self, facts: &GuardFacts, owner: &str) -> Result<(), BackendError> {
         if !facts.table_exists {
-            return Err(refuse(
-                "the schema exists but its events table is missing".into(),
-            ));
+            return Err(self.tampered("the schema exists but its events table is missing".into()));
         }
         for (what, found) in [
             ("schema", &facts.schema_owner),
             ("table", &facts.table_owner),
             ("function refuse_change", &facts.function_owner),
         ] {
-            if found.as_deref() != Some(owner.as_str()) {
-                return Err(refuse(format!(
+            if found.as_deref() != Some(owner) {
+                return Err(self.tampered(format!(
                     "its {what} is owned by {found:?}, not by the owner role {owner:?}"
                 )));
             }
         }
         if facts.owner_can_login != Some(false) {
-            return Err(refuse(format!(
+            return Err(self.tampered(format!(
                 "the owner role {owner:?} may log in (or is missing)"
             )));
         }
         if facts.admin_acts_as_owner {
-            return Err(refuse(format!(
+            return Err(self.tampered(format!(
                 "the operator's role is a member of the owner role {owner:?}"
             )));
         }
+        Ok(())
+    }
+
+    async fn check_triggers(&self, table: &str) -> Result<(), BackendError> {
         let triggers: Vec<(String, String)> = sqlx::query_as(
             "SELECT tgname::text, tgenabled::text FROM pg_trigger
              WHERE tgrelid = to_regclass($1) AND NOT tgisinternal",
         )
-        .bind(&table)
+        .bind(table)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error("read the triggers", e))?;
         for wanted in ["append_only", "append_only_truncate"] {
             match triggers.iter().find(|(name, _)| name == wanted) {
-                None => return Err(refuse(format!("trigger {wanted} was dropped"))),
+                None => return Err(self.tampered(format!("trigger {wanted} was dropped"))),
                 // 'O' fires in normal sessions, 'A' always; 'D' and 'R' do not.
                 Some((_, enabled)) if enabled != "O" && enabled != "A" => {
-                    return Err(refuse(format!("trigger {wanted} is disabled")));
+                    return Err(self.tampered(format!("trigger {wanted} is disabled")));
                 }
                 Some(_) => {}
             }
         }
+        Ok(())
+    }
+
+    async fn check_not_writable(
+        &self,
+        table: &str,
+        facts: &GuardFacts,
+    ) -> Result<(), BackendError> {
         // A superuser passes every privilege check (only the trigger holds
         // it back); the backend already warns against running as one.
         let writable: bool = sqlx::query_scalar(
             "SELECT has_table_privilege($1, 'UPDATE') OR has_table_privilege($1, 'DELETE') \
                  OR has_table_privilege($1, 'TRUNCATE')",
         )
-        .bind(&table)
+        .bind(table)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("read the privileges", e))?;
         if writable && !facts.admin_is_superuser.unwrap_or(false) {
-            return Err(refuse(
-                "the operator's role was granted UPDATE, DELETE or TRUNCATE".into(),
-            ));
+            return Err(
+                self.tampered("the operator's role was granted UPDATE, DELETE or TRUNCATE".into())
+            );
         }
         Ok(())
     }
