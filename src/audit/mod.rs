@@ -89,6 +89,80 @@ fn store_ddl(s: &str) -> Vec<String> {
     ]
 }
 
+/// What [`AuditLog::ensure_schema`] runs, given what it found: the schema
+/// `s`'s current owner (none when it does not exist) and whether the owner
+/// role exists. Nothing when the store is already the owner role's.
+fn store_statements(
+    s: &str,
+    owner: &str,
+    admin: &str,
+    version: i32,
+    role_exists: bool,
+    schema_owner: Option<&str>,
+) -> Vec<String> {
+    // Membership only for the length of this transaction: enough to
+    // make the owner own things, never visible to anyone else.
+    let join = if version >= 160_000 {
+        format!("GRANT {owner} TO CURRENT_USER WITH INHERIT FALSE, SET TRUE")
+    } else {
+        format!("GRANT {owner} TO CURRENT_USER")
+    };
+    let leave = format!("REVOKE {owner} FROM CURRENT_USER");
+    let grants = [
+        format!(
+            "GRANT USAGE ON SCHEMA {s} TO {admin}",
+            admin = quote_ident(admin)
+        ),
+        format!(
+            "GRANT SELECT, INSERT ON {s}.events TO {admin}",
+            admin = quote_ident(admin)
+        ),
+        format!(
+            "GRANT USAGE ON SEQUENCE {s}.events_seq_seq TO {admin}",
+            admin = quote_ident(admin)
+        ),
+    ];
+    let mut statements: Vec<String> = Vec::new();
+    if !role_exists {
+        statements.push(format!("CREATE ROLE {owner} NOLOGIN"));
+        statements.push(format!(
+            "COMMENT ON ROLE {owner} IS 'tenantry: owns the audit trail in schema {s}; nobody logs in as it'"
+        ));
+    }
+    match schema_owner {
+        None => {
+            statements.push(join.clone());
+            statements.push(format!("CREATE SCHEMA {s} AUTHORIZATION {owner}"));
+            statements.push(format!("SET LOCAL ROLE {owner}"));
+            statements.extend(store_ddl(s));
+            statements.extend(grants.iter().cloned());
+            statements.push("RESET ROLE".to_string());
+            statements.push(leave.clone());
+        }
+        // Written by a version whose admin owned the store: hand it to
+        // the owner. Ownership changes carry the old owner's privileges
+        // to the new one, so the admin is left with none until granted.
+        Some(current) if current == admin => {
+            statements.push(join.clone());
+            statements.push(format!("ALTER SCHEMA {s} OWNER TO {owner}"));
+            statements.push(format!("ALTER TABLE {s}.events OWNER TO {owner}"));
+            statements.push(format!(
+                "ALTER FUNCTION {s}.refuse_change() OWNER TO {owner}"
+            ));
+            statements.push(format!("SET LOCAL ROLE {owner}"));
+            statements.push(format!(
+                "REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM PUBLIC, {owner}"
+            ));
+            statements.extend(grants.iter().cloned());
+            statements.push("RESET ROLE".to_string());
+            statements.push(leave.clone());
+            tracing::info!(schema = %s, owner = %owner, "moved the audit trail to its own owner role");
+        }
+        Some(_) => {}
+    }
+    statements
+}
+
 #[derive(sqlx::FromRow)]
 struct GuardFacts {
     table_exists: bool,
@@ -356,66 +430,14 @@ impl AuditLog {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| db_error("read the admin's name", e))?;
-        // Membership only for the length of this transaction: enough to
-        // make the owner own things, never visible to anyone else.
-        let join = if version >= 160_000 {
-            format!("GRANT {owner} TO CURRENT_USER WITH INHERIT FALSE, SET TRUE")
-        } else {
-            format!("GRANT {owner} TO CURRENT_USER")
-        };
-        let leave = format!("REVOKE {owner} FROM CURRENT_USER");
-        let grants = [
-            format!(
-                "GRANT USAGE ON SCHEMA {s} TO {admin}",
-                admin = quote_ident(&admin)
-            ),
-            format!(
-                "GRANT SELECT, INSERT ON {s}.events TO {admin}",
-                admin = quote_ident(&admin)
-            ),
-            format!(
-                "GRANT USAGE ON SEQUENCE {s}.events_seq_seq TO {admin}",
-                admin = quote_ident(&admin)
-            ),
-        ];
-        let mut statements: Vec<String> = Vec::new();
-        if !role_exists {
-            statements.push(format!("CREATE ROLE {owner} NOLOGIN"));
-            statements.push(format!(
-                "COMMENT ON ROLE {owner} IS 'tenantry: owns the audit trail in schema {s}; nobody logs in as it'"
-            ));
-        }
-        match schema_owner.as_deref() {
-            None => {
-                statements.push(join.clone());
-                statements.push(format!("CREATE SCHEMA {s} AUTHORIZATION {owner}"));
-                statements.push(format!("SET LOCAL ROLE {owner}"));
-                statements.extend(store_ddl(s));
-                statements.extend(grants.iter().cloned());
-                statements.push("RESET ROLE".to_string());
-                statements.push(leave.clone());
-            }
-            // Written by a version whose admin owned the store: hand it to
-            // the owner. Ownership changes carry the old owner's privileges
-            // to the new one, so the admin is left with none until granted.
-            Some(current) if current == admin => {
-                statements.push(join.clone());
-                statements.push(format!("ALTER SCHEMA {s} OWNER TO {owner}"));
-                statements.push(format!("ALTER TABLE {s}.events OWNER TO {owner}"));
-                statements.push(format!(
-                    "ALTER FUNCTION {s}.refuse_change() OWNER TO {owner}"
-                ));
-                statements.push(format!("SET LOCAL ROLE {owner}"));
-                statements.push(format!(
-                    "REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM PUBLIC, {owner}"
-                ));
-                statements.extend(grants.iter().cloned());
-                statements.push("RESET ROLE".to_string());
-                statements.push(leave.clone());
-                tracing::info!(schema = %s, owner = %owner, "moved the audit trail to its own owner role");
-            }
-            Some(_) => {}
-        }
+        let statements = store_statements(
+            s,
+            &owner,
+            &admin,
+            version,
+            role_exists,
+            schema_owner.as_deref(),
+        );
         for sql in &statements {
             sqlx::query(AssertSqlSafe(sql.as_str()))
                 .execute(&mut *tx)
@@ -450,14 +472,6 @@ impl AuditLog {
     }
 
     async fn read_guards(&self) -> Result<(), BackendError> {
-        let refuse = |message: String| BackendError::Rejected {
-            backend: Backend::Postgres,
-            message: format!(
-                "the audit trail {}.events was tampered with or is incomplete: {message}; \
-                 tenantry refuses to run without a trustworthy audit trail",
-                self.schema
-            ),
-        };
         let table = self.table();
         let owner = self.owner_role();
         let facts: GuardFacts = sqlx::query_as(
@@ -479,64 +493,94 @@ impl AuditLog {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("read the store's guards", e))?;
+        self.check_owners(&facts, &owner)?;
+        self.check_triggers(&table).await?;
+        self.check_not_writable(&table, &facts).await
+    }
+
+    /// The refusal every failed guard check reports.
+    fn tampered(&self, message: String) -> BackendError {
+        BackendError::Rejected {
+            backend: Backend::Postgres,
+            message: format!(
+                "the audit trail {}.events was tampered with or is incomplete: {message}; \
+                 tenantry refuses to run without a trustworthy audit trail",
+                self.schema
+            ),
+        }
+    }
+
+    /// The table exists, the owner role owns the store, nobody logs in as
+    /// it and the operator cannot act as it.
+    fn check_owners(&self, facts: &GuardFacts, owner: &str) -> Result<(), BackendError> {
         if !facts.table_exists {
-            return Err(refuse(
-                "the schema exists but its events table is missing".into(),
-            ));
+            return Err(self.tampered("the schema exists but its events table is missing".into()));
         }
         for (what, found) in [
             ("schema", &facts.schema_owner),
             ("table", &facts.table_owner),
             ("function refuse_change", &facts.function_owner),
         ] {
-            if found.as_deref() != Some(owner.as_str()) {
-                return Err(refuse(format!(
+            if found.as_deref() != Some(owner) {
+                return Err(self.tampered(format!(
                     "its {what} is owned by {found:?}, not by the owner role {owner:?}"
                 )));
             }
         }
         if facts.owner_can_login != Some(false) {
-            return Err(refuse(format!(
+            return Err(self.tampered(format!(
                 "the owner role {owner:?} may log in (or is missing)"
             )));
         }
         if facts.admin_acts_as_owner {
-            return Err(refuse(format!(
+            return Err(self.tampered(format!(
                 "the operator's role is a member of the owner role {owner:?}"
             )));
         }
+        Ok(())
+    }
+
+    async fn check_triggers(&self, table: &str) -> Result<(), BackendError> {
         let triggers: Vec<(String, String)> = sqlx::query_as(
             "SELECT tgname::text, tgenabled::text FROM pg_trigger
              WHERE tgrelid = to_regclass($1) AND NOT tgisinternal",
         )
-        .bind(&table)
+        .bind(table)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error("read the triggers", e))?;
         for wanted in ["append_only", "append_only_truncate"] {
             match triggers.iter().find(|(name, _)| name == wanted) {
-                None => return Err(refuse(format!("trigger {wanted} was dropped"))),
+                None => return Err(self.tampered(format!("trigger {wanted} was dropped"))),
                 // 'O' fires in normal sessions, 'A' always; 'D' and 'R' do not.
                 Some((_, enabled)) if enabled != "O" && enabled != "A" => {
-                    return Err(refuse(format!("trigger {wanted} is disabled")));
+                    return Err(self.tampered(format!("trigger {wanted} is disabled")));
                 }
                 Some(_) => {}
             }
         }
+        Ok(())
+    }
+
+    async fn check_not_writable(
+        &self,
+        table: &str,
+        facts: &GuardFacts,
+    ) -> Result<(), BackendError> {
         // A superuser passes every privilege check (only the trigger holds
         // it back); the backend already warns against running as one.
         let writable: bool = sqlx::query_scalar(
             "SELECT has_table_privilege($1, 'UPDATE') OR has_table_privilege($1, 'DELETE') \
                  OR has_table_privilege($1, 'TRUNCATE')",
         )
-        .bind(&table)
+        .bind(table)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("read the privileges", e))?;
         if writable && !facts.admin_is_superuser.unwrap_or(false) {
-            return Err(refuse(
-                "the operator's role was granted UPDATE, DELETE or TRUNCATE".into(),
-            ));
+            return Err(
+                self.tampered("the operator's role was granted UPDATE, DELETE or TRUNCATE".into())
+            );
         }
         Ok(())
     }

@@ -288,8 +288,19 @@ impl KmsBackend {
     /// call it; the tags of a key are read once per process (see
     /// `known_owners`), and read again before a key is taken as the tenant's.
     async fn keys_tagged_with(&self, op: &Operation) -> Result<Vec<KeyMetadata>, BackendError> {
-        let tenant = &op.tenant;
-        let uid = tenant.uid.as_str();
+        let candidates = self.scan_for_uid(&op.tenant.uid).await?;
+        let mut found = Vec::new();
+        for (key_id, _) in candidates {
+            if let Some(meta) = self.confirm_tagged(&op.tenant, key_id).await? {
+                found.push(meta);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The keys of the account whose tags, as last read, carry `uid`: each
+    /// with whether this scan read them (rather than `known_owners`).
+    async fn scan_for_uid(&self, uid: &str) -> Result<Vec<(String, bool)>, BackendError> {
         let mut known = self.known_owners.lock().await;
         let mut listed = HashSet::new();
         let mut candidates = Vec::new();
@@ -314,46 +325,8 @@ impl KmsBackend {
                     None => unread.push(key_id.to_string()),
                 }
             }
-            // The keys not read before, a few at a time: one by one, the
-            // first scan of a large account takes minutes.
-            let mut reads = futures::stream::iter(unread)
-                .map(|key_id: String| async move {
-                    let read = self.tags_of_patiently(&key_id).await;
-                    (key_id, read)
-                })
-                .buffer_unordered(SCAN_READ_CONCURRENCY);
-            let mut failure = None;
-            while let Some((key_id, read)) = reads.next().await {
-                let owner = match read {
-                    Ok(tags) => {
-                        let owner = tags.get(tags::TENANT_UID).cloned();
-                        // A key read without any tag may be one whose tags
-                        // KMS does not show yet (it is eventually
-                        // consistent): read it again next time.
-                        if !tags.is_empty() {
-                            known.insert(key_id.clone(), owner.clone());
-                        }
-                        owner
-                    }
-                    // Keys we may not read (another principal's, AWS
-                    // managed) cannot be ours anyway.
-                    Err(e) if !e.is_transient() => {
-                        known.insert(key_id.clone(), None);
-                        None
-                    }
-                    // What was read is kept for the next scan.
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                        continue;
-                    }
-                };
-                if owner.as_deref() == Some(uid) {
-                    candidates.push((key_id, true));
-                }
-            }
-            if let Some(e) = failure {
-                return Err(e);
-            }
+            let tagged = self.read_owners(&mut known, unread, uid).await?;
+            candidates.extend(tagged.into_iter().map(|key_id| (key_id, true)));
             match out.next_marker() {
                 Some(m) if out.truncated() => marker = Some(m.to_string()),
                 _ => break,
@@ -361,30 +334,86 @@ impl KmsBackend {
         }
         // Deleted keys leave the listing; forget them.
         known.retain(|key_id, _| listed.contains(key_id));
-        drop(known);
+        Ok(candidates)
+    }
 
-        let mut found = Vec::new();
-        for (key_id, _) in candidates {
-            // Someone may have retagged the key since an earlier scan read
-            // it; only a key that carries the uid now is the tenant's.
-            let tags = self.tags_of_patiently(&key_id).await?;
-            let owner = tags.get(tags::TENANT_UID).cloned();
-            if owner.as_deref() != Some(uid) {
-                self.known_owners.lock().await.insert(key_id, owner);
-                continue;
-            }
-            let Some(meta) = self.describe(&key_id).await? else {
-                continue;
+    /// Reads the tags of `unread` into `known`; returns those tagged with
+    /// `uid`.
+    async fn read_owners(
+        &self,
+        known: &mut HashMap<String, Option<String>>,
+        unread: Vec<String>,
+        uid: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        let mut tagged = Vec::new();
+        // The keys not read before, a few at a time: one by one, the
+        // first scan of a large account takes minutes.
+        let mut reads = futures::stream::iter(unread)
+            .map(|key_id: String| async move {
+                let read = self.tags_of_patiently(&key_id).await;
+                (key_id, read)
+            })
+            .buffer_unordered(SCAN_READ_CONCURRENCY);
+        let mut failure = None;
+        while let Some((key_id, read)) = reads.next().await {
+            let owner = match read {
+                Ok(tags) => {
+                    let owner = tags.get(tags::TENANT_UID).cloned();
+                    // A key read without any tag may be one whose tags
+                    // KMS does not show yet (it is eventually
+                    // consistent): read it again next time.
+                    if !tags.is_empty() {
+                        known.insert(key_id.clone(), owner.clone());
+                    }
+                    owner
+                }
+                // Keys we may not read (another principal's, AWS
+                // managed) cannot be ours anyway.
+                Err(e) if !e.is_transient() => {
+                    known.insert(key_id.clone(), None);
+                    None
+                }
+                // What was read is kept for the next scan.
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    continue;
+                }
             };
-            // Anyone who may tag keys in the account can put the uid on a
-            // key of theirs; such a key must be neither adopted nor deleted.
-            if made_by_tenantry(&meta, &tags, tenant) {
-                found.push(meta);
-            } else {
-                tracing::warn!(tenant = %tenant.name, key_id, "a KMS key carries the tenant's uid but not tenantry's marks (description, tags): left alone");
+            if owner.as_deref() == Some(uid) {
+                tagged.push(key_id);
             }
         }
-        Ok(found)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(tagged),
+        }
+    }
+
+    /// The key, if it carries the tenant's uid now and was made by tenantry.
+    async fn confirm_tagged(
+        &self,
+        tenant: &TenantRef,
+        key_id: String,
+    ) -> Result<Option<KeyMetadata>, BackendError> {
+        // Someone may have retagged the key since an earlier scan read
+        // it; only a key that carries the uid now is the tenant's.
+        let tags = self.tags_of_patiently(&key_id).await?;
+        let owner = tags.get(tags::TENANT_UID).cloned();
+        if owner.as_deref() != Some(tenant.uid.as_str()) {
+            self.known_owners.lock().await.insert(key_id, owner);
+            return Ok(None);
+        }
+        let Some(meta) = self.describe(&key_id).await? else {
+            return Ok(None);
+        };
+        // Anyone who may tag keys in the account can put the uid on a
+        // key of theirs; such a key must be neither adopted nor deleted.
+        if made_by_tenantry(&meta, &tags, tenant) {
+            Ok(Some(meta))
+        } else {
+            tracing::warn!(tenant = %tenant.name, key_id, "a KMS key carries the tenant's uid but not tenantry's marks (description, tags): left alone");
+            Ok(None)
+        }
     }
 
     async fn create(&self, op: &Operation) -> Result<KeyMetadata, BackendError> {
@@ -533,26 +562,41 @@ impl KmsBackend {
         op: &Operation,
         new_key: bool,
     ) -> Result<(), BackendError> {
-        let tenant = &op.tenant;
         let key_id = meta.key_id();
         let mut state = meta.key_state().cloned();
         if state == Some(KeyState::PendingDeletion) {
-            self.client
-                .cancel_key_deletion()
-                .key_id(key_id)
-                .send()
-                .await
-                .map_err(|e| classify(BACKEND, &format!("CancelKeyDeletion {key_id}"), e))?;
-            tracing::info!(tenant = %tenant.name, key_id, "cancelled the deletion of the tenant's KMS key");
-            op.note(Action::KmsKeyCancelDeletion, key_id, serde_json::json!({}))
-                .await?;
+            self.cancel_deletion(op, key_id).await?;
             // A cancelled deletion leaves the key disabled.
             state = Some(KeyState::Disabled);
         }
-
         // Tags only after the deletion is cancelled: KMS refuses to tag a key
         // that is pending deletion.
-        let (set, drop_released) = tag_changes(current_tags, &desired_tags(tenant));
+        self.converge_tags(op, key_id, current_tags).await?;
+        self.ensure_enabled(op, key_id, state).await?;
+        self.ensure_rotation(op, key_id, new_key).await?;
+        self.converge_policy(op, key_id).await
+    }
+
+    async fn cancel_deletion(&self, op: &Operation, key_id: &str) -> Result<(), BackendError> {
+        self.client
+            .cancel_key_deletion()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("CancelKeyDeletion {key_id}"), e))?;
+        tracing::info!(tenant = %op.tenant.name, key_id, "cancelled the deletion of the tenant's KMS key");
+        op.note(Action::KmsKeyCancelDeletion, key_id, serde_json::json!({}))
+            .await?;
+        Ok(())
+    }
+
+    async fn converge_tags(
+        &self,
+        op: &Operation,
+        key_id: &str,
+        current_tags: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError> {
+        let (set, drop_released) = tag_changes(current_tags, &desired_tags(&op.tenant));
         if !set.is_empty() {
             self.set_tags(op, key_id, &set).await?;
         }
@@ -571,7 +615,17 @@ impl KmsBackend {
             )
             .await?;
         }
+        Ok(())
+    }
 
+    /// Enables a disabled key; refuses one in a state no data can be
+    /// encrypted with.
+    async fn ensure_enabled(
+        &self,
+        op: &Operation,
+        key_id: &str,
+        state: Option<KeyState>,
+    ) -> Result<(), BackendError> {
         match state {
             Some(KeyState::Enabled) => {}
             Some(KeyState::Disabled) => {
@@ -597,7 +651,15 @@ impl KmsBackend {
                 });
             }
         }
+        Ok(())
+    }
 
+    async fn ensure_rotation(
+        &self,
+        op: &Operation,
+        key_id: &str,
+        new_key: bool,
+    ) -> Result<(), BackendError> {
         // A new key never rotates: skip the read.
         let rotating = !new_key
             && self
@@ -622,7 +684,7 @@ impl KmsBackend {
             )
             .await?;
         }
-        self.converge_policy(op, key_id).await
+        Ok(())
     }
 
     async fn schedule_deletion(

@@ -106,41 +106,8 @@ impl CredentialSecrets for KubeSecrets {
             .collect();
         let desired_labels = secret_labels(tenant);
         if let Some(existing) = &existing {
-            let owner_tags = existing
-                .labels()
-                .iter()
-                .chain(existing.annotations().iter())
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .filter(|(k, _)| k.starts_with("tenantry.dev/"));
-            match tenant.ownership_of(owner_tags) {
-                super::Ownership::Ours => {}
-                super::Ownership::Released => {
-                    op.require_recorded_release(Backend::Kubernetes, &what, &what)
-                        .await?;
-                    op.note_adopted_release()
-                }
-                super::Ownership::Foreign(detail) => {
-                    return Err(BackendError::Conflict {
-                        backend: Backend::Kubernetes,
-                        resource: what,
-                        detail,
-                    });
-                }
-                super::Ownership::Untagged => {
-                    return Err(BackendError::Conflict {
-                        backend: Backend::Kubernetes,
-                        resource: what,
-                        detail: "it was not made by tenantry".to_string(),
-                    });
-                }
-            }
-            let labels_match = desired_labels
-                .iter()
-                .all(|(k, v)| existing.labels().get(k) == Some(v));
-            let uid_matches = existing.annotations().get(tags::TENANT_UID) == Some(&tenant.uid);
-            let released = existing.annotations().contains_key(tags::RELEASED);
-            if existing.data.as_ref() == Some(&desired) && labels_match && uid_matches && !released
-            {
+            claim(op, existing, &what).await?;
+            if is_current(existing, tenant, &desired, &desired_labels) {
                 return Ok(());
             }
         }
@@ -162,44 +129,14 @@ impl CredentialSecrets for KubeSecrets {
             data: Some(desired),
             ..Default::default()
         };
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        observe(
-            "kubernetes",
-            "ApplySecret",
-            CallKind::Write,
-            secrets.patch(name, &params, &Patch::Apply(&secret)),
-        )
-        .await
-        .map_err(|e| {
-            if matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                BackendError::Missing {
-                    backend: Backend::Kubernetes,
-                    message: format!(
-                        "namespace {namespace} does not exist; tenantry does not create namespaces"
-                    ),
-                }
-            } else {
-                classify(e, &format!("writing {what}"))
-            }
-        })?;
+        apply(&secrets, namespace, name, &what, &secret).await?;
         op.note(Action::KubernetesSecretWrite, &what, audit_detail)
             .await?;
         let was_released = existing
             .as_ref()
             .is_some_and(|e| e.annotations().contains_key(tags::RELEASED));
         if was_released {
-            // Adopted: a later Tenant of the same name must not adopt it again.
-            let patch = serde_json::json!({"metadata": {"annotations": {tags::RELEASED: null}}});
-            observe(
-                "kubernetes",
-                "PatchSecret",
-                CallKind::Write,
-                secrets.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
-            )
-            .await
-            .map_err(|e| classify(e, &format!("adopting {what}")))?;
-            op.note(Action::KubernetesSecretAdopt, &what, serde_json::json!({}))
-                .await?;
+            drop_released_mark(op, &secrets, name, &what).await?;
         }
         Ok(())
     }
@@ -301,6 +238,108 @@ impl CredentialSecrets for KubeSecrets {
         )
         .await
     }
+}
+
+/// Refuses an existing Secret that is not the tenant's; one released by a
+/// Tenant of the same name is taken over.
+async fn claim(op: &Operation, existing: &Secret, what: &str) -> Result<(), BackendError> {
+    let owner_tags = existing
+        .labels()
+        .iter()
+        .chain(existing.annotations().iter())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .filter(|(k, _)| k.starts_with("tenantry.dev/"));
+    match op.tenant.ownership_of(owner_tags) {
+        super::Ownership::Ours => {}
+        super::Ownership::Released => {
+            op.require_recorded_release(Backend::Kubernetes, what, what)
+                .await?;
+            op.note_adopted_release()
+        }
+        super::Ownership::Foreign(detail) => {
+            return Err(BackendError::Conflict {
+                backend: Backend::Kubernetes,
+                resource: what.to_string(),
+                detail,
+            });
+        }
+        super::Ownership::Untagged => {
+            return Err(BackendError::Conflict {
+                backend: Backend::Kubernetes,
+                resource: what.to_string(),
+                detail: "it was not made by tenantry".to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether the Secret already holds what would be written, so that an
+/// unchanged Secret is not written (and audited) on every reconcile.
+fn is_current(
+    existing: &Secret,
+    tenant: &TenantRef,
+    desired: &BTreeMap<String, ByteString>,
+    desired_labels: &BTreeMap<String, String>,
+) -> bool {
+    let labels_match = desired_labels
+        .iter()
+        .all(|(k, v)| existing.labels().get(k) == Some(v));
+    let uid_matches = existing.annotations().get(tags::TENANT_UID) == Some(&tenant.uid);
+    let released = existing.annotations().contains_key(tags::RELEASED);
+    existing.data.as_ref() == Some(desired) && labels_match && uid_matches && !released
+}
+
+/// Server-side apply of the whole Secret.
+async fn apply(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    what: &str,
+    secret: &Secret,
+) -> Result<(), BackendError> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    observe(
+        "kubernetes",
+        "ApplySecret",
+        CallKind::Write,
+        secrets.patch(name, &params, &Patch::Apply(secret)),
+    )
+    .await
+    .map_err(|e| {
+        if matches!(&e, kube::Error::Api(s) if s.code == 404) {
+            BackendError::Missing {
+                backend: Backend::Kubernetes,
+                message: format!(
+                    "namespace {namespace} does not exist; tenantry does not create namespaces"
+                ),
+            }
+        } else {
+            classify(e, &format!("writing {what}"))
+        }
+    })?;
+    Ok(())
+}
+
+/// Adopted: a later Tenant of the same name must not adopt it again.
+async fn drop_released_mark(
+    op: &Operation,
+    secrets: &Api<Secret>,
+    name: &str,
+    what: &str,
+) -> Result<(), BackendError> {
+    let patch = serde_json::json!({"metadata": {"annotations": {tags::RELEASED: null}}});
+    observe(
+        "kubernetes",
+        "PatchSecret",
+        CallKind::Write,
+        secrets.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+    )
+    .await
+    .map_err(|e| classify(e, &format!("adopting {what}")))?;
+    op.note(Action::KubernetesSecretAdopt, what, serde_json::json!({}))
+        .await?;
+    Ok(())
 }
 
 fn secret_labels(tenant: &TenantRef) -> BTreeMap<String, String> {

@@ -300,29 +300,7 @@ impl PostgresBackend {
         advertised_port: Option<u16>,
         tls: &super::pg_tls::DatabaseTls,
     ) -> Result<Self, BackendError> {
-        let url = admin_url.expose_secret();
-        let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
-            rejected(format!(
-                "the admin database URL is not a valid PostgreSQL URL: {}",
-                scrub_url_secret(&e.to_string(), url)
-            ))
-        })?;
-        let tls = tls.resolve(url).map_err(rejected)?;
-        let options = tls.apply(options);
-        let options = options
-            .application_name("tenantry")
-            // Forced per session (a startup option beats every database and
-            // role default): quote_literal() is always right, and in a
-            // database a tenant owns, nothing the tenant made (a schema named
-            // after the admin, a database default search_path, an operator
-            // or function with an exact-match signature) can stand in for
-            // pg_catalog's in the admin's statements.
-            .options([
-                ("standard_conforming_strings", "on"),
-                ("lock_timeout", LOCK_TIMEOUT),
-                ("search_path", ADMIN_SEARCH_PATH),
-            ])
-            .disable_statement_logging();
+        let (options, tls) = admin_options(admin_url.expose_secret(), tls)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
@@ -337,59 +315,18 @@ impl PostgresBackend {
                 );
                 classify(e, &doing)
             })?;
-
-        let (admin, database, version, superuser, createrole, createdb, scs): (
-            String,
-            String,
-            i32,
-            bool,
-            bool,
-            bool,
-            String,
-        ) = crate::metrics::sql(
-            crate::metrics::Sql::Select,
-            sqlx::query_as(
-                "SELECT current_user::text, current_database()::text, \
-                    current_setting('server_version_num')::int, \
-                    r.rolsuper, r.rolcreaterole, r.rolcreatedb, \
-                    current_setting('standard_conforming_strings') \
-               FROM pg_roles r WHERE r.rolname = current_user",
-            )
-            .fetch_one(&pool),
-        )
-        .await
-        .map_err(|e| classify(e, "reading the admin role"))?;
-
-        if version < 150_000 {
-            return Err(rejected(format!(
-                "PostgreSQL {version} is not supported: tenantry needs PostgreSQL 15 or newer"
-            )));
-        }
-        if scs != "on" {
-            return Err(rejected(
-                "standard_conforming_strings is off and could not be turned on for the session"
-                    .to_string(),
-            ));
-        }
-        if !(superuser || (createrole && createdb)) {
-            return Err(rejected(format!(
-                "the admin role {admin:?} needs CREATEROLE and CREATEDB (a superuser must run: ALTER ROLE {} CREATEROLE CREATEDB)",
-                quote_ident(&admin)
-            )));
-        }
-        if superuser {
-            tracing::warn!(admin = %admin, "the PostgreSQL admin role is a superuser; a role with only LOGIN CREATEROLE CREATEDB is enough");
-        }
+        let session = AdminSession::read(&pool).await?;
+        session.check()?;
         Ok(Self {
             pool,
             advertised_host: advertised_host.unwrap_or_else(|| options.get_host().to_string()),
             advertised_port: advertised_port.unwrap_or_else(|| options.get_port()),
             options,
             tls,
-            shared_database: database,
-            admin,
-            admin_is_superuser: superuser,
-            server_version: version,
+            shared_database: session.database,
+            admin: session.admin,
+            admin_is_superuser: session.superuser,
+            server_version: session.version,
             shared_tables: Vec::new(),
             role_limits: RoleLimits::default(),
         })
@@ -512,28 +449,9 @@ impl PostgresBackend {
         let comment = ownership_comment(tenant, false);
         let (row, adopting) = match found {
             Found::Absent => {
-                let verifier = scram_verifier(password)?;
-                let doing = format!("creating role {role:?}");
-                let mut tx = begin_on(conn, &doing).await?;
-                let create = format!(
-                    "CREATE ROLE {q} WITH {} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION CONNECTION LIMIT {connection_limit} PASSWORD {}",
-                    if login { "LOGIN" } else { "NOLOGIN" },
-                    quote_literal(verifier.expose_secret()),
-                );
-                exec(&mut *tx, create, &doing).await?;
-                exec(
-                    &mut *tx,
-                    format!("COMMENT ON ROLE {q} IS {}", quote_literal(&comment)),
-                    &doing,
-                )
-                .await?;
-                if !self.admin_is_superuser {
-                    exec(&mut *tx, self.grant_role_to_admin_sql(&q), &doing).await?;
-                }
-                commit(tx, &doing).await?;
-                tracing::info!(tenant = %tenant.name, role, "created PostgreSQL role");
-                op.note(Action::PostgresRoleCreate, role, serde_json::json!({"login": login, "connectionLimit": connection_limit, "passwordSet": true})).await?;
-                return Ok(());
+                return self
+                    .create_role(conn, op, role, connection_limit, password, login)
+                    .await;
             }
             Found::Ours(row) => (row, false),
             Found::Adopt(row) => (row, true),
@@ -597,6 +515,44 @@ impl PostgresBackend {
         Ok(())
     }
 
+    /// The role, its comment and (unless the admin is a superuser) its grant
+    /// to the admin in one transaction, so that no role exists that tenantry
+    /// neither recognises nor can manage.
+    async fn create_role(
+        &self,
+        conn: &mut PgConnection,
+        op: &Operation,
+        role: &str,
+        connection_limit: i32,
+        password: &SecretString,
+        login: bool,
+    ) -> Result<(), BackendError> {
+        let q = quote_ident(role);
+        let comment = ownership_comment(&op.tenant, false);
+        let verifier = scram_verifier(password)?;
+        let doing = format!("creating role {role:?}");
+        let mut tx = begin_on(conn, &doing).await?;
+        let create = format!(
+            "CREATE ROLE {q} WITH {} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION CONNECTION LIMIT {connection_limit} PASSWORD {}",
+            if login { "LOGIN" } else { "NOLOGIN" },
+            quote_literal(verifier.expose_secret()),
+        );
+        exec(&mut *tx, create, &doing).await?;
+        exec(
+            &mut *tx,
+            format!("COMMENT ON ROLE {q} IS {}", quote_literal(&comment)),
+            &doing,
+        )
+        .await?;
+        if !self.admin_is_superuser {
+            exec(&mut *tx, self.grant_role_to_admin_sql(&q), &doing).await?;
+        }
+        commit(tx, &doing).await?;
+        tracing::info!(tenant = %op.tenant.name, role, "created PostgreSQL role");
+        op.note(Action::PostgresRoleCreate, role, serde_json::json!({"login": login, "connectionLimit": connection_limit, "passwordSet": true})).await?;
+        Ok(())
+    }
+
     /// Membership with INHERIT (to act as the owner of what the role owns)
     /// and, on 16+, SET (to make the role an owner). On 16+ the automatic
     /// grant to a role's creator has ADMIN only, so this is needed there too.
@@ -617,7 +573,6 @@ impl PostgresBackend {
     fn judge_container(
         &self,
         op: &Operation,
-        tenant: &TenantRef,
         resource: &str,
         row: Option<ObjectRow>,
         role: &str,
@@ -627,7 +582,7 @@ impl PostgresBackend {
         let Some(row) = row else {
             return Ok(Found::Absent);
         };
-        match ownership(tenant, row.comment.as_deref()) {
+        match ownership(&op.tenant, row.comment.as_deref()) {
             Ownership::Ours => Ok(Found::Ours(row)),
             Ownership::Released => {
                 op.note_adopted_release();
@@ -931,14 +886,35 @@ impl PostgresBackend {
         role_oid: Oid,
         database: Found<ObjectRow>,
     ) -> Result<(), BackendError> {
+        let created = matches!(database, Found::Absent);
+        let statements = self
+            .create_or_plan_database(admin, op, names, database)
+            .await?;
+        if !statements.is_empty() {
+            self.secure_database(admin, op, &names.database, statements, created)
+                .await?;
+        }
+        self.converge_database_schema(op, names, role_oid).await?;
+        self.converge_search_path(op, role_oid, &names.role, &names.database, &names.schema)
+            .await
+    }
+
+    /// Creates the tenant's database when there is none, and returns what
+    /// must still be done to tag and secure it.
+    async fn create_or_plan_database(
+        &self,
+        admin: &mut PgConnection,
+        op: &Operation,
+        names: &TenantNames,
+        database: Found<ObjectRow>,
+    ) -> Result<Vec<String>, BackendError> {
         let tenant = &op.tenant;
         let (db, role) = (&names.database, &names.role);
         let (qd, qr) = (quote_ident(db), quote_ident(role));
         let comment = ownership_comment(tenant, false);
         let set_comment = format!("COMMENT ON DATABASE {qd} IS {}", quote_literal(&comment));
         let revoke = format!("REVOKE ALL ON DATABASE {qd} FROM PUBLIC");
-        let created = matches!(database, Found::Absent);
-        let statements = match database {
+        match database {
             Found::Absent => {
                 let doing = format!("creating database {db:?}");
                 exec(
@@ -954,7 +930,7 @@ impl PostgresBackend {
                     serde_json::json!({"owner": role}),
                 )
                 .await?;
-                vec![set_comment, revoke]
+                Ok(vec![set_comment, revoke])
             }
             Found::Ours(row) | Found::Adopt(row) => {
                 let mut statements = Vec::new();
@@ -973,45 +949,58 @@ impl PostgresBackend {
                         quote_ident(grantee)
                     ));
                 }
-                statements
+                Ok(statements)
             }
-        };
-        if !statements.is_empty() {
-            let doing = format!("tagging and securing database {db:?}");
-            let detail = serde_json::json!({"statements": statements});
-            let result = async {
-                let mut tx = begin_on(&mut *admin, &doing).await?;
-                for statement in statements {
-                    exec(&mut *tx, statement, &doing).await?;
-                }
-                commit(tx, &doing).await
-            }
-            .await;
-            if let Err(e) = result {
-                if created {
-                    // Untagged now. Nothing is in it yet, so dropping it (best
-                    // effort) lets the retry start clean; failing that, it is
-                    // owned by the tenant's role and a retry still adopts it.
-                    let _ =
-                        exec(&mut *admin, format!("DROP DATABASE IF EXISTS {qd}"), &doing).await;
-                }
-                return Err(e);
-            }
-            op.note(Action::PostgresDatabaseAlter, db, detail).await?;
         }
+    }
 
+    /// Runs `statements` in one transaction. `created`: the database was made
+    /// by this attempt and is dropped again when they fail.
+    async fn secure_database(
+        &self,
+        admin: &mut PgConnection,
+        op: &Operation,
+        db: &str,
+        statements: Vec<String>,
+        created: bool,
+    ) -> Result<(), BackendError> {
+        let doing = format!("tagging and securing database {db:?}");
+        let detail = serde_json::json!({"statements": statements});
+        let result = async {
+            let mut tx = begin_on(&mut *admin, &doing).await?;
+            for statement in statements {
+                exec(&mut *tx, statement, &doing).await?;
+            }
+            commit(tx, &doing).await
+        }
+        .await;
+        if let Err(e) = result {
+            if created {
+                // Untagged now. Nothing is in it yet, so dropping it (best
+                // effort) lets the retry start clean; failing that, it is
+                // owned by the tenant's role and a retry still adopts it.
+                let qd = quote_ident(db);
+                let _ = exec(&mut *admin, format!("DROP DATABASE IF EXISTS {qd}"), &doing).await;
+            }
+            return Err(e);
+        }
+        op.note(Action::PostgresDatabaseAlter, db, detail).await?;
+        Ok(())
+    }
+
+    /// The tenant's schema inside its own database, and `public` there.
+    async fn converge_database_schema(
+        &self,
+        op: &Operation,
+        names: &TenantNames,
+        role_oid: Oid,
+    ) -> Result<(), BackendError> {
+        let (db, role) = (&names.database, &names.role);
         let mut conn = self.connect_to(db).await?;
         let result = async {
             let resource = format!("schema {:?} in database {db:?}", names.schema);
-            let row = crate::metrics::sql(
-                crate::metrics::Sql::Select,
-                sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
-                    .bind(&names.schema)
-                    .fetch_optional(&mut conn),
-            )
-            .await
-            .map_err(|e| classify(e, &format!("reading {resource}")))?;
-            let found = self.judge_container(op, tenant, &resource, row, role, true, false)?;
+            let row = read_schema(&mut conn, &names.schema, &resource).await?;
+            let found = self.judge_container(op, &resource, row, role, true, false)?;
             self.converge_schema(&mut conn, op, role, &names.schema, db, found)
                 .await?;
             self.deny_create_in_public(op, &mut conn, role_oid, role, db, true)
@@ -1019,9 +1008,7 @@ impl PostgresBackend {
         }
         .await;
         let _ = conn.close().await;
-        result?;
-        self.converge_search_path(op, role_oid, role, db, &names.schema)
-            .await
+        result
     }
 }
 
@@ -1087,14 +1074,7 @@ impl PostgresBackend {
                     "schema {:?} in database {:?}",
                     names.schema, self.shared_database
                 );
-                let row = crate::metrics::sql(
-                    crate::metrics::Sql::Select,
-                    sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
-                        .bind(&names.schema)
-                        .fetch_optional(&self.pool),
-                )
-                .await
-                .map_err(|e| classify(e, &format!("reading {resource}")))?;
+                let row = read_schema(&self.pool, &names.schema, &resource).await?;
                 Ok((resource, row))
             }
             IsolationMode::Database => {
@@ -1136,15 +1116,8 @@ impl TenantDatabase for PostgresBackend {
         let role_is_ours = matches!(role_found, Found::Ours(_));
         let (resource, row) = self.read_container(names, mode).await?;
         let interrupted_create = interrupted && mode == IsolationMode::Database;
-        let container = self.judge_container(
-            op,
-            tenant,
-            &resource,
-            row,
-            role,
-            role_is_ours,
-            interrupted_create,
-        )?;
+        let container =
+            self.judge_container(op, &resource, row, role, role_is_ours, interrupted_create)?;
 
         // The role, its grant to the admin and the schema or database it
         // owns are made on one connection: another pooled session refused
@@ -1241,130 +1214,22 @@ impl TenantDatabase for PostgresBackend {
         let tenant = &op.tenant;
         validate_tenant(tenant, names)?;
         let role = &names.role;
-        // What is not the tenant's is left alone and only logged, like the
-        // other backends do: a rollback after a conflicting ensure must be
-        // able to finish, and there is nothing of the tenant's to remove.
-        let mut skipped: Vec<(String, String)> = Vec::new();
-        let role_row = self.read_role(role).await?;
-        let role_is_ours = match &role_row {
-            None => false,
-            Some(row) => match ownership(tenant, row.comment.as_deref()) {
-                Ownership::Ours => true,
-                // Retained for a Tenant of this name: not ours to drop.
-                Ownership::Released => false,
-                other => {
-                    skipped.push((format!("role {role:?}"), not_ours_detail(other)));
-                    false
-                }
-            },
-        };
-
-        let (resource, row) = self.read_container(names, mode).await?;
-        let mut drop_container = false;
-        // A retained (released) schema or database owned by our role: the
-        // role cannot be dropped without it, so it is released again instead
-        // (this is a rollback of an adoption that did not finish).
-        let mut release_role_instead = false;
-        if let Some(row) = &row {
-            match ownership(tenant, row.comment.as_deref()) {
-                Ownership::Ours => drop_container = true,
-                Ownership::Released => release_role_instead = role_is_ours && row.owner == *role,
-                _ if role_is_ours && row.owner == *role => drop_container = true,
-                other => skipped.push((resource.clone(), not_ours_detail(other))),
-            }
-        }
-
-        if let (true, Some(row)) = (role_is_ours, &role_row) {
+        let plan = self.plan_removal(tenant, names, mode).await?;
+        if let Some(row) = &plan.role {
             // No new session, and none left to hold locks the drops need.
             self.disable_login(op, row, role).await?;
         }
-        if drop_container {
-            match mode {
-                IsolationMode::Schema => {
-                    exec(
-                        &self.pool,
-                        format!(
-                            "DROP SCHEMA IF EXISTS {} CASCADE",
-                            quote_ident(&names.schema)
-                        ),
-                        &format!("dropping {resource}"),
-                    )
-                    .await?;
-                }
-                IsolationMode::Database => {
-                    exec(
-                        &self.pool,
-                        format!(
-                            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                            quote_ident(&names.database)
-                        ),
-                        &format!("dropping {resource}"),
-                    )
-                    .await?;
-                }
-            }
-            tracing::info!(tenant = %tenant.name, "dropped {resource}");
-            let action = match mode {
-                IsolationMode::Schema => Action::PostgresSchemaDrop,
-                IsolationMode::Database => Action::PostgresDatabaseDrop,
-            };
-            op.note(action, &resource, serde_json::json!({})).await?;
+        if plan.drop_container {
+            self.drop_container(op, names, mode, &plan.resource).await?;
         }
-        if role_is_ours {
-            let q = quote_ident(role);
-            if release_role_instead {
-                exec(
-                    &self.pool,
-                    format!(
-                        "COMMENT ON ROLE {q} IS {}",
-                        quote_literal(&ownership_comment(tenant, true))
-                    ),
-                    &format!("releasing role {role:?}"),
-                )
-                .await?;
+        if plan.role.is_some() {
+            if plan.release_role_instead {
+                self.mark_role_released(tenant, role).await?;
             } else {
-                // DROP OWNED also revokes what the role was granted in the
-                // shared database (and on databases), which DROP ROLE needs.
-                let doing = format!("dropping role {role:?}");
-                let mut tx = self.begin(&doing).await?;
-                // The tenant's rows in the shared tables go with its role, in
-                // one transaction: a later Tenant of the same name (another
-                // customer) must find none of them.
-                let purged = crate::backends::shared_tables::purge_tenant_rows(
-                    &mut tx,
-                    &self.shared_tables,
-                    role,
-                    &tenant.name,
-                )
-                .await?;
-                // DROP OWNED rewrites the shared database's ACL (the role's
-                // CONNECT): serialised with the GRANTs of other tenants.
-                query_lock(&mut tx, &doing).await?;
-                exec(&mut *tx, format!("DROP OWNED BY {q}"), &doing).await?;
-                exec(&mut *tx, format!("DROP ROLE {q}"), &doing).await?;
-                commit(tx, &doing).await?;
-                tracing::info!(tenant = %tenant.name, role, "dropped PostgreSQL role");
-                if !purged.is_empty() {
-                    let rows: serde_json::Map<String, serde_json::Value> = purged
-                        .into_iter()
-                        .map(|(table, count)| (table, count.into()))
-                        .collect();
-                    op.note(
-                        Action::PostgresSharedRowsDelete,
-                        role,
-                        serde_json::json!({"tenant": tenant.name, "rowsPerTable": rows}),
-                    )
-                    .await?;
-                }
-                op.note(
-                    Action::PostgresRoleDrop,
-                    role,
-                    serde_json::json!({"dropOwned": true}),
-                )
-                .await?;
+                self.drop_role(op, role).await?;
             }
         }
-        for (resource, detail) in skipped {
+        for (resource, detail) in plan.skipped {
             tracing::warn!(tenant = %tenant.name, %detail, "not removing {resource}: it is not this tenant's");
         }
         Ok(())
@@ -1380,19 +1245,197 @@ impl TenantDatabase for PostgresBackend {
         validate_tenant(tenant, names)?;
         let role = &names.role;
         let released = ownership_comment(tenant, true);
+        let plan = self.plan_release(tenant, names, mode, &released).await?;
 
+        if let Some(row) = &plan.role {
+            self.disable_login(op, row, role).await?;
+        }
+        if plan.container_needs_comment {
+            self.mark_container_released(names, mode, &plan.resource, &released)
+                .await?;
+        }
+        if let Some((conn, needs_comment)) = plan.inner {
+            self.mark_inner_schema_released(conn, names, needs_comment, &released)
+                .await?;
+        }
+        if let Some(row) = &plan.role
+            && row.comment.as_deref() != Some(released.as_str())
+        {
+            self.mark_role_released(tenant, role).await?;
+        }
+        tracing::info!(tenant = %tenant.name, role, "released PostgreSQL objects");
+        op.note(
+            Action::PostgresRelease,
+            role,
+            serde_json::json!({"mode": mode.to_string()}),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Removing and releasing a tenant: what of its names is its own, and the
+/// writes both need.
+impl PostgresBackend {
+    /// The role with the tenant's name if it is the tenant's; otherwise
+    /// whose it is (nothing when there is no such role).
+    async fn read_own_role(
+        &self,
+        tenant: &TenantRef,
+        role: &str,
+    ) -> Result<(Option<RoleRow>, Option<Ownership>), BackendError> {
+        let Some(row) = self.read_role(role).await? else {
+            return Ok((None, None));
+        };
+        match ownership(tenant, row.comment.as_deref()) {
+            Ownership::Ours => Ok((Some(row), None)),
+            other => Ok((None, Some(other))),
+        }
+    }
+
+    /// Decides what to drop before anything is written.
+    async fn plan_removal(
+        &self,
+        tenant: &TenantRef,
+        names: &TenantNames,
+        mode: IsolationMode,
+    ) -> Result<RemovalPlan, BackendError> {
+        let role = &names.role;
+        // What is not the tenant's is left alone and only logged, like the
+        // other backends do: a rollback after a conflicting ensure must be
+        // able to finish, and there is nothing of the tenant's to remove.
+        let mut skipped: Vec<(String, String)> = Vec::new();
+        let (role_row, role_owner) = self.read_own_role(tenant, role).await?;
+        match role_owner {
+            // Retained for a Tenant of this name: not ours to drop.
+            None | Some(Ownership::Released) => {}
+            Some(other) => skipped.push((format!("role {role:?}"), not_ours_detail(other))),
+        }
+        let role_is_ours = role_row.is_some();
+
+        let (resource, row) = self.read_container(names, mode).await?;
+        let mut drop_container = false;
+        let mut release_role_instead = false;
+        if let Some(row) = &row {
+            match ownership(tenant, row.comment.as_deref()) {
+                Ownership::Ours => drop_container = true,
+                Ownership::Released => release_role_instead = role_is_ours && row.owner == *role,
+                _ if role_is_ours && row.owner == *role => drop_container = true,
+                other => skipped.push((resource.clone(), not_ours_detail(other))),
+            }
+        }
+        Ok(RemovalPlan {
+            role: role_row,
+            resource,
+            drop_container,
+            release_role_instead,
+            skipped,
+        })
+    }
+
+    async fn drop_container(
+        &self,
+        op: &Operation,
+        names: &TenantNames,
+        mode: IsolationMode,
+        resource: &str,
+    ) -> Result<(), BackendError> {
+        let (statement, action) = match mode {
+            IsolationMode::Schema => (
+                format!(
+                    "DROP SCHEMA IF EXISTS {} CASCADE",
+                    quote_ident(&names.schema)
+                ),
+                Action::PostgresSchemaDrop,
+            ),
+            IsolationMode::Database => (
+                format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(&names.database)
+                ),
+                Action::PostgresDatabaseDrop,
+            ),
+        };
+        exec(&self.pool, statement, &format!("dropping {resource}")).await?;
+        tracing::info!(tenant = %op.tenant.name, "dropped {resource}");
+        op.note(action, resource, serde_json::json!({})).await?;
+        Ok(())
+    }
+
+    async fn drop_role(&self, op: &Operation, role: &str) -> Result<(), BackendError> {
+        let tenant = &op.tenant;
+        let q = quote_ident(role);
+        // DROP OWNED also revokes what the role was granted in the
+        // shared database (and on databases), which DROP ROLE needs.
+        let doing = format!("dropping role {role:?}");
+        let mut tx = self.begin(&doing).await?;
+        // The tenant's rows in the shared tables go with its role, in
+        // one transaction: a later Tenant of the same name (another
+        // customer) must find none of them.
+        let purged = crate::backends::shared_tables::purge_tenant_rows(
+            &mut tx,
+            &self.shared_tables,
+            role,
+            &tenant.name,
+        )
+        .await?;
+        // DROP OWNED rewrites the shared database's ACL (the role's
+        // CONNECT): serialised with the GRANTs of other tenants.
+        query_lock(&mut tx, &doing).await?;
+        exec(&mut *tx, format!("DROP OWNED BY {q}"), &doing).await?;
+        exec(&mut *tx, format!("DROP ROLE {q}"), &doing).await?;
+        commit(tx, &doing).await?;
+        tracing::info!(tenant = %tenant.name, role, "dropped PostgreSQL role");
+        if !purged.is_empty() {
+            let rows: serde_json::Map<String, serde_json::Value> = purged
+                .into_iter()
+                .map(|(table, count)| (table, count.into()))
+                .collect();
+            op.note(
+                Action::PostgresSharedRowsDelete,
+                role,
+                serde_json::json!({"tenant": tenant.name, "rowsPerTable": rows}),
+            )
+            .await?;
+        }
+        op.note(
+            Action::PostgresRoleDrop,
+            role,
+            serde_json::json!({"dropOwned": true}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Leaves the role for a later Tenant of the same name to adopt.
+    async fn mark_role_released(&self, tenant: &TenantRef, role: &str) -> Result<(), BackendError> {
+        exec(
+            &self.pool,
+            format!(
+                "COMMENT ON ROLE {} IS {}",
+                quote_ident(role),
+                quote_literal(&ownership_comment(tenant, true))
+            ),
+            &format!("releasing role {role:?}"),
+        )
+        .await
+    }
+
+    /// Reads everything before anything is written, holding a connection to
+    /// the tenant's database when its schema is to be released too.
+    async fn plan_release(
+        &self,
+        tenant: &TenantRef,
+        names: &TenantNames,
+        mode: IsolationMode,
+        released: &str,
+    ) -> Result<ReleasePlan, BackendError> {
+        let role = &names.role;
         // Only the tenant's objects are released; anything else with its
         // names is left alone and logged (as remove_tenant does).
-        let not_ours = |resource: &str, ownership: Ownership| {
-            tracing::warn!(tenant = %tenant.name, detail = %not_ours_detail(ownership), "not releasing {resource}: it is not this tenant's");
-        };
-        let mut role_row = self.read_role(role).await?;
-        if let Some(row) = &role_row {
-            let ownership = ownership(tenant, row.comment.as_deref());
-            if ownership != Ownership::Ours {
-                not_ours(&format!("role {role:?}"), ownership);
-                role_row = None;
-            }
+        let (role_row, role_owner) = self.read_own_role(tenant, role).await?;
+        if let Some(other) = role_owner {
+            warn_not_releasing(tenant, &format!("role {role:?}"), other);
         }
         let role_is_ours = role_row.is_some();
         let (resource, row) = self.read_container(names, mode).await?;
@@ -1402,108 +1445,261 @@ impl TenantDatabase for PostgresBackend {
                 Ownership::Ours => true,
                 _ if role_is_ours && row.owner == *role => true,
                 other => {
-                    not_ours(&resource, other);
+                    warn_not_releasing(tenant, &resource, other);
                     false
                 }
             },
         };
-        let container_needs_comment = container_is_ours
-            && row.as_ref().and_then(|r| r.comment.as_deref()) != Some(released.as_str());
+        let container_needs_comment =
+            container_is_ours && row.as_ref().and_then(|r| r.comment.as_deref()) != Some(released);
         // In mode Database the schema inside the database carries a comment too.
-        let mut inner = None;
-        if mode == IsolationMode::Database && container_is_ours {
-            let mut conn = self.connect_to(&names.database).await?;
-            let inner_resource =
-                format!("schema {:?} in database {:?}", names.schema, names.database);
-            let schema = crate::metrics::sql(
-                crate::metrics::Sql::Select,
-                sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
-                    .bind(&names.schema)
-                    .fetch_optional(&mut conn),
+        let inner = if mode == IsolationMode::Database && container_is_ours {
+            Some(
+                self.judge_inner_schema(tenant, names, role_is_ours, released)
+                    .await?,
             )
-            .await
-            .map_err(|e| classify(e, &format!("reading {inner_resource}")));
-            let decision = match schema {
-                Err(e) => Err(e),
-                Ok(None) => Ok(false),
-                Ok(Some(schema)) => match ownership(tenant, schema.comment.as_deref()) {
-                    Ownership::Ours => Ok(schema.comment.as_deref() != Some(released.as_str())),
-                    _ if role_is_ours && schema.owner == *role => Ok(true),
-                    other => {
-                        not_ours(&inner_resource, other);
-                        Ok(false)
-                    }
-                },
-            };
-            match decision {
-                Ok(needs_comment) => inner = Some((conn, needs_comment)),
-                Err(e) => {
-                    let _ = conn.close().await;
-                    return Err(e);
+        } else {
+            None
+        };
+        Ok(ReleasePlan {
+            role: role_row,
+            resource,
+            container_needs_comment,
+            inner,
+        })
+    }
+
+    /// A connection to the tenant's database and whether the schema in it
+    /// needs the released comment.
+    async fn judge_inner_schema(
+        &self,
+        tenant: &TenantRef,
+        names: &TenantNames,
+        role_is_ours: bool,
+        released: &str,
+    ) -> Result<(PgConnection, bool), BackendError> {
+        let role = &names.role;
+        let mut conn = self.connect_to(&names.database).await?;
+        let inner_resource = format!("schema {:?} in database {:?}", names.schema, names.database);
+        let schema = read_schema(&mut conn, &names.schema, &inner_resource).await;
+        let decision = match schema {
+            Err(e) => Err(e),
+            Ok(None) => Ok(false),
+            Ok(Some(schema)) => match ownership(tenant, schema.comment.as_deref()) {
+                Ownership::Ours => Ok(schema.comment.as_deref() != Some(released)),
+                _ if role_is_ours && schema.owner == *role => Ok(true),
+                other => {
+                    warn_not_releasing(tenant, &inner_resource, other);
+                    Ok(false)
                 }
+            },
+        };
+        match decision {
+            Ok(needs_comment) => Ok((conn, needs_comment)),
+            Err(e) => {
+                let _ = conn.close().await;
+                Err(e)
             }
         }
+    }
 
-        if let Some(row) = &role_row {
-            self.disable_login(op, row, role).await?;
-        }
-        if container_needs_comment {
-            let statement = match mode {
-                IsolationMode::Schema => format!(
+    async fn mark_container_released(
+        &self,
+        names: &TenantNames,
+        mode: IsolationMode,
+        resource: &str,
+        released: &str,
+    ) -> Result<(), BackendError> {
+        let statement = match mode {
+            IsolationMode::Schema => format!(
+                "COMMENT ON SCHEMA {} IS {}",
+                quote_ident(&names.schema),
+                quote_literal(released)
+            ),
+            IsolationMode::Database => format!(
+                "COMMENT ON DATABASE {} IS {}",
+                quote_ident(&names.database),
+                quote_literal(released)
+            ),
+        };
+        exec(&self.pool, statement, &format!("releasing {resource}")).await
+    }
+
+    /// Closes `conn` whatever happens: it holds up a later DROP DATABASE.
+    async fn mark_inner_schema_released(
+        &self,
+        mut conn: PgConnection,
+        names: &TenantNames,
+        needs_comment: bool,
+        released: &str,
+    ) -> Result<(), BackendError> {
+        let result = if needs_comment {
+            exec(
+                &mut conn,
+                format!(
                     "COMMENT ON SCHEMA {} IS {}",
                     quote_ident(&names.schema),
-                    quote_literal(&released)
+                    quote_literal(released)
                 ),
-                IsolationMode::Database => format!(
-                    "COMMENT ON DATABASE {} IS {}",
-                    quote_ident(&names.database),
-                    quote_literal(&released)
+                &format!(
+                    "releasing schema {:?} in database {:?}",
+                    names.schema, names.database
                 ),
-            };
-            exec(&self.pool, statement, &format!("releasing {resource}")).await?;
-        }
-        if let Some((mut conn, needs_comment)) = inner {
-            let result = if needs_comment {
-                exec(
-                    &mut conn,
-                    format!(
-                        "COMMENT ON SCHEMA {} IS {}",
-                        quote_ident(&names.schema),
-                        quote_literal(&released)
-                    ),
-                    &format!(
-                        "releasing schema {:?} in database {:?}",
-                        names.schema, names.database
-                    ),
-                )
-                .await
-            } else {
-                Ok(())
-            };
-            let _ = conn.close().await;
-            result?;
-        }
-        if let Some(row) = &role_row
-            && row.comment.as_deref() != Some(released.as_str())
-        {
-            exec(
-                &self.pool,
-                format!(
-                    "COMMENT ON ROLE {} IS {}",
-                    quote_ident(role),
-                    quote_literal(&released)
-                ),
-                &format!("releasing role {role:?}"),
             )
-            .await?;
-        }
-        tracing::info!(tenant = %tenant.name, role, "released PostgreSQL objects");
-        op.note(
-            Action::PostgresRelease,
-            role,
-            serde_json::json!({"mode": mode.to_string()}),
+            .await
+        } else {
+            Ok(())
+        };
+        let _ = conn.close().await;
+        result
+    }
+}
+
+/// What `remove_tenant` found to be the tenant's.
+struct RemovalPlan {
+    /// The tenant's role, when it is the tenant's.
+    role: Option<RoleRow>,
+    /// The schema or database, as errors and the audit trail name it.
+    resource: String,
+    drop_container: bool,
+    /// A retained (released) schema or database owned by our role: the
+    /// role cannot be dropped without it, so it is released again instead
+    /// (this is a rollback of an adoption that did not finish).
+    release_role_instead: bool,
+    /// Resources with the tenant's names that are not its own, and why.
+    skipped: Vec<(String, String)>,
+}
+
+/// What `release_tenant` found to be the tenant's.
+struct ReleasePlan {
+    /// The tenant's role, when it is the tenant's.
+    role: Option<RoleRow>,
+    resource: String,
+    container_needs_comment: bool,
+    /// In mode Database: a connection to the tenant's database, and whether
+    /// its schema needs the released comment.
+    inner: Option<(PgConnection, bool)>,
+}
+
+fn warn_not_releasing(tenant: &TenantRef, resource: &str, ownership: Ownership) {
+    tracing::warn!(tenant = %tenant.name, detail = %not_ours_detail(ownership), "not releasing {resource}: it is not this tenant's");
+}
+
+/// The schema named `schema` in the database `executor` is connected to.
+async fn read_schema<'c, E: PgExecutor<'c>>(
+    executor: E,
+    schema: &str,
+    resource: &str,
+) -> Result<Option<ObjectRow>, BackendError> {
+    crate::metrics::sql(
+        crate::metrics::Sql::Select,
+        sqlx::query_as::<_, ObjectRow>(SCHEMA_SQL)
+            .bind(schema)
+            .fetch_optional(executor),
+    )
+    .await
+    .map_err(|e| classify(e, &format!("reading {resource}")))
+}
+
+/// The admin URL's connect options with the TLS settings laid over them,
+/// and the TLS in effect.
+fn admin_options(
+    url: &str,
+    tls: &super::pg_tls::DatabaseTls,
+) -> Result<(PgConnectOptions, super::pg_tls::EffectiveTls), BackendError> {
+    let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
+        rejected(format!(
+            "the admin database URL is not a valid PostgreSQL URL: {}",
+            scrub_url_secret(&e.to_string(), url)
+        ))
+    })?;
+    let tls = tls.resolve(url).map_err(rejected)?;
+    let options = tls.apply(options);
+    let options = options
+        .application_name("tenantry")
+        // Forced per session (a startup option beats every database and
+        // role default): quote_literal() is always right, and in a
+        // database a tenant owns, nothing the tenant made (a schema named
+        // after the admin, a database default search_path, an operator
+        // or function with an exact-match signature) can stand in for
+        // pg_catalog's in the admin's statements.
+        .options([
+            ("standard_conforming_strings", "on"),
+            ("lock_timeout", LOCK_TIMEOUT),
+            ("search_path", ADMIN_SEARCH_PATH),
+        ])
+        .disable_statement_logging();
+    Ok((options, tls))
+}
+
+/// Who the admin is on the server it connected to, and what it may do.
+struct AdminSession {
+    admin: String,
+    database: String,
+    version: i32,
+    superuser: bool,
+    createrole: bool,
+    createdb: bool,
+    standard_conforming_strings: String,
+}
+
+impl AdminSession {
+    async fn read(pool: &PgPool) -> Result<Self, BackendError> {
+        let (admin, database, version, superuser, createrole, createdb, scs): (
+            String,
+            String,
+            i32,
+            bool,
+            bool,
+            bool,
+            String,
+        ) = crate::metrics::sql(
+            crate::metrics::Sql::Select,
+            sqlx::query_as(
+                "SELECT current_user::text, current_database()::text, \
+                    current_setting('server_version_num')::int, \
+                    r.rolsuper, r.rolcreaterole, r.rolcreatedb, \
+                    current_setting('standard_conforming_strings') \
+               FROM pg_roles r WHERE r.rolname = current_user",
+            )
+            .fetch_one(pool),
         )
-        .await?;
+        .await
+        .map_err(|e| classify(e, "reading the admin role"))?;
+        Ok(Self {
+            admin,
+            database,
+            version,
+            superuser,
+            createrole,
+            createdb,
+            standard_conforming_strings: scs,
+        })
+    }
+
+    /// Refuses a server or an admin role the backend cannot work safely with.
+    fn check(&self) -> Result<(), BackendError> {
+        let (admin, version) = (&self.admin, self.version);
+        if version < 150_000 {
+            return Err(rejected(format!(
+                "PostgreSQL {version} is not supported: tenantry needs PostgreSQL 15 or newer"
+            )));
+        }
+        if self.standard_conforming_strings != "on" {
+            return Err(rejected(
+                "standard_conforming_strings is off and could not be turned on for the session"
+                    .to_string(),
+            ));
+        }
+        if !(self.superuser || (self.createrole && self.createdb)) {
+            return Err(rejected(format!(
+                "the admin role {admin:?} needs CREATEROLE and CREATEDB (a superuser must run: ALTER ROLE {} CREATEROLE CREATEDB)",
+                quote_ident(admin)
+            )));
+        }
+        if self.superuser {
+            tracing::warn!(admin = %admin, "the PostgreSQL admin role is a superuser; a role with only LOGIN CREATEROLE CREATEDB is enough");
+        }
         Ok(())
     }
 }

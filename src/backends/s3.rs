@@ -315,6 +315,38 @@ impl S3Backend {
     async fn reset_released(&self, op: &Operation, bucket: &str) -> Result<(), BackendError> {
         let tenant = &op.tenant;
         let owner = self.account().await?;
+        let (replication_deleted, destinations) = self.delete_replication(bucket, owner).await?;
+        let targets = self.clear_notifications(bucket, owner).await?;
+        let access_points = self.delete_access_points(bucket, owner).await?;
+        tracing::info!(
+            tenant = %tenant.name,
+            bucket,
+            replication = replication_deleted,
+            notifications = targets.len(),
+            access_points = access_points.len(),
+            "reset the replication, notifications and access points of a released bucket"
+        );
+        op.note(
+            Action::S3BucketReset,
+            bucket,
+            serde_json::json!({
+                "why": "adopted a released bucket",
+                "replicationDeleted": replication_deleted,
+                "replicationDestinations": destinations,
+                "notificationsCleared": targets,
+                "accessPointsDeleted": access_points,
+            }),
+        )
+        .await
+    }
+
+    /// Deletes the bucket's replication, if it has one; returns whether it
+    /// had one and the buckets it copied to.
+    async fn delete_replication(
+        &self,
+        bucket: &str,
+        owner: &str,
+    ) -> Result<(bool, Vec<String>), BackendError> {
         let replication = match self
             .client
             .get_bucket_replication()
@@ -348,6 +380,15 @@ impl S3Backend {
                 .await
                 .map_err(|e| classify(BACKEND, &format!("DeleteBucketReplication {bucket}"), e))?;
         }
+        Ok((replication.is_some(), destinations))
+    }
+
+    /// Clears the bucket's event notifications; returns where they went.
+    async fn clear_notifications(
+        &self,
+        bucket: &str,
+        owner: &str,
+    ) -> Result<Vec<String>, BackendError> {
         let notifications = match self
             .client
             .get_bucket_notification_configuration()
@@ -406,27 +447,7 @@ impl S3Backend {
                     e,
                 )
             })?;
-        let access_points = self.delete_access_points(bucket, owner).await?;
-        tracing::info!(
-            tenant = %tenant.name,
-            bucket,
-            replication = replication.is_some(),
-            notifications = targets.len(),
-            access_points = access_points.len(),
-            "reset the replication, notifications and access points of a released bucket"
-        );
-        op.note(
-            Action::S3BucketReset,
-            bucket,
-            serde_json::json!({
-                "why": "adopted a released bucket",
-                "replicationDeleted": replication.is_some(),
-                "replicationDestinations": destinations,
-                "notificationsCleared": targets,
-                "accessPointsDeleted": access_points,
-            }),
-        )
-        .await
+        Ok(targets)
     }
 
     /// Deletes the access points of this account that open `bucket`, and

@@ -184,27 +184,7 @@ impl SecretsManagerBackend {
     ) -> Result<(String, DatabaseCredentials), BackendError> {
         let tenant = &op.tenant;
         let current_tags = tag_map(&described);
-        let adopting = match tenant.ownership_of(tag_pairs(&current_tags)) {
-            Ownership::Ours => false,
-            Ownership::Released => {
-                op.require_recorded_release(BACKEND, &format!("secret {name}"), name)
-                    .await?;
-                op.note_adopted_release();
-                true
-            }
-            // CreateSecret tags at creation, so an untagged secret was never
-            // made by tenantry, interrupted or not.
-            Ownership::Untagged => {
-                return Err(conflict(
-                    BACKEND,
-                    format!("secret {name}"),
-                    "it exists without tenantry's ownership tags",
-                ));
-            }
-            Ownership::Foreign(detail) => {
-                return Err(conflict(BACKEND, format!("secret {name}"), detail));
-            }
-        };
+        let adopting = self.claim(op, name, &current_tags).await?;
         let arn = described.arn().unwrap_or_default().to_string();
 
         // Before anything else: a secret scheduled for deletion refuses tags
@@ -220,28 +200,82 @@ impl SecretsManagerBackend {
         // tag goes, so a retry after a crash in between rotates again.
         let mut under_key = described.kms_key_id() == Some(key_arn);
         if adopting {
-            // First what others may have added while no Tenant held it, so
-            // that none of them reads the new password.
-            self.reset_released(op, name, &described).await?;
-            self.client
-                .update_secret()
-                .secret_id(name)
-                .kms_key_id(key_arn)
-                .secret_string(serialize(initial)?.expose_secret())
-                .send()
-                .await
-                .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
-            op.note(
-                Action::SecretsmanagerSecretRotate,
-                name,
-                serde_json::json!({"why": "adopted a released secret", "kmsKeyArn": key_arn}),
-            )
-            .await?;
-            tracing::info!(tenant = %tenant.name, secret = name, "adopted the released secret with a new password");
+            self.rotate_adopted(op, name, key_arn, initial, &described)
+                .await?;
             under_key = true;
         }
 
-        let (set, drop_released) = tag_changes(&current_tags, &desired_tags(tenant));
+        self.converge_tags(op, name, &current_tags).await?;
+        let credentials = self
+            .converge_value(op, name, key_arn, initial, under_key)
+            .await?;
+        Ok((arn, credentials))
+    }
+
+    /// Whether the existing secret is a released one being adopted; an error
+    /// when it is not this tenant's to take.
+    async fn claim(
+        &self,
+        op: &Operation,
+        name: &str,
+        current_tags: &BTreeMap<String, String>,
+    ) -> Result<bool, BackendError> {
+        match op.tenant.ownership_of(tag_pairs(current_tags)) {
+            Ownership::Ours => Ok(false),
+            Ownership::Released => {
+                op.require_recorded_release(BACKEND, &format!("secret {name}"), name)
+                    .await?;
+                op.note_adopted_release();
+                Ok(true)
+            }
+            // CreateSecret tags at creation, so an untagged secret was never
+            // made by tenantry, interrupted or not.
+            Ownership::Untagged => Err(conflict(
+                BACKEND,
+                format!("secret {name}"),
+                "it exists without tenantry's ownership tags",
+            )),
+            Ownership::Foreign(detail) => Err(conflict(BACKEND, format!("secret {name}"), detail)),
+        }
+    }
+
+    /// Gives an adopted secret the adopting tenant's password, under its key.
+    async fn rotate_adopted(
+        &self,
+        op: &Operation,
+        name: &str,
+        key_arn: &str,
+        initial: &DatabaseCredentials,
+        described: &DescribeSecretOutput,
+    ) -> Result<(), BackendError> {
+        // First what others may have added while no Tenant held it, so
+        // that none of them reads the new password.
+        self.reset_released(op, name, described).await?;
+        self.client
+            .update_secret()
+            .secret_id(name)
+            .kms_key_id(key_arn)
+            .secret_string(serialize(initial)?.expose_secret())
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
+        op.note(
+            Action::SecretsmanagerSecretRotate,
+            name,
+            serde_json::json!({"why": "adopted a released secret", "kmsKeyArn": key_arn}),
+        )
+        .await?;
+        tracing::info!(tenant = %op.tenant.name, secret = name, "adopted the released secret with a new password");
+        Ok(())
+    }
+
+    async fn converge_tags(
+        &self,
+        op: &Operation,
+        name: &str,
+        current_tags: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError> {
+        let (set, drop_released) = tag_changes(current_tags, &desired_tags(&op.tenant));
         if !set.is_empty() {
             self.set_tags(op, name, &set).await?;
         }
@@ -260,11 +294,24 @@ impl SecretsManagerBackend {
             )
             .await?;
         }
+        Ok(())
+    }
 
+    /// Brings the stored value to the current connection details (keeping
+    /// its password) and under the tenant's key; returns the credentials
+    /// the secret now holds.
+    async fn converge_value(
+        &self,
+        op: &Operation,
+        name: &str,
+        key_arn: &str,
+        initial: &DatabaseCredentials,
+        under_key: bool,
+    ) -> Result<DatabaseCredentials, BackendError> {
         let stored = self.current_value(name).await?;
         let (credentials, rewrite) = merge_stored(stored.as_ref(), initial);
         let new_value = if rewrite {
-            tracing::info!(tenant = %tenant.name, secret = name, "updating the connection details in the tenant's secret, keeping its password");
+            tracing::info!(tenant = %op.tenant.name, secret = name, "updating the connection details in the tenant's secret, keeping its password");
             Some(serialize(&credentials)?)
         } else {
             None
@@ -279,21 +326,7 @@ impl SecretsManagerBackend {
                 (None, Some(v)) => v,
                 (None, None) => serialize(&credentials)?,
             };
-            self.client
-                .update_secret()
-                .secret_id(name)
-                .kms_key_id(key_arn)
-                .secret_string(value.expose_secret())
-                .send()
-                .await
-                .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
-            op.note(
-                Action::SecretsmanagerSecretReEncrypt,
-                name,
-                serde_json::json!({"kmsKeyArn": key_arn, "valueRewritten": rewrite}),
-            )
-            .await?;
-            tracing::info!(tenant = %tenant.name, secret = name, "re-encrypted the tenant's secret with the tenant's key");
+            self.re_encrypt(op, name, key_arn, &value, rewrite).await?;
         } else if let Some(value) = new_value {
             self.client
                 .put_secret_value()
@@ -309,7 +342,33 @@ impl SecretsManagerBackend {
             )
             .await?;
         }
-        Ok((arn, credentials))
+        Ok(credentials)
+    }
+
+    async fn re_encrypt(
+        &self,
+        op: &Operation,
+        name: &str,
+        key_arn: &str,
+        value: &SecretString,
+        rewrite: bool,
+    ) -> Result<(), BackendError> {
+        self.client
+            .update_secret()
+            .secret_id(name)
+            .kms_key_id(key_arn)
+            .secret_string(value.expose_secret())
+            .send()
+            .await
+            .map_err(|e| classify(BACKEND, &format!("UpdateSecret {name}"), e))?;
+        op.note(
+            Action::SecretsmanagerSecretReEncrypt,
+            name,
+            serde_json::json!({"kmsKeyArn": key_arn, "valueRewritten": rewrite}),
+        )
+        .await?;
+        tracing::info!(tenant = %op.tenant.name, secret = name, "re-encrypted the tenant's secret with the tenant's key");
+        Ok(())
     }
 }
 
