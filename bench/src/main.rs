@@ -37,11 +37,13 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use secrecy::SecretString;
 use tenantry::api::{Tenant, TenantPhase, TenantSpec};
-use tenantry::backends::TenantRef;
+use tenantry::backends::{TenantRef, Unrecorded};
 use tenantry::config::{BackendSettings, Backends};
-use tenantry::controller::steps::{TenantContext, tenant_steps};
 use tenantry::naming::TenantNames;
-use tenantry::provision::{Engine, JournalStore, Outcome, RetryPolicy, StepError, new_journal};
+use tenantry::provision::{
+    Access, Engine, JournalStore, Lifecycle, Outcome, RetryPolicy, StepError, new_journal,
+};
+use tenantry::resources::{TenantContext, tenant_resources};
 
 const LABEL: &str = "tenantry.dev/bench";
 
@@ -732,7 +734,7 @@ async fn run_engine(
     let namespace = format!("bench-{run}");
     create_namespace(client, &namespace).await?;
     let prefix = env("TENANTRY_BUCKET_PREFIX")?;
-    let steps = Arc::new(tenant_steps());
+    let steps = Arc::new(tenant_resources());
     // The operator's default retry policy.
     let retry = RetryPolicy {
         attempts: 6,
@@ -756,7 +758,10 @@ async fn run_engine(
                     uid: format!("bench-{name}-{}", short_id()),
                     display_name: None,
                 };
-                let mut ctx = TenantContext::new(tenant, names, spec, backends);
+                // The baseline measures the engine alone: its changes go to
+                // no audit trail, and it says so.
+                let mut ctx =
+                    TenantContext::new(tenant, names, spec, backends, Arc::new(Unrecorded));
                 let engine = Engine::new(&steps, retry);
                 let mut journal = new_journal();
                 let mut store = MemoryJournal {
@@ -764,7 +769,12 @@ async fn run_engine(
                     last: None,
                 };
                 let outcome = engine
-                    .provision(&mut ctx, &mut journal, &mut store)
+                    .run(
+                        &mut ctx,
+                        &mut journal,
+                        &mut store,
+                        Lifecycle::Provision(Access::Granted),
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
                 if outcome != Outcome::Provisioned {

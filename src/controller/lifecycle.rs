@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::api::{DeletionPolicy, DeletionStatus, TenantSpec};
-use crate::provision::{Access, Path};
+use crate::provision::{Access, Lifecycle};
 
 /// What the decision needs to know of a Tenant.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,7 +63,7 @@ impl Situation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
     /// Run this path over every resource.
-    Run(Path),
+    Run(Lifecycle),
     /// A `Delete` deletion inside its grace period: nothing to run for this
     /// long.
     Wait(Duration),
@@ -79,21 +79,21 @@ pub fn next(situation: &Situation, now: DateTime<Utc>) -> Next {
         } else {
             Access::Granted
         };
-        return Next::Run(Path::Provision(access));
+        return Next::Run(Lifecycle::Provision(access));
     };
     match deletion.policy {
         // Let go of everything, still tagged, so a Tenant of this name can
         // adopt it.
-        DeletionPolicy::Retain => Next::Run(Path::Release),
+        DeletionPolicy::Retain => Next::Run(Lifecycle::Release),
         // Access goes at once; the data after the grace period.
         DeletionPolicy::Delete if deletion.access_revoked_at.is_none() => {
-            Next::Run(Path::RevokeAccess(None))
+            Next::Run(Lifecycle::RevokeAccess(None))
         }
         DeletionPolicy::Delete => {
             let destroy_after = deletion.destroy_after.unwrap_or(now);
             match (destroy_after - now).to_std() {
                 Ok(wait) if !wait.is_zero() => Next::Wait(wait),
-                _ => Next::Run(Path::Teardown),
+                _ => Next::Run(Lifecycle::Teardown),
             }
         }
     }

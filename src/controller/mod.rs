@@ -36,7 +36,7 @@ use crate::class_registry::{ClassError, ClassRegistry, ClassRules, ClassSettings
 use crate::config::{EngineArgs, UnrepairableDrift};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::naming::TenantNames;
-use crate::provision::{Engine, JournalStore, Outcome, Path, StepError, new_journal};
+use crate::provision::{Engine, JournalStore, Lifecycle, Outcome, StepError, new_journal};
 use crate::resources::{TenantContext, tenant_resources};
 use attestation::{Measurement, measure};
 use events::{EventPublisher, EventType};
@@ -1453,7 +1453,7 @@ async fn cleanup(
     loop {
         let situation = Situation::deleting(&spec, policy, status.deletion.as_ref());
         match lifecycle::next(&situation, Utc::now()) {
-            lifecycle::Next::Run(Path::RevokeAccess(_)) => {
+            lifecycle::Next::Run(Lifecycle::RevokeAccess(_)) => {
                 let parts = (&spec, &tref, &names);
                 revoke_for_deletion(tenant, ctx, audit, &class, parts, &mut status).await?;
             }
@@ -1518,7 +1518,7 @@ async fn revoke_for_deletion(
             &mut steps_ctx,
             &mut journal,
             &mut store,
-            Path::RevokeAccess(None),
+            Lifecycle::RevokeAccess(None),
         )
         .await?;
     let deleted_at = tenant
@@ -1572,7 +1572,7 @@ async fn finish_deletion(
     (tref, names, spec): (TenantRef, TenantNames, TenantSpec),
     class: &ClassSettings,
     status: TenantStatus,
-    path: Path,
+    path: Lifecycle,
 ) -> Result<Action, Error> {
     let name = tenant.name_any();
     let mut steps_ctx =
@@ -1591,7 +1591,7 @@ async fn finish_deletion(
     let outcome = engine
         .run(&mut steps_ctx, &mut journal, &mut store, path)
         .await?;
-    let policy = if path == Path::Release {
+    let policy = if path == Lifecycle::Release {
         DeletionPolicy::Retain
     } else {
         DeletionPolicy::Delete

@@ -194,7 +194,7 @@ pub enum Outcome {
 /// A lifecycle path of a tenant: each runs over every resource, in
 /// provisioning order or reversed for teardown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
+pub enum Lifecycle {
     /// Ensure every resource, with the tenant's access granted or revoked
     /// (suspension); a failure before the tenant was ever provisioned rolls
     /// back what the attempt made.
@@ -244,16 +244,16 @@ impl<'a, C: Send> Engine<'a, C> {
         ctx: &mut C,
         journal: &mut ProvisioningJournal,
         store: &mut dyn JournalStore,
-        path: Path,
+        path: Lifecycle,
     ) -> Result<Outcome, StepError> {
         match path {
-            Path::Provision(access) => self.provision(ctx, journal, store, access).await,
-            Path::RevokeAccess(layer) => {
+            Lifecycle::Provision(access) => self.provision(ctx, journal, store, access).await,
+            Lifecycle::RevokeAccess(layer) => {
                 self.revoke_access(ctx, layer).await?;
                 Ok(Outcome::AccessRevoked)
             }
-            Path::Release => self.release(ctx, journal, store).await,
-            Path::Teardown => self.teardown(ctx, journal, store).await,
+            Lifecycle::Release => self.release(ctx, journal, store).await,
+            Lifecycle::Teardown => self.teardown(ctx, journal, store).await,
         }
     }
 

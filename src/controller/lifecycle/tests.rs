@@ -296,12 +296,12 @@ fn a_live_tenant_provisions_with_access_unless_suspended() {
     let now = Utc::now();
     assert_eq!(
         next(&situation, now),
-        Next::Run(Path::Provision(Access::Granted))
+        Next::Run(Lifecycle::Provision(Access::Granted))
     );
     situation.suspended = true;
     assert_eq!(
         next(&situation, now),
-        Next::Run(Path::Provision(Access::Revoked))
+        Next::Run(Lifecycle::Provision(Access::Revoked))
     );
 }
 
@@ -320,11 +320,11 @@ fn a_deletion_releases_or_revokes_waits_and_tears_down() {
         };
     assert_eq!(
         next(&deleting(DeletionPolicy::Retain, None, None), now),
-        Next::Run(Path::Release)
+        Next::Run(Lifecycle::Release)
     );
     assert_eq!(
         next(&deleting(DeletionPolicy::Delete, None, None), now),
-        Next::Run(Path::RevokeAccess(None))
+        Next::Run(Lifecycle::RevokeAccess(None))
     );
     let later = now + chrono::Duration::minutes(5);
     assert_eq!(
@@ -336,12 +336,12 @@ fn a_deletion_releases_or_revokes_waits_and_tears_down() {
     );
     assert_eq!(
         next(&deleting(DeletionPolicy::Delete, Some(now), Some(now)), now),
-        Next::Run(Path::Teardown)
+        Next::Run(Lifecycle::Teardown)
     );
     // A grace period whose end is unknown is over: the revocation happened.
     assert_eq!(
         next(&deleting(DeletionPolicy::Delete, Some(now), None), now),
-        Next::Run(Path::Teardown)
+        Next::Run(Lifecycle::Teardown)
     );
 }
 
