@@ -30,8 +30,8 @@ impl Outcome {
 }
 
 /// Where a tenant's changes are recorded: the audit trail in the operator
-/// ([`crate::audit::Scope`]), or [`Unrecorded`] for tools and tests that
-/// drive a backend with no Tenant and no trail behind it.
+/// (`audit::Scope`), or [`Unrecorded`] for tools and tests that drive a
+/// backend with no Tenant and no trail behind it.
 #[async_trait]
 pub trait AuditSink: Send + Sync + fmt::Debug {
     /// Records a change (or a turn of the engine). A change whose record

@@ -770,15 +770,33 @@ async fn apply(
     };
 
     let (outcome, status) = run_provisioning(tenant, ctx, &class, &current, &mut steps_ctx).await?;
+    on_outcome(
+        tenant, ctx, &class, &current, status, &steps_ctx, drift, outcome,
+    )
+    .await
+}
+
+/// Turns how the engine's run ended into the tenant's verdict.
+#[allow(clippy::too_many_arguments)]
+async fn on_outcome(
+    tenant: &Tenant,
+    ctx: &Context,
+    class: &ClassSettings,
+    current: &TenantStatus,
+    status: TenantStatus,
+    steps_ctx: &TenantContext,
+    drift: Option<Measurement>,
+    outcome: Outcome,
+) -> Result<Action, Error> {
     match outcome {
         Outcome::Provisioned => {
             Box::pin(on_provisioned(
-                tenant, ctx, &class, &current, status, &steps_ctx, drift,
+                tenant, ctx, class, current, status, steps_ctx, drift,
             ))
             .await
         }
         Outcome::RolledBack { error, reason, .. } => {
-            on_rolled_back(tenant, ctx, &class, status, error, reason).await
+            on_rolled_back(tenant, ctx, class, status, error, reason).await
         }
         Outcome::Degraded {
             error,
@@ -787,7 +805,7 @@ async fn apply(
         } => {
             let failure = (failed_step, error, reason);
             Box::pin(on_degraded(
-                tenant, ctx, &class, &current, status, &steps_ctx, failure,
+                tenant, ctx, class, current, status, steps_ctx, failure,
             ))
             .await
         }
@@ -797,11 +815,11 @@ async fn apply(
                 Reason::RollbackStuck,
                 format!("could not remove {step}, will retry: {error}"),
             );
-            finish(tenant, ctx, &class, status, &verdict, Some("removal_stuck")).await?;
+            finish(tenant, ctx, class, status, &verdict, Some("removal_stuck")).await?;
             Ok(Action::requeue(Duration::from_secs(30)))
         }
         Outcome::Removed | Outcome::Released | Outcome::AccessRevoked => {
-            Ok(resync(ctx.probe_interval(&class)))
+            Ok(resync(ctx.probe_interval(class)))
         }
     }
 }
