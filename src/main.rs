@@ -389,10 +389,10 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     for tenant in &tenants {
         let status = tenant.status.clone().unwrap_or_default();
         let isolation = status.isolation.clone().unwrap_or_default();
-        let stale = match (args.max_age, isolation.verified_at.as_deref()) {
-            (Some(max), Some(at)) => chrono::DateTime::parse_from_rfc3339(at)
-                .map(|t| now.signed_duration_since(t).to_std().unwrap_or_default() > max)
-                .unwrap_or(true),
+        let stale = match (args.max_age, isolation.verified_at) {
+            (Some(max), Some(at)) => {
+                now.signed_duration_since(at.0).to_std().unwrap_or_default() > max
+            }
             (Some(_), None) => true,
             (None, _) => false,
         };

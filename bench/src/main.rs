@@ -384,7 +384,7 @@ struct Seen {
     ready: HashMap<String, Instant>,
     failed: HashMap<String, String>,
     /// Every new `status.isolation.verifiedAt` value, per tenant.
-    verified: HashMap<String, String>,
+    verified: HashMap<String, tenantry::api::Timestamp>,
     probes: Vec<chrono::DateTime<chrono::Utc>>,
     events: u64,
 }
@@ -427,12 +427,10 @@ fn watch(client: Client, selector: String) -> (Arc<Mutex<Seen>>, tokio::task::Jo
             }
             if let Some(v) = status
                 .and_then(|s| s.isolation.as_ref())
-                .and_then(|i| i.verified_at.clone())
+                .and_then(|i| i.verified_at)
                 && s.verified.get(&name) != Some(&v)
             {
-                if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&v) {
-                    s.probes.push(at.with_timezone(&chrono::Utc));
-                }
+                s.probes.push(v.0);
                 s.verified.insert(name, v);
             }
         }

@@ -138,6 +138,32 @@ pub fn validate_tenant_name(name: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn status_times_read_every_earlier_form_and_write_the_documented_one() {
+        // Written by earlier versions: seconds with Z, and nanoseconds with
+        // an offset (the journal's failure time); one edited by hand.
+        let journal: ProvisioningJournal = serde_json::from_value(serde_json::json!({
+            "operation": "Provision",
+            "lastFailureTime": "2026-03-01T10:00:00.123456789+00:00",
+        }))
+        .unwrap();
+        let failed_at = journal.last_failure_time.expect("read");
+        assert_eq!(failed_at.to_string(), "2026-03-01T10:00:00Z");
+        let deletion: DeletionStatus = serde_json::from_value(serde_json::json!({
+            "accessRevokedAt": "2026-03-01T10:00:00Z",
+            "destroyAfter": "tomorrow",
+        }))
+        .unwrap();
+        assert_eq!(
+            deletion.destroy_after, None,
+            "an unreadable time reads as absent"
+        );
+        assert_eq!(
+            serde_json::to_value(&deletion).unwrap(),
+            serde_json::json!({"accessRevokedAt": "2026-03-01T10:00:00Z"})
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -340,8 +340,13 @@ pub struct ProvisioningJournal {
     #[serde(default)]
     pub failed_attempts: u32,
     /// RFC 3339 time of the last failure.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure_time: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "Timestamp::lenient"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub last_failure_time: Option<Timestamp>,
     /// The generation whose spec the last failure was about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_generation: Option<i64>,
@@ -360,6 +365,52 @@ pub struct ProvisioningJournal {
     /// onboarding, and must not destroy a live tenant's data.
     #[serde(default)]
     pub provisioned: bool,
+}
+
+/// A moment in a status: written as RFC 3339 in UTC to the second (as every
+/// version wrote it), held as a `DateTime` so no code parses strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub chrono::DateTime<chrono::Utc>);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self(chrono::Utc::now())
+    }
+
+    /// Reads an optional time; one that does not parse (a status edited by
+    /// hand) reads as absent rather than making the whole Tenant unreadable.
+    pub fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Self>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        Ok(text.and_then(|t| t.parse().ok()))
+    }
+}
+
+impl From<chrono::DateTime<chrono::Utc>> for Timestamp {
+    fn from(time: chrono::DateTime<chrono::Utc>) -> Self {
+        Self(time)
+    }
+}
+
+impl std::str::FromStr for Timestamp {
+    type Err = chrono::ParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(
+            chrono::DateTime::parse_from_rfc3339(text)?.with_timezone(&chrono::Utc),
+        ))
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Which step failed and how: written to the journal as `<step>: <message>`
@@ -410,11 +461,21 @@ impl<'de> Deserialize<'de> for StepFailure {
 #[serde(rename_all = "camelCase")]
 pub struct DeletionStatus {
     /// RFC 3339 time at which the tenant's access was revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_revoked_at: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "Timestamp::lenient"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub access_revoked_at: Option<Timestamp>,
     /// RFC 3339 time after which the tenant's data is destroyed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destroy_after: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "Timestamp::lenient"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub destroy_after: Option<Timestamp>,
 }
 
 /// How well one isolation layer holds, as measured by probes.
@@ -521,8 +582,13 @@ pub struct IsolationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<IsolationState>,
     /// RFC 3339 time of the last complete probe.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verified_at: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "Timestamp::lenient"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub verified_at: Option<Timestamp>,
     /// Drift found and repaired since the tenant was created.
     #[serde(default)]
     pub drift_repairs: u32,

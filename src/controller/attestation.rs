@@ -82,7 +82,7 @@ impl Measurement {
             storage: Some(self.storage),
             encryption: Some(self.encryption),
             summary: Some(summary),
-            verified_at: Some(verified_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            verified_at: Some(verified_at.into()),
             drift_repairs,
         }
     }

@@ -44,16 +44,12 @@ impl Situation {
         policy: DeletionPolicy,
         status: Option<&DeletionStatus>,
     ) -> Self {
-        let time = |t: Option<&String>| {
-            t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc))
-        };
         Self {
             suspended: spec.suspended,
             deletion: Some(Deletion {
                 policy,
-                access_revoked_at: time(status.and_then(|d| d.access_revoked_at.as_ref())),
-                destroy_after: time(status.and_then(|d| d.destroy_after.as_ref())),
+                access_revoked_at: status.and_then(|d| d.access_revoked_at).map(|t| t.0),
+                destroy_after: status.and_then(|d| d.destroy_after).map(|t| t.0),
             }),
         }
     }

@@ -28,7 +28,7 @@ use rand::Rng;
 use crate::api::{
     DeletionPolicy, DeletionStatus, IsolationMode, IsolationState, JournalOperation, Layer,
     Placement, ProvisioningJournal, Reason, Tenant, TenantClass, TenantPhase, TenantSpec,
-    TenantStatus,
+    TenantStatus, Timestamp,
 };
 use crate::audit::{self, Action as AuditAction, AuditLog};
 use crate::backends::{AuditSink, TenantRef};
@@ -855,10 +855,7 @@ fn probe_turn(
     // for its turn: a resync costs no backend call, and the probes stay
     // spread as they were instead of bursting.
     let probe_interval = ctx.probe_interval(class);
-    let verified_at = current
-        .isolation
-        .as_ref()
-        .and_then(|i| i.verified_at.as_deref());
+    let verified_at = current.isolation.as_ref().and_then(|i| i.verified_at);
     if let Some(wait) = probe_not_due(verified_at, probe_interval, Utc::now()) {
         tracing::debug!(tenant = %tenant.name_any(), ?wait, "measured recently; next probe later");
         return Err(wait);
@@ -1324,16 +1321,14 @@ async fn isolation_failure(
 /// for its next probe; `None` when it is due now. Due from 90% of the
 /// interval on (the low end of the resync jitter, so a timer-driven resync
 /// always probes); the wait is jittered like a resync. A time in the future
-/// (clock skew) or that cannot be read makes the probe due.
+/// (clock skew) or none at all (never measured, or unreadable) makes the
+/// probe due.
 fn probe_not_due(
-    verified_at: Option<&str>,
+    verified_at: Option<Timestamp>,
     interval: Duration,
     now: DateTime<Utc>,
 ) -> Option<Duration> {
-    let at = DateTime::parse_from_rfc3339(verified_at?)
-        .ok()?
-        .with_timezone(&Utc);
-    let elapsed = (now - at).to_std().ok()?;
+    let elapsed = (now - verified_at?.0).to_std().ok()?;
     if elapsed >= interval.mul_f64(0.9) {
         return None;
     }
@@ -1356,13 +1351,13 @@ fn backoff_remaining(
     if journal.operation != JournalOperation::Provision || journal.failed_generation != generation {
         return None;
     }
-    let failed_at = DateTime::parse_from_rfc3339(journal.last_failure_time.as_deref()?).ok()?;
+    let failed_at = journal.last_failure_time?.0;
     let wait = failure_backoff(
         journal.failed_attempts,
         engine.failure_backoff,
         engine.failure_backoff_max,
     );
-    let retry_at = failed_at.with_timezone(&Utc) + chrono::Duration::from_std(wait).ok()?;
+    let retry_at = failed_at + chrono::Duration::from_std(wait).ok()?;
     (retry_at > now).then(|| (retry_at - now).to_std().unwrap_or_default())
 }
 
@@ -1547,8 +1542,8 @@ async fn revoke_for_deletion(
         .unwrap_or_else(Utc::now);
     let destroy_after = deleted_at + chrono::Duration::from_std(grace).unwrap_or_default();
     status.deletion = Some(DeletionStatus {
-        access_revoked_at: Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        destroy_after: Some(destroy_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        access_revoked_at: Some(Timestamp::now()),
+        destroy_after: Some(destroy_after.into()),
     });
     if let Some(r) = status.resources.as_mut() {
         r.kubernetes_secret = None;
@@ -1916,25 +1911,21 @@ mod tests {
     fn a_recently_measured_tenant_is_probed_again_only_when_due() {
         let interval = Duration::from_secs(300);
         let now = Utc::now();
-        let ago = |secs: i64| {
-            (now - chrono::Duration::seconds(secs))
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        };
+        let ago = |secs: i64| Some(Timestamp::from(now - chrono::Duration::seconds(secs)));
         // Measured 100 s ago: the next probe is 170..230 s away.
-        let wait = probe_not_due(Some(&ago(100)), interval, now).expect("not due");
+        let wait = probe_not_due(ago(100), interval, now).expect("not due");
         assert!(
             wait >= Duration::from_secs(169) && wait <= Duration::from_secs(231),
             "{wait:?}"
         );
         // From 90% of the interval on (where the resync timer fires), due.
-        assert_eq!(probe_not_due(Some(&ago(270)), interval, now), None);
-        assert_eq!(probe_not_due(Some(&ago(3600)), interval, now), None);
-        // Never measured, unreadable, or in the future (clock skew): due.
+        assert_eq!(probe_not_due(ago(270), interval, now), None);
+        assert_eq!(probe_not_due(ago(3600), interval, now), None);
+        // Never measured (or unreadable), or in the future (clock skew): due.
         assert_eq!(probe_not_due(None, interval, now), None);
-        assert_eq!(probe_not_due(Some("yesterday"), interval, now), None);
-        assert_eq!(probe_not_due(Some(&ago(-60)), interval, now), None);
+        assert_eq!(probe_not_due(ago(-60), interval, now), None);
         // Just measured (the event of its own status write): a whole interval.
-        let wait = probe_not_due(Some(&ago(0)), interval, now).expect("not due");
+        let wait = probe_not_due(ago(0), interval, now).expect("not due");
         assert!(wait >= Duration::from_secs(269), "{wait:?}");
     }
 
@@ -1955,7 +1946,7 @@ mod tests {
             provisioning: Some(ProvisioningJournal {
                 failed_attempts: 1,
                 failed_generation: Some(2),
-                last_failure_time: Some((now - chrono::Duration::seconds(10)).to_rfc3339()),
+                last_failure_time: Some((now - chrono::Duration::seconds(10)).into()),
                 ..new_journal()
             }),
             ..Default::default()

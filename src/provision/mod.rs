@@ -26,7 +26,8 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::api::{
-    JournalOperation, Layer, LayerReport, ProvisioningJournal, Reason, StepFailure, TenantResources,
+    JournalOperation, Layer, LayerReport, ProvisioningJournal, Reason, StepFailure,
+    TenantResources, Timestamp,
 };
 
 /// Why a step failed, and whether trying again may help.
@@ -321,7 +322,7 @@ impl<'a, C: Send> Engine<'a, C> {
                 journal.in_progress = None;
                 record_failure(journal, failure, &error);
                 journal.failed_attempts += 1;
-                journal.last_failure_time = Some(chrono::Utc::now().to_rfc3339());
+                journal.last_failure_time = Some(Timestamp::now());
                 store.save(journal).await?;
                 return Ok(Outcome::Degraded {
                     failed_step: name.to_string(),
@@ -606,7 +607,7 @@ impl<'a, C: Send> Engine<'a, C> {
     ) -> Result<Outcome, StepError> {
         journal.operation = JournalOperation::Provision;
         journal.failed_attempts += 1;
-        journal.last_failure_time = Some(chrono::Utc::now().to_rfc3339());
+        journal.last_failure_time = Some(Timestamp::now());
         store.save(journal).await?;
         let failure = journal.failure.clone();
         let reason = journal

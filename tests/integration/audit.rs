@@ -87,7 +87,7 @@ async fn a_tenant_lifecycle_leaves_a_complete_verified_trail_without_secrets() {
     let created = create_tenant(&client, &tenant_manifest(&op, &name, spec)).await;
     // Measured Enforced, then probed once more as a settled tenant, so the
     // drift below is found by a probe.
-    let verified_at = |t: &Tenant| t.status.as_ref()?.isolation.as_ref()?.verified_at.clone();
+    let verified_at = |t: &Tenant| t.status.as_ref()?.isolation.as_ref()?.verified_at;
     let enforced = |t: &Tenant| {
         is_ready(t)
             && t.status

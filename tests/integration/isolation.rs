@@ -76,8 +76,8 @@ async fn ready_tenant(client: &Client, op: &Operator, ns: &str, mode: &str) -> (
     (name, t)
 }
 
-fn verified_at(t: &Tenant) -> Option<String> {
-    t.status.as_ref()?.isolation.as_ref()?.verified_at.clone()
+fn verified_at(t: &Tenant) -> Option<tenantry::api::Timestamp> {
+    t.status.as_ref()?.isolation.as_ref()?.verified_at
 }
 
 #[tokio::test]

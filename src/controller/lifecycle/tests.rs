@@ -353,8 +353,8 @@ fn the_situation_is_read_from_the_deletion_status() {
     }))
     .unwrap();
     let status = crate::api::DeletionStatus {
-        access_revoked_at: Some("2026-01-01T00:00:00Z".into()),
-        destroy_after: Some("2026-01-04T00:00:00Z".into()),
+        access_revoked_at: Some("2026-01-01T00:00:00Z".parse().unwrap()),
+        destroy_after: Some("2026-01-04T00:00:00Z".parse().unwrap()),
     };
     let situation = Situation::deleting(&spec, DeletionPolicy::Delete, Some(&status));
     let deletion = situation.deletion.unwrap();
