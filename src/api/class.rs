@@ -1,3 +1,7 @@
+//! The `TenantClass` resource: what a platform team allows its tenants
+//! (isolation modes, placement, limits, deletion floors) and the backends a
+//! class points its tenants at.
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

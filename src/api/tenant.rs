@@ -1,3 +1,7 @@
+//! The `Tenant` resource: its spec (what a customer gets), its status (the
+//! journal, the attestation, the resources, the conditions) and the typed
+//! state they hold (phases, layers, timestamps, step failures).
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

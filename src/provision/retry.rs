@@ -1,3 +1,6 @@
+//! How the engine retries a transient failure: capped, jittered exponential
+//! backoff, a fixed number of tries, then the error is treated as permanent.
+
 use std::future::Future;
 use std::time::Duration;
 
