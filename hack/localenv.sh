@@ -2,7 +2,10 @@
 # Local test environment for tenantry: a real etcd + kube-apiserver (built from
 # Debian's kubernetes source package), two private PostgreSQL 15 clusters with
 # TLS (server certificate for 127.0.0.1/localhost from a CA in <run dir>/pki)
-# and a moto server (S3, KMS, Secrets Manager), all on 127.0.0.1.
+# and two moto servers (S3, KMS, Secrets Manager, IAM, STS): "moto", which
+# lets every request through, and "moto-iam", which enforces IAM (identity
+# policies and role trust; docs/security.md, "What moto enforces"), all on
+# 127.0.0.1.
 #
 # Usage: hack/localenv.sh COMMAND
 #   up        install what is missing, start what is not running (idempotent;
@@ -13,7 +16,9 @@
 #   status    service, pid, port, up/down (exit 0 only if all are up)
 #   restart-postgres [postgres|postgres-2]   (no argument: both clusters)
 #   restart-apiserver
-#   start|stop|restart SERVICE   (etcd kube-apiserver postgres postgres-2 moto)
+#   start|stop|restart SERVICE   (etcd kube-apiserver postgres postgres-2 moto
+#             moto-iam; restarting moto-iam makes new administrator keys and
+#             rewrites the env file)
 #
 # Everything it needs is installed by this script (Debian packages, a Python
 # venv, a kube-apiserver/kubectl build from Debian's source package) and
@@ -23,7 +28,7 @@
 #
 # Ports (127.0.0.1), from TENANTRY_PORT_BASE (default 24100):
 #   +1 etcd client, +2 etcd peer, +3 kube-apiserver, +4 postgres,
-#   +5 postgres-2, +6 moto; +10..+19 are left for the operator.
+#   +5 postgres-2, +6 moto, +7 moto-iam; +10..+19 are left for the operator.
 #
 # The env file exports: PATH (kubectl first), KUBECONFIG,
 #   TENANTRY_DEVELOPER_KUBECONFIG (user "developer", no RBAC bindings),
@@ -38,7 +43,11 @@
 #   PGSSLROOTCERT (the same CA, for psql and for tenant URLs, which carry
 #     only sslmode),
 #   AWS_ENDPOINT_URL, AWS_REGION, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
-#   AWS_SECRET_ACCESS_KEY, TENANTRY_BUCKET_PREFIX, TENANTRY_AUDIT_ANCHOR_BUCKET,
+#   AWS_SECRET_ACCESS_KEY (moto), TENANTRY_IAM_AWS_ENDPOINT (moto-iam),
+#   TENANTRY_IAM_ADMIN_ACCESS_KEY_ID, TENANTRY_IAM_ADMIN_SECRET_ACCESS_KEY (a
+#     moto-iam user allowed everything, made in the 3 requests moto-iam lets
+#     through unchecked; account 123456789012),
+#   TENANTRY_BUCKET_PREFIX, TENANTRY_AUDIT_ANCHOR_BUCKET,
 #   TENANTRY_AUDIT_ANCHOR_RETENTION, TENANTRY_OPERATOR_PORT_BASE,
 #   TENANTRY_LOCALENV (this script), TENANTRY_LOCALENV_RUN_DIR,
 #   TENANTRY_RUN_DIR, TENANTRY_CACHE_DIR, TENANTRY_PORT_BASE.

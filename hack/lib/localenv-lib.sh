@@ -14,7 +14,7 @@ BASE_PKGS=(etcd-server postgresql openssl curl ca-certificates util-linux)
 BUILD_PKGS=(golang-1.19-go rsync make dpkg-dev golang-github-modern-go-reflect2-dev
   debian-archive-keyring xz-utils)
 
-SERVICES=(etcd kube-apiserver postgres postgres-2 moto)
+SERVICES=(etcd kube-apiserver postgres postgres-2 moto moto-iam)
 
 # ---------------------------------------------------------------------------
 # Messages and failure reporting
@@ -87,6 +87,7 @@ localenv_init() {
   PG_PORT_1=$((BASE + 4))
   PG_PORT_2=$((BASE + 5))
   MOTO_PORT=$((BASE + 6))
+  MOTO_IAM_PORT=$((BASE + 7))
   OPERATOR_PORT_BASE=$((BASE + 10))
 
   KUBE_DIR="$CACHE/kube-$KUBE_VERSION"
@@ -934,6 +935,54 @@ stop_moto() {
 }
 
 # ---------------------------------------------------------------------------
+# moto-iam: a second moto that authenticates and authorizes every request
+# (INITIAL_NO_AUTH_ACTION_COUNT), for the tests that must see AWS refuse.
+# The first 3 requests are free; moto-iam-bootstrap.py spends them on an
+# administrator user (inline Allow * on *) and its access key, kept in
+# $SECRETS/moto-iam-admin. moto's state is in memory: every start bootstraps
+# a new administrator (new keys; the env file is rewritten).
+MOTO_IAM_NO_AUTH_COUNT=3
+MOTO_IAM_MARKER() { printf -- 'moto.server -H 127.0.0.1 -p %s' "$MOTO_IAM_PORT"; }
+MOTO_IAM_KEYS() { printf '%s\n' "$SECRETS/moto-iam-admin"; }
+
+moto_iam_ready() {
+  curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$MOTO_IAM_PORT/moto-api/"
+}
+
+moto_iam_bootstrap() { # bootstrap|check
+  "$MOTO_PY" "$(dirname "$SCRIPT_PATH")/lib/moto-iam-bootstrap.py" "$1" \
+    "http://127.0.0.1:$MOTO_IAM_PORT" "$(MOTO_IAM_KEYS)"
+}
+
+start_moto_iam() {
+  local log="$LOGS/moto-iam.log" pid
+  step moto-iam "$log"
+  moto_installed || die "moto is not installed yet: run hack/localenv.sh up"
+  pid="$(read_pidfile "$PIDS/moto-iam.pid")"
+  if pid_matches "$pid" "$(MOTO_IAM_MARKER)"; then
+    wait_ready moto-iam "$pid" 30 moto_iam_ready
+    moto_iam_bootstrap check >>"$log" 2>&1 && return 0
+    say "moto-iam runs but does not know the administrator in $(MOTO_IAM_KEYS); restarting it"
+    stop_moto_iam
+    step moto-iam "$log"
+  fi
+  require_port_free "$MOTO_IAM_PORT"
+  say "starting moto-iam (IAM enforced) on http://127.0.0.1:$MOTO_IAM_PORT"
+  rm -f "$(MOTO_IAM_KEYS)"
+  pid="$(spawn "$PIDS/moto-iam.pid" "$log" env "INITIAL_NO_AUTH_ACTION_COUNT=$MOTO_IAM_NO_AUTH_COUNT" \
+    "$MOTO_PY" -m moto.server -H 127.0.0.1 -p "$MOTO_IAM_PORT")"
+  wait_ready moto-iam "$pid" 30 moto_iam_ready
+  moto_iam_bootstrap bootstrap >>"$log" 2>&1 \
+    || die "bootstrapping moto-iam's administrator failed (see the log)"
+}
+
+stop_moto_iam() {
+  step moto-iam "$LOGS/moto-iam.log"
+  stop_pid moto-iam "$(read_pidfile "$PIDS/moto-iam.pid")" "$(MOTO_IAM_MARKER)"
+  rm -f "$PIDS/moto-iam.pid"
+}
+
+# ---------------------------------------------------------------------------
 # env file
 write_env() {
   step env "$RUN/env"
@@ -942,6 +991,10 @@ write_env() {
   pw2="$(secret postgres-2-tenantry_admin-password)"
   su1="$(secret postgres-postgres-password)"
   su2="$(secret postgres-2-postgres-password)"
+  local iam_key_id="" iam_secret=""
+  if [[ -s $(MOTO_IAM_KEYS) ]]; then
+    { read -r iam_key_id && read -r iam_secret; } <"$(MOTO_IAM_KEYS)" || true
+  fi
   {
     echo "# Written by hack/localenv.sh up: source it (\`source $RUN/env\`)."
     # shellcheck disable=SC2016
@@ -977,6 +1030,13 @@ write_env() {
     e AWS_ACCESS_KEY_ID testing
     e AWS_SECRET_ACCESS_KEY testing
     e TENANTRY_BUCKET_PREFIX tenantry-local
+    # moto-iam: the same AWS APIs with IAM enforced (identity policies and
+    # role trust; see docs/security.md, "What moto enforces"), and the keys of
+    # an administrator (user tenantry-iam-admin, Allow * on *) to create
+    # users, roles and policies with. Account 123456789012, us-east-1.
+    e TENANTRY_IAM_AWS_ENDPOINT "http://127.0.0.1:$MOTO_IAM_PORT"
+    e TENANTRY_IAM_ADMIN_ACCESS_KEY_ID "$iam_key_id"
+    e TENANTRY_IAM_ADMIN_SECRET_ACCESS_KEY "$iam_secret"
     # The audit trail's checkpoints, MAC'd by KMS, under Object Lock.
     e TENANTRY_AUDIT_ANCHOR_BUCKET tenantry-local-audit-anchor
     e TENANTRY_AUDIT_ANCHOR_RETENTION 1day
@@ -995,6 +1055,8 @@ any_service_running() {
   pid="$(read_pidfile "$PIDS/kube-apiserver.pid")"
   pid_alive "$pid" && [[ " $(pid_cmdline "$pid") " == *" --cert-dir=$PKI "* ]] && return 0
   pid="$(read_pidfile "$PIDS/moto.pid")"
+  pid_alive "$pid" && [[ " $(pid_cmdline "$pid") " == *" moto.server "* ]] && return 0
+  pid="$(read_pidfile "$PIDS/moto-iam.pid")"
   pid_alive "$pid" && [[ " $(pid_cmdline "$pid") " == *" moto.server "* ]] && return 0
   for n in postgres postgres-2; do
     pg_vars "$n"
@@ -1030,6 +1092,11 @@ preflight_ports() {
     step moto "$LOGS/moto.log"
     require_port_free "$MOTO_PORT"
   fi
+  pid="$(read_pidfile "$PIDS/moto-iam.pid")"
+  if ! pid_matches "$pid" "$(MOTO_IAM_MARKER)"; then
+    step moto-iam "$LOGS/moto-iam.log"
+    require_port_free "$MOTO_IAM_PORT"
+  fi
 }
 
 cmd_up() {
@@ -1058,6 +1125,7 @@ cmd_up() {
   setup_pg postgres
   setup_pg postgres-2
   start_moto
+  start_moto_iam
   write_env
   say "up in $((SECONDS - t0)) s: source $RUN/env"
 }
@@ -1069,6 +1137,7 @@ cmd_down() {
     return 0
   fi
   lock_run
+  stop_moto_iam
   stop_moto
   stop_apiserver
   stop_etcd
@@ -1107,6 +1176,7 @@ service_status() { # name -> "pid port state"
     etcd) pid="$(read_pidfile "$PIDS/etcd.pid")"; port=$ETCD_PORT; marker="$(ETCD_MARKER)" ;;
     kube-apiserver) pid="$(read_pidfile "$PIDS/kube-apiserver.pid")"; port=$APISERVER_PORT; marker="$(APISERVER_MARKER)" ;;
     moto) pid="$(read_pidfile "$PIDS/moto.pid")"; port=$MOTO_PORT; marker="$(MOTO_MARKER)" ;;
+    moto-iam) pid="$(read_pidfile "$PIDS/moto-iam.pid")"; port=$MOTO_IAM_PORT; marker="$(MOTO_IAM_MARKER)" ;;
     postgres | postgres-2)
       pg_vars "$1"
       port=$PG_PORT
@@ -1142,6 +1212,11 @@ start_service() {
     kube-apiserver) start_apiserver ;;
     postgres | postgres-2) start_pg "$1" ;;
     moto) start_moto ;;
+    moto-iam)
+      start_moto_iam
+      # New administrator keys: rewrite the env file (re-source it).
+      [[ -s $RUN/env ]] && write_env
+      ;;
     *) die "unknown service '$1' (one of: ${SERVICES[*]})" ;;
   esac
 }
@@ -1152,6 +1227,7 @@ stop_service() {
     kube-apiserver) stop_apiserver ;;
     postgres | postgres-2) stop_pg "$1" ;;
     moto) stop_moto ;;
+    moto-iam) stop_moto_iam ;;
     *) die "unknown service '$1' (one of: ${SERVICES[*]})" ;;
   esac
 }

@@ -16,6 +16,7 @@ mod classes;
 mod crashes;
 mod faults;
 mod hostile;
+mod iam_enforcement;
 mod isolation;
 mod isolation_aws;
 mod isolation_db;
