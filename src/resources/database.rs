@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::{TenantContext, ensured, kms_key::unknown};
 use crate::api::{Layer, LayerReport, Reason, TenantResources};
-use crate::backends::shared_tables;
+use crate::backends::{Operation, shared_tables};
 use crate::provision::{Access, Attempt, Ensured, Removal, Resource, StepError};
 
 pub struct Database;
@@ -64,13 +64,7 @@ impl Resource<TenantContext> for Database {
 
     async fn remove(&self, ctx: &mut TenantContext, removal: Removal) -> Result<(), StepError> {
         let op = ctx.removal(removal);
-        shared_tables::remove_tenant_access(
-            &op,
-            ctx.backends.postgres.pool(),
-            &ctx.backends.shared_tables,
-            &ctx.names.role,
-        )
-        .await?;
+        drop_shared_table_access(ctx, &op).await?;
         Ok(ctx
             .backends
             .database
@@ -80,14 +74,7 @@ impl Resource<TenantContext> for Database {
 
     async fn release(&self, ctx: &mut TenantContext, removal: Removal) -> Result<(), StepError> {
         let op = ctx.removal(removal);
-        // The rows stay; only the access to the shared tables goes.
-        shared_tables::remove_tenant_access(
-            &op,
-            ctx.backends.postgres.pool(),
-            &ctx.backends.shared_tables,
-            &ctx.names.role,
-        )
-        .await?;
+        drop_shared_table_access(ctx, &op).await?;
         Ok(ctx
             .backends
             .database
@@ -149,4 +136,18 @@ impl Resource<TenantContext> for Database {
         resources.schema = ctx.location.as_ref().map(|l| l.schema.clone());
         resources.role = ctx.location.as_ref().map(|l| l.role.clone());
     }
+}
+
+/// Takes the role's access to the shared tables, before the role is dropped
+/// or let go: a released tenant's rows stay, unreachable until a Tenant of
+/// its name adopts the role again.
+async fn drop_shared_table_access(ctx: &TenantContext, op: &Operation) -> Result<(), StepError> {
+    shared_tables::remove_tenant_access(
+        op,
+        ctx.backends.postgres.pool(),
+        &ctx.backends.shared_tables,
+        &ctx.names.role,
+    )
+    .await?;
+    Ok(())
 }
