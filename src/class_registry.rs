@@ -526,6 +526,11 @@ impl ClassRegistry {
             settings.bucket_prefix = prefix.clone();
         }
         settings.principal = spec.aws.principal.clone();
+        if let Some(identity) = &spec.aws.identity {
+            identity.validate().map_err(|e| format!("spec.{e}"))?;
+        }
+        settings.identity = spec.aws.identity.clone();
+        settings.administrators = spec.aws.administrators.clone();
         settings.role_limits = crate::backends::postgres::RoleLimits {
             statement_timeout: spec.database.statement_timeout.clone(),
             idle_in_transaction_session_timeout: spec

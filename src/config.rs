@@ -8,14 +8,18 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
+use crate::api::ClassIdentity;
+use crate::backends::iam::IamBackend;
 use crate::backends::kms::{KmsBackend, RateLimiter};
 use crate::backends::kube::KubeSecrets;
 use crate::backends::pg_tls::{CaSource, DatabaseTls};
 use crate::backends::postgres::{PostgresBackend, RoleLimits};
+use crate::backends::principals::AccessPrincipals;
 use crate::backends::s3::S3Backend;
 use crate::backends::secrets::SecretsManagerBackend;
 use crate::backends::{
-    CredentialSecrets, KeyManager, ObjectStorage, SecretStore, TenantDatabase, aws,
+    CredentialSecrets, KeyManager, ObjectStorage, SecretStore, ServiceAccounts, TenantDatabase,
+    TenantIdentity, aws,
 };
 use crate::isolation::SharedTable;
 use crate::isolation::database::DatabaseProbe;
@@ -299,6 +303,12 @@ pub struct Backends {
     pub probes: Arc<Probes>,
     /// IAM principal template the bucket and key policies allow.
     pub principal: Option<String>,
+    /// Who the bucket and key policies let use a tenant's data.
+    pub access: Arc<AccessPrincipals>,
+    pub identity: Arc<dyn TenantIdentity>,
+    pub service_accounts: Arc<dyn ServiceAccounts>,
+    /// The class's `aws.identity`: each tenant gets an IAM role.
+    pub role: Option<Arc<ClassIdentity>>,
 }
 
 /// The isolation probes, one per layer.
@@ -340,6 +350,10 @@ pub struct BackendSettings {
     /// IAM principal the bucket and key policies allow, with `{tenant}` for
     /// the tenant's name.
     pub principal: Option<String>,
+    /// The class's `aws.identity`.
+    pub identity: Option<ClassIdentity>,
+    /// The class's `aws.administrators`.
+    pub administrators: Vec<String>,
     /// Paces KMS CreateKey; cloned settings share one bucket.
     pub kms_create_limit: Option<Arc<RateLimiter>>,
     /// Session timeouts of every tenant role (a class's `database`).
@@ -361,6 +375,8 @@ impl BackendSettings {
             region: None,
             s3_force_path_style: args.s3_force_path_style,
             principal: None,
+            identity: None,
+            administrators: Vec::new(),
             kms_create_limit: RateLimiter::new(args.kms_create_rate).map(Arc::new),
             role_limits: RoleLimits::default(),
             operator_namespace: args.operator_namespace.clone(),
@@ -446,20 +462,34 @@ impl Backends {
             storage: StorageProbe::new(&sdk, path_style),
             encryption: EncryptionProbe::new(&sdk),
         };
+        let access = Arc::new(
+            AccessPrincipals::new(&sdk)
+                .with_principal(settings.principal.clone())
+                .with_tenant_roles(
+                    settings
+                        .identity
+                        .as_ref()
+                        .map(|_| settings.bucket_prefix.clone()),
+                )
+                .with_administrators(settings.administrators.clone()),
+        );
+        let kube_secrets = Arc::new(KubeSecrets::new(kube));
         Ok(Self {
             shared_tables: Arc::new(settings.shared_tables.clone()),
             probes: Arc::new(probes),
             database: postgres.clone(),
             keys: Arc::new(
                 KmsBackend::new(&sdk)
-                    .with_principal(settings.principal.clone())
+                    .with_access(access.clone())
                     .with_create_limit(settings.kms_create_limit.clone()),
             ),
-            storage: Arc::new(
-                S3Backend::new(&sdk, path_style).with_principal(settings.principal.clone()),
-            ),
+            storage: Arc::new(S3Backend::new(&sdk, path_style).with_access(access.clone())),
             secrets: Arc::new(SecretsManagerBackend::new(&sdk)),
-            kube_secrets: Arc::new(KubeSecrets::new(kube)),
+            kube_secrets: kube_secrets.clone(),
+            service_accounts: kube_secrets,
+            identity: Arc::new(IamBackend::new(&sdk)),
+            role: settings.identity.clone().map(Arc::new),
+            access,
             bucket_prefix: settings.bucket_prefix.clone(),
             principal: settings.principal.clone(),
             region,

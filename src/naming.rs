@@ -27,6 +27,9 @@ pub struct TenantNames {
     pub bucket: String,
     pub key_alias: String,
     pub secret_name: String,
+    /// IAM role of the tenant's workloads (path `/tenantry/`), when its
+    /// class gives it one.
+    pub iam_role: String,
 }
 
 impl TenantNames {
@@ -45,8 +48,15 @@ impl TenantNames {
             bucket,
             key_alias: format!("alias/tenantry/{tenant}"),
             secret_name: format!("tenantry/{tenant}/database"),
+            iam_role: iam_role_name(bucket_prefix, tenant),
         })
     }
+}
+
+/// The IAM role of a tenant's workloads. IAM allows 64 characters: a
+/// 20-character prefix and a 40-character tenant name fit.
+pub fn iam_role_name(bucket_prefix: &str, tenant: &str) -> String {
+    format!("{bucket_prefix}-{tenant}")
 }
 
 /// Validates a bucket prefix on its own, so a bad operator flag is reported at

@@ -324,6 +324,152 @@ pub struct ClassAws {
         pattern(r"^arn:[a-z-]+:iam::[0-9]{12}:\S+$")
     )]
     pub principal: Option<String>,
+
+    /// An IAM role for each tenant of this class: its own AWS identity,
+    /// allowed its bucket, key and secret and nothing else, and the only
+    /// application principal the bucket and key policies let in. Left out:
+    /// no role is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<ClassIdentity>,
+
+    /// Principals (ARN patterns, `*` allowed) besides the tenant's role and
+    /// the operator that the bucket and key policies still let use a
+    /// tenant's data: the account's administrators, a backup role. The
+    /// account's root is always among them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub administrators: Vec<String>,
+}
+
+/// The IAM role of each tenant: `<bucketPrefix>-<tenant>` under the path
+/// `/tenantry/`, with an inline policy scoped to the tenant's bucket and
+/// its objects, key and secret, and a trust policy from `trust`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassIdentity {
+    /// Who may act as the role. Exactly one of `irsa`, `podIdentity` or
+    /// `principal`.
+    pub trust: RoleTrust,
+
+    /// The ARN of a managed policy that bounds what the role may ever do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 20, max = 2048),
+        pattern(r"^arn:[a-z-]+:iam::([0-9]{12}|aws):policy/\S+$")
+    )]
+    pub permissions_boundary: Option<String>,
+
+    /// The ServiceAccount tenantry makes in the credentials namespace for
+    /// the tenant's workloads, `{tenant}` standing for the tenant's name.
+    /// Left out: `{tenant}-app`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 200),
+        pattern(r"^[a-z0-9{}]([-a-z0-9.{}]*[a-z0-9{}])?$")
+    )]
+    pub service_account_name: Option<String>,
+}
+
+impl ClassIdentity {
+    /// The tenant's ServiceAccount name.
+    pub fn service_account_for(&self, tenant: &str) -> String {
+        self.service_account_name
+            .as_deref()
+            .unwrap_or("{tenant}-app")
+            .replace("{tenant}", tenant)
+    }
+
+    /// Refuses a trust that names no or several kinds of principal.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.trust;
+        let kinds = [
+            t.irsa.is_some(),
+            t.pod_identity.is_some(),
+            t.principal.is_some(),
+        ];
+        match kinds.iter().filter(|k| **k).count() {
+            1 => {}
+            0 => {
+                return Err(
+                    "aws.identity.trust names none of irsa, podIdentity and principal".into(),
+                );
+            }
+            _ => {
+                return Err(
+                    "aws.identity.trust names more than one of irsa, podIdentity and principal"
+                        .into(),
+                );
+            }
+        }
+        if let Some(irsa) = &t.irsa
+            && irsa.issuer().is_none()
+        {
+            return Err(format!(
+                "aws.identity.trust.irsa.oidcProviderArn {:?} is not an IAM OIDC provider ARN (arn:aws:iam::ACCOUNT:oidc-provider/ISSUER)",
+                irsa.oidc_provider_arn
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Who may act as a tenant's role.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleTrust {
+    /// IAM Roles for Service Accounts: pods running as the tenant's
+    /// ServiceAccount, through the cluster's OIDC provider. tenantry
+    /// annotates the ServiceAccount with the role's ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub irsa: Option<IrsaTrust>,
+
+    /// EKS Pod Identity: pods running as the tenant's ServiceAccount, once
+    /// a pod identity association links it to the role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_identity: Option<PodIdentityTrust>,
+
+    /// One IAM principal (an ARN) that may assume the role, `{tenant}`
+    /// standing for the tenant's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 1024),
+        pattern(r"^arn:[a-z-]+:iam::[0-9]{12}:\S+$")
+    )]
+    pub principal: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IrsaTrust {
+    /// The cluster's IAM OIDC provider, e.g.
+    /// `arn:aws:iam::111122223333:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE`.
+    #[schemars(
+        length(min = 20, max = 2048),
+        pattern(r"^arn:[a-z-]+:iam::[0-9]{12}:oidc-provider/\S+$")
+    )]
+    pub oidc_provider_arn: String,
+
+    /// The token audience. Left out: `sts.amazonaws.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+impl IrsaTrust {
+    /// The issuer (`oidc.eks.REGION.amazonaws.com/id/ID`) the provider ARN names.
+    pub fn issuer(&self) -> Option<&str> {
+        self.oidc_provider_arn
+            .split_once(":oidc-provider/")
+            .map(|(_, issuer)| issuer)
+            .filter(|issuer| !issuer.is_empty())
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIdentityTrust {
+    /// Only pods of this cluster (its ARN) may act as the role. Left out:
+    /// any cluster of the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_arn: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -306,6 +306,12 @@ pub struct TenantResources {
     /// `<namespace>/<name>` of the Kubernetes Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_secret: Option<String>,
+    /// ARN of the tenant's IAM role, when its class gives it one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_role_arn: Option<String>,
+    /// `<namespace>/<name>` of the ServiceAccount its workloads run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

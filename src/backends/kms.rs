@@ -20,6 +20,7 @@ use super::Action;
 use super::aws::{
     AwsError, build_error, classify, conflict, desired_tags, error_code, tag_changes, tag_pairs,
 };
+use super::principals::AccessPrincipals;
 use super::{Backend, BackendError, KeyInfo, KeyManager, Operation, Ownership, TenantRef, tags};
 
 const BACKEND: Backend = Backend::Kms;
@@ -41,9 +42,8 @@ pub struct KmsBackend {
     /// scan costs one call per key in the account. Held for the whole scan,
     /// so scans that coincide read each key once.
     known_owners: tokio::sync::Mutex<HashMap<String, Option<String>>>,
-    /// IAM principal the key policy allows, `{tenant}` standing for the
-    /// tenant's name (a TenantClass's `aws.principal`).
-    principal: Option<String>,
+    /// Who the key policy lets use a tenant's key.
+    access: Arc<AccessPrincipals>,
     /// Paces CreateKey (`--kms-create-rate`), shared by every class's client.
     create_limit: Option<Arc<RateLimiter>>,
 }
@@ -92,9 +92,10 @@ impl RateLimiter {
     }
 }
 
-/// The key policy statement tenantry owns; every other statement is left
+/// The key policy statements tenantry owns; every other statement is left
 /// as it is.
 const PRINCIPAL_SID: &str = "AllowTenantPrincipal";
+const DENY_SID: &str = "DenyOtherPrincipals";
 
 /// Tries of each read during a scan of every key.
 const SCAN_READ_TRIES: u32 = 6;
@@ -109,7 +110,7 @@ impl KmsBackend {
             client: super::aws::kms_client(config),
             uncertain: Mutex::default(),
             known_owners: tokio::sync::Mutex::default(),
-            principal: None,
+            access: Arc::new(AccessPrincipals::new(config)),
             create_limit: None,
         }
     }
@@ -120,14 +121,16 @@ impl KmsBackend {
         self
     }
 
-    /// Names in every key policy the principal that may use the key.
-    pub fn with_principal(mut self, principal: Option<String>) -> Self {
-        self.principal = principal;
+    /// Who every key policy lets use the key.
+    pub fn with_access(mut self, access: Arc<AccessPrincipals>) -> Self {
+        self.access = access;
         self
     }
 
-    /// Adds, updates or (when the class no longer names one) removes the
-    /// statement that lets the tenant's principal use its key.
+    /// Sets tenantry's two statements: the one that denies the key's use to
+    /// every principal but the allowed ones, and the one that lets the
+    /// class's principal use it (removed when the class no longer names
+    /// one).
     async fn converge_policy(&self, op: &Operation, key_id: &str) -> Result<(), BackendError> {
         let tenant = &op.tenant;
         let current = self
@@ -141,11 +144,9 @@ impl KmsBackend {
             .policy
             .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
             .unwrap_or_else(|| serde_json::json!({"Version": "2012-10-17", "Statement": []}));
-        let principal = self
-            .principal
-            .as_deref()
-            .map(|p| super::principal_for(p, &tenant.name));
-        let desired = with_principal_statement(&current, principal.as_deref());
+        let principal = self.access.principal_for(&tenant.name);
+        let allowed = self.access.allowed(BACKEND, &tenant.name).await?;
+        let desired = with_tenantry_statements(&current, principal.as_deref(), &allowed);
         if desired == current {
             return Ok(());
         }
@@ -160,7 +161,7 @@ impl KmsBackend {
         op.note(
             Action::KmsKeyPolicy,
             key_id,
-            serde_json::json!({"principal": principal}),
+            serde_json::json!({"principal": principal, "allowed": allowed}),
         )
         .await?;
         Ok(())
@@ -984,11 +985,17 @@ fn kms_tags(tags: &BTreeMap<String, String>) -> Result<Vec<Tag>, BackendError> {
         .collect()
 }
 
-/// `policy` with tenantry's principal statement set to `principal` (or
-/// dropped when there is none), every other statement unchanged.
-fn with_principal_statement(
+/// `policy` with tenantry's statements set: the deny of the key's use to
+/// every principal but `allowed`, and the class principal's allow (dropped
+/// when there is none); every other statement unchanged.
+///
+/// The deny names the cryptographic actions only: a key policy can lock
+/// everyone out of a key for good, and a mistaken list must not take
+/// `kms:PutKeyPolicy` from the operator that would correct it.
+fn with_tenantry_statements(
     policy: &serde_json::Value,
     principal: Option<&str>,
+    allowed: &[String],
 ) -> serde_json::Value {
     let mut policy = policy.clone();
     let mut statements: Vec<serde_json::Value> = match policy.get("Statement") {
@@ -996,24 +1003,32 @@ fn with_principal_statement(
         Some(single) => vec![single.clone()],
         None => Vec::new(),
     };
-    let ours = |s: &serde_json::Value| s.get("Sid").and_then(|v| v.as_str()) == Some(PRINCIPAL_SID);
-    let wanted = principal.map(|principal| {
+    let ours = |s: &serde_json::Value| {
+        matches!(
+            s.get("Sid").and_then(|v| v.as_str()),
+            Some(PRINCIPAL_SID | DENY_SID)
+        )
+    };
+    let mut wanted = vec![serde_json::json!({
+        "Sid": DENY_SID,
+        "Effect": "Deny",
+        "Principal": {"AWS": "*"},
+        "Action": DATA_ACTIONS,
+        "Resource": "*",
+        "Condition": {"ArnNotLike": {"aws:PrincipalArn": allowed}},
+    })];
+    let principal_actions = [DATA_ACTIONS, &["kms:DescribeKey"]].concat();
+    wanted.extend(principal.map(|principal| {
         serde_json::json!({
             "Sid": PRINCIPAL_SID,
             "Effect": "Allow",
             "Principal": {"AWS": principal},
-            "Action": [
-                "kms:Encrypt",
-                "kms:Decrypt",
-                "kms:ReEncrypt*",
-                "kms:GenerateDataKey*",
-                "kms:DescribeKey",
-            ],
+            "Action": principal_actions,
             "Resource": "*",
         })
-    });
+    }));
     let present: Vec<_> = statements.iter().filter(|s| ours(s)).cloned().collect();
-    if present == wanted.iter().cloned().collect::<Vec<_>>() {
+    if present == wanted {
         return policy;
     }
     statements.retain(|s| !ours(s));
@@ -1022,9 +1037,17 @@ fn with_principal_statement(
     policy
 }
 
+/// What uses a key to encrypt or decrypt.
+const DATA_ACTIONS: &[&str] = &[
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:ReEncrypt*",
+    "kms:GenerateDataKey*",
+];
+
 #[cfg(test)]
 mod tests {
-    use super::{Duration, RateLimiter, with_principal_statement};
+    use super::{Duration, RateLimiter, with_tenantry_statements};
 
     #[test]
     fn the_default_key_policy_names_the_keys_account() {
@@ -1081,33 +1104,47 @@ mod tests {
              "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*", "Resource": "*"}]})
     }
 
-    #[test]
-    fn the_principal_statement_is_added_once_and_other_statements_kept() {
-        let with = with_principal_statement(&default_policy(), Some("arn:aws:iam::1:role/a"));
-        let statements = with["Statement"].as_array().unwrap();
-        assert_eq!(statements.len(), 2);
-        assert_eq!(statements[0], default_policy()["Statement"][0]);
-        assert_eq!(statements[1]["Principal"]["AWS"], "arn:aws:iam::1:role/a");
-        // Already there: nothing to change.
-        assert_eq!(
-            with_principal_statement(&with, Some("arn:aws:iam::1:role/a")),
-            with
-        );
+    fn allowed() -> Vec<String> {
+        vec!["arn:aws:iam::1:role/tenantry/t-acme".to_string()]
+    }
+
+    fn set(policy: &serde_json::Value, principal: Option<&str>) -> serde_json::Value {
+        with_tenantry_statements(policy, principal, &allowed())
     }
 
     #[test]
-    fn a_changed_or_removed_principal_replaces_or_drops_the_statement() {
-        let with = with_principal_statement(&default_policy(), Some("arn:aws:iam::1:role/a"));
-        let moved = with_principal_statement(&with, Some("arn:aws:iam::1:role/b"));
-        assert_eq!(moved["Statement"].as_array().unwrap().len(), 2);
+    fn the_statements_are_added_once_and_other_statements_kept() {
+        let with = set(&default_policy(), Some("arn:aws:iam::1:role/a"));
+        let statements = with["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 3);
+        assert_eq!(statements[0], default_policy()["Statement"][0]);
+        assert_eq!(statements[1]["Sid"], "DenyOtherPrincipals");
+        assert_eq!(statements[1]["Effect"], "Deny");
         assert_eq!(
-            moved["Statement"][1]["Principal"]["AWS"],
+            statements[1]["Condition"]["ArnNotLike"]["aws:PrincipalArn"],
+            serde_json::json!(allowed())
+        );
+        // Never the management actions: a wrong list must stay correctable.
+        assert!(!statements[1]["Action"].to_string().contains("PutKeyPolicy"));
+        assert!(!statements[1]["Action"].to_string().contains("kms:*"));
+        assert_eq!(statements[2]["Principal"]["AWS"], "arn:aws:iam::1:role/a");
+        // Already there: nothing to change.
+        assert_eq!(set(&with, Some("arn:aws:iam::1:role/a")), with);
+    }
+
+    #[test]
+    fn a_changed_or_removed_principal_replaces_or_drops_its_statement() {
+        let with = set(&default_policy(), Some("arn:aws:iam::1:role/a"));
+        let moved = set(&with, Some("arn:aws:iam::1:role/b"));
+        assert_eq!(moved["Statement"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            moved["Statement"][2]["Principal"]["AWS"],
             "arn:aws:iam::1:role/b"
         );
-        assert_eq!(with_principal_statement(&with, None), default_policy());
-        assert_eq!(
-            with_principal_statement(&default_policy(), None),
-            default_policy()
-        );
+        let without = set(&with, None);
+        assert_eq!(without["Statement"].as_array().unwrap().len(), 2);
+        assert_eq!(set(&default_policy(), None), without);
+        let other_allowed = with_tenantry_statements(&without, None, &[]);
+        assert_ne!(other_allowed, without);
     }
 }

@@ -17,7 +17,7 @@ use crate::metrics::{CallKind, observe};
 pub const FIELD_MANAGER: &str = "tenantry";
 
 pub struct KubeSecrets {
-    client: Client,
+    pub(super) client: Client,
 }
 
 impl KubeSecrets {
@@ -54,7 +54,7 @@ pub fn classify(error: kube::Error, what: &str) -> BackendError {
     }
 }
 
-fn is_not_found(error: &kube::Error) -> bool {
+pub(super) fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(s) if s.code == 404)
 }
 
@@ -240,9 +240,13 @@ impl CredentialSecrets for KubeSecrets {
     }
 }
 
-/// Refuses an existing Secret that is not the tenant's; one released by a
-/// Tenant of the same name is taken over.
-async fn claim(op: &Operation, existing: &Secret, what: &str) -> Result<(), BackendError> {
+/// Refuses an existing object (a Secret, a ServiceAccount) that is not the
+/// tenant's; one released by a Tenant of the same name is taken over.
+pub(super) async fn claim<K: ResourceExt>(
+    op: &Operation,
+    existing: &K,
+    what: &str,
+) -> Result<(), BackendError> {
     let owner_tags = existing
         .labels()
         .iter()
@@ -342,7 +346,7 @@ async fn drop_released_mark(
     Ok(())
 }
 
-fn secret_labels(tenant: &TenantRef) -> BTreeMap<String, String> {
+pub(super) fn secret_labels(tenant: &TenantRef) -> BTreeMap<String, String> {
     BTreeMap::from([
         (tags::TENANT.to_string(), tenant.name.clone()),
         (

@@ -11,13 +11,16 @@
 
 pub mod action;
 pub mod aws;
+pub mod iam;
 pub mod kms;
 pub mod kube;
 pub mod operation;
 pub mod pg_tls;
 pub mod postgres;
+pub mod principals;
 pub mod s3;
 pub mod secrets;
+pub mod service_accounts;
 pub mod shared_tables;
 
 use std::collections::BTreeMap;
@@ -111,6 +114,7 @@ pub enum Backend {
     Kms,
     SecretsManager,
     Kubernetes,
+    Iam,
 }
 
 impl Backend {
@@ -121,6 +125,7 @@ impl Backend {
             Self::Kms => "kms",
             Self::SecretsManager => "secretsmanager",
             Self::Kubernetes => "kubernetes",
+            Self::Iam => "iam",
         }
     }
 }
@@ -409,6 +414,51 @@ pub trait CredentialSecrets: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Result<(), BackendError>;
+}
+
+/// Kubernetes: the ServiceAccount the tenant's workloads run as.
+#[async_trait]
+pub trait ServiceAccounts: Send + Sync {
+    /// Creates or updates it with `annotations`; one of that name tenantry
+    /// does not own is a conflict.
+    async fn ensure_service_account(
+        &self,
+        op: &Operation,
+        namespace: &str,
+        name: &str,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<(), BackendError>;
+    async fn delete_service_account(
+        &self,
+        op: &Operation,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), BackendError>;
+}
+
+/// AWS IAM: the role the tenant's workloads act as.
+#[async_trait]
+pub trait TenantIdentity: Send + Sync {
+    /// Creates or adopts the role and converges it to `spec`: trust,
+    /// boundary, the access policy and nothing else, tags; access as
+    /// `spec.granted` says. Returns the role's ARN.
+    async fn ensure_role(
+        &self,
+        op: &Operation,
+        spec: &iam::RoleSpec,
+    ) -> Result<String, BackendError>;
+    /// Grants or revokes the role's access (absent or foreign roles are
+    /// left alone).
+    async fn set_role_access(
+        &self,
+        op: &Operation,
+        name: &str,
+        granted: bool,
+    ) -> Result<(), BackendError>;
+    /// Deletes the role and its policies.
+    async fn remove_role(&self, op: &Operation, name: &str) -> Result<(), BackendError>;
+    /// Revokes the role's access and marks it released.
+    async fn release_role(&self, op: &Operation, name: &str) -> Result<(), BackendError>;
 }
 
 /// A class's principal template for one tenant: `{tenant}` becomes its name.

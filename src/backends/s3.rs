@@ -8,7 +8,7 @@
 //! leaves an untagged bucket, which only an `interrupted` attempt adopts.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
@@ -27,6 +27,7 @@ use super::aws::{
     AwsError, build_error, conflict, desired_tags, error_code, http_status, is_transient,
     tag_changes, tag_pairs,
 };
+use super::principals::AccessPrincipals;
 use super::{Backend, BackendError, ObjectStorage, Operation, Ownership, tags};
 
 const BACKEND: Backend = Backend::S3;
@@ -54,9 +55,8 @@ pub struct S3Backend {
     /// retries a failed step without `interrupted`, and rolls it back, yet
     /// such an untagged bucket is ours: the retry or the removal may take it.
     uncertain: Mutex<HashSet<String>>,
-    /// IAM principal the bucket policy allows, `{tenant}` standing for the
-    /// tenant's name (a TenantClass's `aws.principal`).
-    principal: Option<String>,
+    /// Who the bucket policy lets use a tenant's bucket.
+    access: Arc<AccessPrincipals>,
 }
 
 /// What HeadBucket tells about a bucket name.
@@ -87,13 +87,13 @@ impl S3Backend {
                 .endpoint_url()
                 .is_some_and(|u| u.starts_with("http://")),
             uncertain: Mutex::default(),
-            principal: None,
+            access: Arc::new(AccessPrincipals::new(config)),
         }
     }
 
-    /// Names in every bucket policy the principal that may use the bucket.
-    pub fn with_principal(mut self, principal: Option<String>) -> Self {
-        self.principal = principal;
+    /// Who every bucket policy lets use the bucket.
+    pub fn with_access(mut self, access: Arc<AccessPrincipals>) -> Self {
+        self.access = access;
         self
     }
 
@@ -735,11 +735,6 @@ impl S3Backend {
     ) -> Result<(), BackendError> {
         let tenant = &op.tenant;
         let owner = self.account().await?;
-        let principal = self
-            .principal
-            .as_deref()
-            .map(|p| super::principal_for(p, &tenant.name));
-        let desired = bucket_policy(bucket, partition_of(key_arn), principal.as_deref());
         let current = match self
             .client
             .get_bucket_policy()
@@ -752,6 +747,16 @@ impl S3Backend {
             Err(e) if error_code(&e) == Some("NoSuchBucketPolicy") => None,
             Err(e) => return Err(classify(BACKEND, &format!("GetBucketPolicy {bucket}"), e)),
         };
+        let principal = self.access.principal_for(&tenant.name);
+        let allowed = self.access.allowed(BACKEND, &tenant.name).await?;
+        let desired = bucket_policy(
+            bucket,
+            key_arn,
+            &BucketAccess {
+                principal: principal.as_deref(),
+                allowed: &allowed,
+            },
+        );
         if current.as_deref().is_some_and(|p| same_policy(p, &desired)) {
             return Ok(());
         }
@@ -1248,22 +1253,60 @@ pub(crate) fn partition_of(arn: &str) -> &str {
     }
 }
 
-/// The bucket policy tenantry wants: refuse any request not made over TLS,
-/// and, when the class names one, let the tenant's principal use the bucket.
-fn bucket_policy(bucket: &str, partition: &str, principal: Option<&str>) -> Value {
-    let resources = json!([
-        format!("arn:{partition}:s3:::{bucket}"),
-        format!("arn:{partition}:s3:::{bucket}/*"),
-    ]);
-    let mut statements = vec![json!({
-        "Sid": "DenyInsecureTransport",
-        "Effect": "Deny",
-        "Principal": "*",
-        "Action": "s3:*",
-        "Resource": resources,
-        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-    })];
-    if let Some(principal) = principal {
+/// Who may use a tenant's bucket.
+struct BucketAccess<'a> {
+    /// The class's principal, allowed the bucket by the policy itself.
+    principal: Option<&'a str>,
+    /// `aws:PrincipalArn` patterns spared by the deny.
+    allowed: &'a [String],
+}
+
+/// The bucket policy tenantry wants: refuse any request not made over TLS;
+/// refuse the data actions to every principal but the allowed ones, so a
+/// neighbour's role that IAM lets do `s3:*` still cannot read or write
+/// here; refuse objects written under any encryption but the tenant's key
+/// (no header at all is fine: the bucket's default is that key); and, when
+/// the class names one, let the tenant's principal use the bucket.
+fn bucket_policy(bucket: &str, key_arn: &str, access: &BucketAccess) -> Value {
+    let partition = partition_of(key_arn);
+    let bucket_arn = format!("arn:{partition}:s3:::{bucket}");
+    let objects_arn = format!("arn:{partition}:s3:::{bucket}/*");
+    let resources = json!([bucket_arn, objects_arn]);
+    let mut statements = vec![
+        json!({
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": resources,
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }),
+        json!({
+            "Sid": "DenyOtherPrincipals",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": DATA_ACTIONS,
+            "Resource": resources,
+            "Condition": {"ArnNotLike": {"aws:PrincipalArn": access.allowed}},
+        }),
+        json!({
+            "Sid": "DenyOtherEncryption",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": objects_arn,
+            "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}},
+        }),
+        json!({
+            "Sid": "DenyOtherKeys",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": objects_arn,
+            "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn}},
+        }),
+    ];
+    if let Some(principal) = access.principal {
         statements.push(json!({
             "Sid": "AllowTenantPrincipal",
             "Effect": "Allow",
@@ -1282,9 +1325,23 @@ fn bucket_policy(bucket: &str, partition: &str, principal: Option<&str>) -> Valu
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
+/// What reads, writes or lists a bucket's data. Configuration actions are
+/// left to IAM: denying them to a mistaken principal list could lock the
+/// operator out of repairing the bucket.
+const DATA_ACTIONS: &[&str] = &[
+    "s3:GetObject*",
+    "s3:PutObject*",
+    "s3:DeleteObject*",
+    "s3:ListBucket*",
+    "s3:ListMultipartUploadParts",
+    "s3:AbortMultipartUpload",
+    "s3:RestoreObject",
+    "s3:ReplicateObject",
+];
+
 /// Whether a stored policy means the same as `desired`: S3 may give it back
 /// reformatted, with one-element lists as scalars, or with another order.
-fn same_policy(stored: &str, desired: &Value) -> bool {
+pub(crate) fn same_policy(stored: &str, desired: &Value) -> bool {
     serde_json::from_str::<Value>(stored)
         .is_ok_and(|s| normalize_policy(&s) == normalize_policy(desired))
 }
@@ -1395,9 +1452,30 @@ mod tests {
     use super::*;
     use crate::backends::TenantRef;
 
+    const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/k-1";
+
+    fn allowed() -> Vec<String> {
+        vec![
+            "arn:aws:iam::111122223333:role/tenantry/tenantry-acme".to_string(),
+            "arn:aws:iam::111122223333:root".to_string(),
+        ]
+    }
+
+    /// The policy of `bucket` with the usual principals, and `principal`.
+    fn policy(bucket: &str, principal: Option<&str>) -> Value {
+        bucket_policy(
+            bucket,
+            KEY,
+            &BucketAccess {
+                principal,
+                allowed: &allowed(),
+            },
+        )
+    }
+
     #[test]
     fn the_policy_denies_every_request_without_tls_on_bucket_and_objects() {
-        let p = bucket_policy("tenantry-acme", "aws", None);
+        let p = policy("tenantry-acme", None);
         let s = &p["Statement"][0];
         assert_eq!(s["Effect"], "Deny");
         assert_eq!(s["Principal"], "*");
@@ -1411,12 +1489,8 @@ mod tests {
 
     #[test]
     fn a_class_principal_is_allowed_on_the_bucket_and_its_objects_only() {
-        let p = bucket_policy(
-            "t-acme",
-            "aws",
-            Some("arn:aws:iam::111122223333:role/app-acme"),
-        );
-        let allow = &p["Statement"][1];
+        let p = policy("t-acme", Some("arn:aws:iam::111122223333:role/app-acme"));
+        let allow = &p["Statement"][4];
         assert_eq!(allow["Effect"], "Allow");
         assert_eq!(
             allow["Principal"]["AWS"],
@@ -1429,15 +1503,32 @@ mod tests {
         assert!(!allow["Action"].to_string().contains("s3:*"));
         // The TLS deny stays first and whole.
         assert_eq!(p["Statement"][0]["Sid"], "DenyInsecureTransport");
-        assert!(!same_policy(
-            &bucket_policy("t-acme", "aws", None).to_string(),
-            &p
-        ));
+        assert!(!same_policy(&policy("t-acme", None).to_string(), &p));
+    }
+
+    #[test]
+    fn other_principals_and_other_encryption_are_denied_the_data() {
+        let p = policy("t-acme", None);
+        let deny = &p["Statement"][1];
+        assert_eq!(deny["Sid"], "DenyOtherPrincipals");
+        assert_eq!(deny["Effect"], "Deny");
+        assert_eq!(
+            deny["Condition"]["ArnNotLike"]["aws:PrincipalArn"],
+            json!(allowed())
+        );
+        assert!(deny["Action"].to_string().contains("s3:GetObject*"));
+        assert!(!deny["Action"].to_string().contains("PutBucketPolicy"));
+        assert_eq!(
+            p["Statement"][3]["Condition"]["StringNotEqualsIfExists"]["s3:x-amz-server-side-encryption-aws-kms-key-id"],
+            KEY
+        );
     }
 
     #[test]
     fn a_policy_given_back_in_another_shape_is_the_same_policy() {
-        let desired = bucket_policy("b", "aws", None);
+        let mut desired = policy("b", None);
+        // One statement is enough to show the reshaping.
+        desired["Statement"] = json!([desired["Statement"][0].clone()]);
         let reshaped = r#"{
             "Statement": {
                 "Condition": {"Bool": {"aws:securetransport": false}},
@@ -1455,7 +1546,7 @@ mod tests {
 
     #[test]
     fn a_weaker_or_different_policy_is_not_the_same() {
-        let desired = bucket_policy("b", "aws", None);
+        let desired = policy("b", None);
         let mut allow = desired.clone();
         allow["Statement"][0]["Effect"] = json!("Allow");
         assert!(!same_policy(&allow.to_string(), &desired));
@@ -1472,10 +1563,7 @@ mod tests {
         assert!(!same_policy(&extra.to_string(), &desired));
 
         assert!(!same_policy("not json", &desired));
-        assert!(!same_policy(
-            &bucket_policy("other", "aws", None).to_string(),
-            &desired
-        ));
+        assert!(!same_policy(&policy("other", None).to_string(), &desired));
     }
 
     #[test]

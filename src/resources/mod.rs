@@ -7,6 +7,7 @@
 
 mod bucket;
 mod database;
+mod iam_role;
 mod kms_key;
 mod kubernetes_secret;
 mod secret;
@@ -42,6 +43,12 @@ pub struct TenantContext {
     pub kube_secret_written: bool,
     /// The role's login as this run last set it, so access is not set twice.
     pub login: Option<Access>,
+    /// The IAM role's ARN, when the class gives the tenant one.
+    pub role_arn: Option<String>,
+    /// The IAM role's access as this run last set it.
+    pub role_access: Option<Access>,
+    /// The ServiceAccount (in the credentials namespace) of its workloads.
+    pub service_account: Option<String>,
 }
 
 impl TenantContext {
@@ -65,6 +72,9 @@ impl TenantContext {
             location: None,
             kube_secret_written: false,
             login: None,
+            role_arn: None,
+            role_access: None,
+            service_account: None,
         }
     }
 
@@ -131,12 +141,14 @@ impl TenantContext {
 /// for provisioning, suspension, rollback and both deletion policies, and
 /// what measurement probes. Removal runs in reverse: the Kubernetes Secret
 /// (access) goes first, the key (which can only be scheduled for deletion)
-/// last. A new kind of resource is one module here and one line below.
+/// last. The IAM role comes after the key (its policy is tagged to it) and
+/// before the bucket, whose policy lets the role in. A new kind of resource is one module here and one line below.
 pub fn tenant_resources() -> Vec<Box<dyn Resource<TenantContext>>> {
     vec![
         Box::new(kms_key::KmsKey),
         Box::new(secret::CredentialsSecret),
         Box::new(database::Database),
+        Box::new(iam_role::IamRole),
         Box::new(bucket::Bucket),
         Box::new(kubernetes_secret::KubernetesSecret),
     ]
@@ -190,6 +202,12 @@ pub(crate) fn kube_secret_data(
     ]);
     if let Some(ca) = &tls.ca {
         data.insert("ca.crt".to_string(), plain(ca.pem()));
+    }
+    if let Some(arn) = &ctx.role_arn {
+        data.insert("roleArn".to_string(), plain(arn));
+    }
+    if let Some(account) = &ctx.service_account {
+        data.insert("serviceAccount".to_string(), plain(account));
     }
     Ok(data)
 }
