@@ -208,6 +208,8 @@ async fn crash_then_converge(failpoint: &str, mode: &str) {
         aliases: 1,
         secrets: 1,
         kube_secrets: 1,
+        // Classes without `aws.identity`: no IAM role.
+        ..Footprint::default()
     };
     assert_eq!(
         fp, one,

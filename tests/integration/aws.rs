@@ -17,6 +17,7 @@ use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use tenantry::backends::aws::load_sdk_config;
 use tenantry::backends::kms::KmsBackend;
+use tenantry::backends::principals::AccessPrincipals;
 use tenantry::backends::s3::S3Backend;
 use tenantry::backends::secrets::SecretsManagerBackend;
 use tenantry::backends::{
@@ -108,9 +109,12 @@ impl Aws {
         let s3_config = aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(true)
             .build();
+        // Who the operator is, read once per process, is not one of the
+        // calls under test: it is read past the relay.
+        let access = Arc::new(AccessPrincipals::new(&config));
         Self {
-            keys: KmsBackend::new(&recorded),
-            buckets: S3Backend::new(&recorded, true),
+            keys: KmsBackend::new(&recorded).with_access(access.clone()),
+            buckets: S3Backend::new(&recorded, true).with_access(access),
             secrets: SecretsManagerBackend::new(&recorded),
             recorder,
             kms: aws_sdk_kms::Client::new(&config),
@@ -518,9 +522,15 @@ async fn a_new_tenant_gets_an_enabled_rotating_symmetric_key_behind_its_alias() 
 
     let key = ensure_key(&aws, &tenant, &names).await;
 
+    // The key policy gets tenantry's deny of every other principal.
     assert_eq!(
         aws.recorder.writes(),
-        ["CreateKey", "CreateAlias", "EnableKeyRotation"]
+        [
+            "CreateKey",
+            "CreateAlias",
+            "EnableKeyRotation",
+            "PutKeyPolicy"
+        ]
     );
     let meta = aws
         .kms

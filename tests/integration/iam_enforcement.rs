@@ -21,11 +21,15 @@ use serde_json::json;
 use crate::support::{env, unique_name};
 
 /// moto's default account, the only one moto-iam's administrator lives in.
-const ACCOUNT: &str = "123456789012";
+pub(crate) const ACCOUNT: &str = "123456789012";
 
 /// An SDK config for moto-iam that signs with exactly these credentials
 /// (set in code, they outrank the AWS_* of the permissive moto in the env).
-async fn config_as(key_id: &str, secret: &str, session_token: Option<String>) -> SdkConfig {
+pub(crate) async fn config_as(
+    key_id: &str,
+    secret: &str,
+    session_token: Option<String>,
+) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(env("TENANTRY_IAM_AWS_ENDPOINT"))
         .region(Region::new("us-east-1"))
@@ -40,7 +44,7 @@ async fn config_as(key_id: &str, secret: &str, session_token: Option<String>) ->
         .await
 }
 
-async fn admin() -> SdkConfig {
+pub(crate) async fn admin() -> SdkConfig {
     config_as(
         &env("TENANTRY_IAM_ADMIN_ACCESS_KEY_ID"),
         &env("TENANTRY_IAM_ADMIN_SECRET_ACCESS_KEY"),
@@ -49,7 +53,7 @@ async fn admin() -> SdkConfig {
     .await
 }
 
-fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
+pub(crate) fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(config)
             .force_path_style(true)
@@ -57,13 +61,17 @@ fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
     )
 }
 
-fn policy(statements: serde_json::Value) -> String {
+pub(crate) fn policy(statements: serde_json::Value) -> String {
     json!({"Version": "2012-10-17", "Statement": statements}).to_string()
 }
 
 /// Creates an IAM user with one inline policy and returns an SDK config
 /// signed with its new access key.
-async fn user_with_policy(iam: &aws_sdk_iam::Client, name: &str, document: &str) -> SdkConfig {
+pub(crate) async fn user_with_policy(
+    iam: &aws_sdk_iam::Client,
+    name: &str,
+    document: &str,
+) -> SdkConfig {
     iam.create_user()
         .user_name(name)
         .send()
@@ -92,7 +100,10 @@ async fn user_with_policy(iam: &aws_sdk_iam::Client, name: &str, document: &str)
 /// moto answers a refused call of a JSON-protocol service (KMS, Secrets
 /// Manager) with an XML `ErrorResponse`, which the SDK cannot parse for a
 /// code, so the raw body is read too.
-fn assert_access_denied<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+pub(crate) fn assert_access_denied<
+    T: std::fmt::Debug,
+    E: ProvideErrorMetadata + std::fmt::Debug,
+>(
     what: &str,
     result: Result<T, SdkError<E, HttpResponse>>,
 ) -> String {

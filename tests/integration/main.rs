@@ -17,6 +17,7 @@ mod crashes;
 mod faults;
 mod hostile;
 mod iam_enforcement;
+mod identity;
 mod isolation;
 mod isolation_aws;
 mod isolation_db;

@@ -14,6 +14,7 @@ pub struct Aws {
     pub s3: aws_sdk_s3::Client,
     pub kms: aws_sdk_kms::Client,
     pub sm: aws_sdk_secretsmanager::Client,
+    pub iam: aws_sdk_iam::Client,
 }
 
 pub async fn aws() -> Aws {
@@ -28,6 +29,7 @@ pub async fn aws() -> Aws {
         s3,
         kms: aws_sdk_kms::Client::new(&sdk),
         sm: aws_sdk_secretsmanager::Client::new(&sdk),
+        iam: aws_sdk_iam::Client::new(&sdk),
     }
 }
 
@@ -64,6 +66,10 @@ pub struct Footprint {
     pub aliases: usize,
     pub secrets: usize,
     pub kube_secrets: usize,
+    /// The tenant's IAM role (`<prefix>-<tenant>`), when its class gives one.
+    pub iam_roles: usize,
+    /// ServiceAccounts in the namespace labelled with the tenant's name.
+    pub service_accounts: usize,
 }
 
 impl Footprint {
@@ -117,6 +123,11 @@ pub async fn footprint(
     );
     let kube_secrets: Api<Secret> = Api::namespaced(kube.clone(), namespace);
     let kube_secrets = usize::from(kube_secrets.get_opt(secret_name).await.unwrap().is_some());
+    let iam_roles = usize::from(aws.iam.get_role().role_name(&bucket).send().await.is_ok());
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(kube.clone(), namespace);
+    let selector = kube::api::ListParams::default().labels(&format!("{}={tenant}", tags::TENANT));
+    let service_accounts = accounts.list_metadata(&selector).await.unwrap().items.len();
     Footprint {
         roles,
         schemas,
@@ -126,6 +137,8 @@ pub async fn footprint(
         aliases,
         secrets,
         kube_secrets,
+        iam_roles,
+        service_accounts,
     }
 }
 
