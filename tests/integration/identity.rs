@@ -575,3 +575,84 @@ async fn a_crash_before_removing_the_role_during_rollback_still_leaves_nothing()
         "after a crash during the role's rollback"
     );
 }
+
+async fn inline_policies(iam: &aws_sdk_iam::Client, role: &str) -> Vec<String> {
+    iam.list_role_policies()
+        .role_name(role)
+        .send()
+        .await
+        .unwrap()
+        .policy_names()
+        .to_vec()
+}
+
+async fn role_tag(iam: &aws_sdk_iam::Client, role: &str, key: &str) -> Option<String> {
+    let role = iam
+        .get_role()
+        .role_name(role)
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap();
+    role.tags()
+        .iter()
+        .find(|t| t.key() == key)
+        .map(|t| t.value().to_string())
+}
+
+/// Retain: the role stays, released and denied everything, and its
+/// ServiceAccount goes; a returning tenant of the same name adopts it with
+/// its access back and nothing of the old tenant's marks.
+#[tokio::test]
+async fn a_retained_role_is_released_without_access_and_adopted_by_a_returning_tenant() {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "apps").await;
+    let class = unique_name("irsa-retain");
+    create_class(
+        &client,
+        &class,
+        json!({
+            "aws": {"identity": {"trust": {"irsa": {"oidcProviderArn": OIDC_PROVIDER}}}},
+            "deletion": {"policy": "Retain"},
+        }),
+    )
+    .await;
+    let op = Operator::start(&[]).await;
+    let name = unique_name("ret");
+    let role = format!("{}-{name}", env("TENANTRY_BUCKET_PREFIX"));
+    let iam = readback::aws().await.iam;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+
+    let first = create_tenant(&client, &tenant_manifest(&op, &name, spec_in(&class, &ns))).await;
+    wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
+    tenants.delete(&name, &Default::default()).await.unwrap();
+    wait_for_tenant_gone(&client, &op, &name, READY_TIMEOUT).await;
+    assert_eq!(
+        inline_policies(&iam, &role).await,
+        ["tenantry-access", "tenantry-revoked"],
+        "a released role keeps no access"
+    );
+    assert_eq!(
+        role_tag(&iam, &role, "tenantry.dev/released")
+            .await
+            .as_deref(),
+        Some("true")
+    );
+    let gone = footprint_of(&client, &first, &ns).await;
+    assert_eq!(
+        gone.service_accounts, 0,
+        "the ServiceAccount outlived the tenant"
+    );
+    assert_eq!(gone.iam_roles, 1);
+
+    let second = create_tenant(&client, &tenant_manifest(&op, &name, spec_in(&class, &ns))).await;
+    wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready again", is_ready).await;
+    assert_eq!(inline_policies(&iam, &role).await, ["tenantry-access"]);
+    assert_eq!(role_tag(&iam, &role, "tenantry.dev/released").await, None);
+    assert_eq!(
+        role_tag(&iam, &role, "tenantry.dev/tenant-uid").await,
+        kube::ResourceExt::uid(&second)
+    );
+}
