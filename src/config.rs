@@ -74,6 +74,13 @@ pub struct BackendArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub operator_namespace: Option<String>,
 
+    /// The operator's own IAM principal (an ARN), as the tenants' bucket and
+    /// key policies and role trust name it. Left out: what STS says it is;
+    /// for an assumed role (IRSA, Pod Identity) that is the role at path
+    /// `/`, so set this when the operator's role has another path.
+    #[arg(long, env = "TENANTRY_AWS_OPERATOR_PRINCIPAL")]
+    pub aws_operator_principal: Option<String>,
+
     /// Address S3 buckets in the path (`endpoint/bucket`) instead of by virtual host.
     /// On by default when AWS_ENDPOINT_URL points at an S3-compatible server.
     #[arg(long, env = "TENANTRY_S3_FORCE_PATH_STYLE")]
@@ -354,6 +361,8 @@ pub struct BackendSettings {
     pub identity: Option<ClassIdentity>,
     /// The class's `aws.administrators`.
     pub administrators: Vec<String>,
+    /// See [`BackendArgs::aws_operator_principal`].
+    pub operator_principal: Option<String>,
     /// Paces KMS CreateKey; cloned settings share one bucket.
     pub kms_create_limit: Option<Arc<RateLimiter>>,
     /// Session timeouts of every tenant role (a class's `database`).
@@ -377,6 +386,7 @@ impl BackendSettings {
             principal: None,
             identity: None,
             administrators: Vec::new(),
+            operator_principal: args.aws_operator_principal.clone(),
             kms_create_limit: RateLimiter::new(args.kms_create_rate).map(Arc::new),
             role_limits: RoleLimits::default(),
             operator_namespace: args.operator_namespace.clone(),
@@ -471,7 +481,8 @@ impl Backends {
                         .as_ref()
                         .map(|_| settings.bucket_prefix.clone()),
                 )
-                .with_administrators(settings.administrators.clone()),
+                .with_administrators(settings.administrators.clone())
+                .with_operator(settings.operator_principal.clone()),
         );
         let kube_secrets = Arc::new(KubeSecrets::new(kube));
         Ok(Self {

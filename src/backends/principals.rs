@@ -21,6 +21,9 @@ pub struct Caller {
     /// What `sts:GetCallerIdentity` says: a user's ARN, or an assumed role's
     /// session ARN (`arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION`).
     pub arn: String,
+    /// The operator's principal as configured (`--aws-operator-principal`),
+    /// which wins over what the session ARN lets one guess.
+    pub configured: Option<String>,
 }
 
 impl Caller {
@@ -40,6 +43,7 @@ impl Caller {
             account: account.to_string(),
             partition: partition.to_string(),
             arn: arn.to_string(),
+            configured: None,
         })
     }
 
@@ -47,6 +51,9 @@ impl Caller {
     /// session of a role is matched by its role, whose path the session ARN
     /// does not show: both the root path and any other one are named.
     pub fn principal_patterns(&self) -> Vec<String> {
+        if let Some(configured) = &self.configured {
+            return vec![configured.clone()];
+        }
         let Self {
             account, partition, ..
         } = self;
@@ -94,6 +101,8 @@ pub struct AccessPrincipals {
     pub role_prefix: Option<String>,
     /// The class's `aws.administrators`.
     pub administrators: Vec<String>,
+    /// `--aws-operator-principal`.
+    pub operator: Option<String>,
 }
 
 impl AccessPrincipals {
@@ -104,7 +113,13 @@ impl AccessPrincipals {
             principal: None,
             role_prefix: None,
             administrators: Vec::new(),
+            operator: None,
         }
+    }
+
+    pub fn with_operator(mut self, operator: Option<String>) -> Self {
+        self.operator = operator;
+        self
     }
 
     pub fn with_principal(mut self, principal: Option<String>) -> Self {
@@ -135,6 +150,10 @@ impl AccessPrincipals {
                     .map_err(|e| super::aws::classify(backend, "sts:GetCallerIdentity", e))?;
                 out.arn()
                     .and_then(Caller::from_arn)
+                    .map(|caller| Caller {
+                        configured: self.operator.clone(),
+                        ..caller
+                    })
                     .ok_or_else(|| BackendError::Rejected {
                         backend,
                         message: "sts:GetCallerIdentity named no usable ARN".to_string(),
@@ -219,6 +238,14 @@ mod tests {
             ["arn:aws-cn:iam::111122223333:user/ops/tenantry"]
         );
         assert!(Caller::from_arn("not-an-arn").is_none());
+        let configured = Caller {
+            configured: Some("arn:aws:iam::111122223333:role/platform/tenantry".into()),
+            ..c
+        };
+        assert_eq!(
+            configured.trust_principal(),
+            "arn:aws:iam::111122223333:role/platform/tenantry"
+        );
     }
 
     #[test]
