@@ -28,6 +28,8 @@
 mod condition;
 mod pattern;
 mod principal;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
