@@ -584,6 +584,19 @@ fn resources_take_wildcards_and_are_case_sensitive() {
 }
 
 #[test]
+fn the_resource_part_of_an_arn_keeps_its_colons() {
+    let log_group = "arn:aws:logs:eu-west-1:111122223333:log-group:/tenantry/acme:*";
+    assert!(resource_allowed(
+        log_group,
+        "arn:aws:logs:eu-west-1:111122223333:log-group:/tenantry/acme:log-stream:app"
+    ));
+    assert!(!resource_allowed(
+        log_group,
+        "arn:aws:logs:eu-west-1:111122223333:log-group:/tenantry/globex:log-stream:app"
+    ));
+}
+
+#[test]
 fn a_resource_wildcard_stays_within_its_arn_segment() {
     let pattern = "arn:aws:kms:*:111122223333:key/*";
     assert!(resource_allowed(pattern, KEY));
@@ -1002,6 +1015,26 @@ fn an_unresolved_variable_invalidates_the_statement_deny_included() {
         Decision::Allow
     );
     assert_eq!(decide(&[identity], None, &list), Decision::Allow);
+}
+
+#[test]
+fn an_unresolved_variable_in_not_resource_invalidates_the_deny() {
+    let identity = policy(json!([
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"},
+        {"Sid": "OwnHomeOnly", "Effect": "Deny", "Action": "s3:GetObject",
+         "NotResource": "arn:aws:s3:::home/${aws:username}/*"},
+    ]));
+    let request = Request::new(ALICE, "s3:GetObject", "arn:aws:s3:::home/bob/x");
+    assert_eq!(
+        decide(
+            std::slice::from_ref(&identity),
+            None,
+            &request.clone().with("aws:username", "alice")
+        ),
+        denied("OwnHomeOnly")
+    );
+    // Without aws:username the Deny is invalid, not a Deny of everything.
+    assert_eq!(decide(&[identity], None, &request), Decision::Allow);
 }
 
 #[test]
