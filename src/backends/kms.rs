@@ -897,7 +897,7 @@ impl KeyManager for KmsBackend {
 
 /// The key policy KMS gives a key made without one: the account's IAM
 /// policies decide who may use it. None when `arn` is not a KMS key ARN.
-fn default_key_policy(arn: &str) -> Option<serde_json::Value> {
+pub(crate) fn default_key_policy(arn: &str) -> Option<serde_json::Value> {
     let mut parts = arn.split(':');
     let (Some("arn"), Some(partition), Some("kms"), Some(_region), Some(account)) = (
         parts.next(),
@@ -992,7 +992,7 @@ fn kms_tags(tags: &BTreeMap<String, String>) -> Result<Vec<Tag>, BackendError> {
 /// The deny names the cryptographic actions only: a key policy can lock
 /// everyone out of a key for good, and a mistaken list must not take
 /// `kms:PutKeyPolicy` from the operator that would correct it.
-fn with_tenantry_statements(
+pub(crate) fn with_tenantry_statements(
     policy: &serde_json::Value,
     principal: Option<&str>,
     allowed: &[String],

@@ -16,6 +16,8 @@ pub mod kms;
 pub mod kube;
 pub mod operation;
 pub mod pg_tls;
+#[cfg(test)]
+mod policy_proof;
 pub mod postgres;
 pub mod principals;
 pub mod s3;

@@ -1254,11 +1254,11 @@ pub(crate) fn partition_of(arn: &str) -> &str {
 }
 
 /// Who may use a tenant's bucket.
-struct BucketAccess<'a> {
+pub(crate) struct BucketAccess<'a> {
     /// The class's principal, allowed the bucket by the policy itself.
-    principal: Option<&'a str>,
+    pub(crate) principal: Option<&'a str>,
     /// `aws:PrincipalArn` patterns spared by the deny.
-    allowed: &'a [String],
+    pub(crate) allowed: &'a [String],
 }
 
 /// The bucket policy tenantry wants: refuse any request not made over TLS;
@@ -1267,7 +1267,7 @@ struct BucketAccess<'a> {
 /// here; refuse objects written under any encryption but the tenant's key
 /// (no header at all is fine: the bucket's default is that key); and, when
 /// the class names one, let the tenant's principal use the bucket.
-fn bucket_policy(bucket: &str, key_arn: &str, access: &BucketAccess) -> Value {
+pub(crate) fn bucket_policy(bucket: &str, key_arn: &str, access: &BucketAccess) -> Value {
     let partition = partition_of(key_arn);
     let bucket_arn = format!("arn:{partition}:s3:::{bucket}");
     let objects_arn = format!("arn:{partition}:s3:::{bucket}/*");
@@ -1295,7 +1295,13 @@ fn bucket_policy(bucket: &str, key_arn: &str, access: &BucketAccess) -> Value {
             "Principal": "*",
             "Action": "s3:PutObject",
             "Resource": objects_arn,
-            "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}},
+            // Only when the header is sent: a Deny with `...IfExists` would
+            // also refuse an upload without it, which the bucket's default
+            // encrypts under the tenant's key.
+            "Condition": {
+                "StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"},
+                "Null": {"s3:x-amz-server-side-encryption": "false"},
+            },
         }),
         json!({
             "Sid": "DenyOtherKeys",
@@ -1303,7 +1309,10 @@ fn bucket_policy(bucket: &str, key_arn: &str, access: &BucketAccess) -> Value {
             "Principal": "*",
             "Action": "s3:PutObject",
             "Resource": objects_arn,
-            "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn}},
+            "Condition": {
+                "StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn},
+                "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "false"},
+            },
         }),
     ];
     if let Some(principal) = access.principal {
@@ -1519,7 +1528,7 @@ mod tests {
         assert!(deny["Action"].to_string().contains("s3:GetObject*"));
         assert!(!deny["Action"].to_string().contains("PutBucketPolicy"));
         assert_eq!(
-            p["Statement"][3]["Condition"]["StringNotEqualsIfExists"]["s3:x-amz-server-side-encryption-aws-kms-key-id"],
+            p["Statement"][3]["Condition"]["StringNotEquals"]["s3:x-amz-server-side-encryption-aws-kms-key-id"],
             KEY
         );
     }
