@@ -397,6 +397,38 @@ async fn an_irsa_class_gives_each_tenant_a_role_and_an_annotated_service_account
         .await
         .unwrap();
     assert_eq!(inline.policy_names(), ["tenantry-access"]);
+
+    // Someone gives the tenant's role more: the next reconcile takes it off.
+    let backdoor = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]});
+    iam.put_role_policy()
+        .role_name(&given.bucket)
+        .policy_name("backdoor")
+        .policy_document(backdoor.to_string())
+        .send()
+        .await
+        .unwrap();
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let patch = json!({"spec": {"displayName": "Renamed Inc"}});
+    tenants
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready again", |t| {
+        is_ready(t) && t.status.as_ref().unwrap().observed_generation == t.metadata.generation
+    })
+    .await;
+    let inline = iam
+        .list_role_policies()
+        .role_name(&given.bucket)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        inline.policy_names(),
+        ["tenantry-access"],
+        "a policy someone else put on the tenant's role stayed"
+    );
 }
 
 /// Something of the tenant's role name that is not the tenant's: a role
