@@ -87,6 +87,9 @@ say "where each tenant lives (kubectl get tenant NAME -o jsonpath='{.status.plac
 for t in acme globex; do echo "$t: $(kubectl get tenant "$t" -o jsonpath='{.status.placement}')"; done
 say "what the operator made for tenant acme (kubectl get tenant acme -o jsonpath='{.status.resources}')"
 kubectl get tenant acme -o jsonpath='{.status.resources}' | python3 -m json.tool
+say "globex's own AWS identity (enterprise class: aws.identity), and its ServiceAccount"
+echo "role: $(kubectl get tenant globex -o jsonpath='{.status.resources.iamRoleArn}')"
+echo "serviceAccount: $(kubectl get tenant globex -o jsonpath='{.status.resources.serviceAccount}')"
 say "the credentials Secret apps mount (keys only)"
 kubectl get secret -n demo-apps acme-credentials -o jsonpath='{.data}' | python3 -c 'import json,sys; print(sorted(json.load(sys.stdin)))'
 
