@@ -827,6 +827,45 @@ mod tests {
         }
     }
 
+    /// The JSON block that follows `marker` in docs/install.md.
+    fn documented_block(marker: &str) -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/install.md");
+        let doc = std::fs::read_to_string(path).expect("read docs/install.md");
+        let (_, after) = doc
+            .split_once(marker)
+            .unwrap_or_else(|| panic!("docs/install.md lacks the marker {marker:?}"));
+        let (_, block) = after
+            .split_once("```json\n")
+            .expect("a ```json block after the marker");
+        let (block, _) = block.split_once("```").expect("the block ends");
+        block.to_string()
+    }
+
+    #[test]
+    fn the_documented_policy_is_the_generated_one() {
+        let generated = operator_policy(&PolicyScope::placeholders()).to_pretty();
+        let documented = documented_block("<!-- generated: tenantry iam-policy -->");
+        assert!(
+            documented.trim_end() == generated,
+            "docs/install.md shows another policy than `tenantry iam-policy` prints; \
+             paste its output there:\n{generated}"
+        );
+    }
+
+    #[test]
+    fn the_documented_anchor_statements_are_the_generated_ones() {
+        let scope = PolicyScope::placeholders().with_anchor_placeholder();
+        let generated = serde_json::to_string_pretty(&anchor_statements(&scope)).unwrap();
+        let documented = documented_block(
+            "<!-- generated: the anchor statements of tenantry iam-policy --audit-anchor-bucket ANCHOR_BUCKET -->",
+        );
+        assert!(
+            documented.trim_end() == generated,
+            "docs/install.md shows other anchor statements than `tenantry iam-policy \
+             --audit-anchor-bucket ANCHOR_BUCKET` ends with; paste them there:\n{generated}"
+        );
+    }
+
     #[test]
     fn the_policy_fits_a_roles_inline_policy() {
         // IAM counts characters without whitespace: 10,240 for all inline
