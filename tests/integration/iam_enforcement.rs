@@ -21,7 +21,7 @@ use serde_json::json;
 use crate::support::{env, unique_name};
 
 /// moto's default account, the only one moto-iam's administrator lives in.
-const ACCOUNT: &str = "123456789012";
+pub(crate) const ACCOUNT: &str = "123456789012";
 
 /// An SDK config for moto-iam that signs with exactly these credentials
 /// (set in code, they outrank the AWS_* of the permissive moto in the env).
@@ -40,7 +40,7 @@ async fn config_as(key_id: &str, secret: &str, session_token: Option<String>) ->
         .await
 }
 
-async fn admin() -> SdkConfig {
+pub(crate) async fn admin() -> SdkConfig {
     config_as(
         &env("TENANTRY_IAM_ADMIN_ACCESS_KEY_ID"),
         &env("TENANTRY_IAM_ADMIN_SECRET_ACCESS_KEY"),
@@ -49,7 +49,7 @@ async fn admin() -> SdkConfig {
     .await
 }
 
-fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
+pub(crate) fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(config)
             .force_path_style(true)
