@@ -68,10 +68,11 @@ struct IamPolicyArgs {
     /// AWS region of the tenants' resources.
     #[arg(long, requires = "account")]
     region: Option<String>,
-    /// The operator's --bucket-prefix [default: tenantry, or PREFIX in the
-    /// form without --account].
+    /// The operator's --bucket-prefix; repeat it for each TenantClass's
+    /// `aws.bucketPrefix` [default: tenantry, or PREFIX in the form without
+    /// --account].
     #[arg(long)]
-    bucket_prefix: Option<String>,
+    bucket_prefix: Vec<String>,
     /// ARN partition: aws, aws-cn or aws-us-gov [default: aws, or PARTITION
     /// in the form without --account].
     #[arg(long)]
@@ -92,7 +93,7 @@ impl IamPolicyArgs {
                 partition: "aws".into(),
                 account: account.clone(),
                 region: region.clone(),
-                bucket_prefix: "tenantry".into(),
+                bucket_prefixes: vec!["tenantry".into()],
                 anchor: None,
             },
             _ => PolicyScope::placeholders(),
@@ -100,8 +101,8 @@ impl IamPolicyArgs {
         if let Some(partition) = &self.partition {
             scope.partition.clone_from(partition);
         }
-        if let Some(prefix) = &self.bucket_prefix {
-            scope.bucket_prefix.clone_from(prefix);
+        if !self.bucket_prefix.is_empty() {
+            scope.bucket_prefixes.clone_from(&self.bucket_prefix);
         }
         if let Some(bucket) = &self.audit_anchor_bucket {
             scope.anchor = Some(AnchorScope {

@@ -38,8 +38,8 @@ pub struct PolicyScope {
     pub partition: String,
     pub account: String,
     pub region: String,
-    /// The operator's `--bucket-prefix`.
-    pub bucket_prefix: String,
+    /// The operator's `--bucket-prefix`, and those of its TenantClasses.
+    pub bucket_prefixes: Vec<String>,
     /// The audit anchor, when `--audit-anchor-bucket` is set.
     pub anchor: Option<AnchorScope>,
 }
@@ -65,7 +65,7 @@ impl PolicyScope {
             partition: "PARTITION".into(),
             account: "ACCOUNT".into(),
             region: "REGION".into(),
-            bucket_prefix: "PREFIX".into(),
+            bucket_prefixes: vec!["PREFIX".into()],
             anchor: None,
         }
     }
@@ -261,8 +261,12 @@ pub fn tenant_statements(scope: &PolicyScope) -> Vec<Statement> {
         string_equals(ops, symmetric.clone())
     };
     let (probe_key, probe_value) = crate::isolation::encryption::PROBE_CONTEXT;
-    let buckets = vec![format!("arn:{p}:s3:::{}-*", scope.bucket_prefix)];
-    let objects = vec![format!("arn:{p}:s3:::{}-*/*", scope.bucket_prefix)];
+    let buckets: Vec<String> = scope
+        .bucket_prefixes
+        .iter()
+        .map(|prefix| format!("arn:{p}:s3:::{prefix}-*"))
+        .collect();
+    let objects: Vec<String> = buckets.iter().map(|b| format!("{b}/*")).collect();
     let roles = vec![scope.arn("iam", "", &scope.account, &format!("role{ROLE_PATH}*"))];
 
     vec![
@@ -819,7 +823,7 @@ mod tests {
             partition: "aws".into(),
             account: "123456789012".into(),
             region: "us-east-1".into(),
-            bucket_prefix: "tenantry-local".into(),
+            bucket_prefixes: vec!["tenantry-local".into()],
             anchor: Some(AnchorScope {
                 bucket: "tenantry-local-audit-anchor".into(),
                 mac_key: DEFAULT_MAC_KEY.into(),
@@ -1051,6 +1055,25 @@ mod tests {
         assert!(text.contains("arn:PARTITION:iam::ACCOUNT:role/tenantry/*"));
         assert!(text.contains("arn:PARTITION:s3:::ANCHOR_BUCKET/checkpoints/*"));
         assert!(text.contains("secretsmanager.REGION.amazonaws.com"));
+    }
+
+    #[test]
+    fn every_bucket_prefix_gets_its_buckets_and_objects() {
+        let mut scope = local();
+        scope.bucket_prefixes.push("tenantry-ent".into());
+        let policy = operator_policy(&scope);
+        for sid in [
+            "TenantBuckets",
+            "TenantBucketObjects",
+            "StorageProbeInsecureWrite",
+        ] {
+            let s = policy.statements.iter().find(|s| s.sid == sid).unwrap();
+            assert_eq!(s.resources.len(), 2, "{sid}");
+            assert!(
+                s.resources[1].starts_with("arn:aws:s3:::tenantry-ent-*"),
+                "{sid}"
+            );
+        }
     }
 
     #[test]
