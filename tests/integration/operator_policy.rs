@@ -20,66 +20,13 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use tenantry::api::{IsolationState, Tenant, TenantPhase};
-use tenantry::permissions::{self, AnchorScope, Policy, PolicyScope};
+use tenantry::permissions::{self, Policy};
 
-use crate::iam_enforcement::{ACCOUNT, admin, s3_client};
 use crate::support::cluster::*;
+use crate::support::moto_iam::{admin, s3_client, suite_scope, user_holding};
 use crate::support::{bucket_prefix, env, readback, unique_name};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The scope of the local environment's operator: moto's account, the
-/// environment's region, bucket prefix and audit anchor.
-fn local_scope() -> PolicyScope {
-    PolicyScope {
-        partition: "aws".into(),
-        account: ACCOUNT.into(),
-        region: env("AWS_REGION"),
-        bucket_prefix: bucket_prefix(),
-        anchor: std::env::var("TENANTRY_AUDIT_ANCHOR_BUCKET")
-            .ok()
-            .map(|bucket| AnchorScope {
-                bucket,
-                mac_key: std::env::var("TENANTRY_AUDIT_MAC_KEY")
-                    .unwrap_or_else(|_| permissions::DEFAULT_MAC_KEY.into()),
-            }),
-    }
-}
-
-/// A moto-iam user holding `policy` (as moto evaluates it) and nothing
-/// else; its access key id and secret.
-async fn user_holding(policy: &Policy) -> (String, String) {
-    let iam = aws_sdk_iam::Client::new(&admin().await);
-    let name = unique_name("tenantry-operator");
-    iam.create_user()
-        .user_name(&name)
-        .send()
-        .await
-        .expect("create the operator's user");
-    iam.put_user_policy()
-        .user_name(&name)
-        .policy_name("tenantry-operator")
-        .policy_document(
-            permissions::as_moto_evaluates(policy)
-                .to_value()
-                .to_string(),
-        )
-        .send()
-        .await
-        .expect("moto-iam accepts the operator's policy");
-    let key = iam
-        .create_access_key()
-        .user_name(&name)
-        .send()
-        .await
-        .expect("create the operator's access key")
-        .access_key
-        .expect("an access key");
-    (
-        key.access_key_id().to_string(),
-        key.secret_access_key().to_string(),
-    )
-}
 
 /// The operator binary, signing every AWS call as a user that holds `policy`.
 async fn operator_under(policy: &Policy) -> Operator {
@@ -186,7 +133,7 @@ async fn the_operator_under_exactly_its_policy_runs_a_tenant_through_its_life() 
     let client = kube_client().await;
     install_crd(&client).await;
     let ns = create_namespace(&client, "iam-policy").await;
-    let op = operator_under(&permissions::operator_policy(&local_scope())).await;
+    let op = operator_under(&permissions::operator_policy(&suite_scope())).await;
     let admin = admin().await;
 
     let name = unique_name("iamp");
@@ -238,7 +185,7 @@ async fn the_operator_under_exactly_its_policy_runs_a_tenant_through_its_life() 
     );
     // With an anchor, the tenant's chain gets checkpointed under the policy
     // too (the first checkpoint may precede the tenant).
-    if local_scope().anchor.is_some() {
+    if suite_scope().anchor.is_some() {
         let before = op.log().matches("audit checkpoint written").count();
         wait_for_log(&op, "audit checkpoint written", before + 1, "checkpoint").await;
     }
@@ -313,7 +260,7 @@ async fn the_operator_under_exactly_its_policy_runs_a_tenant_through_its_life() 
 /// The policy without `action`: the tenant fails, naming the refused call,
 /// and what was made before it is rolled back under the same policy.
 async fn without_action_the_tenant_fails(action: &str, refused_call: &str) {
-    let full = permissions::operator_policy(&local_scope());
+    let full = permissions::operator_policy(&suite_scope());
     assert!(full.actions().contains(action), "{action} is in the policy");
     let client = kube_client().await;
     install_crd(&client).await;
