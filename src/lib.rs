@@ -11,6 +11,7 @@ pub mod isolation;
 pub mod leader;
 pub mod metrics;
 pub mod naming;
+pub mod permissions;
 pub mod policy_eval;
 pub mod provision;
 pub mod resources;

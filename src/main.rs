@@ -54,6 +54,64 @@ enum Command {
     /// The tamper-evident audit trail of tenantry's changes.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print the AWS IAM policy the operator needs, as JSON. Without
+    /// --account and --region: the form with PARTITION, ACCOUNT, REGION and
+    /// PREFIX (and ANCHOR_BUCKET) to replace, as docs/install.md shows it.
+    IamPolicy(IamPolicyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct IamPolicyArgs {
+    /// AWS account id of the tenants' resources.
+    #[arg(long, requires = "region")]
+    account: Option<String>,
+    /// AWS region of the tenants' resources.
+    #[arg(long, requires = "account")]
+    region: Option<String>,
+    /// The operator's --bucket-prefix; repeat it for each TenantClass's
+    /// `aws.bucketPrefix` [default: tenantry, or PREFIX in the form without
+    /// --account].
+    #[arg(long)]
+    bucket_prefix: Vec<String>,
+    /// ARN partition: aws, aws-cn or aws-us-gov [default: aws, or PARTITION
+    /// in the form without --account].
+    #[arg(long)]
+    partition: Option<String>,
+    /// The operator's --audit-anchor-bucket: adds the anchor's statements.
+    #[arg(long)]
+    audit_anchor_bucket: Option<String>,
+    /// The operator's --audit-mac-key.
+    #[arg(long, default_value = tenantry::permissions::DEFAULT_MAC_KEY)]
+    audit_mac_key: String,
+}
+
+impl IamPolicyArgs {
+    fn scope(&self) -> tenantry::permissions::PolicyScope {
+        use tenantry::permissions::{AnchorScope, PolicyScope};
+        let mut scope = match (&self.account, &self.region) {
+            (Some(account), Some(region)) => PolicyScope {
+                partition: "aws".into(),
+                account: account.clone(),
+                region: region.clone(),
+                bucket_prefixes: vec!["tenantry".into()],
+                anchor: None,
+            },
+            _ => PolicyScope::placeholders(),
+        };
+        if let Some(partition) = &self.partition {
+            scope.partition.clone_from(partition);
+        }
+        if !self.bucket_prefix.is_empty() {
+            scope.bucket_prefixes.clone_from(&self.bucket_prefix);
+        }
+        if let Some(bucket) = &self.audit_anchor_bucket {
+            scope.anchor = Some(AnchorScope {
+                bucket: bucket.clone(),
+                mac_key: self.audit_mac_key.clone(),
+            });
+        }
+        scope
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +201,11 @@ async fn main() -> ExitCode {
         Command::Run(args) => run(*args).await,
         Command::Verify(args) => verify(args).await,
         Command::Audit(command) => audit(command).await,
+        Command::IamPolicy(args) => {
+            let policy = tenantry::permissions::operator_policy(&args.scope());
+            println!("{}", policy.to_pretty());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

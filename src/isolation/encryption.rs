@@ -29,7 +29,7 @@ pub mod check {
 /// leaves the operator.
 const PROBE_PLAINTEXT: &[u8] = b"tenantry isolation probe";
 /// Marks the probe's ciphertexts in CloudTrail, and binds them to the probe.
-const PROBE_CONTEXT: (&str, &str) = ("tenantry.dev/probe", "key.roundTrip");
+pub(crate) const PROBE_CONTEXT: (&str, &str) = ("tenantry.dev/probe", "key.roundTrip");
 
 pub struct EncryptionProbe {
     kms: aws_sdk_kms::Client,

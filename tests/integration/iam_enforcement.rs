@@ -11,55 +11,14 @@
 //! bootstraps (`TENANTRY_IAM_ADMIN_*`); names are unique per test run, since
 //! moto-iam keeps its state until it restarts.
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_sts::config::Credentials;
+use aws_config::SdkConfig;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use serde_json::json;
 
-use crate::support::{env, unique_name};
-
-/// moto's default account, the only one moto-iam's administrator lives in.
-pub(crate) const ACCOUNT: &str = "123456789012";
-
-/// An SDK config for moto-iam that signs with exactly these credentials
-/// (set in code, they outrank the AWS_* of the permissive moto in the env).
-pub(crate) async fn config_as(
-    key_id: &str,
-    secret: &str,
-    session_token: Option<String>,
-) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(env("TENANTRY_IAM_AWS_ENDPOINT"))
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            key_id,
-            secret,
-            session_token,
-            None,
-            "moto-iam",
-        ))
-        .load()
-        .await
-}
-
-pub(crate) async fn admin() -> SdkConfig {
-    config_as(
-        &env("TENANTRY_IAM_ADMIN_ACCESS_KEY_ID"),
-        &env("TENANTRY_IAM_ADMIN_SECRET_ACCESS_KEY"),
-        None,
-    )
-    .await
-}
-
-pub(crate) fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(config)
-            .force_path_style(true)
-            .build(),
-    )
-}
+use crate::support::moto_iam::{ACCOUNT, admin, config_as, s3_client};
+use crate::support::unique_name;
 
 pub(crate) fn policy(statements: serde_json::Value) -> String {
     json!({"Version": "2012-10-17", "Statement": statements}).to_string()

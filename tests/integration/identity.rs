@@ -22,20 +22,19 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tenantry::api::{Tenant, TenantClass, TenantPhase};
 
-use crate::iam_enforcement::{
-    ACCOUNT, admin, assert_access_denied, config_as, policy, s3_client, user_with_policy,
-};
+use crate::iam_enforcement::{assert_access_denied, policy, user_with_policy};
 use crate::support::cluster::*;
+use crate::support::moto_iam::{ACCOUNT, admin, config_as, s3_client, suite_scope, user_holding};
 use crate::support::readback;
 use crate::support::{env, unique_name};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The operator, on moto-iam with the administrator's credentials.
+/// The operator, on moto-iam as a user holding exactly its documented
+/// policy (`tenantry iam-policy`): the role statements are exercised too.
 async fn operator_on_moto_iam() -> Operator {
     let endpoint = env("TENANTRY_IAM_AWS_ENDPOINT");
-    let key = env("TENANTRY_IAM_ADMIN_ACCESS_KEY_ID");
-    let secret = env("TENANTRY_IAM_ADMIN_SECRET_ACCESS_KEY");
+    let (key, secret) = user_holding(&tenantry::permissions::operator_policy(&suite_scope())).await;
     Operator::start(&[
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
         ("AWS_ACCESS_KEY_ID", key.as_str()),

@@ -22,6 +22,7 @@ mod isolation;
 mod isolation_aws;
 mod isolation_db;
 mod lifecycle;
+mod operator_policy;
 mod postgres;
 mod red_team;
 mod runtime;

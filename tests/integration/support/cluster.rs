@@ -121,6 +121,9 @@ pub struct Operator {
     pub run_id: String,
     pub log_path: PathBuf,
     extra_env: Vec<(String, String)>,
+    /// The key of the user holding the operator's IAM policy, when the
+    /// suite runs against moto-iam (`support::moto_iam`).
+    aws_key: Option<(String, String)>,
 }
 
 impl Operator {
@@ -144,6 +147,7 @@ impl Operator {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            aws_key: super::moto_iam::suite_operator_key().await,
         };
         super::rbac::ensure_operator_identity().await;
         refuse_a_foreign_default_class().await;
@@ -174,6 +178,9 @@ impl Operator {
             // Failed tenants stay failed for the length of a test.
             .env("TENANTRY_FAILURE_BACKOFF", "1h")
             .env_remove("FAILPOINTS")
+            .envs(self.aws_key.iter().flat_map(|(id, secret)| {
+                [("AWS_ACCESS_KEY_ID", id), ("AWS_SECRET_ACCESS_KEY", secret)]
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

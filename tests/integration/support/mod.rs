@@ -63,6 +63,7 @@ pub mod census;
 pub mod cluster;
 pub mod faults;
 pub mod helm;
+pub mod moto_iam;
 pub mod rbac;
 pub mod readback;
 pub mod relay;
