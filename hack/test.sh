@@ -7,10 +7,11 @@
 #
 # Environment: TENANTRY_KEEP_ENV=1 leaves the local environment running when
 # this script started it (by default it stops what it started).
-# TENANTRY_TEST_AWS=moto-iam runs the suite against the moto that enforces
-# IAM: the tests' own AWS calls as its administrator, and every operator a
-# test starts as a user holding exactly the operator's IAM policy
-# (tests/integration/support/moto_iam.rs).
+# The suite runs against the moto that enforces IAM (TENANTRY_TEST_AWS,
+# default moto-iam): the tests' own AWS calls as its administrator, and every
+# operator a test starts as a user holding exactly the operator's IAM policy
+# (tests/integration/support/moto_iam.rs), so a missing action fails a test.
+# TENANTRY_TEST_AWS=moto runs it against the moto that lets everything in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -33,7 +34,7 @@ trap cleanup EXIT
 hack/localenv.sh up
 # shellcheck disable=SC1091
 source "${TENANTRY_RUN_DIR:-$repo/.localenv}/env"
-if [[ ${TENANTRY_TEST_AWS:-moto} == moto-iam ]]; then
+if [[ ${TENANTRY_TEST_AWS:-moto-iam} == moto-iam ]]; then
   export AWS_ENDPOINT_URL=$TENANTRY_IAM_AWS_ENDPOINT
   export AWS_ACCESS_KEY_ID=$TENANTRY_IAM_ADMIN_ACCESS_KEY_ID
   export AWS_SECRET_ACCESS_KEY=$TENANTRY_IAM_ADMIN_SECRET_ACCESS_KEY

@@ -2,8 +2,8 @@
 //! authorizes every request (docs/security.md, "What moto enforces"): its
 //! administrator, and users that hold exactly the operator's IAM policy.
 //!
-//! When the suite's own AWS endpoint is moto-iam (`hack/test.sh` with
-//! `TENANTRY_TEST_AWS=moto-iam`), every operator a test starts signs as a
+//! When the suite's own AWS endpoint is moto-iam (`hack/test.sh`'s default;
+//! `TENANTRY_TEST_AWS=moto` is the permissive one), every operator a test starts signs as a
 //! user holding the operator's policy for this environment
 //! ([`suite_scope`]), so a call the policy does not allow fails the test
 //! that makes it.
