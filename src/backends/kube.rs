@@ -147,49 +147,18 @@ impl CredentialSecrets for KubeSecrets {
         namespace: &str,
         name: &str,
     ) -> Result<(), BackendError> {
-        let tenant = &op.tenant;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name}");
-        let existing = match observe(
-            "kubernetes",
-            "GetSecret",
-            CallKind::Read,
-            secrets.get_metadata_opt(name),
+        let calls = ["GetSecret", "DeleteSecret"];
+        delete_owned(
+            &secrets,
+            op,
+            name,
+            &what,
+            calls,
+            Action::KubernetesSecretDelete,
         )
         .await
-        {
-            Ok(Some(existing)) => existing,
-            Ok(None) => return Ok(()),
-            Err(e) if is_not_found(&e) => return Ok(()),
-            Err(e) => return Err(classify(e, &format!("reading {what}"))),
-        };
-        if existing.annotations().get(tags::TENANT_UID) != Some(&tenant.uid) {
-            // Not ours (or a later Tenant's): leave it.
-            tracing::warn!(secret = %what, "not deleting a Secret this tenant does not own");
-            return Ok(());
-        }
-        let params = DeleteParams {
-            preconditions: existing.uid().map(|uid| kube::api::Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match observe(
-            "kubernetes",
-            "DeleteSecret",
-            CallKind::Write,
-            secrets.delete(name, &params),
-        )
-        .await
-        {
-            Ok(_) => {
-                op.note(Action::KubernetesSecretDelete, &what, serde_json::json!({}))
-                    .await
-            }
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(classify(e, &format!("deleting {what}"))),
-        }
     }
 
     async fn release_secret(
@@ -237,6 +206,59 @@ impl CredentialSecrets for KubeSecrets {
             serde_json::json!({}),
         )
         .await
+    }
+}
+
+/// Deletes an object (a Secret, a ServiceAccount) if the tenant's uid
+/// annotation is on it, and only that object (a uid precondition): one of
+/// someone else, or of a later Tenant of the same name, is left.
+pub(super) async fn delete_owned<K>(
+    api: &Api<K>,
+    op: &Operation,
+    name: &str,
+    what: &str,
+    // The metric names of the read and the delete.
+    [get_call, delete_call]: [&'static str; 2],
+    action: Action,
+) -> Result<(), BackendError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let existing = match observe(
+        "kubernetes",
+        get_call,
+        CallKind::Read,
+        api.get_metadata_opt(name),
+    )
+    .await
+    {
+        Ok(Some(existing)) => existing,
+        Ok(None) => return Ok(()),
+        Err(e) if is_not_found(&e) => return Ok(()),
+        Err(e) => return Err(classify(e, &format!("reading {what}"))),
+    };
+    if existing.annotations().get(tags::TENANT_UID) != Some(&op.tenant.uid) {
+        tracing::warn!(object = %what, "not deleting what this tenant does not own");
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: existing.uid().map(|uid| kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match observe(
+        "kubernetes",
+        delete_call,
+        CallKind::Write,
+        api.delete(name, &params),
+    )
+    .await
+    {
+        Ok(_) => op.note(action, what, serde_json::json!({})).await,
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(classify(e, &format!("deleting {what}"))),
     }
 }
 

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 
-use super::kube::{FIELD_MANAGER, KubeSecrets, claim, classify, is_not_found, secret_labels};
+use super::kube::{
+    FIELD_MANAGER, KubeSecrets, claim, classify, delete_owned, is_not_found, secret_labels,
+};
 use super::{Action, Backend, BackendError, Operation, ServiceAccounts, tags};
 use crate::metrics::{CallKind, observe};
 
@@ -103,48 +105,14 @@ impl ServiceAccounts for KubeSecrets {
     ) -> Result<(), BackendError> {
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("ServiceAccount {namespace}/{name}");
-        let existing = match observe(
-            "kubernetes",
-            "GetServiceAccount",
-            CallKind::Read,
-            api.get_metadata_opt(name),
+        delete_owned(
+            &api,
+            op,
+            name,
+            &what,
+            ["GetServiceAccount", "DeleteServiceAccount"],
+            Action::KubernetesServiceAccountDelete,
         )
         .await
-        {
-            Ok(Some(existing)) => existing,
-            Ok(None) => return Ok(()),
-            Err(e) if is_not_found(&e) => return Ok(()),
-            Err(e) => return Err(classify(e, &format!("reading {what}"))),
-        };
-        if existing.annotations().get(tags::TENANT_UID) != Some(&op.tenant.uid) {
-            tracing::warn!(service_account = %what, "not deleting a ServiceAccount this tenant does not own");
-            return Ok(());
-        }
-        let params = DeleteParams {
-            preconditions: existing.uid().map(|uid| kube::api::Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match observe(
-            "kubernetes",
-            "DeleteServiceAccount",
-            CallKind::Write,
-            api.delete(name, &params),
-        )
-        .await
-        {
-            Ok(_) => {
-                op.note(
-                    Action::KubernetesServiceAccountDelete,
-                    &what,
-                    serde_json::json!({}),
-                )
-                .await
-            }
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(classify(e, &format!("deleting {what}"))),
-        }
     }
 }

@@ -55,7 +55,11 @@ async fn second_server_secret(client: &Client, namespace: &str) -> String {
     name
 }
 
-async fn create_class(client: &Client, name: &str, spec: serde_json::Value) -> TenantClass {
+pub(crate) async fn create_class(
+    client: &Client,
+    name: &str,
+    spec: serde_json::Value,
+) -> TenantClass {
     let classes: Api<TenantClass> = Api::all(client.clone());
     let class: TenantClass = serde_json::from_value(json!({
         "apiVersion": "tenantry.dev/v1alpha1",

@@ -20,8 +20,9 @@ use aws_sdk_iam::error::ProvideErrorMetadata;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use tenantry::api::{Tenant, TenantClass, TenantPhase};
+use tenantry::api::{Tenant, TenantPhase};
 
+use crate::classes::create_class;
 use crate::iam_enforcement::{assert_access_denied, policy, user_with_policy};
 use crate::support::cluster::*;
 use crate::support::moto_iam::{ACCOUNT, admin, config_as, s3_client, suite_scope, user_holding};
@@ -42,21 +43,6 @@ async fn operator_on_moto_iam() -> Operator {
         ("AWS_REGION", "us-east-1"),
     ])
     .await
-}
-
-async fn create_class(client: &Client, name: &str, spec: serde_json::Value) {
-    let classes: Api<TenantClass> = Api::all(client.clone());
-    let class: TenantClass = serde_json::from_value(json!({
-        "apiVersion": "tenantry.dev/v1alpha1",
-        "kind": "TenantClass",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("valid TenantClass");
-    classes
-        .create(&Default::default(), &class)
-        .await
-        .expect("create TenantClass");
 }
 
 /// An application's IAM user: allowed to assume tenantry's roles and
@@ -293,6 +279,34 @@ async fn irsa_class(client: &Client) -> String {
 const OIDC_PROVIDER: &str =
     "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/TENANTRY";
 
+/// The API server, a namespace for the credentials, an IRSA class and an
+/// operator (stopping at `failpoint`, when given).
+async fn irsa_setup(failpoint: Option<&str>) -> (Client, String, String, Operator) {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "apps").await;
+    let class = irsa_class(&client).await;
+    let env = failpoint.map(|f| format!("{f}=return"));
+    let env: Vec<(&str, &str)> = env.iter().map(|f| ("FAILPOINTS", f.as_str())).collect();
+    let op = Operator::start(&env).await;
+    (client, ns, class, op)
+}
+
+/// Someone else's Secret where the tenant's credentials go: the last step
+/// fails, and everything before it rolls back.
+async fn squat_credentials(client: &Client, ns: &str, name: &str) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let squatter: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-credentials")},
+        "stringData": {"owner": "someone else"}
+    }))
+    .unwrap();
+    secrets
+        .create(&Default::default(), &squatter)
+        .await
+        .unwrap();
+}
+
 fn spec_in(class: &str, ns: &str) -> serde_json::Value {
     json!({"class": class, "credentials": {"namespace": ns}})
 }
@@ -326,11 +340,7 @@ fn one_of_each_with_a_role() -> readback::Footprint {
 
 #[tokio::test]
 async fn an_irsa_class_gives_each_tenant_a_role_and_an_annotated_service_account() {
-    let client = kube_client().await;
-    install_crd(&client).await;
-    let ns = create_namespace(&client, "apps").await;
-    let class = irsa_class(&client).await;
-    let op = Operator::start(&[]).await;
+    let (client, ns, class, op) = irsa_setup(None).await;
     let name = unique_name("irsa");
     let created = create_tenant(&client, &tenant_manifest(&op, &name, spec_in(&class, &ns))).await;
     let t = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
@@ -435,11 +445,7 @@ async fn an_irsa_class_gives_each_tenant_a_role_and_an_annotated_service_account
 /// is left as it was.
 #[tokio::test]
 async fn a_role_of_someone_else_rolls_everything_back_and_is_left_alone() {
-    let client = kube_client().await;
-    install_crd(&client).await;
-    let ns = create_namespace(&client, "apps").await;
-    let class = irsa_class(&client).await;
-    let op = Operator::start(&[]).await;
+    let (client, ns, class, op) = irsa_setup(None).await;
     let name = unique_name("cfl");
     let iam = readback::aws().await.iam;
     let role_name = format!("{}-{name}", env("TENANTRY_BUCKET_PREFIX"));
@@ -498,22 +504,9 @@ async fn a_role_of_someone_else_rolls_everything_back_and_is_left_alone() {
 /// the role and its ServiceAccount back with the rest.
 #[tokio::test]
 async fn a_failure_after_the_role_rolls_the_role_and_service_account_back() {
-    let client = kube_client().await;
-    install_crd(&client).await;
-    let ns = create_namespace(&client, "apps").await;
-    let class = irsa_class(&client).await;
-    let op = Operator::start(&[]).await;
+    let (client, ns, class, op) = irsa_setup(None).await;
     let name = unique_name("rbk");
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-    let squatter: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": format!("{name}-credentials")},
-        "stringData": {"owner": "someone else"}
-    }))
-    .unwrap();
-    secrets
-        .create(&Default::default(), &squatter)
-        .await
-        .unwrap();
+    squat_credentials(&client, &ns, &name).await;
 
     let created = create_tenant(&client, &tenant_manifest(&op, &name, spec_in(&class, &ns))).await;
     wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Failed", |t| {
@@ -533,11 +526,7 @@ async fn a_failure_after_the_role_rolls_the_role_and_service_account_back() {
 /// The operator killed just before and just after the role step: the
 /// restarted one converges with one role and one ServiceAccount.
 async fn crash_at(failpoint: &str) {
-    let client = kube_client().await;
-    install_crd(&client).await;
-    let ns = create_namespace(&client, "apps").await;
-    let class = irsa_class(&client).await;
-    let mut op = Operator::start(&[("FAILPOINTS", &format!("{failpoint}=return"))]).await;
+    let (client, ns, class, mut op) = irsa_setup(Some(failpoint)).await;
     let name = unique_name("crash");
     let created = create_tenant(&client, &tenant_manifest(&op, &name, spec_in(&class, &ns))).await;
     assert_eq!(
@@ -574,22 +563,9 @@ async fn a_crash_after_the_role_converges() {
 
 #[tokio::test]
 async fn a_crash_before_removing_the_role_during_rollback_still_leaves_nothing() {
-    let client = kube_client().await;
-    install_crd(&client).await;
-    let ns = create_namespace(&client, "apps").await;
-    let class = irsa_class(&client).await;
-    let mut op = Operator::start(&[("FAILPOINTS", "remove-before-iam-role=return")]).await;
+    let (client, ns, class, mut op) = irsa_setup(Some("remove-before-iam-role")).await;
     let name = unique_name("rbk");
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-    let squatter: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": format!("{name}-credentials")},
-        "stringData": {"owner": "someone else"}
-    }))
-    .unwrap();
-    secrets
-        .create(&Default::default(), &squatter)
-        .await
-        .unwrap();
+    squat_credentials(&client, &ns, &name).await;
     let created = create_tenant(&client, &tenant_manifest(&op, &name, spec_in(&class, &ns))).await;
     assert_eq!(op.wait_exit(READY_TIMEOUT).await, Some(86));
     op.restart_with(&[]).await;
