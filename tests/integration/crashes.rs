@@ -1,7 +1,8 @@
 //! The crash campaign: the operator SIGKILLed at random moments while it
 //! provisions and deletes tenants, restarted each time, round after round.
 //! Every tenant converges (Ready, or gone when deleted), with exactly one of
-//! each resource or none, and every audit chain verifies.
+//! each resource or none (an IAM role and a ServiceAccount too for the half
+//! whose class gives them one), and every audit chain verifies.
 //!
 //! atomicity.rs stops the operator at each step boundary (failpoints); this
 //! kills it anywhere, including inside steps and during deletions.
@@ -22,13 +23,14 @@ async fn tenants_converge_after_the_operator_is_killed_at_random_moments_while_p
     let client = kube_client().await;
     install_crd(&client).await;
     let ns = create_namespace(&client, "crash").await;
+    let identity = campaign::create_identity_class(&client, "crs").await;
     let env = [
         ("TENANTRY_FAILURE_BACKOFF", "2s"),
         ("TENANTRY_FAILURE_BACKOFF_MAX", "10s"),
     ];
     let mut op = Operator::start(&env).await;
     let prefix = campaign::prefix("crs");
-    let plan: Plan = campaign::plan(&prefix, n, &ns);
+    let plan: Plan = campaign::plan_with_identity(&prefix, n, &ns, &identity);
     // Half of them (both modes) are deleted halfway through the rounds.
     let doomed: Plan = plan
         .iter()
@@ -36,6 +38,13 @@ async fn tenants_converge_after_the_operator_is_killed_at_random_moments_while_p
         .filter(|(i, _)| i % 4 < 2)
         .map(|(_, (k, v))| (k.clone(), v.clone()))
         .collect();
+    // Some roles must go during the rounds and some live through them, or
+    // the kills never land in a role's deletion, or never in a later step.
+    let with_identity = campaign::with_identity(&doomed);
+    assert!(
+        with_identity > 0 && with_identity < campaign::with_identity(&plan),
+        "{plan:?}"
+    );
     campaign::create_all(&client, &op, &plan).await;
 
     let mut rng = rand::rng();
@@ -85,7 +94,7 @@ async fn tenants_converge_after_the_operator_is_killed_at_random_moments_while_p
             if doomed.contains_key(name) {
                 Count::default()
             } else {
-                Count::one(plan[name].1)
+                campaign::expected(&plan, name)
             }
         },
         &format!("after {kills} kills"),
@@ -97,8 +106,10 @@ async fn tenants_converge_after_the_operator_is_killed_at_random_moments_while_p
     let (_, mut leaks) = campaign::log_leaks(&op.log_path, &passwords);
     leaks.extend(campaign::leaks(&passwords, &[("audit trail", &trails)]));
     println!(
-        "CRASH CAMPAIGN: {n} tenants, {rounds} rounds, {kills} SIGKILLs ({} deleted during the rounds), \
+        "CRASH CAMPAIGN: {n} tenants ({} with an IAM role), {rounds} rounds, {kills} SIGKILLs \
+         ({} deleted during the rounds, {with_identity} of them with an IAM role), \
          duplicates 0, orphans 0, broken chains 0, secret leaks {}",
+        campaign::with_identity(&plan),
         doomed.len(),
         leaks.len()
     );
