@@ -7,13 +7,15 @@
 //! atomicity.rs stops the operator at each step boundary (failpoints); this
 //! kills it anywhere, including inside steps and during deletions.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use aws_sdk_iam::error::ProvideErrorMetadata;
 use rand::Rng;
 
 use crate::support::campaign::{self, Plan};
 use crate::support::census::Count;
 use crate::support::cluster::*;
+use crate::support::{bucket_prefix, readback};
 
 #[tokio::test]
 async fn tenants_converge_after_the_operator_is_killed_at_random_moments_while_provisioning_and_deleting()
@@ -49,9 +51,18 @@ async fn tenants_converge_after_the_operator_is_killed_at_random_moments_while_p
 
     let mut rng = rand::rng();
     let mut kills = 0;
+    let mut roles_then = 0;
     for round in 0..rounds {
         if round == rounds / 2 {
+            // Not before one of them has its role, and the rounds left not
+            // before the deletion of one reached IAM: the first rounds land
+            // before any role step (the operator spends them restarting),
+            // and a deletion waits for the others' work, so without these
+            // waits no kill would land in a role's removal.
+            let (made, theirs) = wait_for_a_role(&op, &plan, &doomed).await;
+            roles_then = made;
             campaign::delete_all(&client, &doomed).await;
+            wait_for_a_revocation(&op, &theirs).await;
         }
         // A random moment: the operator may be starting, provisioning,
         // rolling back, deleting, or idle.
@@ -107,11 +118,77 @@ async fn tenants_converge_after_the_operator_is_killed_at_random_moments_while_p
     leaks.extend(campaign::leaks(&passwords, &[("audit trail", &trails)]));
     println!(
         "CRASH CAMPAIGN: {n} tenants ({} with an IAM role), {rounds} rounds, {kills} SIGKILLs \
-         ({} deleted during the rounds, {with_identity} of them with an IAM role), \
+         ({} deleted during the rounds, {with_identity} of them with an IAM role, \
+         {roles_then} roles made by then), \
          duplicates 0, orphans 0, broken chains 0, secret leaks {}",
         campaign::with_identity(&plan),
         doomed.len(),
         leaks.len()
     );
     assert!(leaks.is_empty(), "secrets leaked: {leaks:?}");
+}
+
+/// Waits (the operator running) until the IAM role of a tenant of `doomed`
+/// exists: how many tenants of `plan` have theirs by then, and the roles of
+/// `doomed`'s.
+async fn wait_for_a_role(op: &Operator, plan: &Plan, doomed: &Plan) -> (usize, Vec<String>) {
+    let iam = readback::aws().await.iam;
+    let role_prefix = format!("{}-", bucket_prefix());
+    let deadline = Instant::now() + Duration::from_secs(120 + 4 * plan.len() as u64);
+    loop {
+        let roles = iam
+            .list_roles()
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .expect("list IAM roles");
+        let made: Vec<&str> = roles
+            .iter()
+            .map(|r| r.role_name())
+            .filter(|role| {
+                role.strip_prefix(&role_prefix)
+                    .is_some_and(|tenant| plan.contains_key(tenant))
+            })
+            .collect();
+        let theirs: Vec<String> = made
+            .iter()
+            .filter(|role| doomed.contains_key(&role[role_prefix.len()..]))
+            .map(|role| role.to_string())
+            .collect();
+        if !theirs.is_empty() {
+            return (made.len(), theirs);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no role of a tenant to be deleted was made in time ({} of others): {}",
+            made.len(),
+            tail(&op.log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits (the operator running) until one of `roles` is revoked (what a
+/// deletion does first in IAM, before the grace period) or gone.
+async fn wait_for_a_revocation(op: &Operator, roles: &[String]) {
+    let iam = readback::aws().await.iam;
+    let deadline = Instant::now() + Duration::from_secs(120 + 4 * roles.len() as u64);
+    loop {
+        for role in roles {
+            match iam.list_role_policies().role_name(role).send().await {
+                Ok(out) if out.policy_names().iter().any(|p| p == "tenantry-revoked") => return,
+                Ok(_) => {}
+                Err(e) if e.code() == Some("NoSuchEntity") => return,
+                Err(e) => panic!("ListRolePolicies {role}: {e:?}"),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deletion of none of {roles:?} reached IAM in time: {}",
+            tail(&op.log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
