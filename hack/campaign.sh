@@ -51,6 +51,6 @@ for filter in "${filters[@]}"; do
   echo "campaign: $filter took $(( $(date +%s) - start )) s" >&2
 done
 echo "campaign: figures" >&2
-grep -E '^[A-Z ]+(CAMPAIGN|MATRIX|INPUTS):' "$out" || true
+grep -oE '[A-Z][A-Z ]*(CAMPAIGN|MATRIX|INPUTS): .*' "$out" || true
 rm -f "$out"
 exit "$status"

@@ -1,8 +1,9 @@
 //! Tenants provisioned and deleted through a proxy that injects faults into
 //! the operator's real traffic to moto and PostgreSQL (support/faults.rs):
 //! every tenant ends Ready, then gone, with exactly one of each resource in
-//! between and nothing left after, audit chains intact, and no password in
-//! any log line (debug), Event, status or audit row.
+//! between (an IAM role and a ServiceAccount for half of them, whose class
+//! gives them one) and nothing left after, audit chains intact, and no
+//! password in any log line (debug), Event, status or audit row.
 //!
 //! The suite runs a few tenants; `hack/campaign.sh` runs 200 with the same
 //! code and prints the figures recorded in docs/reliability.md.
@@ -10,7 +11,6 @@
 use std::time::{Duration, Instant};
 
 use crate::support::campaign::{self, Plan};
-use crate::support::census::Count;
 use crate::support::cluster::*;
 use crate::support::env;
 use crate::support::faults::{FaultProxy, socket_of, with_port};
@@ -37,6 +37,7 @@ async fn tenants_converge_through_injected_faults_leaving_no_duplicate_orphan_or
     let client = kube_client().await;
     install_crd(&client).await;
     let ns = create_namespace(&client, "flt").await;
+    let identity = campaign::create_identity_class(&client, "flt").await;
     let account_keys = campaign::crowd_kms_account(5000).await;
 
     let aws = FaultProxy::http(socket_of(&env("AWS_ENDPOINT_URL")), rate, seed).await;
@@ -64,7 +65,7 @@ async fn tenants_converge_through_injected_faults_leaving_no_duplicate_orphan_or
 
     let started = Instant::now();
     let prefix = campaign::prefix("flt");
-    let plan: Plan = campaign::plan(&prefix, n, &ns);
+    let plan: Plan = campaign::plan_with_identity(&prefix, n, &ns, &identity);
     campaign::create_all(&client, &op, &plan).await;
     // Generous: a loaded CI machine with 20% of calls failing is slow, and a
     // longer wait costs nothing when the tenants converge.
@@ -84,7 +85,7 @@ async fn tenants_converge_through_injected_faults_leaving_no_duplicate_orphan_or
         &client,
         &prefix,
         &plan,
-        |name| Count::one(plan[name].1),
+        |name| campaign::expected(&plan, name),
         "after provisioning",
     )
     .await;
@@ -108,12 +109,13 @@ async fn tenants_converge_through_injected_faults_leaving_no_duplicate_orphan_or
     let rollbacks = trails.matches("rollback.start").count();
     let pending: usize = made.tenants.values().map(|c| c.pending_keys).sum();
     println!(
-        "FAULT CAMPAIGN: seed {seed}, rate {rate}, {n} tenants (Schema and Database), \
+        "FAULT CAMPAIGN: seed {seed}, rate {rate}, {n} tenants (Schema and Database, {} with an IAM role), \
          {account_keys} KMS keys in the account before, provisioned in {provisioned_in:.0?}, deleted in {deleted_in:.0?}\n\
          FAULT CAMPAIGN: moto requests {} with {} faults {:?}\n\
          FAULT CAMPAIGN: PostgreSQL connections {} with {} faults {:?}\n\
          FAULT CAMPAIGN: rollbacks {rollbacks}, extra keys scheduled for deletion {pending}, \
          duplicates 0, orphans 0, broken chains 0, debug log lines {log_lines}, secret leaks {}",
+        campaign::with_identity(&plan),
         aws.seen(),
         aws.injected(),
         aws.counts(),
@@ -134,6 +136,7 @@ async fn tenants_converge_after_every_connection_to_the_api_server_is_cut() {
     let client = kube_client().await;
     install_crd(&client).await;
     let ns = create_namespace(&client, "cut").await;
+    let identity = campaign::create_identity_class(&client, "cut").await;
     crate::support::rbac::ensure_operator_identity().await;
     let server = crate::support::rbac::api_server_url();
     let proxy = FaultProxy::tcp(socket_of(&server), 0.0, 0).await;
@@ -146,7 +149,7 @@ async fn tenants_converge_after_every_connection_to_the_api_server_is_cut() {
     let prefix = campaign::prefix("cut");
     let timeout = Duration::from_secs(240);
 
-    let before: Plan = campaign::plan(&format!("{prefix}b"), 2, &ns);
+    let before: Plan = campaign::plan_with_identity(&format!("{prefix}b"), 2, &ns, &identity);
     campaign::create_all(&client, &op, &before).await;
     campaign::wait_all(
         &client,
@@ -162,7 +165,7 @@ async fn tenants_converge_after_every_connection_to_the_api_server_is_cut() {
     // the API server or the operator to start them again.
     let severed = proxy.sever_all().await;
     assert!(severed > 0, "no connection of the operator was open");
-    let after: Plan = campaign::plan(&format!("{prefix}a"), 2, &ns);
+    let after: Plan = campaign::plan_with_identity(&format!("{prefix}a"), 2, &ns, &identity);
     campaign::create_all(&client, &op, &after).await;
     let mut all = before.clone();
     all.extend(after);

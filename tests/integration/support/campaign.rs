@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tenantry::api::Tenant;
+use tenantry::api::{Tenant, TenantClass};
 
 use super::cluster::{Operator, TEST_LABEL, create_tenant, tail, tenant_manifest};
 use super::{env, readback};
@@ -90,29 +90,90 @@ pub fn prefix(tag: &str) -> String {
     format!("{tag}-{:08x}-", rand::random::<u32>())
 }
 
-/// The tenants of a run: name → (credentials namespace, Database mode).
-pub type Plan = BTreeMap<String, (String, bool)>;
+/// The tenants of a run: name → (credentials namespace, Database mode,
+/// the TenantClass that gives it an IAM role and a ServiceAccount).
+pub type Plan = BTreeMap<String, (String, bool, Option<String>)>;
 
+/// `n` tenants, Schema and Database mode in turn, none with an IAM role.
 pub fn plan(prefix: &str, n: usize, namespace: &str) -> Plan {
     (0..n)
-        .map(|i| (format!("{prefix}{i}"), (namespace.to_string(), i % 2 == 1)))
+        .map(|i| {
+            (
+                format!("{prefix}{i}"),
+                (namespace.to_string(), i % 2 == 1, None),
+            )
+        })
         .collect()
+}
+
+/// As [`plan`], and half the tenants (`<prefix><i>` with `i % 4` 1 or 2)
+/// are of `identity_class`: not every other one, which would be one
+/// isolation mode only, and not a half that a test would select the same
+/// way as one of its own halves (the crash campaign's, `i % 4 < 2`).
+pub fn plan_with_identity(prefix: &str, n: usize, namespace: &str, identity_class: &str) -> Plan {
+    (0..n)
+        .map(|i| {
+            let class = matches!(i % 4, 1 | 2).then(|| identity_class.to_string());
+            (
+                format!("{prefix}{i}"),
+                (namespace.to_string(), i % 2 == 1, class),
+            )
+        })
+        .collect()
+}
+
+/// What one tenant of the plan must have while it exists.
+pub fn expected(plan: &Plan, name: &str) -> super::census::Count {
+    let (_, database, class) = &plan[name];
+    super::census::Count::one(*database).with_identity(class.is_some())
+}
+
+/// How many tenants of the plan have an IAM role.
+pub fn with_identity(plan: &Plan) -> usize {
+    plan.values()
+        .filter(|(_, _, class)| class.is_some())
+        .count()
+}
+
+/// An OIDC provider no cluster has: moto does not check that it exists.
+const OIDC_PROVIDER: &str =
+    "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/TENANTRY";
+
+/// Creates a TenantClass of the run (cluster-scoped, so named uniquely)
+/// whose tenants get an IAM role trusted through IRSA, and returns its name.
+pub async fn create_identity_class(client: &Client, tag: &str) -> String {
+    let name = super::unique_name(&format!("{tag}-irsa"));
+    let class: TenantClass = serde_json::from_value(json!({
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "TenantClass",
+        "metadata": {"name": name},
+        "spec": {"aws": {"identity": {"trust": {"irsa": {"oidcProviderArn": OIDC_PROVIDER}}}}},
+    }))
+    .expect("valid TenantClass");
+    Api::<TenantClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .expect("create the identity TenantClass");
+    name
 }
 
 pub fn namespaces(plan: &Plan) -> BTreeMap<String, String> {
     plan.iter()
-        .map(|(n, (ns, _))| (n.clone(), ns.clone()))
+        .map(|(n, (ns, _, _))| (n.clone(), ns.clone()))
         .collect()
 }
 
 /// Creates every tenant of the plan (policy `Delete`, a 1 s grace period).
 pub async fn create_all(client: &Client, op: &Operator, plan: &Plan) {
-    for (name, (ns, database)) in plan {
-        let spec = json!({
+    for (name, (ns, database, class)) in plan {
+        let mut spec = json!({
             "credentials": {"namespace": ns},
             "database": {"isolation": if *database { "Database" } else { "Schema" }},
             "deletion": {"policy": "Delete", "gracePeriod": "1s"},
         });
+        if let Some(class) = class {
+            spec["class"] = json!(class);
+        }
         create_tenant(client, &tenant_manifest(op, name, spec)).await;
     }
 }
@@ -206,7 +267,7 @@ pub async fn delete_all(client: &Client, plan: &Plan) {
 /// The generated passwords, read from the tenants' Kubernetes Secrets.
 pub async fn passwords(client: &Client, plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
-    for (name, (ns, _)) in plan {
+    for (name, (ns, _, _)) in plan {
         let data = readback::kube_secret_data(client, ns, &format!("{name}-credentials")).await;
         out.push(data["password"].clone());
     }

@@ -4,10 +4,11 @@
 //! anything with the run's prefix that belongs to no tenant of the run is a
 //! stray.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 use tenantry::backends::tags;
 
 use super::readback::{self, admin_db};
@@ -26,10 +27,16 @@ pub struct Count {
     pub aliases: usize,
     pub secrets: usize,
     pub kube_secrets: usize,
+    /// IAM roles named `<bucket prefix>-<tenant>` (under `/tenantry/`).
+    pub iam_roles: usize,
+    /// ServiceAccounts in the tenant's credentials namespace labelled with
+    /// its name.
+    pub service_accounts: usize,
 }
 
 impl Count {
-    /// Exactly one of everything, in the given mode.
+    /// Exactly one of everything, in the given mode, and no IAM role or
+    /// ServiceAccount (see [`Count::with_identity`]).
     pub fn one(database_mode: bool) -> Self {
         Self {
             roles: 1,
@@ -41,6 +48,18 @@ impl Count {
             aliases: 1,
             secrets: 1,
             kube_secrets: 1,
+            iam_roles: 0,
+            service_accounts: 0,
+        }
+    }
+
+    /// The same, with one IAM role and one ServiceAccount when the tenant's
+    /// class gives it an identity, and none otherwise.
+    pub fn with_identity(self, identity: bool) -> Self {
+        Self {
+            iam_roles: usize::from(identity),
+            service_accounts: usize::from(identity),
+            ..self
         }
     }
 
@@ -183,6 +202,34 @@ pub async fn census(
         }
     }
 
+    // Every role of the account, by name: a role named for a tenant of the
+    // run counts whatever its tags say, so one that a rollback or a deletion
+    // left behind shows however it was left; one at another path than
+    // tenantry's is a stray, not the tenant's.
+    let role_prefix = format!("{bucket_prefix}{prefix}");
+    let roles = aws
+        .iam
+        .list_roles()
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("list IAM roles");
+    for role in roles {
+        let name = role.role_name();
+        if !name.starts_with(&role_prefix) {
+            continue;
+        }
+        match out.tenants.get_mut(&name[bucket_prefix.len()..]) {
+            Some(c) if role.path() == "/tenantry/" => c.iam_roles += 1,
+            Some(_) => out
+                .strays
+                .push(format!("IAM role {name} at path {}", role.path())),
+            None => out.strays.push(format!("IAM role {name}")),
+        }
+    }
+
     for (name, namespace) in tenants {
         let api: Api<Secret> = Api::namespaced(kube.clone(), namespace);
         if api
@@ -192,6 +239,33 @@ pub async fn census(
             .is_some()
         {
             out.tenants.get_mut(name).unwrap().kube_secrets += 1;
+        }
+    }
+
+    // One list per namespace, by the label's presence: a ServiceAccount
+    // labelled for a tenant of the run that is not in its namespace's plan
+    // is a stray.
+    let namespaces: BTreeSet<&String> = tenants.values().collect();
+    for namespace in namespaces {
+        let api: Api<ServiceAccount> = Api::namespaced(kube.clone(), namespace);
+        let accounts = api
+            .list_metadata(&ListParams::default().labels(tags::TENANT))
+            .await
+            .expect("list ServiceAccounts");
+        for account in accounts {
+            let Some(tenant) = account.labels().get(tags::TENANT) else {
+                continue;
+            };
+            if !tenant.starts_with(prefix) {
+                continue;
+            }
+            match out.tenants.get_mut(tenant) {
+                Some(c) if tenants.get(tenant) == Some(namespace) => c.service_accounts += 1,
+                _ => out.strays.push(format!(
+                    "ServiceAccount {namespace}/{} of {tenant}",
+                    account.name_any()
+                )),
+            }
         }
     }
     out
