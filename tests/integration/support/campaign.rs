@@ -253,13 +253,23 @@ pub fn still_there(tenants: &[Tenant]) -> Vec<String> {
         .collect()
 }
 
+/// Deletes every tenant of the plan. The API server may be restarting, or
+/// its etcd slow ("request timed out", 5xx): such a refusal is asked again,
+/// as a client would; any other is the test's failure.
 pub async fn delete_all(client: &Client, plan: &Plan) {
     let api: Api<Tenant> = Api::all(client.clone());
     for name in plan.keys() {
-        match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => panic!("delete {name}: {e}"),
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(s)) if s.code == 404 => break,
+                Err(kube::Error::Api(s)) if (s.code >= 500 || s.code == 429) && tries < 60 => {}
+                Err(kube::Error::HyperError(_) | kube::Error::Service(_)) if tries < 60 => {}
+                Err(e) => panic!("delete {name}: {e}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     }
 }
