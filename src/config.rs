@@ -25,6 +25,7 @@ use crate::isolation::SharedTable;
 use crate::isolation::database::DatabaseProbe;
 use crate::isolation::encryption::EncryptionProbe;
 use crate::isolation::storage::StorageProbe;
+use crate::isolation::tenant_access::TenantAccessProbe;
 use crate::provision::RetryPolicy;
 
 /// Where tenant resources are made.
@@ -80,6 +81,14 @@ pub struct BackendArgs {
     /// `/`, so set this when the operator's role has another path.
     #[arg(long, env = "TENANTRY_AWS_OPERATOR_PRINCIPAL")]
     pub aws_operator_principal: Option<String>,
+
+    /// The AWS endpoint is an emulator (moto), which lets through requests
+    /// that AWS would refuse: it evaluates neither IAM conditions nor KMS
+    /// resource scope. A tenant's role let into the operator's canary key
+    /// or bucket is then judged by tenantry's evaluation of the role's
+    /// policies, and its finding says so. Never set it against AWS.
+    #[arg(long, env = "TENANTRY_AWS_EMULATOR")]
+    pub aws_emulator: bool,
 
     /// Address S3 buckets in the path (`endpoint/bucket`) instead of by virtual host.
     /// On by default when AWS_ENDPOINT_URL points at an S3-compatible server.
@@ -323,6 +332,8 @@ pub struct Probes {
     pub database: DatabaseProbe,
     pub storage: StorageProbe,
     pub encryption: EncryptionProbe,
+    /// The storage and encryption layers again, as the tenant's IAM role.
+    pub tenant_access: TenantAccessProbe,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -363,6 +374,8 @@ pub struct BackendSettings {
     pub administrators: Vec<String>,
     /// See [`BackendArgs::aws_operator_principal`].
     pub operator_principal: Option<String>,
+    /// See [`BackendArgs::aws_emulator`].
+    pub aws_emulator: bool,
     /// Paces KMS CreateKey; cloned settings share one bucket.
     pub kms_create_limit: Option<Arc<RateLimiter>>,
     /// Session timeouts of every tenant role (a class's `database`).
@@ -387,6 +400,7 @@ impl BackendSettings {
             identity: None,
             administrators: Vec::new(),
             operator_principal: args.aws_operator_principal.clone(),
+            aws_emulator: args.aws_emulator,
             kms_create_limit: RateLimiter::new(args.kms_create_rate).map(Arc::new),
             role_limits: RoleLimits::default(),
             operator_namespace: args.operator_namespace.clone(),
@@ -466,12 +480,6 @@ impl Backends {
         )
         .await
         .map_err(ConfigError::SharedTables)?;
-        let probes = Probes {
-            database: DatabaseProbe::new(postgres.pool().clone(), settings.shared_tables.clone())
-                .with_role_limits(settings.role_limits.clone()),
-            storage: StorageProbe::new(&sdk, path_style),
-            encryption: EncryptionProbe::new(&sdk),
-        };
         let access = Arc::new(
             AccessPrincipals::new(&sdk)
                 .with_principal(settings.principal.clone())
@@ -485,20 +493,39 @@ impl Backends {
                 .with_operator(settings.operator_principal.clone()),
         );
         let kube_secrets = Arc::new(KubeSecrets::new(kube));
+        let keys: Arc<dyn KeyManager> = Arc::new(
+            KmsBackend::new(&sdk)
+                .with_access(access.clone())
+                .with_create_limit(settings.kms_create_limit.clone()),
+        );
+        let storage: Arc<dyn ObjectStorage> =
+            Arc::new(S3Backend::new(&sdk, path_style).with_access(access.clone()));
+        let identity: Arc<dyn TenantIdentity> = Arc::new(IamBackend::new(&sdk));
+        let probes = Probes {
+            database: DatabaseProbe::new(postgres.pool().clone(), settings.shared_tables.clone())
+                .with_role_limits(settings.role_limits.clone()),
+            storage: StorageProbe::new(&sdk, path_style),
+            encryption: EncryptionProbe::new(&sdk),
+            tenant_access: TenantAccessProbe::new(
+                &sdk,
+                path_style,
+                settings.aws_emulator,
+                keys.clone(),
+                storage.clone(),
+                identity.clone(),
+                &settings.bucket_prefix,
+            ),
+        };
         Ok(Self {
             shared_tables: Arc::new(settings.shared_tables.clone()),
             probes: Arc::new(probes),
             database: postgres.clone(),
-            keys: Arc::new(
-                KmsBackend::new(&sdk)
-                    .with_access(access.clone())
-                    .with_create_limit(settings.kms_create_limit.clone()),
-            ),
-            storage: Arc::new(S3Backend::new(&sdk, path_style).with_access(access.clone())),
+            keys,
+            storage,
             secrets: Arc::new(SecretsManagerBackend::new(&sdk)),
             kube_secrets: kube_secrets.clone(),
             service_accounts: kube_secrets,
-            identity: Arc::new(IamBackend::new(&sdk)),
+            identity,
             role: settings.identity.clone().map(Arc::new),
             access,
             bucket_prefix: settings.bucket_prefix.clone(),

@@ -1450,6 +1450,7 @@ async fn main_async() -> Res<()> {
         identity: None,
         administrators: Vec::new(),
         operator_principal: None,
+        aws_emulator: std::env::var("TENANTRY_AWS_EMULATOR").is_ok_and(|v| v == "true"),
         kms_create_limit: None,
         role_limits: Default::default(),
         operator_namespace: None,

@@ -1030,6 +1030,9 @@ write_env() {
     e AWS_ACCESS_KEY_ID testing
     e AWS_SECRET_ACCESS_KEY testing
     e TENANTRY_BUCKET_PREFIX tenantry-local
+    # Both AWS endpoints are moto: an operator measuring a tenant's role
+    # judges what moto lets through by the role's policies (--aws-emulator).
+    e TENANTRY_AWS_EMULATOR true
     # moto-iam: the same AWS APIs with IAM enforced (identity policies and
     # role trust; see docs/security.md, "What moto enforces"), and the keys of
     # an administrator (user tenantry-iam-admin, Allow * on *) to create

@@ -564,6 +564,13 @@ impl LayerReport {
         }
     }
 
+    /// The report with more findings, its state recomputed.
+    pub fn add(&mut self, findings: Vec<Finding>) {
+        self.findings.extend(findings);
+        let exposures = std::mem::take(&mut self.exposures);
+        *self = Self::from_findings(std::mem::take(&mut self.findings)).with_exposures(exposures);
+    }
+
     /// The report with these exposures.
     pub fn with_exposures(mut self, exposures: Vec<Finding>) -> Self {
         self.exposures = exposures;

@@ -41,6 +41,15 @@ pub struct RoleSpec {
     pub granted: bool,
 }
 
+/// A role's permissions as deployed (see [`TenantIdentity::role_policies`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RolePolicies {
+    /// The documents of its inline policies, by name.
+    pub inline: BTreeMap<String, Value>,
+    /// The ARNs of the managed policies attached to it.
+    pub attached: Vec<String>,
+}
+
 pub struct IamBackend {
     client: Client,
 }
@@ -414,6 +423,25 @@ impl TenantIdentity for IamBackend {
         }
         self.converge_tags(op, &role).await?;
         Ok(role.arn().to_string())
+    }
+
+    async fn role_policies(&self, name: &str) -> Result<RolePolicies, BackendError> {
+        let mut inline = BTreeMap::new();
+        for policy in self.inline_policies(name).await? {
+            // Gone between the listing and the read: nothing left to allow.
+            let Some(document) = self.inline_policy(name, &policy).await? else {
+                continue;
+            };
+            let document = serde_json::from_str(&document).map_err(|e| BackendError::Rejected {
+                backend: BACKEND,
+                message: format!("GetRolePolicy {name} {policy}: the document is not JSON: {e}"),
+            })?;
+            inline.insert(policy, document);
+        }
+        Ok(RolePolicies {
+            inline,
+            attached: self.attached_policies(name).await?,
+        })
     }
 
     async fn set_role_access(

@@ -461,6 +461,9 @@ pub trait TenantIdentity: Send + Sync {
     async fn remove_role(&self, op: &Operation, name: &str) -> Result<(), BackendError>;
     /// Revokes the role's access and marks it released.
     async fn release_role(&self, op: &Operation, name: &str) -> Result<(), BackendError>;
+    /// What the role is allowed, as deployed: its inline policies' documents
+    /// and the ARNs of the managed policies attached to it. Reads only.
+    async fn role_policies(&self, name: &str) -> Result<iam::RolePolicies, BackendError>;
 }
 
 /// A class's principal template for one tenant: `{tenant}` becomes its name.

@@ -1263,6 +1263,7 @@ async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus
         });
     }
     steps_ctx.kube_secret_written = resources.kubernetes_secret.is_some();
+    steps_ctx.role_arn = resources.iam_role_arn;
 }
 
 /// The verdict for a provisioned tenant whose isolation is not enforced.

@@ -6,6 +6,7 @@
 pub mod database;
 pub mod encryption;
 pub mod storage;
+pub mod tenant_access;
 
 pub use crate::api::{Finding, IsolationState, LayerReport};
 pub use crate::naming::SharedTable;

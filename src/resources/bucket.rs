@@ -61,13 +61,17 @@ impl Resource<TenantContext> for Bucket {
         let Some(key) = &ctx.key else {
             return Some(unknown("bucket.exists"));
         };
-        Some(
-            ctx.backends
-                .probes
+        let probes = &ctx.backends.probes;
+        let (mut report, as_tenant) = tokio::join!(
+            probes
                 .storage
-                .probe(&ctx.names.bucket, &key.arn, ctx.spec.storage.versioning)
-                .await,
-        )
+                .probe(&ctx.names.bucket, &key.arn, ctx.spec.storage.versioning),
+            super::as_tenant(ctx, |role| probes
+                .tenant_access
+                .storage(role, &ctx.names.bucket)),
+        );
+        report.add(as_tenant);
+        Some(report)
     }
 
     fn record(&self, ctx: &TenantContext, resources: &mut TenantResources) {

@@ -57,13 +57,15 @@ impl Resource<TenantContext> for KmsKey {
         let Some(key) = &ctx.key else {
             return Some(unknown("key.state"));
         };
-        Some(
-            ctx.backends
-                .probes
+        let probes = &ctx.backends.probes;
+        let (mut report, as_tenant) = tokio::join!(
+            probes
                 .encryption
-                .probe(&ctx.names.key_alias, &key.arn, &ctx.names.secret_name)
-                .await,
-        )
+                .probe(&ctx.names.key_alias, &key.arn, &ctx.names.secret_name),
+            super::as_tenant(ctx, |role| probes.tenant_access.encryption(role, &key.arn)),
+        );
+        report.add(as_tenant);
+        Some(report)
     }
 
     fn record(&self, ctx: &TenantContext, resources: &mut TenantResources) {

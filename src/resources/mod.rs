@@ -137,6 +137,30 @@ impl TenantContext {
     }
 }
 
+/// The findings of a probe made as the tenant's IAM role, when its class
+/// gives it one: none without, Unknown when the role is not known yet.
+async fn as_tenant<'a, F, Fut>(ctx: &'a TenantContext, probe: F) -> Vec<crate::api::Finding>
+where
+    F: FnOnce(crate::isolation::tenant_access::TenantRole<'a>) -> Fut,
+    Fut: std::future::Future<Output = Vec<crate::api::Finding>>,
+{
+    if ctx.backends.role.is_none() {
+        return Vec::new();
+    }
+    let Some(arn) = ctx.role_arn.as_deref() else {
+        return vec![crate::isolation::fail(
+            "role.arn",
+            crate::api::IsolationState::Unknown,
+            "the tenant's IAM role is not known yet, so nothing could be tried as the tenant",
+        )];
+    };
+    probe(crate::isolation::tenant_access::TenantRole {
+        arn,
+        name: &ctx.names.iam_role,
+    })
+    .await
+}
+
 /// Every tenant's resources, in provisioning order: what the engine runs
 /// for provisioning, suspension, rollback and both deletion policies, and
 /// what measurement probes. Removal runs in reverse: the Kubernetes Secret
