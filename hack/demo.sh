@@ -90,6 +90,13 @@ kubectl get tenant acme -o jsonpath='{.status.resources}' | python3 -m json.tool
 say "globex's own AWS identity (enterprise class: aws.identity), and its ServiceAccount"
 echo "role: $(kubectl get tenant globex -o jsonpath='{.status.resources.iamRoleArn}')"
 echo "serviceAccount: $(kubectl get tenant globex -o jsonpath='{.status.resources.serviceAccount}')"
+say "measured as globex's role: its own bucket and key, and the operator's canary (a neighbour)"
+kubectl get tenant globex -o json | python3 -c 'import json,sys
+i = json.load(sys.stdin)["status"]["isolation"]
+for layer in ("storage", "encryption"):
+    for f in i[layer]["findings"]:
+        if f["check"].endswith(("tenantAccess", "neighbourRefused")):
+            print(f["check"], f["state"] + ":", f["detail"])'
 say "the credentials Secret apps mount (keys only)"
 kubectl get secret -n demo-apps acme-credentials -o jsonpath='{.data}' | python3 -c 'import json,sys; print(sorted(json.load(sys.stdin)))'
 

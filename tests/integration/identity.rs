@@ -20,7 +20,7 @@ use aws_sdk_iam::error::ProvideErrorMetadata;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use tenantry::api::{Tenant, TenantPhase};
+use tenantry::api::{IsolationState, Tenant, TenantPhase};
 
 use crate::classes::create_class;
 use crate::iam_enforcement::{assert_access_denied, policy, user_with_policy};
@@ -34,15 +34,20 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The operator, on moto-iam as a user holding exactly its documented
 /// policy (`tenantry iam-policy`): the role statements are exercised too.
 async fn operator_on_moto_iam() -> Operator {
+    operator_on_moto_iam_with(&[]).await
+}
+
+async fn operator_on_moto_iam_with(extra: &[(&str, &str)]) -> Operator {
     let endpoint = env("TENANTRY_IAM_AWS_ENDPOINT");
     let (key, secret) = user_holding(&tenantry::permissions::operator_policy(&suite_scope())).await;
-    Operator::start(&[
+    let mut env = vec![
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
         ("AWS_ACCESS_KEY_ID", key.as_str()),
         ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
         ("AWS_REGION", "us-east-1"),
-    ])
-    .await
+    ];
+    env.extend_from_slice(extra);
+    Operator::start(&env).await
 }
 
 /// An application's IAM user: allowed to assume tenantry's roles and
@@ -263,7 +268,7 @@ async fn a_tenants_role_reaches_its_own_data_not_its_neighbours_and_nothing_whil
     wait_for_tenant_gone(&client, &op, &b, READY_TIMEOUT).await;
 }
 
-/// The class of the tests below, on the permissive moto: IRSA through a
+/// The class of the tests below: IRSA through a
 /// made-up OIDC provider (moto does not check that it exists).
 async fn irsa_class(client: &Client) -> String {
     let class = unique_name("irsa");
@@ -661,5 +666,108 @@ async fn a_retained_role_is_released_without_access_and_adopted_by_a_returning_t
     assert_eq!(
         role_tag(&iam, &role, "tenantry.dev/tenant-uid").await,
         kube::ResourceExt::uid(&second)
+    );
+}
+
+/// The finding `check` of a layer of the tenant's attestation.
+fn finding(t: &Tenant, layer: &str, check: &str) -> Option<tenantry::api::Finding> {
+    let isolation = t.status.as_ref()?.isolation.as_ref()?;
+    let report = match layer {
+        "storage" => isolation.storage.as_ref(),
+        _ => isolation.encryption.as_ref(),
+    }?;
+    report.findings.iter().find(|f| f.check == check).cloned()
+}
+
+fn repairs(t: &Tenant) -> u32 {
+    t.status
+        .as_ref()
+        .and_then(|s| s.isolation.as_ref())
+        .map_or(0, |i| i.drift_repairs)
+}
+
+/// The probes act as the tenant's role: its own bucket and key answer it,
+/// the operator's canary bucket and key (a neighbour) refuse it. A policy
+/// someone adds to a settled tenant's role that opens other buckets is
+/// measured (the canary bucket answers the role) and removed by the repair
+/// that follows; without the role's probe nothing would look at the role of
+/// a settled tenant again.
+#[tokio::test]
+async fn the_probes_act_as_the_tenants_role_and_catch_a_role_opened_to_its_neighbours() {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "apps").await;
+    let class = irsa_class(&client).await;
+    let op = operator_on_moto_iam_with(&[("TENANTRY_PROBE_INTERVAL", "2s")]).await;
+    let name = unique_name("probe");
+    create_tenant(&client, &tenant_manifest(&op, &name, spec_in(&class, &ns))).await;
+    let t = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
+    let role_arn = handed(&client, &ns, &name).await.role_arn;
+    let role_name = role_arn.rsplit('/').next().unwrap().to_string();
+
+    let own_bucket = finding(&t, "storage", "bucket.tenantAccess").expect("bucket.tenantAccess");
+    assert_eq!(own_bucket.state, IsolationState::Enforced, "{own_bucket:?}");
+    assert!(own_bucket.detail.contains(&role_arn), "{own_bucket:?}");
+    // moto-iam refuses the role another bucket by itself (S3 resources are
+    // evaluated): a live refusal, not tenantry's evaluation.
+    let canary_bucket =
+        finding(&t, "storage", "bucket.neighbourRefused").expect("bucket.neighbourRefused");
+    assert_eq!(
+        canary_bucket.state,
+        IsolationState::Enforced,
+        "{canary_bucket:?}"
+    );
+    assert!(
+        canary_bucket.detail.contains("was refused"),
+        "{canary_bucket:?}"
+    );
+    assert!(
+        canary_bucket.detail.contains("--canary"),
+        "{canary_bucket:?}"
+    );
+    let own_key = finding(&t, "encryption", "key.tenantAccess").expect("key.tenantAccess");
+    assert_eq!(own_key.state, IsolationState::Enforced, "{own_key:?}");
+    // moto lets any KMS call through that a `*` statement allows: the
+    // role's deployed policies decide, and the finding says so.
+    let canary_key =
+        finding(&t, "encryption", "key.neighbourRefused").expect("key.neighbourRefused");
+    assert_eq!(canary_key.state, IsolationState::Enforced, "{canary_key:?}");
+    assert!(canary_key.detail.contains("emulator"), "{canary_key:?}");
+
+    // Someone opens the settled tenant's role to every bucket and key.
+    let iam = aws_sdk_iam::Client::new(&admin().await);
+    let opened = json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow",
+        "Action": ["s3:ListBucket", "kms:*"],
+        "Resource": "*",
+    }]});
+    iam.put_role_policy()
+        .role_name(&role_name)
+        .policy_name("opened")
+        .policy_document(opened.to_string())
+        .send()
+        .await
+        .expect("open the role");
+    let before = repairs(&t);
+    let repaired = wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "drift repaired", |t| {
+        is_ready(t) && repairs(t) > before
+    })
+    .await;
+    assert_eq!(
+        inline_policies(&iam, &role_name).await,
+        vec!["tenantry-access".to_string()],
+        "the added policy is still on the role"
+    );
+    let canary_bucket = finding(&repaired, "storage", "bucket.neighbourRefused").unwrap();
+    assert_eq!(
+        canary_bucket.state,
+        IsolationState::Enforced,
+        "{canary_bucket:?}"
+    );
+    // The repair says what it found: the role reached the canary.
+    let log = op.log();
+    assert!(
+        log.contains("bucket.neighbourRefused") && log.contains("key.neighbourRefused"),
+        "the drift found is not named in the log"
     );
 }
