@@ -445,9 +445,9 @@ pub fn neighbour_access_finding(
         (Answer::Allowed, Some(Ok(denied))) => pass(
             check,
             format!(
-                "as its role {role_arn}, the tenant was allowed {what} by this AWS emulator, which does not \
-                 evaluate IAM conditions or KMS resource scope; the role's policies as IAM holds them \
-                 refuse it (tenantry's evaluation: {})",
+                "as its role {role_arn}, the tenant was allowed {what} by this AWS emulator \
+                 (--aws-emulator), which lets through requests AWS refuses; the role's policies as \
+                 IAM holds them refuse it (tenantry's evaluation: {})",
                 match denied {
                     Decision::ExplicitDeny { sid: Some(sid) } => format!("denied by {sid}"),
                     Decision::ExplicitDeny { sid: None } => "denied".to_string(),
