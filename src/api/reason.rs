@@ -176,6 +176,22 @@ impl Reason {
     pub fn needs_a_person(&self) -> bool {
         matches!(self, Self::NamespaceMissing | Self::InvalidSpec)
     }
+
+    /// A failure tenantry gets past by itself, by retrying (an outage, a
+    /// measurement that could not be taken, a removal that waits on one):
+    /// the tenant is still `Reconciling`, never `Stalled`, which GitOps
+    /// tools (kstatus, Flux) take for final.
+    pub fn retried_by_itself(&self) -> bool {
+        matches!(
+            self,
+            Self::BackendUnavailable
+                | Self::DependencyMissing
+                | Self::ClassUnavailable
+                | Self::IsolationUnknown
+                | Self::RollbackStuck
+                | Self::DeletionStuck
+        )
+    }
 }
 
 /// A reason string that names no known [`Reason`], kept as it was read.

@@ -68,7 +68,9 @@ pub fn set_condition(
 /// Applies a verdict: phase, observedGeneration and the three kstatus
 /// conditions. `Ready` is True only in phase Ready; `Stalled` is True when
 /// nothing will change without a person (a failure, a conflict, a missing
-/// namespace); `Reconciling` is True while work is in flight.
+/// namespace); `Reconciling` is True while work is in flight, including a
+/// failure tenantry retries by itself (an outage): kstatus, and with it
+/// Flux, reads `Stalled` as final.
 pub fn apply_verdict(
     status: &mut TenantStatus,
     verdict: &Verdict,
@@ -83,6 +85,7 @@ pub fn apply_verdict(
         | TenantPhase::Provisioning
         | TenantPhase::RollingBack
         | TenantPhase::Deleting => (false, true, false),
+        TenantPhase::Failed if verdict.reason.retried_by_itself() => (false, true, false),
         TenantPhase::Failed => (false, false, true),
         TenantPhase::Suspended => (false, false, false),
     };
@@ -212,6 +215,194 @@ mod tests {
             condition(&s, READY).last_transition_time,
             at(20).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
+    }
+
+    /// kstatus (sigs.k8s.io/cli-utils `pkg/kstatus/status`, `Compute` and
+    /// `checkGenericProperties`) as it reads a custom resource: a deletion
+    /// timestamp is Terminating; an observedGeneration other than the
+    /// generation is InProgress; `Reconciling=True` is InProgress,
+    /// `Stalled=True` Failed; anything else is Current (kstatus does not
+    /// read `Ready` of a custom resource).
+    fn kstatus(tenant: &serde_json::Value) -> &'static str {
+        if !tenant["metadata"]["deletionTimestamp"].is_null() {
+            return "Terminating";
+        }
+        let observed = &tenant["status"]["observedGeneration"];
+        if !observed.is_null() && observed != &tenant["metadata"]["generation"] {
+            return "InProgress";
+        }
+        let empty = Vec::new();
+        let conditions = tenant["status"]["conditions"].as_array().unwrap_or(&empty);
+        for c in conditions {
+            match (c["type"].as_str(), c["status"].as_str()) {
+                (Some(RECONCILING), Some("True")) => return "InProgress",
+                (Some(STALLED), Some("True")) => return "Failed",
+                _ => {}
+            }
+        }
+        "Current"
+    }
+
+    /// The chart's Argo CD health script run on the Tenant, as Argo CD
+    /// runs it (Lua 5.1).
+    fn argocd(tenant: &serde_json::Value) -> String {
+        use mlua::LuaSerdeExt as _;
+        let lua = mlua::Lua::new();
+        let options = mlua::serde::SerializeOptions::new()
+            .serialize_none_to_null(false)
+            .serialize_unit_to_null(false);
+        let obj = lua.to_value_with(tenant, options).unwrap();
+        lua.globals().set("obj", obj).unwrap();
+        let script = include_str!("../../charts/tenantry/files/argocd-health.lua");
+        let hs: mlua::Table = lua.load(script).eval().unwrap();
+        hs.get("status").unwrap()
+    }
+
+    /// A Tenant at generation 2 after `verdict`, observed at `observed`.
+    fn tenant_after(
+        verdict: &Verdict,
+        observed: i64,
+        suspended: bool,
+        deleting: bool,
+    ) -> serde_json::Value {
+        let mut status = TenantStatus::default();
+        apply_verdict(&mut status, verdict, Some(observed), at(0));
+        let mut metadata = serde_json::json!({"name": "acme", "generation": 2});
+        if deleting {
+            metadata["deletionTimestamp"] = serde_json::json!("2027-01-01T00:00:00Z");
+        }
+        serde_json::json!({
+            "metadata": metadata,
+            "spec": {"suspended": suspended},
+            "status": serde_json::to_value(&status).unwrap(),
+        })
+    }
+
+    /// Every phase and reason, as kstatus (hence Flux) and the chart's Argo
+    /// CD script read them, against what a person would say: Current when
+    /// there is nothing to wait for (Ready, or Suspended as asked),
+    /// InProgress while tenantry is at work or retrying by itself, Failed
+    /// only when nothing changes without a person.
+    #[test]
+    fn kstatus_and_argocd_read_every_phase_and_reason_as_a_person_would() {
+        use TenantPhase::*;
+        // The failures tenantry gets past by retrying.
+        let retried = [
+            Reason::BackendUnavailable,
+            Reason::DependencyMissing,
+            Reason::ClassUnavailable,
+            Reason::IsolationUnknown,
+            Reason::RollbackStuck,
+            Reason::DeletionStuck,
+        ];
+        let mut rows: Vec<(Verdict, i64, bool, bool, &str, &str)> = vec![
+            (
+                Verdict::new(Pending, Reason::Provisioning, "queued"),
+                2,
+                false,
+                false,
+                "InProgress",
+                "Progressing",
+            ),
+            (
+                Verdict::new(Provisioning, Reason::Provisioning, "ensuring s3-bucket"),
+                2,
+                false,
+                false,
+                "InProgress",
+                "Progressing",
+            ),
+            (
+                Verdict::new(RollingBack, Reason::RollingBack, "undoing"),
+                2,
+                false,
+                false,
+                "InProgress",
+                "Progressing",
+            ),
+            (
+                Verdict::new(Ready, Reason::Provisioned, "all there"),
+                2,
+                false,
+                false,
+                "Current",
+                "Healthy",
+            ),
+            // A spec change not seen yet, a suspension among them.
+            (
+                Verdict::new(Ready, Reason::Provisioned, "all there"),
+                1,
+                false,
+                false,
+                "InProgress",
+                "Progressing",
+            ),
+            (
+                Verdict::new(Ready, Reason::Provisioned, "all there"),
+                1,
+                true,
+                false,
+                "InProgress",
+                "Progressing",
+            ),
+            (
+                Verdict::new(Suspended, Reason::Suspended, "access revoked"),
+                2,
+                true,
+                false,
+                "Current",
+                "Suspended",
+            ),
+            (
+                Verdict::new(Deleting, Reason::Deleting, "removing"),
+                2,
+                false,
+                true,
+                "Terminating",
+                "Progressing",
+            ),
+            (
+                Verdict::new(Deleting, Reason::DeletionStuck, "retried"),
+                2,
+                false,
+                true,
+                "Terminating",
+                "Progressing",
+            ),
+            (
+                Verdict::new(Pending, Reason::NamespaceMissing, "no namespace"),
+                2,
+                false,
+                false,
+                "Failed",
+                "Degraded",
+            ),
+        ];
+        for reason in Reason::KNOWN {
+            let (k, a) = if retried.contains(reason) {
+                ("InProgress", "Progressing")
+            } else {
+                ("Failed", "Degraded")
+            };
+            rows.push((
+                Verdict::new(Failed, reason.clone(), "why"),
+                2,
+                false,
+                false,
+                k,
+                a,
+            ));
+        }
+        for (verdict, observed, suspended, deleting, want_kstatus, want_argocd) in rows {
+            let tenant = tenant_after(&verdict, observed, suspended, deleting);
+            let row = format!(
+                "{} {} observed {observed} suspended {suspended} deleting {deleting}",
+                verdict.phase.as_str(),
+                verdict.reason
+            );
+            assert_eq!(kstatus(&tenant), want_kstatus, "kstatus of {row}");
+            assert_eq!(argocd(&tenant), want_argocd, "Argo CD health of {row}");
+        }
     }
 
     #[test]

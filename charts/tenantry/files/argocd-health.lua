@@ -1,7 +1,9 @@
 -- Argo CD health of a tenantry.dev Tenant, from its kstatus conditions,
 -- phase and isolation attestation. Install as
 -- resource.customizations.health.tenantry.dev_Tenant in argocd-cm
--- (docs/install.md). Tested against Tenants read from a real API server.
+-- (docs/install.md). Tested against Tenants read from a real API server
+-- and, for every phase and reason, beside kstatus's rules
+-- (src/controller/status.rs).
 local hs = {}
 
 local function condition(status, type)
@@ -20,12 +22,6 @@ local function is_true(c)
   return c ~= nil and c.status == "True"
 end
 
-if obj.spec ~= nil and obj.spec.suspended == true then
-  hs.status = "Suspended"
-  hs.message = "The tenant is suspended (spec.suspended): access is revoked"
-  return hs
-end
-
 local status = obj.status
 if status == nil or status.conditions == nil or #status.conditions == 0 then
   hs.status = "Progressing"
@@ -33,10 +29,18 @@ if status == nil or status.conditions == nil or #status.conditions == 0 then
   return hs
 end
 
+-- Nothing in the status speaks for a spec tenantry has not seen yet, a
+-- suspension included.
 local generation = obj.metadata.generation
 if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
   hs.status = "Progressing"
   hs.message = "Waiting for tenantry to observe generation " .. tostring(generation)
+  return hs
+end
+
+if obj.metadata.deletionTimestamp ~= nil then
+  hs.status = "Progressing"
+  hs.message = "Being deleted: access revoked, resources released or removed"
   return hs
 end
 
@@ -53,20 +57,22 @@ if is_true(stalled) then
   return hs
 end
 
-if status.phase == "Failed" or status.phase == "Degraded" then
-  local ready = condition(status, "Ready")
-  hs.status = "Degraded"
-  hs.message = "Phase " .. status.phase
-  if ready ~= nil and ready.message ~= nil then
-    hs.message = hs.message .. ": " .. ready.message
-  end
-  return hs
-end
-
+-- Work in flight, a failure tenantry retries by itself among it.
 local reconciling = condition(status, "Reconciling")
 if is_true(reconciling) then
   hs.status = "Progressing"
   hs.message = (reconciling.reason or "Reconciling") .. ": " .. (reconciling.message or "")
+  return hs
+end
+
+-- A status written before Failed was split into retried and final.
+if status.phase == "Failed" then
+  local ready = condition(status, "Ready")
+  hs.status = "Degraded"
+  hs.message = "Phase Failed"
+  if ready ~= nil and ready.message ~= nil then
+    hs.message = hs.message .. ": " .. ready.message
+  end
   return hs
 end
 
