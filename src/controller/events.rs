@@ -2,7 +2,13 @@
 //!
 //! Tenants are cluster-scoped, so their Events live in a configurable
 //! namespace (`default` on current clusters). Publishing is best effort: a
-//! failed event is logged and never fails a reconcile.
+//! failed event is logged and never fails a reconcile. An Event the API
+//! server refuses (no such namespace, no RBAC there, a namespace it does not
+//! accept for cluster-scoped objects) will be refused every time: that is
+//! logged once at warn, naming the fix, and the rest at debug.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
@@ -25,6 +31,8 @@ pub struct EventPublisher {
     client: Client,
     namespace: String,
     instance: String,
+    /// Whether a refusal has been logged at warn already.
+    refusal_warned: Arc<AtomicBool>,
 }
 
 impl EventPublisher {
@@ -36,6 +44,7 @@ impl EventPublisher {
             client,
             namespace,
             instance,
+            refusal_warned: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -85,10 +94,29 @@ impl EventPublisher {
             ..Default::default()
         };
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        if let Err(error) = events.create(&PostParams::default(), &event).await {
+        let Err(error) = events.create(&PostParams::default(), &event).await else {
+            return;
+        };
+        let refused = matches!(&error, kube::Error::Api(status) if is_refusal(status.code));
+        if refused && !self.refusal_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %error,
+                namespace = %self.namespace,
+                "the API server refuses tenantry's Events in this namespace, so none will be \
+                 published: check that it exists, that the operator may create events there \
+                 (the chart's events Role), and that it accepts Events about cluster-scoped \
+                 objects (`default` does on every cluster; --event-namespace). Logged once."
+            );
+        } else {
             tracing::debug!(%error, %reason, "could not publish event (best effort)");
         }
     }
+}
+
+/// An answer that will be the same for every Event: the namespace is
+/// missing (404), forbidden (403) or refused for this object (422, 400).
+fn is_refusal(code: u16) -> bool {
+    matches!(code, 400 | 403 | 404 | 422)
 }
 
 /// The API server refuses an Event whose note is longer than 1024 bytes

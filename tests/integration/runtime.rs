@@ -633,3 +633,35 @@ async fn json_logs_parse_line_by_line_and_never_hold_the_password() {
     assert!(lines > 5, "{log}");
     assert!(log.contains(&name), "the log says nothing about the tenant");
 }
+
+/// Events in a namespace the API server refuses them in (here: one that
+/// does not exist) are never published: the operator says so once, at warn,
+/// naming the namespace, instead of at debug for every Event.
+#[tokio::test]
+async fn refused_events_are_reported_once_at_warn_naming_the_namespace() {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "ev").await;
+    let nowhere = unique_name("no-events");
+    let op = Operator::start(&[("TENANTRY_EVENT_NAMESPACE", nowhere.as_str())]).await;
+    let names = [unique_name("ev"), unique_name("ev")];
+    for name in &names {
+        let spec = json!({"credentials": {"namespace": ns}});
+        create_tenant(&client, &tenant_manifest(&op, name, spec)).await;
+    }
+    for name in &names {
+        wait_for_tenant(&client, &op, name, READY, "Ready", is_ready).await;
+    }
+    let log = op.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("refuses tenantry's Events"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(warned[0].contains(&nowhere), "{}", warned[0]);
+    // Every tenant's onboarding published (and was refused) more than one.
+    assert!(
+        log.matches("could not publish event").count() >= 1,
+        "no second refusal was logged at debug"
+    );
+}
