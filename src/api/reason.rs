@@ -138,6 +138,8 @@ reasons! {
     Unknown,
     /// Isolation drift was found by a probe (event).
     DriftDetected,
+    /// The credentials Secret was deleted or changed and written again (event).
+    CredentialsRestored,
     /// Isolation drift was repaired and verified (event).
     DriftRepaired,
     /// Drift only a superuser can undo: the tenant's login was disabled (event).

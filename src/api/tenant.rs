@@ -306,6 +306,11 @@ pub struct TenantResources {
     /// `<namespace>/<name>` of the Kubernetes Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_secret: Option<String>,
+    /// The resourceVersion of that Secret as tenantry last wrote or checked
+    /// it: another one means someone changed or deleted it, and tenantry
+    /// writes it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_secret_version: Option<String>,
     /// ARN of the tenant's IAM role, when its class gives it one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iam_role_arn: Option<String>,

@@ -10,7 +10,7 @@ use kube::{Client, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::Action;
-use super::{Backend, BackendError, CredentialSecrets, Operation, TenantRef, tags};
+use super::{Backend, BackendError, CredentialSecrets, Operation, SecretWritten, TenantRef, tags};
 use crate::metrics::{CallKind, observe};
 
 /// Field manager of every write tenantry makes with server-side apply.
@@ -84,7 +84,7 @@ impl CredentialSecrets for KubeSecrets {
         namespace: &str,
         name: &str,
         data: BTreeMap<String, SecretString>,
-    ) -> Result<(), BackendError> {
+    ) -> Result<SecretWritten, BackendError> {
         let tenant = &op.tenant;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name}");
@@ -108,7 +108,10 @@ impl CredentialSecrets for KubeSecrets {
         if let Some(existing) = &existing {
             claim(op, existing, &what).await?;
             if is_current(existing, tenant, &desired, &desired_labels) {
-                return Ok(());
+                return Ok(SecretWritten {
+                    changed: false,
+                    version: existing.resource_version(),
+                });
             }
         }
         // Key names only: the values are the credentials.
@@ -129,7 +132,7 @@ impl CredentialSecrets for KubeSecrets {
             data: Some(desired),
             ..Default::default()
         };
-        apply(&secrets, namespace, name, &what, &secret).await?;
+        let written = apply(&secrets, namespace, name, &what, &secret).await?;
         op.note(Action::KubernetesSecretWrite, &what, audit_detail)
             .await?;
         let was_released = existing
@@ -138,7 +141,32 @@ impl CredentialSecrets for KubeSecrets {
         if was_released {
             drop_released_mark(op, &secrets, name, &what).await?;
         }
-        Ok(())
+        Ok(SecretWritten {
+            changed: true,
+            // Dropping the mark wrote again: its version is read next time.
+            version: (!was_released)
+                .then(|| written.resource_version())
+                .flatten(),
+        })
+    }
+
+    async fn secret_version(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, BackendError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        match observe(
+            "kubernetes",
+            "GetSecretMetadata",
+            CallKind::Read,
+            secrets.get_metadata_opt(name),
+        )
+        .await
+        {
+            Ok(found) => Ok(found.and_then(|m| m.resource_version())),
+            Err(e) => Err(classify(e, &format!("reading Secret {namespace}/{name}"))),
+        }
     }
 
     async fn delete_secret(
@@ -323,7 +351,7 @@ async fn apply(
     name: &str,
     what: &str,
     secret: &Secret,
-) -> Result<(), BackendError> {
+) -> Result<Secret, BackendError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     observe(
         "kubernetes",
@@ -343,8 +371,7 @@ async fn apply(
         } else {
             classify(e, &format!("writing {what}"))
         }
-    })?;
-    Ok(())
+    })
 }
 
 /// Adopted: a later Tenant of the same name must not adopt it again.

@@ -402,7 +402,14 @@ pub trait CredentialSecrets: Send + Sync {
         namespace: &str,
         name: &str,
         data: BTreeMap<String, SecretString>,
-    ) -> Result<(), BackendError>;
+    ) -> Result<SecretWritten, BackendError>;
+    /// The Secret's resourceVersion, read as metadata only (never its
+    /// data); None when it does not exist.
+    async fn secret_version(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, BackendError>;
     async fn delete_secret(
         &self,
         op: &Operation,
@@ -416,6 +423,15 @@ pub trait CredentialSecrets: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Result<(), BackendError>;
+}
+
+/// What [`CredentialSecrets::ensure_secret`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretWritten {
+    /// The Secret had to be created or written again.
+    pub changed: bool,
+    /// Its resourceVersion afterwards, when known.
+    pub version: Option<String>,
 }
 
 /// Kubernetes: the ServiceAccount the tenant's workloads run as.

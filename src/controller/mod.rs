@@ -189,6 +189,13 @@ pub async fn run(
                 .map(|t| kube::runtime::reflector::ObjectRef::from_obj(&*t))
                 .collect::<Vec<_>>()
         })
+        .watches_stream(credentials_secrets(&ctx.client), |secret| {
+            // Deleted or changed by someone: the tenant looks at once.
+            secret
+                .labels()
+                .get(crate::backends::tags::TENANT)
+                .map(|tenant| kube::runtime::reflector::ObjectRef::<Tenant>::new(tenant))
+        })
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -199,6 +206,32 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The credentials Secrets tenantry wrote (by their label), as metadata
+/// only: the watch never holds a credential. Each change or deletion is a
+/// trigger; tenantry's own writes are too, and cost a metadata read.
+fn credentials_secrets(
+    client: &kube::Client,
+) -> impl futures::Stream<
+    Item = Result<
+        kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>,
+        watcher::Error,
+    >,
+> + Send
++ 'static {
+    use kube::runtime::WatchStreamExt;
+    // Api of PartialObjectMeta: metadata-only list and watch requests.
+    let secrets: Api<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>> =
+        Api::all(client.clone());
+    let labels = format!(
+        "{}={}",
+        crate::backends::tags::MANAGED_BY,
+        crate::backends::tags::MANAGED_BY_VALUE
+    );
+    watcher(secrets, watcher::Config::default().labels(&labels))
+        .default_backoff()
+        .touched_objects()
 }
 
 /// Whether deletion was requested, for the predicate filter.
@@ -736,7 +769,11 @@ async fn apply(
         tracing::debug!(tenant = %tenant.name_any(), ?wait, "failed tenant still in backoff");
         return Ok(Action::requeue(wait));
     }
-    let settled = is_settled(tenant, &current, &class);
+    // A credentials Secret someone deleted or changed is written again now,
+    // not at the next probe: the tenant is run as if it were not settled.
+    let secret_touched =
+        is_settled(tenant, &current, &class) && credentials_secret_touched(&class, &current).await;
+    let settled = is_settled(tenant, &current, &class) && !secret_touched;
     // Held to the end of this reconcile.
     let _probe_slot = match probe_turn(tenant, ctx, &class, &current, settled) {
         Ok(slot) => slot,
@@ -770,6 +807,22 @@ async fn apply(
     };
 
     let (outcome, status) = run_provisioning(tenant, ctx, &class, &current, &mut steps_ctx).await?;
+    if secret_touched && steps_ctx.kube_secret_changed {
+        let message = format!(
+            "the credentials Secret {} was deleted or changed; written again",
+            steps_ctx.kube_secret_ref()
+        );
+        tracing::warn!(tenant = %tenant.name_any(), "{message}");
+        ctx.events
+            .publish(
+                tenant,
+                EventType::Warning,
+                &Reason::CredentialsRestored,
+                "Restore",
+                &message,
+            )
+            .await;
+    }
     on_outcome(
         tenant, ctx, &class, &current, status, &steps_ctx, drift, outcome,
     )
@@ -820,6 +873,35 @@ async fn on_outcome(
         }
         Outcome::Removed | Outcome::Released | Outcome::AccessRevoked => {
             Ok(resync(ctx.probe_interval(class)))
+        }
+    }
+}
+
+/// Whether the credentials Secret of a settled tenant is not as tenantry
+/// last wrote it: gone, or at another resourceVersion (only its metadata is
+/// read). A status that recorded no version counts as touched, once: the
+/// steps record it. A read that fails says nothing: the probe goes on.
+async fn credentials_secret_touched(class: &ClassSettings, current: &TenantStatus) -> bool {
+    let Some(resources) = &current.resources else {
+        return false;
+    };
+    let Some((namespace, name)) = resources
+        .kubernetes_secret
+        .as_deref()
+        .and_then(|r| r.split_once('/'))
+    else {
+        return false;
+    };
+    match class
+        .backends
+        .kube_secrets
+        .secret_version(namespace, name)
+        .await
+    {
+        Ok(found) => found.is_none() || found != resources.kubernetes_secret_version,
+        Err(error) => {
+            tracing::debug!(%error, "cannot read the credentials Secret's version");
+            false
         }
     }
 }
@@ -1263,6 +1345,7 @@ async fn read_probe_inputs(steps_ctx: &mut TenantContext, current: &TenantStatus
         });
     }
     steps_ctx.kube_secret_written = resources.kubernetes_secret.is_some();
+    steps_ctx.kube_secret_version = resources.kubernetes_secret_version;
     steps_ctx.role_arn = resources.iam_role_arn;
 }
 

@@ -49,6 +49,7 @@ impl Resource<TenantContext> for KubernetesSecret {
             .delete_secret(&op, &ctx.spec.credentials.namespace, &name)
             .await?;
         ctx.kube_secret_written = false;
+        ctx.kube_secret_version = None;
         Ok(())
     }
 
@@ -77,16 +78,23 @@ impl Resource<TenantContext> for KubernetesSecret {
 
     fn record(&self, ctx: &TenantContext, resources: &mut TenantResources) {
         resources.kubernetes_secret = ctx.kube_secret_written.then(|| ctx.kube_secret_ref());
+        resources.kubernetes_secret_version = ctx
+            .kube_secret_written
+            .then(|| ctx.kube_secret_version.clone())
+            .flatten();
     }
 }
 
 async fn write(ctx: &mut TenantContext, op: &Operation) -> Result<(), StepError> {
     let data = kube_secret_data(ctx)?;
     let name = ctx.kube_secret_name();
-    ctx.backends
+    let written = ctx
+        .backends
         .kube_secrets
         .ensure_secret(op, &ctx.spec.credentials.namespace, &name, data)
         .await?;
     ctx.kube_secret_written = true;
+    ctx.kube_secret_version = written.version;
+    ctx.kube_secret_changed |= written.changed;
     Ok(())
 }

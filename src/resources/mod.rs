@@ -41,6 +41,10 @@ pub struct TenantContext {
     pub credentials: Option<DatabaseCredentials>,
     pub location: Option<DatabaseLocation>,
     pub kube_secret_written: bool,
+    /// The Secret's resourceVersion as this run wrote or found it.
+    pub kube_secret_version: Option<String>,
+    /// This run wrote the Secret (created it, or changed what it held).
+    pub kube_secret_changed: bool,
     /// The role's login as this run last set it, so access is not set twice.
     pub login: Option<Access>,
     /// The IAM role's ARN, when the class gives the tenant one.
@@ -71,6 +75,8 @@ impl TenantContext {
             credentials: None,
             location: None,
             kube_secret_written: false,
+            kube_secret_version: None,
+            kube_secret_changed: false,
             login: None,
             role_arn: None,
             role_access: None,

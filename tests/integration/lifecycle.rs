@@ -602,3 +602,97 @@ async fn the_retain_annotation_cancels_a_pending_deletion() {
         "{fp:?}"
     );
 }
+
+/// Waits until the tenant's credentials Secret holds `expected` again.
+async fn secret_holds(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    expected: &std::collections::BTreeMap<String, String>,
+    what: &str,
+) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let wait = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if secrets.get_opt(name).await.expect("read Secret").is_some()
+                && &readback::kube_secret_data(client, ns, name).await == expected
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{what}: the credentials Secret {ns}/{name} was not written again within 30 s")
+        });
+}
+
+/// A deleted or edited credentials Secret of a settled tenant is written
+/// again within seconds (its probe is 5 minutes away): the operator watches
+/// the Secrets it wrote (metadata only), records the version it wrote in
+/// `status.resources.kubernetesSecretVersion`, and says so in an Event.
+#[tokio::test]
+async fn a_deleted_or_edited_credentials_secret_is_written_again_within_seconds() {
+    let (client, op, ns) = setup().await;
+    let name = unique_name("keep");
+    create_tenant(&client, &tenant_manifest(&op, &name, spec(&ns, json!({})))).await;
+    wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
+    let secret_name = format!("{name}-credentials");
+    let original = readback::kube_secret_data(&client, &ns, &secret_name).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+
+    secrets
+        .delete(&secret_name, &DeleteParams::default())
+        .await
+        .expect("delete the Secret");
+    secret_holds(&client, &ns, &secret_name, &original, "after deletion").await;
+
+    secrets
+        .patch(
+            &secret_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "chosen-by-someone-else"}})),
+        )
+        .await
+        .expect("edit the Secret");
+    secret_holds(&client, &ns, &secret_name, &original, "after an edit").await;
+
+    // The status names the version tenantry wrote, which is the Secret's.
+    let written = secrets.get(&secret_name).await.unwrap().resource_version();
+    let t = wait_for_tenant(
+        &client,
+        &op,
+        &name,
+        READY_TIMEOUT,
+        "version recorded",
+        |t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.kubernetes_secret_version.clone())
+                == written
+        },
+    )
+    .await;
+    assert!(is_ready(&t));
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), crate::support::rbac::EVENT_NAMESPACE);
+    let restored = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
+                && e.reason.as_deref() == Some("CredentialsRestored")
+        })
+        .count();
+    assert!(
+        restored >= 2,
+        "{restored} CredentialsRestored Events, expected one per restore"
+    );
+}
