@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Where the tenant is in its lifecycle"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether every resource of the tenant exists and is configured"}"#,
     printcolumn = r#"{"name":"Isolation","type":"string","jsonPath":".status.isolation.summary","description":"The weakest isolation layer as measured: Enforced, Inert, Broken or Unknown"}"#,
+    printcolumn = r#"{"name":"Class","type":"string","jsonPath":".status.placement.class","description":"The TenantClass the tenant was provisioned with"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.resources.isolationMode","description":"Schema (a schema in the shared database) or Database (a database of its own)"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","priority":1,"jsonPath":".status.resources.kubernetesSecret","description":"namespace/name of the credentials Secret applications mount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -303,6 +306,9 @@ pub struct TenantResources {
     pub key_alias: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_arn: Option<String>,
+    /// The isolation mode the tenant's data lives in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation_mode: Option<IsolationMode>,
     /// `<namespace>/<name>` of the Kubernetes Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_secret: Option<String>,

@@ -135,6 +135,7 @@ impl Resource<TenantContext> for Database {
         resources.database = ctx.location.as_ref().map(|l| l.database.clone());
         resources.schema = ctx.location.as_ref().map(|l| l.schema.clone());
         resources.role = ctx.location.as_ref().map(|l| l.role.clone());
+        resources.isolation_mode = ctx.location.as_ref().map(|_| ctx.mode());
     }
 }
 

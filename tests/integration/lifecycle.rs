@@ -696,3 +696,66 @@ async fn a_deleted_or_edited_credentials_secret_is_written_again_within_seconds(
         "{restored} CredentialsRestored Events, expected one per restore"
     );
 }
+
+/// `kubectl get tenants` (the real kubectl 1.33) shows where each tenant
+/// lives: its class and isolation mode, and with `-o wide` its Secret.
+#[tokio::test]
+async fn kubectl_shows_the_class_the_mode_and_wide_the_secret() {
+    let (client, op, ns) = setup().await;
+    let class = unique_name("cols");
+    crate::classes::create_class(&client, &class, json!({})).await;
+    let name = unique_name("cols");
+    let with_class = spec(&ns, json!({"class": class}));
+    create_tenant(&client, &tenant_manifest(&op, &name, with_class)).await;
+    wait_for_tenant(&client, &op, &name, READY_TIMEOUT, "Ready", is_ready).await;
+    let kubectl = |wide: bool| {
+        let mut cmd = std::process::Command::new(crate::support::env("TENANTRY_KUBECTL_133_BIN"));
+        cmd.args(["get", "tenant", &name]);
+        if wide {
+            cmd.args(["-o", "wide"]);
+        }
+        let out = cmd.output().expect("run kubectl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<String> = lines
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let row: Vec<String> = lines
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        (header, row)
+    };
+    let cell = |(header, row): &(Vec<String>, Vec<String>), column: &str| {
+        let i = header.iter().position(|h| h == column)?;
+        row.get(i).cloned()
+    };
+    let narrow = kubectl(false);
+    assert_eq!(cell(&narrow, "CLASS"), Some(class.clone()), "{narrow:?}");
+    assert_eq!(
+        cell(&narrow, "MODE").as_deref(),
+        Some("Schema"),
+        "{narrow:?}"
+    );
+    assert_eq!(
+        cell(&narrow, "SECRET"),
+        None,
+        "the Secret is for -o wide: {narrow:?}"
+    );
+    let wide = kubectl(true);
+    assert_eq!(
+        cell(&wide, "SECRET"),
+        Some(format!("{ns}/{name}-credentials")),
+        "{wide:?}"
+    );
+}
