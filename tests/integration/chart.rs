@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{self, Scope};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
@@ -1032,6 +1032,210 @@ async fn the_api_server_accepts_the_rendered_manifests_in_a_dry_run() {
         expected_skipped.insert("TenantClass".into());
     }
     assert_eq!(skipped, expected_skipped);
+}
+
+/// Every kind the chart renders (CRDs aside), by group: what a release may
+/// leave on the API server.
+const CHART_KINDS: &[(&str, &str)] = &[
+    ("", "ServiceAccount"),
+    ("", "Service"),
+    ("apps", "Deployment"),
+    ("rbac.authorization.k8s.io", "ClusterRole"),
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+    ("rbac.authorization.k8s.io", "Role"),
+    ("rbac.authorization.k8s.io", "RoleBinding"),
+    ("policy", "PodDisruptionBudget"),
+    ("networking.k8s.io", "NetworkPolicy"),
+    ("tenantry.dev", "TenantClass"),
+];
+
+/// (kind, namespace or "", name) of each document.
+fn identities(docs: &[(String, Value)]) -> BTreeSet<(String, String, String)> {
+    docs.iter()
+        .map(|(_, d)| {
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                d["metadata"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// (kind, namespace or "", name) of every object of the chart's kinds that
+/// carries the release's instance label, in any namespace.
+async fn release_objects(client: &Client, release: &str) -> BTreeSet<(String, String, String)> {
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let mut found = BTreeSet::new();
+    for (group, kind) in CHART_KINDS {
+        let (resource, _) = discovery::group(client, group)
+            .await
+            .unwrap_or_else(|e| panic!("discover {group}: {e}"))
+            .recommended_kind(kind)
+            .unwrap_or_else(|| panic!("the API server serves no {kind}"));
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let list = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap_or_else(|e| panic!("list {kind}: {e}"));
+        for o in list.items {
+            found.insert((
+                kind.to_string(),
+                o.namespace().unwrap_or_default(),
+                o.name_any(),
+            ));
+        }
+    }
+    found
+}
+
+/// `helm install` into the local API server (Kubernetes 1.20, no kubelet:
+/// no pod ever runs, so no `--wait`), then `helm upgrade`, then `helm
+/// uninstall`: the API server holds exactly what `helm template` shows for
+/// the same values (the PodDisruptionBudget as policy/v1beta1, which is all
+/// 1.20 serves), the upgrade changes the Deployment, and the uninstall
+/// removes every object but leaves the CRDs (Helm never deletes what it
+/// installed from `crds/`) and the Tenants that exist.
+#[tokio::test]
+async fn helm_install_upgrade_and_uninstall_against_the_api_server() {
+    let client = kube_client().await;
+    // The CRDs exist already (as after a first install, or the other
+    // tests): Helm skips `crds/` then.
+    install_crd(&client).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd_uids = |list: Vec<CustomResourceDefinition>| -> BTreeMap<String, String> {
+        list.into_iter()
+            .filter(|c| c.spec.group == "tenantry.dev")
+            .map(|c| (c.name_any(), c.uid().unwrap()))
+            .collect()
+    };
+    let crds_before = crd_uids(crds.list(&Default::default()).await.unwrap().items);
+    assert_eq!(crds_before.len(), 2, "{crds_before:?}");
+
+    let namespace = create_namespace(&client, "helm").await;
+    let release = unique_name("inst");
+    // A Tenant from before the release; no operator selects its label.
+    let tenant_name = unique_name("keep");
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": tenant_name, "labels": {TEST_LABEL: release}},
+        "spec": {"credentials": {"namespace": namespace}},
+    }))
+    .unwrap();
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let tenant_uid = tenants
+        .create(&PostParams::default(), &tenant)
+        .await
+        .expect("create a Tenant")
+        .uid();
+
+    let mut values = minimal_values();
+    helm::merge(
+        &mut values,
+        &json!({
+            "serviceAccount": {"annotations": {
+                "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/tenantry"}},
+            "podLabels": {"rollout": "1"},
+            "networkPolicy": {"enabled": true},
+            "classes": [{"name": format!("{release}-class"), "spec": full_values()["classes"][1]["spec"]}],
+        }),
+    );
+    let version = client.apiserver_version().await.expect("server version");
+    let template = |values: &Value| {
+        helm::template_with(
+            &release,
+            &namespace,
+            values,
+            &["--kube-version", &version.git_version],
+        )
+        .unwrap_or_else(|e| panic!("helm template: {e}"))
+    };
+    let docs = template(&values);
+    assert_eq!(
+        one(&docs, "PodDisruptionBudget")["apiVersion"],
+        "policy/v1beta1",
+        "Kubernetes {} serves no policy/v1",
+        version.git_version
+    );
+    let expected = identities(&docs);
+    assert!(
+        expected.contains(&(
+            "Role".to_string(),
+            "default".to_string(),
+            format!("{release}-tenantry-events")
+        )),
+        "{expected:?}"
+    );
+
+    helm::install(&release, &namespace, &values).unwrap_or_else(|e| panic!("helm install: {e}"));
+    assert_eq!(
+        release_objects(&client, &release).await,
+        expected,
+        "after install"
+    );
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &namespace);
+    let deployment_name = format!("{release}-tenantry");
+    let installed = deployments.get(&deployment_name).await.expect("Deployment");
+    let spec = installed.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod_labels["rollout"], "1");
+
+    // An upgrade with more replicas and another pod label.
+    helm::merge(
+        &mut values,
+        &json!({"replicaCount": 3, "podLabels": {"rollout": "2"}}),
+    );
+    helm::upgrade(&release, &namespace, &values).unwrap_or_else(|e| panic!("helm upgrade: {e}"));
+    let upgraded = deployments.get(&deployment_name).await.expect("Deployment");
+    let spec = upgraded.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod_labels["rollout"], "2");
+    assert_eq!(upgraded.uid(), installed.uid(), "changed in place");
+    assert_eq!(
+        release_objects(&client, &release).await,
+        identities(&template(&values)),
+        "after upgrade"
+    );
+
+    helm::uninstall(&release, &namespace).unwrap_or_else(|e| panic!("helm uninstall: {e}"));
+    assert_eq!(
+        release_objects(&client, &release).await,
+        BTreeSet::new(),
+        "the uninstall removes every object of the release"
+    );
+    // The CRDs stay, the same objects, and so do the Tenants.
+    let crds_after = crd_uids(crds.list(&Default::default()).await.unwrap().items);
+    assert_eq!(crds_after, crds_before, "helm uninstall keeps the CRDs");
+    let kept = tenants
+        .get(&tenant_name)
+        .await
+        .expect("the Tenant outlives the release");
+    assert_eq!(kept.uid(), tenant_uid);
+    tenants
+        .delete(&tenant_name, &Default::default())
+        .await
+        .expect("delete the Tenant");
 }
 
 #[tokio::test]

