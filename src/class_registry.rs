@@ -123,6 +123,14 @@ impl NamespacePolicy {
     }
 }
 
+/// See [`ClassRegistry::check`].
+pub enum ClassCheck {
+    /// In use: the clients its tenants use.
+    Built(Arc<ClassSettings>),
+    /// Valid, not in use yet: nothing was connected.
+    Valid { server: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClassError {
     #[error("TenantClass {0:?} (spec.class) does not exist; create it, or name an existing class")]
@@ -418,13 +426,15 @@ impl ClassRegistry {
         Ok(value.0.clone())
     }
 
-    async fn build(
+    /// Everything of the class that can be checked without connecting to
+    /// its servers: its settings and rules, or why they are invalid.
+    fn prepare(
         &self,
         name: &str,
         spec: &TenantClassSpec,
         admin_url: Option<SecretString>,
         ca: Option<CaSource>,
-    ) -> Result<ClassSettings, ClassError> {
+    ) -> Result<(BackendSettings, ClassRules, Duration), ClassError> {
         let invalid = |message: String| ClassError::Invalid {
             class: name.to_string(),
             message,
@@ -454,32 +464,83 @@ impl ClassRegistry {
             None => None,
         };
         let server = settings.server().map_err(|e| invalid(e.to_string()))?;
+        {
+            use secrecy::ExposeSecret;
+            settings
+                .database_tls
+                .resolve(settings.database_url.expose_secret())
+                .map_err(invalid)?;
+        }
+        let rules = ClassRules {
+            name: name.to_string(),
+            server,
+            bucket_prefix: settings.bucket_prefix.clone(),
+            default_mode: spec.isolation.default_mode,
+            allow_override: spec.isolation.allow_override,
+            max_connection_limit: spec.database.max_connection_limit,
+            min_grace_period,
+            namespaces,
+            deletion_policy: spec.deletion.policy.unwrap_or_default(),
+            grace_period,
+        };
+        Ok((settings, rules, probe_interval))
+    }
+
+    async fn build(
+        &self,
+        name: &str,
+        spec: &TenantClassSpec,
+        admin_url: Option<SecretString>,
+        ca: Option<CaSource>,
+    ) -> Result<ClassSettings, ClassError> {
+        let (settings, rules, probe_interval) = self.prepare(name, spec, admin_url, ca)?;
         let backends = Backends::connect_with(&settings, &self.sdk, self.client.clone())
             .await
             .map_err(|source| match source {
-                ConfigError::Invalid(message) => invalid(message),
+                ConfigError::Invalid(message) => ClassError::Invalid {
+                    class: name.to_string(),
+                    message,
+                },
                 source => ClassError::Unavailable {
                     class: name.to_string(),
                     source,
                 },
             })?;
-        tracing::info!(class = name, %server, "clients of TenantClass ready");
+        tracing::info!(class = name, server = %rules.server, "clients of TenantClass ready");
         Ok(ClassSettings {
-            rules: ClassRules {
-                name: name.to_string(),
-                server,
-                bucket_prefix: settings.bucket_prefix.clone(),
-                default_mode: spec.isolation.default_mode,
-                allow_override: spec.isolation.allow_override,
-                max_connection_limit: spec.database.max_connection_limit,
-                min_grace_period,
-                namespaces,
-                deletion_policy: spec.deletion.policy.unwrap_or_default(),
-                grace_period,
-            },
+            rules,
             backends,
             probe_interval,
             generation: None,
+        })
+    }
+
+    /// What can be said of the class `name` without connecting anew: its
+    /// clients, when its tenants had them built (for the current spec and
+    /// Secrets), else whether its settings are valid and its server.
+    pub async fn check(&self, name: &str) -> Result<ClassCheck, ClassError> {
+        let Some(class) = self
+            .classes
+            .get(&kube::runtime::reflector::ObjectRef::new(name))
+        else {
+            return Err(ClassError::NotFound(name.to_string()));
+        };
+        let admin_url = self.admin_url(name, &class.spec).await?;
+        let ca = self.ca_bundle(name, &class.spec).await?;
+        let fingerprint = fingerprint(&class.spec, admin_url.as_ref(), ca.as_ref());
+        let built = self
+            .built
+            .lock()
+            .expect("lock")
+            .get(name)
+            .filter(|(seen, _)| *seen == fingerprint)
+            .map(|(_, built)| built.clone());
+        if let Some(built) = built {
+            return Ok(ClassCheck::Built(built));
+        }
+        let (_, rules, _) = self.prepare(name, &class.spec, admin_url, ca)?;
+        Ok(ClassCheck::Valid {
+            server: rules.server,
         })
     }
 

@@ -218,6 +218,12 @@ pub struct RunArgs {
     #[arg(long, env = "TENANTRY_TENANT_SELECTOR", default_value = "")]
     pub tenant_selector: String,
 
+    /// Write each TenantClass's status (Ready, tenants, server). Turn it
+    /// off in all but one of several installations that share the classes
+    /// but select different Tenants: each counts only its own.
+    #[arg(long, env = "TENANTRY_CLASS_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub class_status: bool,
+
     /// Namespace of the Events tenantry publishes about Tenants (which are
     /// cluster-scoped). Kubernetes 1.30+ accepts `default`.
     #[arg(long, env = "TENANTRY_EVENT_NAMESPACE", default_value = "default")]

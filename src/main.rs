@@ -401,6 +401,9 @@ async fn reconcile(
     leadership: Option<&tenantry::leader::Leadership>,
 ) -> bool {
     let stopping = shutdown.clone();
+    // One writer of the classes' status: the first shard's leader.
+    let class_status = (args.class_status && shard.index == 0)
+        .then(|| controller::class_status::run(ctx.clone(), args.tenant_selector.clone()));
     let controller = controller::run(
         ctx,
         args.concurrency,
@@ -409,6 +412,15 @@ async fn reconcile(
         store,
         async move { stopping.requested().await },
     );
+    let controller = async move {
+        match class_status {
+            Some(class_status) => tokio::select! {
+                () = controller => {}
+                () = class_status => {}
+            },
+            None => controller.await,
+        }
+    };
     match leadership {
         None => {
             controller.await;

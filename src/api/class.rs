@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DeletionPolicy, IsolationMode};
+use super::{Condition, DeletionPolicy, IsolationMode};
 
 /// Marks the class that Tenants naming no `spec.class` get, as
 /// `storageclass.kubernetes.io/is-default-class` does for StorageClasses.
@@ -27,6 +27,9 @@ pub const DEFAULT_CLASS_ANNOTATION: &str = "tenantry.dev/is-default-class";
     plural = "tenantclasses",
     shortname = "tclass",
     category = "tenantry",
+    status = "TenantClassStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the class can be used: its Secrets and settings read, its PostgreSQL server answers"}"#,
+    printcolumn = r#"{"name":"Tenants","type":"integer","jsonPath":".status.tenants","description":"How many Tenants are in this class"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.isolation.defaultMode","description":"Isolation mode of tenants that do not choose one"}"#,
     printcolumn = r#"{"name":"Default","type":"string","jsonPath":".metadata.annotations.tenantry\\.dev/is-default-class","description":"Whether Tenants without spec.class get this class"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -502,4 +505,27 @@ impl TenantClass {
             .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
             .is_some_and(|v| v == "true")
     }
+}
+
+/// What the operator last found of a class.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantClassStatus {
+    /// The class's `metadata.generation` this status speaks of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: True when the class can be used (its admin URL and CA
+    /// Secrets read, its settings valid, its PostgreSQL server answers);
+    /// otherwise the reason (`ClassInvalid`, `ClassUnavailable`) and what
+    /// was seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// How many Tenants (of this operator's selector) are in this class.
+    #[serde(default)]
+    pub tenants: u32,
+    /// `host:port/database` of the class's admin connection (never
+    /// credentials), when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }

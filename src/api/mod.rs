@@ -166,6 +166,46 @@ mod tests {
 
     use super::*;
 
+    /// Conditions are a list keyed by `type` in both CRDs (server-side
+    /// apply merges them one by one, `kubectl` and Argo CD show them so),
+    /// and every key is required in the item schema, as the API server
+    /// demands of list-map keys.
+    #[test]
+    fn conditions_are_a_list_map_keyed_by_type() {
+        for crd in [tenant_crd(), tenant_class_crd()] {
+            let name = crd.metadata.name.clone().unwrap();
+            let version = &crd.spec.versions[0];
+            let schema = version
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap();
+            let status = &schema.properties.as_ref().unwrap()["status"];
+            let conditions = &status.properties.as_ref().unwrap()["conditions"];
+            assert_eq!(
+                conditions.x_kubernetes_list_type.as_deref(),
+                Some("map"),
+                "{name}"
+            );
+            assert_eq!(
+                conditions.x_kubernetes_list_map_keys.as_deref(),
+                Some(&["type".to_string()][..]),
+                "{name}"
+            );
+            let Some(JSONSchemaPropsOrArray::Schema(item)) = conditions.items.as_ref() else {
+                panic!("{name}: conditions have no item schema");
+            };
+            assert!(
+                item.required
+                    .as_ref()
+                    .is_some_and(|r| r.contains(&"type".to_string())),
+                "{name}: type is not required"
+            );
+        }
+    }
+
     #[test]
     fn valid_names_are_accepted() {
         for name in ["abc", "acme", "acme-corp", "a1b", &"a".repeat(40)] {

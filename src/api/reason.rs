@@ -84,6 +84,8 @@ reasons! {
     ClassInvalid,
     /// The TenantClass's backends cannot be used or read right now.
     ClassUnavailable,
+    /// The TenantClass can be used: settings valid, server answers.
+    ClassReady,
 
     // The credentials namespace.
     /// The credentials namespace does not exist (yet).

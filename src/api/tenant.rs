@@ -188,8 +188,11 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<TenantPhase>,
 
-    /// kstatus conditions: `Ready`, `Reconciling`, `Stalled`.
+    /// kstatus conditions: `Ready`, `Reconciling`, `Stalled`, and one per
+    /// isolation layer. A list keyed by `type`, so server-side apply merges
+    /// them one by one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// What exists for this tenant, by backend.
@@ -275,6 +278,8 @@ impl TenantPhase {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
+    /// What the condition is about: `Ready`, `Reconciling`, `Stalled`,
+    /// `DatabaseIsolated`, `StorageIsolated`, `EncryptionAtRest`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.

@@ -111,6 +111,7 @@ impl CredentialSecrets for KubeSecrets {
                 return Ok(SecretWritten {
                     changed: false,
                     version: existing.resource_version(),
+                    found_version: existing.resource_version(),
                 });
             }
         }
@@ -143,6 +144,7 @@ impl CredentialSecrets for KubeSecrets {
         }
         Ok(SecretWritten {
             changed: true,
+            found_version: existing.as_ref().and_then(|e| e.resource_version()),
             // Dropping the mark wrote again: its version is read next time.
             version: (!was_released)
                 .then(|| written.resource_version())

@@ -432,6 +432,8 @@ pub struct SecretWritten {
     pub changed: bool,
     /// Its resourceVersion afterwards, when known.
     pub version: Option<String>,
+    /// Its resourceVersion before this call; None when it did not exist.
+    pub found_version: Option<String>,
 }
 
 /// Kubernetes: the ServiceAccount the tenant's workloads run as.

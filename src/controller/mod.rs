@@ -6,6 +6,7 @@
 //! Deletion is handled here too, behind the `tenantry.dev/cleanup` finalizer.
 
 pub mod attestation;
+pub mod class_status;
 pub mod events;
 pub mod lifecycle;
 pub mod pacing;
@@ -807,7 +808,7 @@ async fn apply(
     };
 
     let (outcome, status) = run_provisioning(tenant, ctx, &class, &current, &mut steps_ctx).await?;
-    if secret_touched && steps_ctx.kube_secret_changed {
+    if credentials_restored(&current, &steps_ctx) {
         let message = format!(
             "the credentials Secret {} was deleted or changed; written again",
             steps_ctx.kube_secret_ref()
@@ -875,6 +876,24 @@ async fn on_outcome(
             Ok(resync(ctx.probe_interval(class)))
         }
     }
+}
+
+/// Whether this run wrote again a credentials Secret that someone else had
+/// deleted or changed: tenantry had written it (the status records the
+/// version), and before this run's write it was gone or at another version.
+/// A change of tenantry's own (new data for a new class, say) starts from
+/// the recorded version and is not a restore.
+fn credentials_restored(current: &TenantStatus, steps_ctx: &TenantContext) -> bool {
+    let Some(resources) = &current.resources else {
+        return false;
+    };
+    let recorded = resources.kubernetes_secret_version.clone();
+    recorded.is_some()
+        && resources.kubernetes_secret.as_deref() == Some(steps_ctx.kube_secret_ref().as_str())
+        && steps_ctx
+            .kube_secret_found_version
+            .as_ref()
+            .is_some_and(|found| *found != recorded)
 }
 
 /// Whether the credentials Secret of a settled tenant is not as tenantry

@@ -95,6 +95,9 @@ async fn write(ctx: &mut TenantContext, op: &Operation) -> Result<(), StepError>
         .await?;
     ctx.kube_secret_written = true;
     ctx.kube_secret_version = written.version;
-    ctx.kube_secret_changed |= written.changed;
+    if written.changed {
+        ctx.kube_secret_changed = true;
+        ctx.kube_secret_found_version = Some(written.found_version);
+    }
     Ok(())
 }

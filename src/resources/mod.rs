@@ -45,6 +45,9 @@ pub struct TenantContext {
     pub kube_secret_version: Option<String>,
     /// This run wrote the Secret (created it, or changed what it held).
     pub kube_secret_changed: bool,
+    /// The Secret's resourceVersion before this run wrote it (None: it did
+    /// not exist), when this run wrote it.
+    pub kube_secret_found_version: Option<Option<String>>,
     /// The role's login as this run last set it, so access is not set twice.
     pub login: Option<Access>,
     /// The IAM role's ARN, when the class gives the tenant one.
@@ -77,6 +80,7 @@ impl TenantContext {
             kube_secret_written: false,
             kube_secret_version: None,
             kube_secret_changed: false,
+            kube_secret_found_version: None,
             login: None,
             role_arn: None,
             role_access: None,

@@ -574,3 +574,77 @@ async fn a_tenant_author_cannot_undercut_the_grace_period_or_turn_retain_into_de
         "the annotation turned Retain into Delete: {fp:?}"
     );
 }
+
+/// Waits until the class's status satisfies `check`.
+async fn wait_for_class(
+    client: &Client,
+    op: &Operator,
+    name: &str,
+    what: &str,
+    check: impl Fn(&tenantry::api::TenantClassStatus) -> bool,
+) -> tenantry::api::TenantClassStatus {
+    let classes: Api<TenantClass> = Api::all(client.clone());
+    let wait = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let class = classes.get(name).await.expect("read TenantClass");
+            if let Some(status) = class.status.filter(|s| check(s)) {
+                return status;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "TenantClass {name}: not {what} within 60 s; operator log:\n{}",
+                tail(&op.log(), 40)
+            )
+        })
+}
+
+fn class_ready(status: &tenantry::api::TenantClassStatus) -> Option<&tenantry::api::Condition> {
+    status.conditions.iter().find(|c| c.type_ == "Ready")
+}
+
+/// A class says in its status whether it can be used, and why not (the
+/// reason its tenants would fail on), and how many tenants it holds.
+#[tokio::test]
+async fn a_class_says_whether_it_can_be_used_and_how_many_tenants_it_holds() {
+    let client = kube_client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "apps").await;
+    let op = Operator::start(&[("TENANTRY_CLASS_STATUS", "true")]).await;
+    let good = unique_name("usable");
+    create_class(&client, &good, json!({})).await;
+    let missing = unique_name("nosecret");
+    create_class(
+        &client,
+        &missing,
+        json!({"postgres": {"adminUrlSecretRef": {"namespace": ns, "name": "does-not-exist"}}}),
+    )
+    .await;
+
+    let status = wait_for_class(&client, &op, &good, "Ready", |s| {
+        class_ready(s).is_some_and(|c| c.status == "True")
+    })
+    .await;
+    assert_eq!(status.tenants, 0);
+    assert!(status.server.is_some(), "{status:?}");
+    let status = wait_for_class(&client, &op, &missing, "refused", |s| {
+        class_ready(s).is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let ready = class_ready(&status).unwrap();
+    assert_eq!(ready.reason, "ClassInvalid", "{ready:?}");
+    assert!(ready.message.contains("does-not-exist"), "{ready:?}");
+
+    let name = unique_name("counted");
+    let spec = json!({"class": good, "credentials": {"namespace": ns}});
+    create_tenant(&client, &tenant_manifest(&op, &name, spec)).await;
+    wait_for_class(&client, &op, &good, "holding one tenant", |s| {
+        s.tenants == 1
+    })
+    .await;
+}

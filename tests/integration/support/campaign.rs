@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tenantry::api::{Tenant, TenantClass};
 
-use super::cluster::{Operator, TEST_LABEL, create_tenant, tail, tenant_manifest};
+use super::cluster::{Operator, TEST_LABEL, tail, tenant_manifest};
 use super::{env, readback};
 
 pub fn is_campaign() -> bool {
@@ -164,7 +164,11 @@ pub fn namespaces(plan: &Plan) -> BTreeMap<String, String> {
 }
 
 /// Creates every tenant of the plan (policy `Delete`, a 1 s grace period).
+/// A create the API server answers with 5xx (an etcd "request timed out"
+/// under load) is asked again, as a client would; one that was applied
+/// after all answers 409 the second time, and the tenant exists.
 pub async fn create_all(client: &Client, op: &Operator, plan: &Plan) {
+    let api: Api<Tenant> = Api::all(client.clone());
     for (name, (ns, database, class)) in plan {
         let mut spec = json!({
             "credentials": {"namespace": ns},
@@ -174,7 +178,19 @@ pub async fn create_all(client: &Client, op: &Operator, plan: &Plan) {
         if let Some(class) = class {
             spec["class"] = json!(class);
         }
-        create_tenant(client, &tenant_manifest(op, name, spec)).await;
+        let tenant = tenant_manifest(op, name, spec);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match api.create(&Default::default(), &tenant).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(s)) if s.code == 409 && tries > 1 => break,
+                Err(kube::Error::Api(s)) if (s.code >= 500 || s.code == 429) && tries < 60 => {}
+                Err(kube::Error::HyperError(_) | kube::Error::Service(_)) if tries < 60 => {}
+                Err(e) => panic!("create Tenant {name}: {e}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
     }
 }
 

@@ -171,6 +171,10 @@ impl Operator {
             )
             .env("TENANTRY_METRICS_ADDR", "127.0.0.1:0")
             .env("TENANTRY_EVENT_NAMESPACE", super::rbac::EVENT_NAMESPACE)
+            // The suite's operators share one API server and its classes but
+            // select different Tenants: each would write its own count into
+            // every class's status. Only the tests of class status turn it on.
+            .env("TENANTRY_CLASS_STATUS", "false")
             .env("TENANTRY_LOG", "tenantry=debug,info")
             .env("TENANTRY_RETRY_ATTEMPTS", "4")
             .env("TENANTRY_RETRY_BASE_DELAY", "50ms")
