@@ -18,6 +18,7 @@ mod faults;
 mod hostile;
 mod iam_enforcement;
 mod identity;
+mod image;
 mod isolation;
 mod isolation_aws;
 mod isolation_db;

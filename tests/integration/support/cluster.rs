@@ -124,6 +124,8 @@ pub struct Operator {
     /// The key of the user holding the operator's IAM policy, when the
     /// suite runs against moto-iam (`support::moto_iam`).
     aws_key: Option<(String, String)>,
+    /// Started elsewhere (`adopt`): `spawn` would start another binary.
+    adopted: bool,
 }
 
 impl Operator {
@@ -148,6 +150,7 @@ impl Operator {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             aws_key: super::moto_iam::suite_operator_key().await,
+            adopted: false,
         };
         super::rbac::ensure_operator_identity().await;
         refuse_a_foreign_default_class().await;
@@ -155,7 +158,23 @@ impl Operator {
         op
     }
 
+    /// An operator some other way started (e.g. from the OCI image's root
+    /// filesystem), managing the Tenants labelled with `run_id` and logging
+    /// to `log_path`; killed when dropped if `child` was spawned with
+    /// `kill_on_drop`. It cannot be restarted.
+    pub fn adopt(child: tokio::process::Child, run_id: String, log_path: PathBuf) -> Self {
+        Self {
+            child: Some(child),
+            run_id,
+            log_path,
+            extra_env: Vec::new(),
+            aws_key: None,
+            adopted: true,
+        }
+    }
+
     fn spawn(&mut self) {
+        assert!(!self.adopted, "an adopted operator cannot be restarted");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
