@@ -66,7 +66,12 @@ created=$(date -u -d "@$commit_time" +%Y-%m-%dT%H:%M:%SZ)
 source_url=${TENANTRY_IMAGE_SOURCE:-https://github.com/tenantry/tenantry}
 
 say "cargo build --release --bin tenantry (CARGO_TARGET_DIR=$CARGO_TARGET_DIR) ..."
-cargo build --release --locked -p tenantry --bin tenantry
+# The same environment whoever calls this (hack/test.sh, a test, a person):
+# a build script that reads a variable would otherwise make it another build.
+env -i PATH="$PATH" HOME="$HOME" CARGO_TARGET_DIR="$CARGO_TARGET_DIR" \
+  ${CARGO_HOME:+CARGO_HOME="$CARGO_HOME"} ${RUSTUP_HOME:+RUSTUP_HOME="$RUSTUP_HOME"} \
+  ${RUSTUP_TOOLCHAIN:+RUSTUP_TOOLCHAIN="$RUSTUP_TOOLCHAIN"} \
+  cargo build --release --locked -p tenantry --bin tenantry
 binary=$CARGO_TARGET_DIR/release/tenantry
 [[ -x $binary ]] || die "no binary at $binary after the build"
 
