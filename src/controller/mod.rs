@@ -232,7 +232,32 @@ fn credentials_secrets(
     );
     watcher(secrets, watcher::Config::default().labels(&labels))
         .default_backoff()
-        .touched_objects()
+        .filter_map(|event| {
+            futures::future::ready(match event {
+                Ok(watcher::Event::Delete(secret)) => Some(Ok(secret)),
+                // tenantry's own writes are not news: reconciling on them
+                // would run every step again before the status caught up.
+                Ok(watcher::Event::Apply(secret)) if !last_written_by_tenantry(&secret) => {
+                    Some(Ok(secret))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+        })
+}
+
+/// Whether the newest entry of the object's managedFields is tenantry's.
+fn last_written_by_tenantry(
+    secret: &kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>,
+) -> bool {
+    secret
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|f| f.time.is_some())
+        .max_by_key(|f| f.time.clone().map(|t| t.0))
+        .is_some_and(|f| f.manager.as_deref() == Some(crate::backends::kube::FIELD_MANAGER))
 }
 
 /// Whether deletion was requested, for the predicate filter.
